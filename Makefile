@@ -1,0 +1,33 @@
+# Two commands for a fresh machine (see README): `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# The torch build to install first. 2.13.0 matches the local CPU wheel on the
+# build machines; on a GPU host `make TORCH_SPEC="torch==2.13.0" install` pulls
+# the CUDA build from PyPI instead.
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test bench classify clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Until the Discord bot lands (issue 3), `run` classifies the bundled sample
+# photos with the configured model.
+run: install
+	$(PY) -m model_worker classify samples/*.jpg
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) -m model_worker bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

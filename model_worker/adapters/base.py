@@ -1,0 +1,70 @@
+"""The one small interface every model family implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from PIL import Image
+
+from ..preprocess import Preprocessor
+
+# Label texts per text-tower forward: bounds activation memory for 100-label sets × templates.
+TEXT_CHUNK = 128
+
+
+class Adapter(ABC):
+    """Encode images and texts into L2-normalised embeddings, and turn similarities into scores."""
+
+    family: str          # "clip", "siglip" or "japanese-stable-clip"
+    score_meaning: str   # one line for the README/CLI: what `score` means for this family
+    model_id: str
+    device: torch.device
+    dtype: torch.dtype
+    preprocessor: Preprocessor
+
+    @property
+    def cache_key(self) -> str:
+        """Identifies the weights; label embeddings are cached under it."""
+        return f"{self.model_id}@{getattr(self, 'revision', None) or 'main'}"
+
+    @abstractmethod
+    def _image_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    @abstractmethod
+    def _text_features(self, texts: list[str]) -> torch.Tensor: ...
+
+    @abstractmethod
+    def _logits(self, cosine: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities (N images × L labels) → logits whose softmax is the label share."""
+
+    def has_match_probability(self) -> bool:
+        return False
+
+    @torch.inference_mode()
+    def encode_images(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return _normalise(self._image_features(inputs))
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        parts = [self._text_features(texts[i:i + TEXT_CHUNK]) for i in range(0, len(texts), TEXT_CHUNK)]
+        return _normalise(torch.cat(parts))
+
+    @torch.inference_mode()
+    def score(self, image_emb: torch.Tensor, label_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(share over the labels, independent match probability or None), both N × L in [0, 1]."""
+        logits = self._logits(image_emb @ label_emb.T)
+        share = logits.softmax(dim=-1)
+        match = torch.sigmoid(logits) if self.has_match_probability() else None
+        return share, match
+
+    @abstractmethod
+    def reference_share(self, image: Image.Image, texts: list[str]) -> torch.Tensor:
+        """The label share computed the plain way (the checkpoint's own processors, both
+        towers, batch 1): the seed demo's loop, used by `bench` as the naive baseline and
+        by tests as the ground truth for the fast path."""
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    x = x.float()
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -1,0 +1,238 @@
+"""`python -m model_worker classify | bench | make-checkpoint`.
+
+Exit codes: 0 every input got an answer (some answers may be errors); 1 an input
+got no answer (a bug); 2 usage, configuration or model-load error, explained in
+one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import unicodedata
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from wakeru.config import Config, ConfigError, load_config
+from wakeru.labels import LabelError, parse_labels
+from wakeru.protocol import ClassifyRequest, ClassifyResult, ErrorCode
+
+log = logging.getLogger("model_worker")
+
+
+class UsageError(Exception):
+    """Reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of argparse's usage block
+        raise UsageError(f"{message} (see `python -m model_worker {self.prog.split()[-1]} --help`)")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="ID_OR_PATH", help="hub id or local directory (default: model.id from config)")
+    p.add_argument("--config", metavar="FILE", help="config file (default: $WAKERU_CONFIG or ./config.yaml)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override model.device")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="override model.dtype")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="model_worker", description="Wakeru model worker: Japanese zero-shot image classification.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("classify", help="classify image files against a label set")
+    _add_model_options(c)
+    group = c.add_mutually_exclusive_group()
+    group.add_argument("--labels", help='labels separated by commas, 、 or newlines, e.g. "犬,猫,象" (default: labels.default)')
+    group.add_argument("--label-file", metavar="FILE", help="file with labels, one per line or comma-separated")
+    c.add_argument("--top-k", type=int, default=3, help="how many labels to show per image (default 3)")
+    c.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
+    c.add_argument("images", nargs="+", metavar="IMAGE")
+
+    b = sub.add_parser("bench", help="measure naive loop vs engine vs vision tower alone")
+    _add_model_options(b)
+    b.add_argument("--images", type=int, default=64, help="images through the engine (default 64)")
+    b.add_argument("--naive-images", type=int, default=None, help="images through the naive loop (default min(images, 8))")
+    b.add_argument("--labels", default="20", help="label count taken from the config's label sets, or label text (default 20)")
+    b.add_argument("--batch", type=int, default=None, help="override worker.max_batch")
+    b.add_argument("--image-size", default="1920x1440", help="photo size of the generated JPEGs, WxH (default 1920x1440)")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+
+    m = sub.add_parser("make-checkpoint", help="write a random-weight local checkpoint (no hub needed)")
+    m.add_argument("--family", required=True, choices=["siglip", "siglip2", "clip", "japanese-stable-clip"])
+    m.add_argument("--preset", default="base", choices=["tiny", "small", "base"])
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("out", metavar="DIR")
+    return parser
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - transformers missing is reported at load time
+        pass
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    overrides = {k: v for k, v in (("id", args.model), ("device", args.device), ("dtype", args.dtype)) if v}
+    return config.with_overrides(model=overrides) if overrides else config
+
+
+def load_engine(config: Config):
+    """Load the adapter and start an engine; ModelLoadError propagates."""
+    from .adapters import load_adapter
+    from .engine import Engine
+
+    return Engine(load_adapter(config.model), config)
+
+
+def _labels_from_args(args: argparse.Namespace, config: Config) -> tuple[str, ...]:
+    limits = dict(max_count=config.labels.max_count, max_length=config.labels.max_length)
+    if args.label_file:
+        try:
+            text = Path(args.label_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read label file {args.label_file}: {e}") from None
+        return parse_labels(text, **limits)
+    if args.labels is not None:
+        return parse_labels(args.labels, **limits)
+    return config.labels.default
+
+
+def _read_inputs(paths: Sequence[str], max_bytes: int) -> Iterator[tuple[str, bytes | ClassifyResult]]:
+    for i, path in enumerate(paths):
+        rid = str(i)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(max_bytes + 1)  # never read more than the limit + 1 byte
+        except IsADirectoryError:
+            yield path, ClassifyResult.failure(rid, ErrorCode.UNREADABLE, f"{path} is a directory, not an image file")
+            continue
+        except OSError as e:
+            yield path, ClassifyResult.failure(rid, ErrorCode.UNREADABLE, f"cannot read {path}: {e.strerror or e}")
+            continue
+        yield path, data
+
+
+def _classify_stream(engine, paths: Sequence[str], labels: tuple[str, ...], top_k: int,
+                     max_bytes: int) -> Iterator[tuple[str, ClassifyResult]]:
+    """(path, result) in input order; unreadable files are answered without the engine."""
+    order: list[tuple[str, ClassifyResult | None]] = []
+
+    def requests():
+        for i, (path, item) in enumerate(_read_inputs(paths, max_bytes)):
+            if isinstance(item, ClassifyResult):
+                order.append((path, item))
+            else:
+                order.append((path, None))
+                yield ClassifyRequest(id=str(i), image=item, labels=labels, top_k=top_k)
+
+    results = engine.stream(requests())
+    emitted = 0
+    for result in results:
+        # emit everything up to and including this engine result, in input order
+        while emitted < len(order):
+            path, ready = order[emitted]
+            if ready is not None:
+                yield path, ready
+                emitted += 1
+                continue
+            order[emitted] = (path, result)
+            yield path, result
+            emitted += 1
+            break
+    for path, ready in order[emitted:]:
+        yield path, ready
+
+
+def _width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - _width(text))
+
+
+def format_table(path: str, result: ClassifyResult) -> str:
+    if not result.ok:
+        return f"{path}\n  error {result.error.value}: {result.message}"
+    width = max((_width(s.label) for s in result.top), default=0)
+    lines = [path]
+    for rank, s in enumerate(result.top, 1):
+        bar = "█" * round(s.score * 20)
+        lines.append(f"  {rank}. {_pad(s.label, width)}  {s.score * 100:5.1f}%  {bar}")
+    return "\n".join(lines)
+
+
+def result_json(path: str, result: ClassifyResult) -> dict:
+    if not result.ok:
+        return {"image": path, "error": result.error.value, "message": result.message}
+    return {"image": path, "top": [{"label": s.label, "score": round(s.score, 6)} for s in result.top]}
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise UsageError("--top-k must be at least 1")
+    config = resolve_config(args)
+    try:
+        labels = _labels_from_args(args, config)
+    except LabelError as e:
+        raise UsageError(f"labels: {e}") from None
+    engine = load_engine(config)
+    answered = 0
+    try:
+        for path, result in _classify_stream(engine, args.images, labels, args.top_k, config.images.max_bytes):
+            if args.json:
+                print(json.dumps(result_json(path, result), ensure_ascii=False), flush=True)
+            else:
+                print(format_table(path, result), flush=True)
+            answered += 1
+    finally:
+        engine.close()
+    return 0 if answered == len(args.images) else 1
+
+
+def cmd_make_checkpoint(args: argparse.Namespace) -> int:
+    from .checkpoints import build
+
+    out = build(args.family, args.out, preset=args.preset, seed=args.seed)
+    print(out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        _quiet_libraries(getattr(args, "verbose", False))
+        if args.command == "classify":
+            return cmd_classify(args)
+        if args.command == "bench":
+            from .bench import cmd_bench
+
+            return cmd_bench(args)
+        return cmd_make_checkpoint(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
+        print("error: invalid configuration: " + "; ".join(str(e).splitlines()), file=sys.stderr)
+        return 2
+    except Exception as e:
+        from .loading import ModelLoadError
+
+        if isinstance(e, ModelLoadError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise

@@ -1,0 +1,166 @@
+"""Image bytes → an RGB Pillow image, safely.
+
+Order of checks, cheapest first: byte count, format from the magic bytes, the
+pixel count read from the header (before any pixel is decoded), then the decode
+itself. JPEGs are decoded in the DCT domain at 1/2, 1/4 or 1/8 scale when the
+model needs far fewer pixels (draft mode), which is several times faster.
+Any failure becomes an ImageError with a stable code; nothing escapes.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageFile, ImageOps
+
+from wakeru.protocol import ErrorCode
+
+from .sniff import sniff
+
+# A truncated file is an error, not a half-grey picture.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_WHITE = (255, 255, 255)
+
+
+class ImageError(Exception):
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_bytes: int
+    max_pixels: int
+    formats: frozenset[str]
+
+    @classmethod
+    def from_config(cls, images_cfg) -> "DecodeLimits":
+        return cls(images_cfg.max_bytes, images_cfg.max_pixels, frozenset(images_cfg.formats))
+
+    def allowed_text(self) -> str:
+        order = ["jpeg", "png", "gif", "webp", "bmp", "tiff"]
+        names = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WebP", "bmp": "BMP", "tiff": "TIFF"}
+        allowed = [names[f] for f in order if f in self.formats]
+        return allowed[0] if len(allowed) == 1 else ", ".join(allowed[:-1]) + " or " + allowed[-1]
+
+
+def _size(n: int) -> str:
+    if n >= 1024 * 1024:
+        return f"{n / (1024 * 1024):.1f} MiB"
+    return f"{n / 1024:.0f} KiB" if n >= 1024 else f"{n} bytes"
+
+
+def _open(data: bytes, pillow_format: str, description: str, limits: DecodeLimits) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # our own pixel limit (checked next) is the one that counts
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=[pillow_format])
+    except Image.DecompressionBombError:
+        raise ImageError(ErrorCode.TOO_MANY_PIXELS,
+                         f"the {description} declares far too many pixels; the limit is {limits.max_pixels / 1e6:.1f} MP"
+                         ) from None
+    except Exception as e:  # Pillow raises many types on hostile headers
+        raise ImageError(ErrorCode.CORRUPT, f"the {description} is damaged and cannot be read ({_reason(e)})") from None
+
+
+def _reason(e: BaseException) -> str:
+    text = re.sub(r"\s*<[^>]* at 0x[0-9a-f]+>", "", str(e)).strip() or type(e).__name__
+    return text[:120]
+
+
+def _check_geometry(im: Image.Image, limits: DecodeLimits, description: str) -> None:
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise ImageError(ErrorCode.BAD_DIMENSIONS, f"the {description} has no pixels ({width}×{height})")
+    if width * height > limits.max_pixels:
+        raise ImageError(
+            ErrorCode.TOO_MANY_PIXELS,
+            f"the {description} is {width}×{height} = {width * height / 1e6:.1f} MP; "
+            f"the limit is {limits.max_pixels / 1e6:.1f} MP",
+        )
+
+
+def _apply_orientation(im: Image.Image) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns on corrupt EXIF; we just skip it
+            return ImageOps.exif_transpose(im) or im
+    except Exception:
+        return im  # a broken EXIF block is no reason to refuse the picture
+
+
+def _scale_to_8bit(im: Image.Image) -> Image.Image:
+    # Pillow's own I;16 → L conversion clips at 255 instead of scaling.
+    import numpy as np
+
+    arr = np.asarray(im)
+    if im.mode == "F":
+        top = float(arr.max()) if arr.size else 1.0
+        arr = arr * 255.0 if top <= 1.0 else arr
+        out = np.clip(arr, 0, 255).astype(np.uint8)
+    else:
+        out = np.clip(arr.astype(np.float64) / 257.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(out, "L")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode → RGB; transparency is composited onto white."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode.startswith("I") or mode == "F":
+        return _scale_to_8bit(im).convert("RGB")
+    has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in im.info)
+    if mode in ("L", "1") or (mode == "P" and not has_alpha):
+        return im.convert("RGB")
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGB", rgba.size, _WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return im.convert("RGB")  # CMYK (Adobe-inverted handled by Pillow), YCbCr, LAB, HSV
+
+
+def decode_image(data: bytes, limits: DecodeLimits, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode `data` into an RGB image, or raise ImageError.
+
+    draft_size: the smallest (width, height) the caller needs; a JPEG may be
+    decoded at a reduced scale that still covers it.
+    """
+    if not data:
+        raise ImageError(ErrorCode.EMPTY, "the file is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageError(
+            ErrorCode.TOO_LARGE, f"the file is {_size(len(data))}; the limit is {_size(limits.max_bytes)}"
+        )
+    kind = sniff(data)
+    if kind.pillow_format is None or kind.name not in limits.formats:
+        raise ImageError(
+            ErrorCode.UNSUPPORTED_FORMAT,
+            f"this file is not an accepted image ({kind.description}); send a {limits.allowed_text()} image",
+        )
+    im = _open(data, kind.pillow_format, kind.description, limits)
+    _check_geometry(im, limits, kind.description)
+    try:
+        # Image.open leaves an animation on its first frame; only that one is decoded.
+        if draft_size and im.format in ("JPEG", "MPO"):
+            im.draft(None, draft_size)
+        im.load()
+    except Exception as e:
+        raise ImageError(
+            ErrorCode.CORRUPT, f"the {kind.description} is damaged and cannot be decoded ({_reason(e)})"
+        ) from None
+    im = _apply_orientation(im)
+    try:
+        return to_rgb(im)
+    except Exception as e:
+        raise ImageError(
+            ErrorCode.CORRUPT, f"the {kind.description} uses an unreadable pixel format ({_reason(e)})"
+        ) from None

@@ -1,0 +1,289 @@
+"""The batching engine: requests in, results out, the model kept busy.
+
+  submit() ──► decode pool (threads: bytes → RGB → uint8 model input)
+                  │ ready queue
+                  ▼
+            batcher thread: takes every ready image up to max_batch, waits up to
+            max_wait_ms only while more images are still being decoded, fetches the
+            label sets' cached embeddings, runs the vision tower once for the batch,
+            scores each request against its own label set.
+
+Decoding of the next batch overlaps the forward pass of the current one (torch
+releases the GIL). At most `queue_size` requests are in flight; past that, submit()
+answers QUEUE_FULL at once. A bad image, a bad label set or a failing batch only
+fails the requests concerned; the engine keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from wakeru.config import Config
+from wakeru.labels import LabelError, normalise_labels
+from wakeru.protocol import PROTOCOL_VERSION, ClassifyRequest, ClassifyResult, ErrorCode, LabelScore, Timings
+
+from .adapters import Adapter
+from .decode import DecodeLimits, ImageError, decode_image
+from .label_cache import LabelEmbeddingCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Job:
+    request: ClassifyRequest
+    labels: tuple[str, ...]
+    future: Future
+    submitted: float
+    prepared: dict[str, Any] | None = None
+    error: tuple[ErrorCode, str] | None = None
+    decode_ms: float = 0.0
+
+
+@dataclass
+class EngineStats:
+    batches: int = 0
+    images: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    refused_busy: int = 0
+
+
+class Engine:
+    def __init__(self, adapter: Adapter, config: Config):
+        self.adapter = adapter
+        self.config = config
+        self.limits = DecodeLimits.from_config(config.images)
+        self.max_batch = config.worker.max_batch
+        self.max_wait = config.worker.max_wait_ms / 1000.0
+        self.cache = LabelEmbeddingCache(adapter.encode_texts, model_key=adapter.cache_key,
+                                         templates=config.model.templates)
+        self.stats = EngineStats()
+        self._pool = ThreadPoolExecutor(config.worker.resolved_decode_threads(), thread_name_prefix="wakeru-decode")
+        self._ready: queue.Queue[_Job | None] = queue.Queue()
+        self._capacity = config.worker.queue_size
+        self._in_flight = 0
+        self._decoding = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="wakeru-batcher", daemon=True)
+        self._thread.start()
+
+    # ---- public API -------------------------------------------------------------
+
+    def submit(self, request: ClassifyRequest) -> "Future[ClassifyResult]":
+        """Queue one request; the future always resolves to a ClassifyResult (never raises)."""
+        future: Future = Future()
+        rejection = self._validate(request)
+        if isinstance(rejection, ClassifyResult):
+            future.set_result(rejection)
+            return future
+        with self._lock:
+            if self._closed:
+                future.set_result(ClassifyResult.failure(request.id, ErrorCode.UNAVAILABLE,
+                                                         "the model worker is shutting down"))
+                return future
+            if self._in_flight >= self._capacity:
+                self.stats.refused_busy += 1
+                future.set_result(ClassifyResult.failure(
+                    request.id, ErrorCode.QUEUE_FULL,
+                    f"the model is busy ({self._in_flight} images waiting); try again in a moment"))
+                return future
+            self._in_flight += 1
+            self._decoding += 1
+        job = _Job(request, rejection, future, time.perf_counter())
+        self._pool.submit(self._prepare, job)
+        return future
+
+    def classify(self, requests: Iterable[ClassifyRequest]) -> list[ClassifyResult]:
+        """Submit all, wait for all (results in input order)."""
+        futures = [self.submit(r) for r in requests]
+        return [f.result() for f in futures]
+
+    def stream(self, requests: Iterable[ClassifyRequest], window: int | None = None) -> Iterator[ClassifyResult]:
+        """Results in input order, keeping at most `window` requests in flight (default:
+        the queue size), so any number of inputs can be fed without a QUEUE_FULL."""
+        window = max(1, min(window or self._capacity, self._capacity))
+        pending: deque[Future] = deque()
+        for request in requests:
+            if len(pending) >= window:
+                yield pending.popleft().result()
+            pending.append(self.submit(request))
+        while pending:
+            yield pending.popleft().result()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop accepting work, finish what was accepted, stop the threads."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pool.shutdown(wait=True)
+        self._ready.put(None)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- stages -------------------------------------------------------------------
+
+    def _validate(self, request: ClassifyRequest) -> ClassifyResult | tuple[str, ...]:
+        rid = getattr(request, "id", "?")
+        if getattr(request, "version", None) != PROTOCOL_VERSION:
+            return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST,
+                                          f"protocol version {getattr(request, 'version', None)!r} is not "
+                                          f"{PROTOCOL_VERSION}; update the bot and worker together")
+        if not isinstance(request.image, (bytes, bytearray, memoryview)):
+            return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST, "the image must be sent as bytes")
+        if not isinstance(request.top_k, int) or request.top_k < 1:
+            return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST, f"top_k must be ≥ 1, not {request.top_k!r}")
+        if isinstance(request.labels, str):
+            return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST, "labels must be a list of strings")
+        cfg = self.config.labels
+        try:
+            return normalise_labels(request.labels, max_count=cfg.max_count, max_length=cfg.max_length)
+        except (LabelError, TypeError) as e:
+            return ClassifyResult.failure(rid, ErrorCode.BAD_LABELS, str(e))
+
+    def _prepare(self, job: _Job) -> None:
+        start = time.perf_counter()
+        try:
+            image = decode_image(bytes(job.request.image), self.limits, self.adapter.preprocessor.draft_size)
+            job.prepared = self.adapter.preprocessor.prepare(image)
+        except ImageError as e:
+            job.error = (e.code, e.message)
+        except Exception as e:  # never let one image take the worker down
+            log.exception("preprocessing failed for request %s", job.request.id)
+            job.error = (ErrorCode.CORRUPT, f"the image could not be processed ({type(e).__name__})")
+        job.decode_ms = (time.perf_counter() - start) * 1000
+        self._ready.put(job)
+        with self._lock:
+            self._decoding -= 1
+
+    def _run(self) -> None:
+        while True:
+            first = self._ready.get()
+            if first is None:
+                return
+            batch, stop = self._collect(first)
+            if batch:
+                self._process(batch)
+            if stop:
+                return
+
+    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
+        """Gather ready jobs up to max_batch; wait only while more are being decoded."""
+        batch: list[_Job] = []
+        deadline = time.perf_counter() + self.max_wait
+        job: _Job | None = first
+        while True:
+            if job is None:
+                return batch, True
+            if job.error is not None:
+                self._finish_error(job, *job.error)
+            else:
+                batch.append(job)
+                if len(batch) >= self.max_batch:
+                    return batch, False
+            try:
+                job = self._ready.get_nowait()
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.perf_counter()
+            if self._decoding == 0 or remaining <= 0:
+                return batch, False
+            try:
+                job = self._ready.get(timeout=remaining)
+            except queue.Empty:
+                return batch, False
+
+    def _process(self, batch: list[_Job]) -> None:
+        started = time.perf_counter()
+        now = time.time()
+        live = []
+        for job in batch:
+            if job.request.deadline is not None and now > job.request.deadline:
+                self._finish_error(job, ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed while it waited")
+            else:
+                live.append(job)
+        if not live:
+            return
+        try:
+            self._run_batch(live, started)
+        except Exception as e:
+            if isinstance(e, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            if len(live) > 1:
+                # isolate the culprit: retry one by one
+                log.warning("batch of %d failed (%s); retrying one by one", len(live), e)
+                for job in live:
+                    self._process([job])
+                return
+            log.exception("model failed on request %s", live[0].request.id)
+            self._finish_error(live[0], ErrorCode.INTERNAL, f"the model failed on this image ({type(e).__name__})")
+
+    def _run_batch(self, jobs: list[_Job], started: float) -> None:
+        groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        for i, job in enumerate(jobs):
+            groups[job.labels].append(i)
+        label_embs = {labels: self.cache.get(labels) for labels in groups}
+        adapter = self.adapter
+        inputs = adapter.preprocessor.collate([j.prepared for j in jobs], adapter.device, adapter.dtype)
+        image_emb = adapter.encode_images(inputs)
+        scored: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        for labels, idx in groups.items():
+            share, match = adapter.score(image_emb[idx], label_embs[labels])
+            share = share.cpu()
+            match = match.cpu() if match is not None else None
+            for row, i in enumerate(idx):
+                scored[i] = (share[row], match[row] if match is not None else None)
+        model_ms = (time.perf_counter() - started) * 1000
+        self.stats.batches += 1
+        self.stats.images += len(jobs)
+        self.stats.batch_sizes.append(len(jobs))
+        for i, job in enumerate(jobs):
+            share, match = scored[i]
+            k = min(job.request.top_k, len(job.labels))
+            values, order = torch.topk(share, k)
+            top = tuple(
+                LabelScore(job.labels[j], float(v), float(match[j]) if match is not None else None)
+                for v, j in zip(values.tolist(), order.tolist())
+            )
+            self._finish(job, ClassifyResult(id=job.request.id, top=top,
+                                             timings=self._timings(job, started, model_ms, len(jobs))))
+
+    # ---- completion ---------------------------------------------------------------
+
+    def _timings(self, job: _Job, started: float, model_ms: float = 0.0, batch_size: int = 0) -> Timings:
+        now = time.perf_counter()
+        return Timings(queue_ms=(started - job.submitted) * 1000, decode_ms=job.decode_ms, model_ms=model_ms,
+                       total_ms=(now - job.submitted) * 1000, batch_size=batch_size)
+
+    def _finish_error(self, job: _Job, code: ErrorCode, message: str) -> None:
+        self._finish(job, ClassifyResult.failure(job.request.id, code, message,
+                                                 self._timings(job, time.perf_counter())))
+
+    def _finish(self, job: _Job, result: ClassifyResult) -> None:
+        # only the batcher thread finishes jobs, so done() cannot change under us
+        if job.future.done():
+            return
+        with self._lock:
+            self._in_flight -= 1
+        job.future.set_result(result)

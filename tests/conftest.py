@@ -1,0 +1,66 @@
+"""Shared fixtures: offline Hugging Face, tiny local checkpoints, a tiny trained model."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Before anything imports transformers/huggingface_hub: no network, a private cache
+# (remote-code modules land there), no tokenizer thread pools.
+_HF_HOME = tempfile.mkdtemp(prefix="wakeru-hf-")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# The developer's own overrides must not leak into the tests.
+for _name in [n for n in os.environ if n.startswith("WAKERU_") and ("__" in n or n == "WAKERU_CONFIG")]:
+    del os.environ[_name]
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from wakeru.config import Config, load_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "samples"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_transformers():
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """family → directory of a tiny random-weight checkpoint saved with save_pretrained."""
+    from model_worker.checkpoints import FAMILIES, build
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {family: build(family, root / family, "tiny") for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory) -> Path:
+    """A tiny SiglipModel trained for under a minute on coloured shapes (tests/support/shapes.py)."""
+    from tests.support.train_tiny import train
+
+    out = tmp_path_factory.mktemp("trained") / "siglip-shapes"
+    info = train(out)
+    assert info["steps"] >= 1500, info  # stopped by the time guard far too early: the machine is overloaded
+    return out
+
+
+def make_config(model_path: Path | str | None = None, **sections) -> Config:
+    """The default config (not ./config.yaml, not the environment) with overrides."""
+    config = load_config(path=REPO / "config.yaml", env={})
+    model = dict(sections.pop("model", {}))
+    if model_path is not None:
+        model.setdefault("id", str(model_path))
+    if model:
+        sections["model"] = model
+    return config.with_overrides(**sections) if sections else config

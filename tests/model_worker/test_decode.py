@@ -1,0 +1,164 @@
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model_worker.decode import DecodeLimits, ImageError, decode_image
+from tests.support.hostile import corpus, encoded
+from wakeru.protocol import ErrorCode
+
+LIMITS = DecodeLimits(max_bytes=25 * 2**20, max_pixels=40_000_000,
+                      formats=frozenset({"jpeg", "png", "gif", "webp", "bmp"}))
+HOSTILE = corpus()
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_file_gets_its_error_code_and_a_message(name):
+    data, expected = HOSTILE[name]
+    start = time.perf_counter()
+    with pytest.raises(ImageError) as info:
+        decode_image(data, LIMITS, (224, 224))
+    assert info.value.code == expected, info.value.message
+    assert info.value.message and "0x" not in info.value.message
+    # rejections are cheap: nothing here decodes a large picture
+    assert time.perf_counter() - start < 5
+
+
+def test_messages_are_specific():
+    def message(data):
+        with pytest.raises(ImageError) as info:
+            decode_image(data, LIMITS)
+        return info.value.message
+
+    assert "SVG" in message(HOSTILE["svg"][0])
+    assert "PDF" in message(HOSTILE["pdf"][0])
+    assert "JPEG, PNG, GIF, WebP or BMP" in message(HOSTILE["zip"][0])
+    assert "8000×6000 = 48.0 MP; the limit is 40.0 MP" in message(HOSTILE["png-bomb-48mp"][0])
+
+
+def test_too_large_checked_before_anything_else():
+    small = DecodeLimits(max_bytes=1000, max_pixels=LIMITS.max_pixels, formats=LIMITS.formats)
+    data = encoded(Image.effect_noise((200, 200), 80).convert("RGB"), "PNG")
+    assert len(data) > 1000
+    with pytest.raises(ImageError) as info:
+        decode_image(data, small)
+    assert info.value.code == ErrorCode.TOO_LARGE
+    assert info.value.message == f"the file is {len(data) // 1024} KiB; the limit is 1000 bytes" or \
+        info.value.message == f"the file is {round(len(data) / 1024)} KiB; the limit is 1000 bytes"
+
+
+def test_eps_never_reaches_ghostscript(monkeypatch):
+    from PIL import EpsImagePlugin
+
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: calls.append("open"))
+    for name in ("eps", "eps-binary-header"):
+        with pytest.raises(ImageError) as info:
+            decode_image(HOSTILE[name][0], LIMITS)
+        assert info.value.code == ErrorCode.UNSUPPORTED_FORMAT
+    assert calls == []
+
+
+def test_format_comes_from_bytes_and_config_allowlist():
+    png = encoded(Image.new("RGB", (8, 8), (1, 2, 3)), "PNG")
+    only_jpeg = DecodeLimits(LIMITS.max_bytes, LIMITS.max_pixels, frozenset({"jpeg"}))
+    with pytest.raises(ImageError) as info:
+        decode_image(png, only_jpeg)
+    assert info.value.code == ErrorCode.UNSUPPORTED_FORMAT and "send a JPEG image" in info.value.message
+    with_tiff = DecodeLimits(LIMITS.max_bytes, LIMITS.max_pixels, frozenset({"tiff"}))
+    tiff = encoded(Image.new("RGB", (8, 8), (9, 8, 7)), "TIFF")
+    assert decode_image(tiff, with_tiff).getpixel((0, 0)) == (9, 8, 7)
+
+
+def _pixel(data: bytes) -> tuple[int, int, int]:
+    im = decode_image(data, LIMITS)
+    assert im.mode == "RGB"
+    return im.getpixel((im.width // 2, im.height // 2))
+
+
+def _close(a, b, tol=3):
+    return all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+def test_cmyk_jpeg_becomes_correct_rgb():
+    cmyk = Image.new("CMYK", (32, 32), (0, 255, 255, 0))  # pure red in CMYK
+    assert _close(_pixel(encoded(cmyk, "JPEG", quality=95)), (255, 0, 0), tol=12)
+
+
+def test_16bit_grayscale_png_is_scaled_not_clipped():
+    arr = np.full((16, 16), 32768, dtype=np.uint16)
+    im = Image.fromarray(arr)  # mode I;16
+    assert im.mode.startswith("I")
+    assert _close(_pixel(encoded(im, "PNG")), (128, 128, 128), tol=1)
+
+
+def test_palette_with_transparency_is_composited_on_white():
+    im = Image.new("P", (16, 16), 0)
+    im.putpalette([0, 0, 0] + [255, 0, 0] * 255)
+    im.info["transparency"] = 0
+    assert _pixel(encoded(im, "PNG", transparency=0)) == (255, 255, 255)
+    assert _pixel(encoded(im, "GIF", transparency=0)) == (255, 255, 255)
+
+
+def test_la_and_rgba_are_composited_on_white():
+    assert _pixel(encoded(Image.new("LA", (8, 8), (0, 0)), "PNG")) == (255, 255, 255)
+    half_red = Image.new("RGBA", (8, 8), (255, 0, 0, 128))
+    assert _close(_pixel(encoded(half_red, "PNG")), (255, 127, 127), tol=2)
+    assert _close(_pixel(encoded(half_red, "WEBP", lossless=True)), (255, 127, 127), tol=2)
+
+
+def test_one_bit_and_grayscale():
+    assert _pixel(encoded(Image.new("1", (8, 8), 0), "PNG")) == (0, 0, 0)
+    assert _pixel(encoded(Image.new("1", (8, 8), 1), "BMP")) == (255, 255, 255)
+    assert _pixel(encoded(Image.new("L", (8, 8), 77), "PNG")) == (77, 77, 77)
+
+
+def test_exif_orientation_is_applied():
+    im = Image.new("RGB", (40, 20), (0, 0, 255))
+    im.paste((255, 0, 0), (0, 0, 20, 20))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    out = decode_image(encoded(im, "JPEG", exif=exif, quality=95), LIMITS)
+    assert out.size == (20, 40)
+    assert _close(out.getpixel((10, 5)), (255, 0, 0), tol=20)   # red ends up on top
+    assert _close(out.getpixel((10, 35)), (0, 0, 255), tol=20)
+
+
+def test_broken_exif_does_not_refuse_the_picture():
+    data = bytearray(encoded(Image.new("RGB", (16, 16), (5, 6, 7)), "JPEG",
+                             exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff"))
+    assert decode_image(bytes(data), LIMITS).size == (16, 16)
+
+
+def test_animation_first_frame_only():
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 0, 255))]
+    for fmt in ("GIF", "WEBP", "PNG"):
+        buf = io.BytesIO()
+        frames[0].save(buf, fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+        assert _close(_pixel(buf.getvalue()), (255, 0, 0), tol=8), fmt
+
+
+def test_jpeg_draft_decodes_at_reduced_scale():
+    big = Image.effect_noise((2000, 1500), 40).convert("RGB")
+    data = encoded(big, "JPEG", quality=90)
+    full = decode_image(data, LIMITS)
+    drafted = decode_image(data, LIMITS, draft_size=(224, 224))
+    assert full.size == (2000, 1500)
+    assert drafted.size == (500, 375)  # 1/4 scale: the smallest that still covers 224 on both sides
+    assert min(drafted.size) >= 224
+
+
+def test_extreme_aspect_ratios_decode():
+    for size in ((20000, 1), (1, 20000)):
+        assert decode_image(encoded(Image.new("RGB", size, (1, 2, 3)), "PNG"), LIMITS).size == size
+
+
+def test_pixel_limit_is_configurable():
+    tight = DecodeLimits(LIMITS.max_bytes, 100, LIMITS.formats)
+    with pytest.raises(ImageError) as info:
+        decode_image(encoded(Image.new("RGB", (11, 10)), "PNG"), tight)
+    assert info.value.code == ErrorCode.TOO_MANY_PIXELS
+    assert decode_image(encoded(Image.new("RGB", (10, 10)), "PNG"), tight).size == (10, 10)

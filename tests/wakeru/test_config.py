@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import pytest
+
+from wakeru.config import Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_config_yaml_is_valid_and_complete():
+    config = load_config(REPO / "config.yaml", env={})
+    assert config.model.id == "google/siglip2-base-patch16-256"
+    assert config.model.templates[0] == "{}の写真"
+    assert config.labels.presets["animals"][0] == "犬"
+    assert {"max_batch", "max_wait_ms", "queue_size", "decode_threads"} <= set(config.worker.model_dump())
+
+
+def test_defaults_without_any_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(env={})
+    assert config == Config()
+
+
+def test_partial_file_keeps_other_defaults(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("worker:\n  max_batch: 4\n")
+    config = load_config(f, env={})
+    assert config.worker.max_batch == 4
+    assert config.worker.queue_size == Config().worker.queue_size
+
+
+def test_env_overrides_with_types():
+    config = load_config(REPO / "config.yaml", env={
+        "WAKERU_MODEL__ID": "/models/x",
+        "WAKERU_MODEL__REVISION": "1234",          # stays a string
+        "WAKERU_MODEL__TRUST_REMOTE_CODE": "true",
+        "WAKERU_WORKER__MAX_BATCH": "8",
+        "WAKERU_IMAGES__FORMATS": "[jpg, PNG]",
+        "WAKERU_MODEL__TEMPLATES": '["{}です"]',
+    })
+    assert config.model.id == "/models/x"
+    assert config.model.revision == "1234"
+    assert config.model.trust_remote_code is True
+    assert config.worker.max_batch == 8
+    assert config.images.formats == ("jpeg", "png")
+    assert config.model.templates == ("{}です",)
+
+
+def test_wakeru_config_names_another_file(tmp_path):
+    f = tmp_path / "other.yaml"
+    f.write_text("model:\n  id: /elsewhere\n")
+    assert load_config(env={"WAKERU_CONFIG": str(f)}).model.id == "/elsewhere"
+    with pytest.raises(ConfigError, match=r"not found \(from WAKERU_CONFIG\)"):
+        load_config(env={"WAKERU_CONFIG": str(tmp_path / "missing.yaml")})
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"WAKERU_MODEL__DEVICE": "gpu"}, r"model\.device: must be auto, cpu, cuda or cuda:N.*\(from WAKERU_MODEL__DEVICE\)"),
+    ({"WAKERU_WORKER__MAX_BATCH": "0"}, r"worker\.max_batch: .*greater than or equal to 1.*got 0"),
+    ({"WAKERU_MODEL__DTYPE": "int8"}, r"model\.dtype: .*'auto', 'float32', 'bfloat16' or 'float16'"),
+    ({"WAKERU_MODEL__DEVIC": "cpu"}, r"WAKERU_MODEL__DEVIC: unknown key model\.devic"),
+    ({"WAKERU_MODLE__ID": "x"}, r"WAKERU_MODLE__ID: unknown section 'modle'"),
+    ({"WAKERU_IMAGES__FORMATS": "[jpeg, svg]"}, r"images\.formats: .*unknown format 'svg'"),
+    ({"WAKERU_MODEL__TEMPLATES": '["写真"]'}, r"model\.templates: .*must contain '\{\}' exactly once"),
+])
+def test_errors_name_the_key_and_the_problem(env, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(REPO / "config.yaml", env=env)
+
+
+def test_file_errors(tmp_path):
+    bad_key = tmp_path / "k.yaml"
+    bad_key.write_text("worker:\n  max_bach: 3\n")
+    with pytest.raises(ConfigError, match=r"worker\.max_bach: unknown key"):
+        load_config(bad_key, env={})
+    bad_yaml = tmp_path / "y.yaml"
+    bad_yaml.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad_yaml, env={})
+    not_mapping = tmp_path / "m.yaml"
+    not_mapping.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(not_mapping, env={})
+
+
+def test_label_sets_in_config_are_checked(tmp_path):
+    f = tmp_path / "l.yaml"
+    f.write_text("labels:\n  max_length: 5\n  presets:\n    long: [犬, とてもとても長いラベル]\n")
+    with pytest.raises(ConfigError, match=r"labels: presets\.long: label .* is 11 characters long; the limit is 5"):
+        load_config(f, env={})
+
+
+def test_with_overrides_validates():
+    config = Config()
+    assert config.with_overrides(model={"id": "/x"}).model.id == "/x"
+    with pytest.raises(ConfigError, match=r"worker\.max_batch"):
+        config.with_overrides(worker={"max_batch": -1})

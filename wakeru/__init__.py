@@ -1,0 +1,1 @@
+"""Shared, torch-free pieces of Wakeru: configuration, label rules and the bot↔worker protocol."""

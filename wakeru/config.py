@@ -1,0 +1,214 @@
+"""The one validated configuration: config.yaml, overridden by WAKERU_<SECTION>__<KEY> variables.
+
+Lookup: an explicit path, else $WAKERU_CONFIG, else ./config.yaml if present, else
+the defaults below (which match the shipped config.yaml). Every problem is reported
+with the dotted key, what is wrong, and where the value came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .labels import LabelError, normalise_labels
+
+ENV_PREFIX = "WAKERU_"
+ENV_CONFIG_FILE = "WAKERU_CONFIG"
+DEFAULT_FILE = "config.yaml"
+
+# Formats the decoder knows how to read safely; config may allow a subset (or tiff).
+KNOWN_FORMATS = ("jpeg", "png", "gif", "webp", "bmp", "tiff")
+
+
+class ConfigError(Exception):
+    """Invalid configuration; str() lists every problem, one per line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+
+class ModelSection(_Section):
+    id: str = Field("google/siglip2-base-patch16-256", min_length=1)
+    revision: str | None = None
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    templates: tuple[str, ...] = ("{}の写真", "{}の画像", "{}が写っている写真")
+    trust_remote_code: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, not {v!r}")
+        return v
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("give at least one template, e.g. ['{}の写真']")
+        for t in v:
+            if t.count("{}") != 1:
+                raise ValueError(f"template {t!r} must contain '{{}}' exactly once (where the label goes)")
+        return v
+
+
+class WorkerSection(_Section):
+    max_batch: int = Field(32, ge=1, le=1024)
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000)
+    queue_size: int = Field(256, ge=1, le=1_000_000)
+    decode_threads: int = Field(0, ge=0, le=256)
+
+    def resolved_decode_threads(self) -> int:
+        return self.decode_threads or max(1, min(8, os.cpu_count() or 1))
+
+
+class ImagesSection(_Section):
+    max_bytes: int = Field(25 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1)
+    formats: tuple[str, ...] = ("jpeg", "png", "gif", "webp", "bmp")
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _formats(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            out = []
+            for f in v:
+                name = str(f).lower().strip()
+                name = {"jpg": "jpeg", "tif": "tiff"}.get(name, name)
+                if name not in KNOWN_FORMATS:
+                    raise ValueError(f"unknown format {f!r}; choose from {', '.join(KNOWN_FORMATS)}")
+                out.append(name)
+            if not out:
+                raise ValueError("allow at least one format")
+            return tuple(dict.fromkeys(out))
+        return v
+
+
+class LabelsSection(_Section):
+    max_count: int = Field(100, ge=1, le=10_000)
+    max_length: int = Field(50, ge=1, le=1_000)
+    default: tuple[str, ...] = (
+        "犬", "猫", "鳥", "人", "食べ物", "飲み物", "花", "車", "乗り物", "建物",
+        "風景", "空", "海", "山", "街並み", "室内", "料理", "動物", "植物", "文字",
+    )
+    presets: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_sets(self) -> "LabelsSection":
+        limits = dict(max_count=self.max_count, max_length=self.max_length)
+        try:
+            object.__setattr__(self, "default", normalise_labels(self.default, **limits))
+        except LabelError as e:
+            raise ValueError(f"default: {e}") from None
+        checked = {}
+        for name, labels in self.presets.items():
+            try:
+                checked[name] = normalise_labels(labels, **limits)
+            except LabelError as e:
+                raise ValueError(f"presets.{name}: {e}") from None
+        object.__setattr__(self, "presets", checked)
+        return self
+
+
+class Config(_Section):
+    model: ModelSection = ModelSection()
+    worker: WorkerSection = WorkerSection()
+    images: ImagesSection = ImagesSection()
+    labels: LabelsSection = LabelsSection()
+
+    def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
+        """A copy with some keys replaced (validated), e.g. with_overrides(model={"id": path})."""
+        data = self.model_dump()
+        for section, values in sections.items():
+            data.setdefault(section, {}).update(values)
+        return _validate(data, sources={})
+
+
+def _parse_env_value(raw: str) -> Any:
+    # YAML scalars/lists/mappings, so WAKERU_WORKER__MAX_BATCH=8 is an int and
+    # WAKERU_IMAGES__FORMATS='[jpeg, png]' a list; plain strings stay strings.
+    try:
+        return yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        return raw
+
+
+def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, ...], str], list[str]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    sources: dict[tuple[str, ...], str] = {}
+    problems: list[str] = []
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        if section not in Config.model_fields:
+            problems.append(f"{name}: unknown section {section!r} (known: {', '.join(Config.model_fields)})")
+            continue
+        fields = Config.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
+        if key not in fields:
+            problems.append(f"{name}: unknown key {section}.{key} (known: {', '.join(fields)})")
+            continue
+        overrides.setdefault(section, {})[key] = _parse_env_value(raw)
+        sources[(section, key)] = name
+    return overrides, sources, problems
+
+
+def _validate(data: Any, sources: Mapping[tuple[str, ...], str]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = tuple(str(p) for p in err["loc"])
+            key = ".".join(loc) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling against config.yaml)"
+            origin = sources.get(loc[:2]) or sources.get(loc)
+            where = f" (from {origin})" if origin else ""
+            given = err.get("input")
+            shown = f"; got {given!r}" if err["type"] not in ("extra_forbidden", "missing") and not isinstance(given, (dict,)) else ""
+            lines.append(f"{key}: {msg}{shown}{where}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read, merge and validate the configuration. Raises ConfigError."""
+    env = os.environ if env is None else env
+    file_label = None
+    if path is None and env.get(ENV_CONFIG_FILE):
+        path, file_label = env[ENV_CONFIG_FILE], ENV_CONFIG_FILE
+    if path is None and Path(DEFAULT_FILE).is_file():
+        path = DEFAULT_FILE
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        origin = f" (from {file_label})" if file_label else ""
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found{origin}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must be a mapping of sections, not {type(loaded).__name__}")
+        data = loaded or {}
+    overrides, sources, problems = _env_overrides(env)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    for section, values in overrides.items():
+        current = data.get(section)
+        if current is None:
+            current = {}
+        if not isinstance(current, dict):
+            raise ConfigError(f"{section}: must be a mapping of keys, not {type(current).__name__}")
+        data[section] = {**current, **values}
+    return _validate(data, sources)

@@ -1,0 +1,59 @@
+"""Label text rules shared by the CLI, the worker and the bot.
+
+Labels arrive as free text ("犬、猫, 象"): they are split on commas (ASCII, 、 and
+，) and newlines, trimmed, de-duplicated keeping the first occurrence, and checked
+against the configured limits. Every violation says what to fix.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+
+_SEPARATORS = re.compile(r"[,、，\r\n]+")
+
+
+class LabelError(ValueError):
+    """A label set that cannot be used; the message says what to fix."""
+
+
+def split_labels(text: str) -> list[str]:
+    """Split free text into raw label strings (not yet validated)."""
+    return [part for part in _SEPARATORS.split(text)]
+
+
+def normalise_labels(labels: Iterable[str], *, max_count: int, max_length: int, min_count: int = 1) -> tuple[str, ...]:
+    """Trim, de-duplicate (order kept) and check a label list.
+
+    Raises LabelError naming the offending label and the limit.
+    """
+    seen: set[str] = set()
+    result: list[str] = []
+    for raw in labels:
+        if not isinstance(raw, str):
+            raise LabelError(f"labels must be text, got {type(raw).__name__}")
+        label = " ".join(raw.split())  # trim and collapse inner whitespace (tabs included)
+        if not label:
+            continue
+        if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in label):
+            raise LabelError(f"label {label!r} contains control characters; remove them")
+        if len(label) > max_length:
+            raise LabelError(
+                f"label {label[:20]!r}… is {len(label)} characters long; the limit is {max_length}: shorten it"
+            )
+        if label not in seen:
+            seen.add(label)
+            result.append(label)
+    if len(result) < min_count:
+        if not result:
+            raise LabelError("no labels given: give at least one label, separated by commas or 、")
+        raise LabelError(f"only {len(result)} distinct label(s) given; give at least {min_count}")
+    if len(result) > max_count:
+        raise LabelError(f"{len(result)} labels given; the limit is {max_count}: remove {len(result) - max_count}")
+    return tuple(result)
+
+
+def parse_labels(text: str, *, max_count: int, max_length: int, min_count: int = 1) -> tuple[str, ...]:
+    """Free text → validated label tuple."""
+    return normalise_labels(split_labels(text), max_count=max_count, max_length=max_length, min_count=min_count)

@@ -1,0 +1,98 @@
+"""The request/result contract between the bot and the model worker.
+
+Plain frozen dataclasses: picklable for a multiprocessing queue, convertible to
+JSON-ready dicts for a networked transport. No torch, no PIL: the bot imports this.
+Bump PROTOCOL_VERSION when a field changes meaning; peers reject other versions.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+
+class ErrorCode(str, enum.Enum):
+    """Stable error codes; the message that travels with them is for people."""
+
+    EMPTY = "empty_image"                   # zero bytes
+    TOO_LARGE = "too_large"                 # more bytes than images.max_bytes
+    TOO_MANY_PIXELS = "too_many_pixels"     # width × height above images.max_pixels (checked before decoding)
+    BAD_DIMENSIONS = "bad_dimensions"       # zero-sized or otherwise unusable geometry
+    UNSUPPORTED_FORMAT = "unsupported_format"  # not an allowed image format (SVG, PDF, EPS, HTML, archives, …)
+    CORRUPT = "corrupt_image"               # an allowed format that fails to decode (truncated, damaged)
+    UNREADABLE = "unreadable"               # the input could not be read at all (missing file, …)
+    BAD_LABELS = "bad_labels"               # the label set breaks the label rules
+    BAD_REQUEST = "bad_request"             # malformed request (wrong version, bad top_k, …)
+    QUEUE_FULL = "queue_full"               # the worker's bounded queue is full: busy, try again
+    DEADLINE_EXCEEDED = "deadline_exceeded"  # the request's deadline passed before it ran
+    UNAVAILABLE = "unavailable"             # no model loaded (loading, failed, shutting down)
+    INTERNAL = "internal_error"             # a bug or a device failure; the worker keeps running
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyRequest:
+    """One image and the labels to rank it against.
+
+    The label set travels by value; the worker caches its embeddings by content,
+    so sending the same set again costs no text-tower work.
+    """
+
+    id: str
+    image: bytes
+    labels: tuple[str, ...]
+    top_k: int = 3
+    deadline: float | None = None  # wall-clock (time.time()) seconds; None = no deadline
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class LabelScore:
+    label: str
+    score: float                  # share among the given labels, in [0, 1]; the shares of all labels sum to 1
+    match: float | None = None    # SigLIP family only: independent sigmoid match probability in [0, 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    queue_ms: float = 0.0    # submit → its batch started
+    decode_ms: float = 0.0   # decode + preprocess of this image
+    model_ms: float = 0.0    # forward pass of the batch it ran in
+    total_ms: float = 0.0    # submit → result
+    batch_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyResult:
+    id: str
+    top: tuple[LabelScore, ...] = ()
+    error: ErrorCode | None = None
+    message: str | None = None
+    timings: Timings = field(default_factory=Timings)
+    version: int = PROTOCOL_VERSION
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def failure(cls, request_id: str, code: ErrorCode, message: str, timings: Timings | None = None) -> "ClassifyResult":
+        return cls(id=request_id, error=code, message=message, timings=timings or Timings())
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["error"] = self.error.value if self.error else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ClassifyResult":
+        return cls(
+            id=d["id"],
+            top=tuple(LabelScore(**s) for s in d.get("top", ())),
+            error=ErrorCode(d["error"]) if d.get("error") else None,
+            message=d.get("message"),
+            timings=Timings(**d.get("timings", {})),
+            version=d.get("version", PROTOCOL_VERSION),
+        )
