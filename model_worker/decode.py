@@ -22,6 +22,11 @@ from .sniff import sniff
 
 # A truncated file is an error, not a half-grey picture.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow warns about odd input (corrupt EXIF, large dimensions); hostile uploads make
+# that noise, and our own checks decide. Set once for the process: catch_warnings is
+# not thread-safe and decoding runs in a thread pool.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 _WHITE = (255, 255, 255)
 
@@ -58,10 +63,7 @@ def _size(n: int) -> str:
 
 def _open(data: bytes, pillow_format: str, description: str, limits: DecodeLimits) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            # our own pixel limit (checked next) is the one that counts
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data), formats=[pillow_format])
+        return Image.open(io.BytesIO(data), formats=[pillow_format])
     except Image.DecompressionBombError:
         raise ImageError(ErrorCode.TOO_MANY_PIXELS,
                          f"the {description} declares far too many pixels; the limit is {limits.max_pixels / 1e6:.1f} MP"
@@ -89,9 +91,7 @@ def _check_geometry(im: Image.Image, limits: DecodeLimits, description: str) -> 
 
 def _apply_orientation(im: Image.Image) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow warns on corrupt EXIF; we just skip it
-            return ImageOps.exif_transpose(im) or im
+        return ImageOps.exif_transpose(im) or im
     except Exception:
         return im  # a broken EXIF block is no reason to refuse the picture
 

@@ -22,11 +22,12 @@ def png(colour=(200, 30, 30), size=(64, 48)) -> bytes:
 
 @pytest.fixture(scope="module")
 def adapter(checkpoints):
-    return load_adapter(make_config(checkpoints["siglip"]).model)
+    # float32: results must not depend on which batch an image ran in
+    return load_adapter(make_config(checkpoints["siglip"], model={"dtype": "float32"}).model)
 
 
 def engine_for(adapter, **worker):
-    return Engine(adapter, make_config(adapter.model_id, worker=worker))
+    return Engine(adapter, make_config(adapter.model_id, model={"dtype": "float32"}, worker=worker))
 
 
 def test_requests_are_batched_up_to_max_batch(adapter):

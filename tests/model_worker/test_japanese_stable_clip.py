@@ -16,7 +16,8 @@ from wakeru.protocol import ClassifyRequest
 
 @pytest.fixture(scope="module")
 def jsc(checkpoints):
-    config = make_config(checkpoints["japanese-stable-clip"], model={"trust_remote_code": True, "templates": ["{}"]})
+    config = make_config(checkpoints["japanese-stable-clip"], model={"trust_remote_code": True, "templates": ["{}"],
+                                                                           "dtype": "float32"})
     return config, load_adapter(config.model)
 
 

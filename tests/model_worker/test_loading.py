@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from model_worker.loading import ModelLoadError, explain, resolve_device, resolve_dtype, unwrap_features
+from model_worker.loading import (ModelLoadError, cpu_has_fast_bf16, explain, resolve_device, resolve_dtype,
+                                  unwrap_features)
 
 
 def test_gated_model_says_how_to_get_access():
@@ -33,9 +34,14 @@ def test_load_errors_are_explained(exc, expected):
     assert expected in str(explain("foo/bar", exc))
 
 
-def test_device_and_dtype_resolution():
+def test_device_and_dtype_resolution(monkeypatch):
+    import model_worker.loading as loading
+
     cpu = torch.device("cpu")
+    monkeypatch.setattr(loading, "cpu_has_fast_bf16", lambda: False)
     assert resolve_dtype("auto", cpu) == torch.float32
+    monkeypatch.setattr(loading, "cpu_has_fast_bf16", lambda: True)
+    assert resolve_dtype("auto", cpu) == torch.bfloat16
     assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
     with pytest.raises(ModelLoadError, match="float16 is not supported on CPU"):
         resolve_dtype("float16", cpu)
@@ -53,3 +59,8 @@ def test_unwrap_features_handles_both_transformers_generations():
     assert unwrap_features(BaseModelOutputWithPooling(last_hidden_state=torch.zeros(2, 5, 3), pooler_output=t)) is t
     with pytest.raises(TypeError):
         unwrap_features(object())
+
+
+def test_cpu_bf16_detection_reads_the_flags():
+    flags = open("/proc/cpuinfo").read()
+    assert cpu_has_fast_bf16() == ("amx_bf16" in flags or "avx512_bf16" in flags)
