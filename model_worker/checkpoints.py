@@ -142,22 +142,27 @@ def _save(model, out: Path) -> None:
     model.save_pretrained(out, safe_serialization=True)
 
 
+def _siglip_text(out: Path, preset: str) -> dict:
+    """Gemma tokenizer into `out`, and the SigLIP text-tower config for it (64 positions, 16 when tiny)."""
+    p = PRESETS[preset]
+    if p["text_hidden"] != p["hidden"]:
+        raise ValueError("SigLIP needs equal tower widths")
+    out.mkdir(parents=True, exist_ok=True)
+    tok = gemma_tokenizer(out)
+    text = _text_kwargs(p, max(p["vocab"], len(tok)), 16 if preset == "tiny" else 64)
+    text.update(pad_token_id=0, eos_token_id=1, bos_token_id=2, projection_size=p["text_hidden"])
+    return text
+
+
 def build_siglip(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
     """SiglipModel (as the fixed-resolution SigLIP / SigLIP 2 checkpoints) + Gemma tokenizer."""
     import torch
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 
     p = PRESETS[preset]
-    out.mkdir(parents=True, exist_ok=True)
-    tok = gemma_tokenizer(out)
-    max_pos = 16 if preset == "tiny" else 64
-    text = _text_kwargs(p, max(p["vocab"], len(tok)), max_pos)
-    text.update(pad_token_id=0, eos_token_id=1, bos_token_id=2, projection_size=p["text_hidden"])
-    vision = _vision_kwargs(p)
-    if p["text_hidden"] != p["hidden"]:
-        raise ValueError("SigLIP needs equal tower widths")
+    text = _siglip_text(out, preset)
     torch.manual_seed(seed)
-    model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
+    model = SiglipModel(SiglipConfig(text_config=text, vision_config=_vision_kwargs(p)))
     _save(model, out)
     SiglipImageProcessor(size={"height": p["image"], "width": p["image"]}, resample=2,
                          image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(out)
@@ -171,11 +176,7 @@ def build_siglip2(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
     from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
     p = PRESETS[preset]
-    out.mkdir(parents=True, exist_ok=True)
-    tok = gemma_tokenizer(out)
-    max_pos = 16 if preset == "tiny" else 64
-    text = _text_kwargs(p, max(p["vocab"], len(tok)), max_pos)
-    text.update(pad_token_id=0, eos_token_id=1, bos_token_id=2, projection_size=p["text_hidden"])
+    text = _siglip_text(out, preset)
     max_patches = (p["image"] // p["patch"]) ** 2
     vision = {**_vision_kwargs(p), "num_patches": max_patches}
     vision.pop("image_size")

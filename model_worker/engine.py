@@ -100,8 +100,8 @@ class Engine:
                 return future
             self._in_flight += 1
             self._decoding += 1
-        job = _Job(request, rejection, future, time.perf_counter())
-        self._pool.submit(self._prepare, job)
+            # under the lock, so close() cannot shut the pool between the check and this
+            self._pool.submit(self._prepare, _Job(request, rejection, future, time.perf_counter()))
         return future
 
     def classify(self, requests: Iterable[ClassifyRequest]) -> list[ClassifyResult]:
@@ -181,9 +181,15 @@ class Engine:
             first = self._ready.get()
             if first is None:
                 return
-            batch, stop = self._collect(first)
-            if batch:
-                self._process(batch)
+            batch, stop = [], False
+            try:
+                batch, stop = self._collect(first)
+                if batch:
+                    self._process(batch)
+            except Exception:  # a bug here must not leave every later request hanging
+                log.exception("batcher failed; answering the batch with an error")
+                for job in batch or [first]:
+                    self._finish_error(job, ErrorCode.INTERNAL, "the worker hit an internal error")
             if stop:
                 return
 

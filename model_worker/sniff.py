@@ -89,14 +89,15 @@ def _sniff_markup(head: bytes) -> Sniffed | None:
 
 
 def _looks_like_text(head: bytes) -> bool:
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        # a multi-byte character cut at the end of the sample is still text
+    # a multi-byte character cut at the end of the sample is still text
+    for cut in range(4):
         try:
-            text = head[:-3].decode("utf-8")
+            text = head[:len(head) - cut].decode("utf-8")
+            break
         except UnicodeDecodeError:
-            return False
+            continue
+    else:
+        return False
     printable = sum(ch.isprintable() or ch in "\r\n\t" for ch in text)
     return len(text) > 0 and printable / len(text) > 0.95
 

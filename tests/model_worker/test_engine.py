@@ -157,3 +157,21 @@ def test_closed_engine_answers_unavailable(adapter):
     assert pending.result(timeout=30).ok  # accepted work is finished
     after = engine.submit(ClassifyRequest(id="after", image=png(), labels=LABELS)).result(timeout=1)
     assert after.error == ErrorCode.UNAVAILABLE
+
+
+def test_a_bug_in_the_batcher_answers_instead_of_hanging(adapter, monkeypatch):
+    with engine_for(adapter) as engine:
+        original = engine._process
+        calls = {"n": 0}
+
+        def broken_once(batch):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise KeyError("bug")
+            return original(batch)
+
+        monkeypatch.setattr(engine, "_process", broken_once)
+        first = engine.submit(ClassifyRequest(id="1", image=png(), labels=LABELS)).result(timeout=30)
+        assert first.error == ErrorCode.INTERNAL
+        assert engine.submit(ClassifyRequest(id="2", image=png(), labels=LABELS)).result(timeout=30).ok
+        assert engine.in_flight == 0
