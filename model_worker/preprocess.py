@@ -74,9 +74,15 @@ class _Normalise:
         """uint8 pixels (on any device) → normalised float32, channels along channel_dim."""
         shape = [1] * pixels.dim()
         shape[channel_dim] = 3
-        scale = self.scale.to(pixels.device).view(shape)
-        shift = self.shift.to(pixels.device).view(shape)
-        return pixels.float().mul_(scale).sub_(shift)
+        scale, shift = self._on(pixels.device)
+        return pixels.float().mul_(scale.view(shape)).sub_(shift.view(shape))
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # copied to each device once, not once per batch
+        cache = self.__dict__.setdefault("_per_device", {})
+        if device not in cache:
+            cache[device] = (self.scale.to(device), self.shift.to(device))
+        return cache[device]
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -143,7 +149,7 @@ class FixedResolution(Preprocessor):
     def collate(self, items, device, dtype):
         batch = _to_device(np.stack([it["pixels"] for it in items]), device)  # N, H, W, 3 uint8
         pixels = self.normalise.apply(batch.permute(0, 3, 1, 2), channel_dim=1)
-        return {"pixel_values": pixels.contiguous().to(dtype)}
+        return {"pixel_values": pixels.to(dtype, memory_format=torch.contiguous_format)}
 
 
 def naflex_size(height: int, width: int, patch_size: int, max_num_patches: int, eps: float = 1e-5) -> tuple[int, int]:

@@ -13,8 +13,7 @@ LIMITS = DecodeLimits(25 * 2**20, 40_000_000, frozenset({"jpeg", "png", "gif", "
 
 
 def _processors():
-    from transformers import AutoImageProcessor, CLIPImageProcessor, SiglipImageProcessor
-    from transformers.models.siglip2 import image_processing_pil_siglip2 as s2
+    from transformers import CLIPImageProcessor, Siglip2ImageProcessor, SiglipImageProcessor
 
     return {
         # OpenAI CLIP: shortest edge 224 bicubic, centre crop, CLIP mean/std
@@ -28,7 +27,7 @@ def _processors():
         "siglip": SiglipImageProcessor(size={"height": 256, "width": 256}, resample=2,
                                        image_mean=[0.5] * 3, image_std=[0.5] * 3),
         # SigLIP 2 NaFlex
-        "naflex": s2.Siglip2ImageProcessorPil(patch_size=16, max_num_patches=256),
+        "naflex": Siglip2ImageProcessor(patch_size=16, max_num_patches=256),
     }
 
 
@@ -86,7 +85,10 @@ def test_downscaled_photos_match_within_one_level(name, photos):
 
 
 def test_naflex_size_matches_transformers():
-    from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches as ref
+    try:  # transformers 5 (PIL backend module)
+        from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches as ref
+    except ImportError:  # transformers 4
+        from transformers.models.siglip2.image_processing_siglip2 import get_image_size_for_max_num_patches as ref
 
     for h, w in [(480, 640), (1, 20000), (20000, 3), (224, 224), (333, 517), (16, 16)]:
         assert naflex_size(h, w, 16, 256) == ref(h, w, 16, 256)
