@@ -23,7 +23,17 @@ import torch
 from PIL import Image
 
 def _resample(value: Any) -> Image.Resampling:
-    return Image.Resampling(int(value if value is not None else Image.Resampling.BILINEAR))
+    """PIL resampling from a processor's `resample`: an int / PILImageResampling, or (in
+    torchvision-backed processors) an InterpolationMode such as BICUBIC."""
+    if value is None:
+        return Image.Resampling.BILINEAR
+    if isinstance(value, int):
+        return Image.Resampling(int(value))
+    name = str(getattr(value, "name", value)).upper()
+    try:
+        return Image.Resampling[name]
+    except KeyError:
+        raise UnsupportedProcessor(f"unsupported resample mode {value!r}") from None
 
 
 def _resize(im: Image.Image, size: tuple[int, int], resample: Image.Resampling,

@@ -137,3 +137,20 @@ def test_unsupported_processor_is_reported():
 
     with pytest.raises(UnsupportedProcessor):
         from_image_processor(CLIPImageProcessor(size={"shortest_edge": 224}, do_center_crop=False))
+
+
+def test_resample_modes_from_either_processor_backend():
+    import enum
+
+    from model_worker.preprocess import _resample
+
+    class InterpolationMode(enum.Enum):  # torchvision's shape: names, string values
+        BICUBIC = "bicubic"
+        BILINEAR = "bilinear"
+
+    assert _resample(3) == Image.Resampling.BICUBIC
+    assert _resample(Image.Resampling.BILINEAR) == Image.Resampling.BILINEAR
+    assert _resample(InterpolationMode.BICUBIC) == Image.Resampling.BICUBIC
+    assert _resample(None) == Image.Resampling.BILINEAR
+    with pytest.raises(UnsupportedProcessor):
+        _resample("sinc")
