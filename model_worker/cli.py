@@ -35,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="ID_OR_PATH", help="hub id or local directory (default: model.id from config)")
     p.add_argument("--config", metavar="FILE", help="config file (default: $WAKERU_CONFIG or ./config.yaml)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override model.device")
+    p.add_argument("--device", help="override model.device: auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="override model.dtype")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
 
@@ -138,7 +138,8 @@ def _classify_stream(engine, paths: Sequence[str], labels: tuple[str, ...], top_
                 order.append((path, None))
                 yield ClassifyRequest(id=str(i), image=item, labels=labels, top_k=top_k)
 
-    results = engine.stream(requests())
+    # a small window: each request in flight holds its file's bytes (up to images.max_bytes)
+    results = engine.stream(requests(), window=2 * engine.max_batch)
     emitted = 0
     for result in results:
         # emit everything up to and including this engine result, in input order

@@ -14,6 +14,7 @@ import re
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from wakeru.protocol import ErrorCode
@@ -29,6 +30,18 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 _WHITE = (255, 255, 255)
+
+# Structure limits, checked on the raw bytes before Pillow parses anything. Pillow walks
+# JPEG markers and PNG chunks in Python and libjpeg decodes every progressive scan over
+# the whole image, so a small file with millions of markers or thousands of scans would
+# hold a decode thread for seconds to hours. Real photos stay far below these.
+MAX_SIDE = 50_000              # px; a 1×40,000,000 strip costs gigabytes in Pillow's resamplers
+MAX_JPEG_SCANS = 100           # progressive JPEGs use about 10
+MAX_JPEG_HEADER_SEGMENTS = 1_000
+MAX_JPEG_JUNK_BYTES = 4_096    # stray bytes between markers, which Pillow skips one by one
+MAX_PNG_CHUNKS = 20_000        # a 25 MiB PNG with 8 KiB IDAT chunks has about 3,200
+_NOT_FF = re.compile(rb"[^\xff]*")
+_FF_RUN = re.compile(rb"\xff+")
 
 
 class ImageError(Exception):
@@ -77,10 +90,60 @@ def _reason(e: BaseException) -> str:
     return text[:120]
 
 
+def _check_jpeg_structure(data: bytes) -> None:
+    scans = data.count(b"\xff\xda")  # an upper bound: entropy-coded data never holds FF DA
+    if scans > MAX_JPEG_SCANS:
+        raise ImageError(ErrorCode.CORRUPT, f"the JPEG image has {scans} scans; at most {MAX_JPEG_SCANS} are accepted")
+    # Walk the header segments up to the first scan: the part Pillow parses in Python.
+    pos, segments, junk, end = 2, 0, 0, len(data)
+    while pos < end:
+        nxt = _NOT_FF.match(data, pos).end()
+        junk += nxt - pos
+        if nxt >= end:
+            break
+        pos = _FF_RUN.match(data, nxt).end() - 1  # the last 0xFF before the marker code
+        junk += pos - nxt
+        if junk > MAX_JPEG_JUNK_BYTES:
+            raise ImageError(ErrorCode.CORRUPT, "the JPEG image has too much junk between its markers")
+        if pos + 1 >= end:
+            break
+        marker = data[pos + 1]
+        if marker in (0xDA, 0xD9):  # start of scan / end of image: libjpeg takes over
+            break
+        segments += 1
+        if segments > MAX_JPEG_HEADER_SEGMENTS:
+            raise ImageError(ErrorCode.CORRUPT,
+                             f"the JPEG image has more than {MAX_JPEG_HEADER_SEGMENTS} header segments")
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+        elif pos + 4 <= end:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        else:
+            break
+
+
+def _check_png_structure(data: bytes) -> None:
+    pos, chunks, end = 8, 0, len(data)
+    while pos + 8 <= end:
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise ImageError(ErrorCode.CORRUPT, f"the PNG image has more than {MAX_PNG_CHUNKS} chunks")
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        if data[pos + 4:pos + 8] == b"IEND":
+            break
+        pos += 12 + length
+
+
+_STRUCTURE_CHECKS = {"jpeg": _check_jpeg_structure, "png": _check_png_structure}
+
+
 def _check_geometry(im: Image.Image, limits: DecodeLimits, description: str) -> None:
     width, height = im.size
     if width <= 0 or height <= 0:
         raise ImageError(ErrorCode.BAD_DIMENSIONS, f"the {description} has no pixels ({width}×{height})")
+    if max(width, height) > MAX_SIDE:
+        raise ImageError(ErrorCode.BAD_DIMENSIONS,
+                         f"the {description} is {width}×{height} px; sides longer than {MAX_SIDE} px are not accepted")
     if width * height > limits.max_pixels:
         raise ImageError(
             ErrorCode.TOO_MANY_PIXELS,
@@ -98,8 +161,6 @@ def _apply_orientation(im: Image.Image) -> Image.Image:
 
 def _scale_to_8bit(im: Image.Image) -> Image.Image:
     # Pillow's own I;16 → L conversion clips at 255 instead of scaling.
-    import numpy as np
-
     arr = np.asarray(im)
     if im.mode == "F":
         top = float(arr.max()) if arr.size else 1.0
@@ -107,25 +168,27 @@ def _scale_to_8bit(im: Image.Image) -> Image.Image:
         out = np.clip(arr, 0, 255).astype(np.uint8)
     else:
         out = np.clip(arr.astype(np.float64) / 257.0 + 0.5, 0, 255).astype(np.uint8)
+        transparent = im.info.get("transparency")
+        if isinstance(transparent, int):  # 16-bit grey with a tRNS colour: that colour shows white
+            out[arr == transparent] = 255
     return Image.fromarray(out, "L")
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any Pillow mode → RGB; transparency is composited onto white."""
     mode = im.mode
-    if mode == "RGB":
-        return im
     if mode.startswith("I") or mode == "F":
         return _scale_to_8bit(im).convert("RGB")
-    has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in im.info)
-    if mode in ("L", "1") or (mode == "P" and not has_alpha):
-        return im.convert("RGB")
+    # a tRNS colour (palette index, grey level or RGB triple) is transparency too
+    has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
+        mode in ("P", "L", "RGB", "1") and "transparency" in im.info)
     if has_alpha:
         rgba = im.convert("RGBA")
         background = Image.new("RGB", rgba.size, _WHITE)
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    return im.convert("RGB")  # CMYK (Adobe-inverted handled by Pillow), YCbCr, LAB, HSV
+    # L, 1, P, CMYK (Adobe-inverted handled by Pillow), YCbCr, LAB, HSV
+    return im if mode == "RGB" else im.convert("RGB")
 
 
 def decode_image(data: bytes, limits: DecodeLimits, draft_size: tuple[int, int] | None = None) -> Image.Image:
@@ -146,6 +209,9 @@ def decode_image(data: bytes, limits: DecodeLimits, draft_size: tuple[int, int] 
             ErrorCode.UNSUPPORTED_FORMAT,
             f"this file is not an accepted image ({kind.description}); send a {limits.allowed_text()} image",
         )
+    check = _STRUCTURE_CHECKS.get(kind.name)
+    if check is not None:
+        check(data)
     im = _open(data, kind.pillow_format, kind.description, limits)
     _check_geometry(im, limits, kind.description)
     try:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,14 +48,16 @@ class _Job:
     prepared: dict[str, Any] | None = None
     error: tuple[ErrorCode, str] | None = None
     decode_ms: float = 0.0
+    finished: bool = False   # guarded by Engine._lock: each job is answered (and counted) once
 
 
 @dataclass
 class EngineStats:
     batches: int = 0
     images: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
+    batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1000))  # the most recent ones
     refused_busy: int = 0
+    cancelled: int = 0
 
 
 class Engine:
@@ -73,6 +75,7 @@ class Engine:
         self._capacity = config.worker.queue_size
         self._in_flight = 0
         self._decoding = 0
+        self._jobs: set[_Job] = set()  # accepted and not yet answered
         self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="wakeru-batcher", daemon=True)
@@ -81,7 +84,10 @@ class Engine:
     # ---- public API -------------------------------------------------------------
 
     def submit(self, request: ClassifyRequest) -> "Future[ClassifyResult]":
-        """Queue one request; the future always resolves to a ClassifyResult (never raises)."""
+        """Queue one request; the future always resolves to a ClassifyResult (never raises).
+
+        A caller may cancel the future (a timeout, a user gone): the request then gives
+        its place back and, if it has not reached the model yet, costs no model time."""
         future: Future = Future()
         rejection = self._validate(request)
         if isinstance(rejection, ClassifyResult):
@@ -100,8 +106,12 @@ class Engine:
                 return future
             self._in_flight += 1
             self._decoding += 1
+            job = _Job(request, rejection, future, time.perf_counter())
+            self._jobs.add(job)
+            # a cancel frees the place at once, even while the model is busy
+            future.add_done_callback(lambda f, job=job: self._finish(job, None) if f.cancelled() else None)
             # under the lock, so close() cannot shut the pool between the check and this
-            self._pool.submit(self._prepare, _Job(request, rejection, future, time.perf_counter()))
+            self._pool.submit(self._prepare, job)
         return future
 
     def classify(self, requests: Iterable[ClassifyRequest]) -> list[ClassifyResult]:
@@ -125,15 +135,27 @@ class Engine:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Stop accepting work, finish what was accepted, stop the threads."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop accepting work, finish what was accepted within `timeout` seconds, stop the
+        threads. Whatever is still unanswered then gets UNAVAILABLE."""
+        deadline = time.monotonic() + timeout
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=False)
+        # let the decodes already accepted finish, but never wait past the deadline
+        while self._decoding > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self._decoding > 0:  # out of time: drop the decodes that have not started
+            self._pool.shutdown(wait=False, cancel_futures=True)
         self._ready.put(None)
-        self._thread.join(timeout)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            leftovers = list(self._jobs)
+        for job in leftovers:
+            self._finish_error(job, ErrorCode.UNAVAILABLE, "the model worker shut down before this image was processed")
 
     def __enter__(self) -> "Engine":
         return self
@@ -163,6 +185,17 @@ class Engine:
 
     def _prepare(self, job: _Job) -> None:
         start = time.perf_counter()
+        if job.future.cancelled():  # nobody is waiting: skip the decode
+            job.error = (ErrorCode.UNAVAILABLE, "cancelled")
+        else:
+            self._decode(job)
+        job.decode_ms = (time.perf_counter() - start) * 1000
+        # count it as decoded before it becomes visible, so the batcher never waits on itself
+        with self._lock:
+            self._decoding -= 1
+        self._ready.put(job)
+
+    def _decode(self, job: _Job) -> None:
         try:
             image = decode_image(bytes(job.request.image), self.limits, self.adapter.preprocessor.draft_size)
             job.prepared = self.adapter.preprocessor.prepare(image)
@@ -171,19 +204,16 @@ class Engine:
         except Exception as e:  # never let one image take the worker down
             log.exception("preprocessing failed for request %s", job.request.id)
             job.error = (ErrorCode.CORRUPT, f"the image could not be processed ({type(e).__name__})")
-        job.decode_ms = (time.perf_counter() - start) * 1000
-        self._ready.put(job)
-        with self._lock:
-            self._decoding -= 1
 
     def _run(self) -> None:
         while True:
             first = self._ready.get()
             if first is None:
                 return
-            batch, stop = [], False
+            batch: list[_Job] = []
+            stop = False
             try:
-                batch, stop = self._collect(first)
+                stop = self._collect(first, batch)
                 if batch:
                     self._process(batch)
             except Exception:  # a bug here must not leave every later request hanging
@@ -193,20 +223,22 @@ class Engine:
             if stop:
                 return
 
-    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
-        """Gather ready jobs up to max_batch; wait only while more are being decoded."""
-        batch: list[_Job] = []
+    def _collect(self, first: _Job, batch: list[_Job]) -> bool:
+        """Gather ready jobs into `batch` up to max_batch, waiting only while more are
+        being decoded. Returns True when the engine is stopping."""
         deadline = time.perf_counter() + self.max_wait
         job: _Job | None = first
         while True:
             if job is None:
-                return batch, True
-            if job.error is not None:
+                return True
+            if job.future.cancelled():
+                self._finish(job, None)
+            elif job.error is not None:
                 self._finish_error(job, *job.error)
             else:
                 batch.append(job)
                 if len(batch) >= self.max_batch:
-                    return batch, False
+                    return False
             try:
                 job = self._ready.get_nowait()
                 continue
@@ -214,18 +246,20 @@ class Engine:
                 pass
             remaining = deadline - time.perf_counter()
             if self._decoding == 0 or remaining <= 0:
-                return batch, False
+                return False
             try:
                 job = self._ready.get(timeout=remaining)
             except queue.Empty:
-                return batch, False
+                return False
 
     def _process(self, batch: list[_Job]) -> None:
         started = time.perf_counter()
         now = time.time()
         live = []
         for job in batch:
-            if job.request.deadline is not None and now > job.request.deadline:
+            if job.future.cancelled():
+                self._finish(job, None)
+            elif job.request.deadline is not None and now > job.request.deadline:
                 self._finish_error(job, ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed while it waited")
             else:
                 live.append(job)
@@ -286,10 +320,18 @@ class Engine:
         self._finish(job, ClassifyResult.failure(job.request.id, code, message,
                                                  self._timings(job, time.perf_counter())))
 
-    def _finish(self, job: _Job, result: ClassifyResult) -> None:
-        # only the batcher thread finishes jobs, so done() cannot change under us
-        if job.future.done():
-            return
+    def _finish(self, job: _Job, result: ClassifyResult | None) -> None:
+        """Answer a job exactly once (result None: the caller cancelled it) and free its place."""
         with self._lock:
+            if job.finished:
+                return
+            job.finished = True
             self._in_flight -= 1
-        job.future.set_result(result)
+            self._jobs.discard(job)
+        if result is None:
+            self.stats.cancelled += 1
+            return
+        try:
+            job.future.set_result(result)
+        except InvalidStateError:  # cancelled by the caller meanwhile: nobody is waiting
+            self.stats.cancelled += 1

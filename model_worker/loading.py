@@ -60,7 +60,8 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
 
 
 def looks_local(model_id: str) -> bool:
-    return os.path.isabs(model_id) or model_id.startswith(("./", "../", "~")) or Path(model_id).exists()
+    return (os.path.isabs(model_id) or model_id.startswith(("./", "../", "~")) or model_id in (".", "..")
+            or Path(model_id).exists())
 
 
 def dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
@@ -123,12 +124,16 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-def check_local_path(model_id: str) -> None:
-    if looks_local(model_id) and not Path(model_id).expanduser().exists():
+def model_source(model_id: str) -> str:
+    """What to hand to from_pretrained: a checked, expanded directory, or the hub id as is."""
+    if not looks_local(model_id):
+        return model_id
+    path = Path(model_id).expanduser()
+    if not path.exists():
         raise ModelLoadError(f"model directory {model_id} does not exist; check model.id")
-    p = Path(model_id).expanduser()
-    if p.exists() and not (p / "config.json").is_file():
+    if not (path / "config.json").is_file():
         raise ModelLoadError(f"{model_id} is not a model directory (no config.json); point model.id at a save_pretrained folder")
+    return str(path)
 
 
 def unwrap_features(output: Any) -> torch.Tensor:

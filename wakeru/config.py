@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import re
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
 from .labels import LabelError, normalise_labels
 
@@ -61,18 +64,19 @@ class ModelSection(_Section):
 
 
 class WorkerSection(_Section):
-    max_batch: int = Field(32, ge=1, le=1024)
-    max_wait_ms: float = Field(5.0, ge=0, le=10_000)
-    queue_size: int = Field(256, ge=1, le=1_000_000)
-    decode_threads: int = Field(0, ge=0, le=256)
+    # strict: `true` or "8" is an error, not 1 or 8
+    max_batch: StrictInt = Field(32, ge=1, le=1024)
+    max_wait_ms: StrictFloat = Field(5.0, ge=0, le=10_000)
+    queue_size: StrictInt = Field(256, ge=1, le=1_000_000)
+    decode_threads: StrictInt = Field(0, ge=0, le=256)
 
     def resolved_decode_threads(self) -> int:
         return self.decode_threads or max(1, min(8, os.cpu_count() or 1))
 
 
 class ImagesSection(_Section):
-    max_bytes: int = Field(25 * 1024 * 1024, ge=1)
-    max_pixels: int = Field(40_000_000, ge=1)
+    max_bytes: StrictInt = Field(25 * 1024 * 1024, ge=1)
+    max_pixels: StrictInt = Field(40_000_000, ge=1)
     formats: tuple[str, ...] = ("jpeg", "png", "gif", "webp", "bmp")
 
     @field_validator("formats", mode="before")
@@ -93,8 +97,8 @@ class ImagesSection(_Section):
 
 
 class LabelsSection(_Section):
-    max_count: int = Field(100, ge=1, le=10_000)
-    max_length: int = Field(50, ge=1, le=1_000)
+    max_count: StrictInt = Field(100, ge=1, le=10_000)
+    max_length: StrictInt = Field(50, ge=1, le=1_000)
     default: tuple[str, ...] = (
         "犬", "猫", "鳥", "人", "食べ物", "飲み物", "花", "車", "乗り物", "建物",
         "風景", "空", "海", "山", "街並み", "室内", "料理", "動物", "植物", "文字",
@@ -132,9 +136,23 @@ class Config(_Section):
         return _validate(data, sources={})
 
 
-def _parse_env_value(raw: str) -> Any:
-    # YAML scalars/lists/mappings, so WAKERU_WORKER__MAX_BATCH=8 is an int and
-    # WAKERU_IMAGES__FORMATS='[jpeg, png]' a list; plain strings stay strings.
+def _is_text(annotation: Any) -> bool:
+    """str or str | None: such values are taken verbatim from the environment."""
+    if annotation is str:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return set(typing.get_args(annotation)) == {str, type(None)}
+    return False
+
+
+def _parse_env_value(raw: str, annotation: Any) -> Any:
+    # Text keys verbatim: a revision "0123456" or "1.10" must not become a number.
+    # Everything else as YAML, so WAKERU_WORKER__MAX_BATCH=8 is an int and
+    # WAKERU_IMAGES__FORMATS='[jpeg, png]' a list.
+    if _is_text(annotation):
+        if annotation is not str and raw.strip().lower() in ("", "null", "none", "~"):
+            return None
+        return raw
     try:
         return yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
@@ -156,7 +174,7 @@ def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], d
         if key not in fields:
             problems.append(f"{name}: unknown key {section}.{key} (known: {', '.join(fields)})")
             continue
-        overrides.setdefault(section, {})[key] = _parse_env_value(raw)
+        overrides.setdefault(section, {})[key] = _parse_env_value(raw, fields[key].annotation)
         sources[(section, key)] = name
     return overrides, sources, problems
 

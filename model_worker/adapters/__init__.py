@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..loading import ModelLoadError, check_local_path, dtype_kwargs, explain, resolve_device, resolve_dtype
+from ..loading import ModelLoadError, dtype_kwargs, explain, model_source, resolve_device, resolve_dtype
 from ..preprocess import UnsupportedProcessor
 from .base import Adapter
 from .dual_encoder import DualEncoderAdapter
@@ -41,20 +41,20 @@ def load_adapter(model_cfg: Any) -> Adapter:
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
     model_id = model_cfg.id
-    check_local_path(model_id)
+    source = model_source(model_id)
     device = resolve_device(model_cfg.device)
     dtype = resolve_dtype(model_cfg.dtype, device)
     common = {"revision": model_cfg.revision, "trust_remote_code": model_cfg.trust_remote_code}
     try:
-        config = AutoConfig.from_pretrained(model_id, **common)
+        config = AutoConfig.from_pretrained(source, **common)
         jsc = is_japanese_stable_clip(config)
-        model = _load_model(AutoModel, model_id, common, dtype)
+        model = _load_model(AutoModel, source, common, dtype)
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
             raise ModelLoadError(
                 f"{model_id} ({type(model).__name__}) is not an image–text dual encoder: it has no "
                 "get_image_features/get_text_features; choose a CLIP, SigLIP or SigLIP 2 checkpoint")
-        tokenizer = AutoTokenizer.from_pretrained(model_id, **common)
-        image_processor = AutoImageProcessor.from_pretrained(model_id, **common)
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        image_processor = AutoImageProcessor.from_pretrained(source, **common)
         model.eval().to(device)
         cls = JapaneseStableClipAdapter if jsc else DualEncoderAdapter
         adapter = cls(model=model, tokenizer=tokenizer, image_processor=image_processor, model_id=model_id,

@@ -131,3 +131,11 @@ def test_load_errors_are_one_line_with_the_fix(tmp_path, checkpoints):
     assert "not an image–text dual encoder" in error(cfg.model_copy(update={"id": str(bert)}))
     # a hub id that is not in the (empty, offline) cache
     assert "not in the local Hugging Face cache" in error(cfg.model_copy(update={"id": "google/siglip2-base-patch16-256"}))
+
+
+def test_home_relative_model_path(checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny").symlink_to(checkpoints["clip"], target_is_directory=True)
+    adapter = load_adapter(make_config("~/models/tiny").model)
+    assert adapter.model_id == "~/models/tiny" and adapter.family == "clip"

@@ -73,6 +73,7 @@ def test_more_images_than_the_queue_holds(checkpoints, capsys, monkeypatch):
     (["classify", "--labels", "a", "--label-file", "f", "x.jpg"], {}, "not allowed with argument"),
     (["frobnicate"], {}, "invalid choice"),
     (["classify", "x.jpg"], {"WAKERU_WORKER__MAX_BATCH": "0"}, "invalid configuration: worker.max_batch"),
+    (["classify", "--device", "gpu", "x.jpg"], {}, "invalid configuration: model.device: must be auto, cpu, cuda"),
     (["classify", "x.jpg"], {"WAKERU_CONFIG": "/nonexistent.yaml"}, "config file '/nonexistent.yaml' not found"),
 ])
 def test_usage_config_and_load_errors_exit_2_with_one_line(capsys, monkeypatch, argv, env, expected):

@@ -162,3 +162,66 @@ def test_pixel_limit_is_configurable():
         decode_image(encoded(Image.new("RGB", (11, 10)), "PNG"), tight)
     assert info.value.code == ErrorCode.TOO_MANY_PIXELS
     assert decode_image(encoded(Image.new("RGB", (10, 10)), "PNG"), tight).size == (10, 10)
+
+
+def test_trns_transparency_of_grey_rgb_and_16bit_pngs_shows_white():
+    # optimisers turn RGBA with on/off alpha into RGB/L + a tRNS colour; that colour is transparent
+    rgb = Image.new("RGB", (8, 8), (0, 0, 0))
+    assert _pixel(encoded(rgb, "PNG", transparency=(0, 0, 0))) == (255, 255, 255)
+    assert _pixel(encoded(Image.new("RGB", (8, 8), (9, 9, 9)), "PNG", transparency=(0, 0, 0))) == (9, 9, 9)
+    assert _pixel(encoded(Image.new("L", (8, 8), 0), "PNG", transparency=0)) == (255, 255, 255)
+    grey16 = Image.fromarray(np.zeros((8, 8), dtype=np.uint16))
+    assert _pixel(encoded(grey16, "PNG", transparency=0)) == (255, 255, 255)
+
+
+def test_allowed_extreme_strips_stay_within_bounded_memory(tmp_path):
+    """The longest allowed side (50,000 px) through decoding and every preprocessing rule,
+    measured in a fresh process: peak memory must not balloon."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "strips.py"
+    script.write_text('''
+import io, resource, sys
+from PIL import Image
+from transformers import CLIPImageProcessor, Siglip2ImageProcessor, SiglipImageProcessor
+from model_worker.decode import DecodeLimits, decode_image
+from model_worker.preprocess import from_image_processor
+rules = [from_image_processor(p) for p in (
+    SiglipImageProcessor(size={"height": 256, "width": 256}),
+    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}),
+    Siglip2ImageProcessor(patch_size=16, max_num_patches=256))]
+limits = DecodeLimits(25 << 20, 40_000_000, frozenset({"png", "jpeg"}))
+strips = []
+for size in ((50_000, 1), (1, 50_000), (50_000, 800)):
+    buf = io.BytesIO(); Image.new("RGB", size, (10, 200, 30)).save(buf, "PNG"); strips.append(buf.getvalue())
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for data in strips:
+    for rule in rules:
+        rule.prepare(decode_image(data, limits, rule.draft_size))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+''')
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    grown_mib = int(proc.stdout.strip().splitlines()[-1])
+    assert grown_mib < 400, grown_mib  # 50,000×800 decodes to 120 MB; nothing may multiply that
+
+
+@pytest.mark.parametrize("name", ["jpeg-300-repeated-scans", "jpeg-200k-app-markers",
+                                  "jpeg-1mb-junk-between-markers", "png-200k-chunks"])
+def test_structure_floods_are_refused_before_pillow_parses_them(name, monkeypatch):
+    opened = []
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a))
+    with pytest.raises(ImageError) as info:
+        decode_image(HOSTILE[name][0], LIMITS, (224, 224))
+    assert info.value.code == ErrorCode.CORRUPT and opened == []
+
+
+def test_ordinary_progressive_and_thumbnail_jpegs_still_decode():
+    photo = Image.open(__import__("tests.conftest", fromlist=["SAMPLES"]).SAMPLES / "coffee.jpg")
+    progressive = encoded(photo, "JPEG", progressive=True, quality=90)
+    assert decode_image(progressive, LIMITS).size == photo.size
+    exif = Image.Exif()
+    exif[0x010F] = "Camera"
+    with_exif = encoded(photo, "JPEG", exif=exif, quality=90)
+    assert decode_image(with_exif, LIMITS, (224, 224)).size[0] >= 224

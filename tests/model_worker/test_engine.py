@@ -176,3 +176,74 @@ def test_a_bug_in_the_batcher_answers_instead_of_hanging(adapter, monkeypatch):
         assert first.error == ErrorCode.INTERNAL
         assert engine.submit(ClassifyRequest(id="2", image=png(), labels=LABELS)).result(timeout=30).ok
         assert engine.in_flight == 0
+
+
+def test_cancelled_requests_give_their_place_back(adapter, monkeypatch):
+    import asyncio
+
+    gate = threading.Event()
+    original = adapter.encode_images
+    monkeypatch.setattr(adapter, "encode_images", lambda inputs: (gate.wait(30), original(inputs))[1])
+    with engine_for(adapter, queue_size=2, max_batch=1) as engine:
+        running = engine.submit(ClassifyRequest(id="running", image=png(), labels=LABELS))
+        waiting = engine.submit(ClassifyRequest(id="waiting", image=png(), labels=LABELS))
+        assert waiting.cancel()  # e.g. the bot's deadline passed
+
+        async def bot_timeout():  # what asyncio.wait_for does to the wrapped future
+            future = engine.submit(ClassifyRequest(id="timed-out", image=png(), labels=LABELS))
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.wrap_future(future), 0.05)
+
+        asyncio.run(bot_timeout())  # its place was given back at once, so this one is accepted
+        gate.set()
+        assert running.result(timeout=30).ok
+        deadline = time.time() + 10
+        while engine.in_flight and time.time() < deadline:
+            time.sleep(0.01)
+        assert engine.in_flight == 0
+        assert engine.stats.cancelled == 2
+        # the queue is not leaking: it still takes queue_size requests
+        assert all(f.result(timeout=30).ok for f in
+                   [engine.submit(ClassifyRequest(id=str(i), image=png(), labels=LABELS)) for i in range(2)])
+
+
+def test_close_does_not_hang_on_a_stuck_decode(adapter, monkeypatch):
+    import model_worker.engine as engine_module
+
+    release = threading.Event()
+    real_decode = engine_module.decode_image
+
+    def stuck_decode(data, *args, **kwargs):
+        if data == b"stuck":
+            release.wait(30)
+        return real_decode(data, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "decode_image", stuck_decode)
+    engine = engine_for(adapter, decode_threads=1)
+    stuck = engine.submit(ClassifyRequest(id="stuck", image=b"stuck", labels=LABELS))
+    queued = engine.submit(ClassifyRequest(id="queued", image=png(), labels=LABELS))
+    start = time.perf_counter()
+    engine.close(timeout=0.5)
+    assert time.perf_counter() - start < 5
+    assert stuck.result(timeout=1).error == ErrorCode.UNAVAILABLE
+    assert queued.result(timeout=1).error == ErrorCode.UNAVAILABLE
+    assert engine.in_flight == 0
+    release.set()
+
+
+def test_a_lone_request_is_not_delayed_by_its_own_decode(adapter, monkeypatch):
+    """The job is counted as decoded before the batcher can see it, so the batcher never
+    waits max_wait_ms for a decode that is already done."""
+    import model_worker.engine as engine_module
+
+    real_put = engine_module.queue.Queue.put
+
+    def slow_put(self, item, *a, **k):  # a decode thread preempted right after handing over
+        real_put(self, item, *a, **k)
+        time.sleep(0.05)
+
+    with engine_for(adapter, max_wait_ms=3000) as engine:
+        monkeypatch.setattr(engine._ready, "put", lambda item, *a, **k: slow_put(engine._ready, item, *a, **k))
+        start = time.perf_counter()
+        assert engine.submit(ClassifyRequest(id="1", image=png(), labels=LABELS)).result(timeout=30).ok
+        assert time.perf_counter() - start < 2.5

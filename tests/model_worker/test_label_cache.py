@@ -48,9 +48,12 @@ def test_text_tower_work_happens_once_per_label():
 
 def test_keys_include_model_and_templates():
     tower = FakeTower()
-    a = LabelEmbeddingCache(tower, model_key="a", templates=("{}",))
-    b = LabelEmbeddingCache(tower, model_key="b", templates=("{}の写真",))
-    assert not torch.equal(a.get(("犬",)), b.get(("犬",)))
+    cache = LabelEmbeddingCache(tower, model_key="org/model@rev", templates=("{}の写真",))
+    cache.get(("犬",))
+    (set_key,) = cache._sets.keys()
+    (label_key,) = cache._labels.keys()
+    assert set_key == (("org/model@rev", ("{}の写真",)), ("犬",))
+    assert label_key == (("org/model@rev", ("{}の写真",)), "犬")
 
 
 def test_lru_bounds_memory_and_large_sets_still_work():

@@ -61,6 +61,23 @@ def test_unwrap_features_handles_both_transformers_generations():
         unwrap_features(object())
 
 
-def test_cpu_bf16_detection_reads_the_flags():
-    flags = open("/proc/cpuinfo").read()
-    assert cpu_has_fast_bf16() == ("amx_bf16" in flags or "avx512_bf16" in flags)
+def test_cpu_bf16_detection_reads_the_flags(monkeypatch, tmp_path):
+    import builtins
+
+    import model_worker.loading as loading
+
+    real_open = builtins.open
+    cpuinfo = tmp_path / "cpuinfo"
+
+    def fake_open(path, *a, **k):
+        return real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_tile amx_bf16\n")
+    assert loading.cpu_has_fast_bf16() is True
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert loading.cpu_has_fast_bf16() is False
+    cpuinfo.write_text("flags : avx512_bf16\n")
+    assert loading.cpu_has_fast_bf16() is True
+    cpuinfo.unlink()
+    assert loading.cpu_has_fast_bf16() is False  # no /proc (macOS, Windows): float32

@@ -84,6 +84,51 @@ def _archive_tar() -> bytes:
     return buf.getvalue()
 
 
+def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start, end) of each segment; a scan runs to the next real marker."""
+    i, out = 2, []
+    while i < len(data):
+        marker = data[i + 1]
+        if marker == 0xD9:
+            out.append((marker, i, i + 2))
+            break
+        end = i + 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+        if marker == 0xDA:
+            while not (data[end] == 0xFF and data[end + 1] != 0 and not 0xD0 <= data[end + 1] <= 0xD7):
+                end += 1
+        out.append((marker, i, end))
+        i = end
+    return out
+
+
+def jpeg_scan_bomb(side: int = 512, repeats: int = 300) -> bytes:
+    """A progressive JPEG whose last refinement scan is repeated: every copy is decoded over
+    the whole image (at 6000×6000, 1,000 copies took 21 s in a 270 KB file)."""
+    data = encoded(Image.new("RGB", (side, side), (120, 130, 140)), "JPEG", progressive=True, quality=90)
+    _, start, end = [s for s in _jpeg_segments(data) if s[0] == 0xDA][-1]
+    return data[:end] + data[start:end] * repeats + data[end:]
+
+
+def jpeg_marker_flood(count: int = 200_000) -> bytes:
+    """Empty APP15 markers before the frame header: Pillow parses each one in Python."""
+    data = encoded(Image.new("RGB", (8, 8)), "JPEG")
+    return data[:2] + b"\xff\xef\x00\x02" * count + data[2:]
+
+
+def jpeg_junk_flood(count: int = 1_000_000) -> bytes:
+    """Junk between markers, which Pillow skips one byte at a time in Python."""
+    data = encoded(Image.new("RGB", (8, 8)), "JPEG")
+    first = 4 + struct.unpack(">H", data[4:6])[0]  # after SOI and the APP0 segment
+    return data[:first] + b"\x00" * count + data[first:]
+
+
+def png_chunk_flood(count: int = 200_000) -> bytes:
+    """Empty private ancillary chunks before the image data."""
+    data = encoded(Image.new("RGB", (8, 8)), "PNG")
+    ihdr_end = 8 + 12 + 13
+    return data[:ihdr_end] + _png_chunk(b"prVt", b"") * count + data[ihdr_end:]
+
+
 def corpus() -> dict[str, tuple[bytes, ErrorCode]]:
     """name → (file bytes, expected error code), with default limits (40 MP, JPEG/PNG/GIF/WebP/BMP)."""
     good_jpeg = encoded(Image.new("RGB", (64, 48), (200, 10, 10)), "JPEG", quality=90)
@@ -125,6 +170,13 @@ def corpus() -> dict[str, tuple[bytes, ErrorCode]]:
         "gif-screen-65535x65535": (gif_with_screen(65535, 65535), ErrorCode.TOO_MANY_PIXELS),
         "jpeg-declares-65000x65000": (jpeg_with_size(65000, 65000), ErrorCode.TOO_MANY_PIXELS),
         "bmp-declares-huge": (_bmp_declaring(30000, 30000), ErrorCode.TOO_MANY_PIXELS),
+        "jpeg-300-repeated-scans": (jpeg_scan_bomb(), ErrorCode.CORRUPT),
+        "jpeg-200k-app-markers": (jpeg_marker_flood(), ErrorCode.CORRUPT),
+        "jpeg-1mb-junk-between-markers": (jpeg_junk_flood(), ErrorCode.CORRUPT),
+        "png-200k-chunks": (png_chunk_flood(), ErrorCode.CORRUPT),
+        "png-strip-1x60000": (encoded(Image.new("L", (1, 60_000)), "PNG"), ErrorCode.BAD_DIMENSIONS),
+        "png-strip-40000000x1": (png_header_only(40_000_000, 1, zlib.compress(b"\x00" * 1000)),
+                                 ErrorCode.BAD_DIMENSIONS),
     }
 
 

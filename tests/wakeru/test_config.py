@@ -32,14 +32,14 @@ def test_partial_file_keeps_other_defaults(tmp_path):
 def test_env_overrides_with_types():
     config = load_config(REPO / "config.yaml", env={
         "WAKERU_MODEL__ID": "/models/x",
-        "WAKERU_MODEL__REVISION": "1234",          # stays a string
+        "WAKERU_MODEL__REVISION": "0123456",       # a commit made of digits stays that text
         "WAKERU_MODEL__TRUST_REMOTE_CODE": "true",
         "WAKERU_WORKER__MAX_BATCH": "8",
         "WAKERU_IMAGES__FORMATS": "[jpg, PNG]",
         "WAKERU_MODEL__TEMPLATES": '["{}です"]',
     })
     assert config.model.id == "/models/x"
-    assert config.model.revision == "1234"
+    assert config.model.revision == "0123456"
     assert config.model.trust_remote_code is True
     assert config.worker.max_batch == 8
     assert config.images.formats == ("jpeg", "png")
@@ -95,3 +95,20 @@ def test_with_overrides_validates():
     assert config.with_overrides(model={"id": "/x"}).model.id == "/x"
     with pytest.raises(ConfigError, match=r"worker\.max_batch"):
         config.with_overrides(worker={"max_batch": -1})
+
+
+@pytest.mark.parametrize("raw", ["1.10", "0x1F", "no", "0123", "v2.0"])
+def test_text_keys_are_taken_verbatim_from_the_environment(raw):
+    assert load_config(REPO / "config.yaml", env={"WAKERU_MODEL__REVISION": raw}).model.revision == raw
+    assert load_config(REPO / "config.yaml", env={"WAKERU_MODEL__ID": raw}).model.id == raw
+
+
+def test_null_revision_from_the_environment():
+    assert load_config(REPO / "config.yaml", env={"WAKERU_MODEL__REVISION": "null"}).model.revision is None
+
+
+@pytest.mark.parametrize("env", [{"WAKERU_WORKER__MAX_BATCH": "true"}, {"WAKERU_WORKER__MAX_WAIT_MS": "yes"},
+                                 {"WAKERU_IMAGES__MAX_BYTES": "1.5"}])
+def test_numbers_are_strict(env):
+    with pytest.raises(ConfigError, match=r"valid (integer|number)"):
+        load_config(REPO / "config.yaml", env=env)
