@@ -40,6 +40,7 @@ MAX_JPEG_SCANS = 100           # progressive JPEGs use about 10
 MAX_JPEG_HEADER_SEGMENTS = 1_000
 MAX_JPEG_JUNK_BYTES = 4_096    # stray bytes between markers, which Pillow skips one by one
 MAX_PNG_CHUNKS = 20_000        # a 25 MiB PNG with 8 KiB IDAT chunks has about 3,200
+MAX_GIF_BLOCKS_BEFORE_IMAGE = 10_000  # extension blocks and sub-blocks before the first frame
 _NOT_FF = re.compile(rb"[^\xff]*")
 _FF_RUN = re.compile(rb"\xff+")
 
@@ -134,7 +135,28 @@ def _check_png_structure(data: bytes) -> None:
         pos += 12 + length
 
 
-_STRUCTURE_CHECKS = {"jpeg": _check_jpeg_structure, "png": _check_png_structure}
+def _check_gif_structure(data: bytes) -> None:
+    # Walk the blocks before the first image descriptor: the part Pillow reads in Python.
+    end = len(data)
+    if end < 13:
+        return
+    colour_table = 3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0
+    pos = 13 + colour_table  # after the header, screen descriptor and global colour table
+    blocks = 0
+    while pos < end and data[pos] == 0x21:  # extension: label, then sub-blocks up to a zero size
+        pos += 2
+        while pos < end:
+            blocks += 1
+            if blocks > MAX_GIF_BLOCKS_BEFORE_IMAGE:
+                raise ImageError(ErrorCode.CORRUPT,
+                                 f"the GIF image has more than {MAX_GIF_BLOCKS_BEFORE_IMAGE} blocks before its first frame")
+            size = data[pos]
+            pos += 1 + size
+            if size == 0:
+                break
+
+
+_STRUCTURE_CHECKS = {"jpeg": _check_jpeg_structure, "png": _check_png_structure, "gif": _check_gif_structure}
 
 
 def _check_geometry(im: Image.Image, limits: DecodeLimits, description: str) -> None:

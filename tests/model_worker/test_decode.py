@@ -133,6 +133,13 @@ def test_broken_exif_does_not_refuse_the_picture():
     assert decode_image(bytes(data), LIMITS).size == (16, 16)
 
 
+def test_gifs_with_comments_and_global_palettes_still_decode():
+    im = Image.new("P", (16, 16), 1)
+    im.putpalette([0, 0, 0, 250, 10, 10] + [0, 0, 0] * 254)
+    data = encoded(im, "GIF", comment=b"x" * 2000)  # several comment sub-blocks
+    assert _close(_pixel(data), (250, 10, 10))
+
+
 def test_animation_first_frame_only():
     frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 0, 255))]
     for fmt in ("GIF", "WEBP", "PNG"):
@@ -208,7 +215,8 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
 
 
 @pytest.mark.parametrize("name", ["jpeg-300-repeated-scans", "jpeg-200k-app-markers",
-                                  "jpeg-1mb-junk-between-markers", "png-200k-chunks"])
+                                  "jpeg-1mb-junk-between-markers", "png-200k-chunks", "gif-100k-extensions",
+                                  "gif-no-global-palette-100k-extensions"])
 def test_structure_floods_are_refused_before_pillow_parses_them(name, monkeypatch):
     opened = []
     monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a))

@@ -129,6 +129,20 @@ def png_chunk_flood(count: int = 200_000) -> bytes:
     return data[:ihdr_end] + _png_chunk(b"prVt", b"") * count + data[ihdr_end:]
 
 
+def gif_extension_flood(count: int = 100_000) -> bytes:
+    """Empty comment extensions before the first frame, each read by Pillow in Python."""
+    data = encoded(Image.new("P", (8, 8)), "GIF")
+    first_frame = data.index(b"\x2c", 13)
+    return data[:first_frame] + b"\x21\xfe\x00" * count + data[first_frame:]
+
+
+def _without_global_palette(gif: bytes) -> bytes:
+    """The same GIF with its global colour table cut out (the flag cleared)."""
+    flags = gif[10]
+    table = 3 << ((flags & 7) + 1) if flags & 0x80 else 0
+    return gif[:10] + bytes([flags & 0x7F]) + gif[11:13] + gif[13 + table:]
+
+
 def corpus() -> dict[str, tuple[bytes, ErrorCode]]:
     """name → (file bytes, expected error code), with default limits (40 MP, JPEG/PNG/GIF/WebP/BMP)."""
     good_jpeg = encoded(Image.new("RGB", (64, 48), (200, 10, 10)), "JPEG", quality=90)
@@ -174,6 +188,8 @@ def corpus() -> dict[str, tuple[bytes, ErrorCode]]:
         "jpeg-200k-app-markers": (jpeg_marker_flood(), ErrorCode.CORRUPT),
         "jpeg-1mb-junk-between-markers": (jpeg_junk_flood(), ErrorCode.CORRUPT),
         "png-200k-chunks": (png_chunk_flood(), ErrorCode.CORRUPT),
+        "gif-100k-extensions": (gif_extension_flood(), ErrorCode.CORRUPT),
+        "gif-no-global-palette-100k-extensions": (_without_global_palette(gif_extension_flood()), ErrorCode.CORRUPT),
         "png-strip-1x60000": (encoded(Image.new("L", (1, 60_000)), "PNG"), ErrorCode.BAD_DIMENSIONS),
         "png-strip-40000000x1": (png_header_only(40_000_000, 1, zlib.compress(b"\x00" * 1000)),
                                  ErrorCode.BAD_DIMENSIONS),
