@@ -74,6 +74,8 @@ def _quiet_libraries(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not verbose:  # network retries are explained by our own one-line error
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
         import transformers
 
