@@ -74,13 +74,15 @@ def _quiet_libraries(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    if not verbose:  # network retries are explained by our own one-line error
-        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
         import transformers
 
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
+        if not verbose:  # network retries are explained by our own one-line error
+            import huggingface_hub
+
+            huggingface_hub.utils.logging.set_verbosity_error()
     except Exception:  # pragma: no cover - transformers missing is reported at load time
         pass
 
