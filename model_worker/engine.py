@@ -185,9 +185,7 @@ class Engine:
 
     def _prepare(self, job: _Job) -> None:
         start = time.perf_counter()
-        if job.future.cancelled():  # nobody is waiting: skip the decode
-            job.error = (ErrorCode.UNAVAILABLE, "cancelled")
-        else:
+        if not job.future.cancelled():  # a cancelled job skips the decode; the batcher drops it
             self._decode(job)
         job.decode_ms = (time.perf_counter() - start) * 1000
         # count it as decoded before it becomes visible, so the batcher never waits on itself
@@ -328,10 +326,12 @@ class Engine:
             job.finished = True
             self._in_flight -= 1
             self._jobs.discard(job)
+            if result is None:
+                self.stats.cancelled += 1
         if result is None:
-            self.stats.cancelled += 1
             return
         try:
             job.future.set_result(result)
         except InvalidStateError:  # cancelled by the caller meanwhile: nobody is waiting
-            self.stats.cancelled += 1
+            with self._lock:
+                self.stats.cancelled += 1

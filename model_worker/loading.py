@@ -60,8 +60,7 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
 
 
 def looks_local(model_id: str) -> bool:
-    return (os.path.isabs(model_id) or model_id.startswith(("./", "../", "~")) or model_id in (".", "..")
-            or Path(model_id).exists())
+    return os.path.isabs(model_id) or model_id.startswith(("./", "../", "~")) or Path(model_id).exists()
 
 
 def dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:

@@ -15,7 +15,7 @@ strip; the result is the same as resizing everything and cropping.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -64,10 +64,11 @@ class UnsupportedProcessor(ValueError):
     """The checkpoint's image processor does something this fast path does not reproduce."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Normalise:
     scale: torch.Tensor  # per channel: rescale / std
     shift: torch.Tensor  # per channel: mean / std
+    _per_device: dict = field(default_factory=dict, repr=False)  # the two, copied to each device once
 
     @classmethod
     def from_processor(cls, proc: Any) -> "_Normalise":
@@ -88,11 +89,9 @@ class _Normalise:
         return pixels.float().mul_(scale.view(shape)).sub_(shift.view(shape))
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        # copied to each device once, not once per batch
-        cache = self.__dict__.setdefault("_per_device", {})
-        if device not in cache:
-            cache[device] = (self.scale.to(device), self.shift.to(device))
-        return cache[device]
+        if device not in self._per_device:
+            self._per_device[device] = (self.scale.to(device), self.shift.to(device))
+        return self._per_device[device]
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
