@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench classify clean
+.PHONY: install run sync test bench classify clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Until the Discord bot lands (issue 3), `run` classifies the bundled sample
-# photos with the configured model.
+# Runs the bot (needs DISCORD_TOKEN; see README). `make classify` tries the model
+# on the sample photos without Discord.
 run: install
+	$(PY) -m bot
+
+sync: install
+	$(PY) -m bot sync $(if $(GUILD),--guild $(GUILD),)
+
+classify: install
 	$(PY) -m model_worker classify samples/*.jpg
 
 test: install

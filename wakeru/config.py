@@ -69,6 +69,9 @@ class WorkerSection(_Section):
     max_wait_ms: StrictFloat = Field(5.0, ge=0, le=10_000)
     queue_size: StrictInt = Field(256, ge=1, le=1_000_000)
     decode_threads: StrictInt = Field(0, ge=0, le=256)
+    # How long the bot waits for one image's answer (queue + decode + model) before
+    # telling the user it timed out; also the deadline the worker enforces.
+    request_timeout_s: StrictFloat = Field(60.0, gt=0, le=900)
 
     def resolved_decode_threads(self) -> int:
         return self.decode_threads or max(1, min(8, os.cpu_count() or 1))
@@ -96,6 +99,25 @@ class ImagesSection(_Section):
         return v
 
 
+# The presets shipped in config.yaml; also the defaults when no config file is found.
+_PRESETS: dict[str, tuple[str, ...]] = {
+    "animals": (
+        "犬", "猫", "鳥", "魚", "馬", "牛", "羊", "うさぎ", "ハムスター", "熊", "象", "キリン", "ライオン", "虎", "猿", "パンダ", "狐", "狼",
+        "亀", "蛇",
+    ),
+    "food": (
+        "ラーメン", "寿司", "カレーライス", "天ぷら", "焼き鳥", "おにぎり", "うどん", "そば", "お好み焼き", "たこ焼き", "ケーキ", "パン", "ピザ",
+        "ハンバーガー", "サラダ", "コーヒー", "お茶", "ビール", "果物", "アイスクリーム",
+    ),
+    "vehicles": (
+        "車", "自転車", "バイク", "バス", "トラック", "電車", "新幹線", "飛行機", "船", "ロケット", "ヘリコプター", "タクシー",
+    ),
+    "scenery": (
+        "山", "海", "川", "森", "街並み", "夜景", "夕焼け", "雪景色", "桜", "紅葉", "田んぼ", "神社", "寺", "城", "公園",
+    ),
+}
+
+
 class LabelsSection(_Section):
     max_count: StrictInt = Field(100, ge=1, le=10_000)
     max_length: StrictInt = Field(50, ge=1, le=1_000)
@@ -103,7 +125,7 @@ class LabelsSection(_Section):
         "犬", "猫", "鳥", "人", "食べ物", "飲み物", "花", "車", "乗り物", "建物",
         "風景", "空", "海", "山", "街並み", "室内", "料理", "動物", "植物", "文字",
     )
-    presets: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    presets: dict[str, tuple[str, ...]] = Field(default_factory=lambda: dict(_PRESETS))
 
     @model_validator(mode="after")
     def _check_sets(self) -> "LabelsSection":
@@ -122,11 +144,89 @@ class LabelsSection(_Section):
         return self
 
 
+def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
+    if value is None:
+        return None
+    value = value.strip().rstrip("/")
+    if not re.match(rf"^({'|'.join(schemes)})://[^/\s]+", value):
+        raise ValueError(f"must be an absolute {' or '.join(schemes)} URL such as {schemes[0]}://127.0.0.1:8080")
+    return value
+
+
+class DiscordSection(_Section):
+    # labeled_channels: only channels (or a thread's parent) with a label set of their own;
+    # all: every channel the bot can read; off: only /classify and the context menu.
+    auto_classify: Literal["labeled_channels", "all", "off"] = "labeled_channels"
+    moderator_role_ids: tuple[int, ...] = ()
+    # Best share below this → the reply adds a "not sure" note.
+    low_confidence: StrictFloat = Field(0.4, ge=0, le=1)
+    # Language of replies to image posts (slash commands answer in the user's own locale).
+    reply_locale: Literal["ja", "en"] = "ja"
+    # Images offered by /classify's `sample` option.
+    samples_dir: str = "samples"
+    # REST base (e.g. a rate-limit proxy, or the tests' fake Discord) and gateway URL; null = Discord's own.
+    api_base: str | None = None
+    gateway_url: str | None = None
+
+    @field_validator("api_base")
+    @classmethod
+    def _api_base(cls, v: str | None) -> str | None:
+        return _check_url(v, ("http", "https"))
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _gateway(cls, v: str | None) -> str | None:
+        return _check_url(v, ("ws", "wss"))
+
+    @field_validator("moderator_role_ids", mode="before")
+    @classmethod
+    def _role_ids(cls, v: Any) -> Any:
+        # Snowflakes are often written as strings; accept "123" but not 1.5 or "abc".
+        if isinstance(v, (list, tuple)):
+            out = []
+            for item in v:
+                if isinstance(item, str) and item.strip().isdigit():
+                    item = int(item)
+                if not isinstance(item, int) or isinstance(item, bool) or item <= 0:
+                    raise ValueError(f"role ids are positive integers (Discord snowflakes), got {item!r}")
+                out.append(item)
+            return tuple(out)
+        return v
+
+
+class StorageSection(_Section):
+    # sqlite:///relative/path.db or sqlite:////absolute/path.db
+    url: str = "sqlite:///data/wakeru.db"
+    # Rewritten every 15 s by the running bot; `python -m bot health` checks it.
+    health_file: str = "data/health.json"
+
+
+class AttachmentsSection(_Section):
+    # Hosts images may be downloaded from (exact names); anything else is refused.
+    allowed_hosts: tuple[str, ...] = ("cdn.discordapp.com", "media.discordapp.net")
+    # Above this size, ask the media proxy for a rendition near the model's input size first.
+    resize_above_bytes: StrictInt = Field(1_000_000, ge=0)
+    # Longest side requested from the media proxy.
+    resize_to: StrictInt = Field(768, ge=64, le=8192)
+    timeout_s: StrictFloat = Field(20.0, gt=0, le=300)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        hosts = tuple(dict.fromkeys(h.strip().lower() for h in v if h.strip()))
+        if not hosts:
+            raise ValueError("give at least one host, e.g. cdn.discordapp.com")
+        return hosts
+
+
 class Config(_Section):
     model: ModelSection = ModelSection()
     worker: WorkerSection = WorkerSection()
     images: ImagesSection = ImagesSection()
     labels: LabelsSection = LabelsSection()
+    discord: DiscordSection = DiscordSection()
+    storage: StorageSection = StorageSection()
+    attachments: AttachmentsSection = AttachmentsSection()
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
         """A copy with some keys replaced (validated), e.g. with_overrides(model={"id": path})."""

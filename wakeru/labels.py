@@ -15,7 +15,17 @@ _SEPARATORS = re.compile(r"[,、，\r\n]+")
 
 
 class LabelError(ValueError):
-    """A label set that cannot be used; the message says what to fix."""
+    """A label set that cannot be used; the message says what to fix.
+
+    `code` and `params` let a caller say the same thing in another language:
+    control_chars(label), too_long(label, length, limit), empty, too_few(count, minimum),
+    too_many(count, limit, excess), not_text(type).
+    """
+
+    def __init__(self, message: str, code: str = "invalid", **params):
+        super().__init__(message)
+        self.code = code
+        self.params = params
 
 
 def split_labels(text: str) -> list[str]:
@@ -32,25 +42,28 @@ def normalise_labels(labels: Iterable[str], *, max_count: int, max_length: int, 
     result: list[str] = []
     for raw in labels:
         if not isinstance(raw, str):
-            raise LabelError(f"labels must be text, got {type(raw).__name__}")
+            raise LabelError(f"labels must be text, got {type(raw).__name__}", "not_text", type=type(raw).__name__)
         label = " ".join(raw.split())  # trim and collapse inner whitespace (tabs included)
         if not label:
             continue
         if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in label):
-            raise LabelError(f"label {label!r} contains control characters; remove them")
+            raise LabelError(f"label {label!r} contains control characters; remove them", "control_chars", label=label)
         if len(label) > max_length:
             raise LabelError(
-                f"label {label[:20]!r}… is {len(label)} characters long; the limit is {max_length}: shorten it"
-            )
+                f"label {label[:20]!r}… is {len(label)} characters long; the limit is {max_length}: shorten it",
+                "too_long", label=label, length=len(label), limit=max_length)
         if label not in seen:
             seen.add(label)
             result.append(label)
     if len(result) < min_count:
         if not result:
-            raise LabelError("no labels given: give at least one label, separated by commas or 、")
-        raise LabelError(f"only {len(result)} distinct label(s) given; give at least {min_count}")
+            raise LabelError("no labels given: give at least one label, separated by commas or 、", "empty",
+                             minimum=min_count)
+        raise LabelError(f"only {len(result)} distinct label(s) given; give at least {min_count}", "too_few",
+                         count=len(result), minimum=min_count)
     if len(result) > max_count:
-        raise LabelError(f"{len(result)} labels given; the limit is {max_count}: remove {len(result) - max_count}")
+        raise LabelError(f"{len(result)} labels given; the limit is {max_count}: remove {len(result) - max_count}",
+                         "too_many", count=len(result), limit=max_count, excess=len(result) - max_count)
     return tuple(result)
 
 

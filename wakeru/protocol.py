@@ -47,6 +47,16 @@ class ClassifyRequest:
     deadline: float | None = None  # wall-clock (time.time()) seconds; None = no deadline
     version: int = PROTOCOL_VERSION
 
+    def to_dict(self) -> dict[str, Any]:
+        # the image stays bytes: a queue pickles it as is; a networked transport encodes it
+        return {"id": self.id, "image": self.image, "labels": list(self.labels), "top_k": self.top_k,
+                "deadline": self.deadline, "version": self.version}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ClassifyRequest":
+        return cls(id=d["id"], image=d["image"], labels=tuple(d["labels"]), top_k=d.get("top_k", 3),
+                   deadline=d.get("deadline"), version=d.get("version", PROTOCOL_VERSION))
+
 
 @dataclass(frozen=True, slots=True)
 class LabelScore:

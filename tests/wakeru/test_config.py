@@ -15,6 +15,24 @@ def test_shipped_config_yaml_is_valid_and_complete():
     assert {"max_batch", "max_wait_ms", "queue_size", "decode_threads"} <= set(config.worker.model_dump())
 
 
+def test_shipped_config_yaml_spells_out_the_code_defaults():
+    # a bot started outside the checkout (no config.yaml) must behave like one inside it
+    assert load_config(REPO / "config.yaml", env={}) == Config()
+    assert set(Config.model_fields) == set(__import__("yaml").safe_load((REPO / "config.yaml").read_text()))
+
+
+def test_bot_sections_validate_urls_and_role_ids():
+    with pytest.raises(ConfigError, match=r"discord\.gateway_url: .*ws or wss URL"):
+        load_config(REPO / "config.yaml", env={"WAKERU_DISCORD__GATEWAY_URL": "http://x"})
+    with pytest.raises(ConfigError, match=r"discord\.moderator_role_ids: .*positive integers"):
+        load_config(REPO / "config.yaml", env={"WAKERU_DISCORD__MODERATOR_ROLE_IDS": "[abc]"})
+    with pytest.raises(ConfigError, match=r"discord\.auto_classify"):
+        load_config(REPO / "config.yaml", env={"WAKERU_DISCORD__AUTO_CLASSIFY": "sometimes"})
+    config = load_config(REPO / "config.yaml", env={"WAKERU_DISCORD__MODERATOR_ROLE_IDS": '["123", 456]',
+                                                    "WAKERU_DISCORD__API_BASE": "http://127.0.0.1:9/"})
+    assert config.discord.moderator_role_ids == (123, 456) and config.discord.api_base == "http://127.0.0.1:9"
+
+
 def test_defaults_without_any_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = load_config(env={})

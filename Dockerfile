@@ -1,0 +1,40 @@
+# Wakeru: the bot and its model worker in one container (the bot spawns the worker).
+# CUDA-capable PyTorch runtime; on a host without a GPU the worker falls back to CPU.
+#   docker build -t wakeru .
+#   docker run --gpus all -e DISCORD_TOKEN=... -e HF_TOKEN=... \
+#     -v wakeru-data:/data -v wakeru-hf:/cache/huggingface wakeru
+FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HOME=/cache/huggingface \
+    HF_HUB_DISABLE_PROGRESS_BARS=1 \
+    WAKERU_STORAGE__URL=sqlite:////data/wakeru.db \
+    WAKERU_STORAGE__HEALTH_FILE=/data/health.json \
+    WAKERU_DISCORD__SAMPLES_DIR=/app/samples
+
+WORKDIR /app
+# Dependencies first, so code edits do not reinstall them. The base image's torch
+# already satisfies torch>=2.4, so pip keeps it (no second copy of CUDA wheels).
+COPY pyproject.toml README.md ./
+COPY wakeru ./wakeru
+COPY model_worker ./model_worker
+COPY bot ./bot
+RUN pip install --no-compile . && python -c "import torch, transformers, discord, aiosqlite"
+COPY config.yaml ./
+COPY samples ./samples
+
+RUN useradd --create-home --uid 10001 wakeru \
+    && mkdir -p /data /cache/huggingface \
+    && chown -R wakeru:wakeru /data /cache
+USER wakeru
+
+# /data: the label database and the heartbeat file; /cache/huggingface: downloaded models
+VOLUME ["/data", "/cache/huggingface"]
+
+# The bot rewrites /data/health.json every 15 s; stale or "worker failed" → unhealthy.
+# The start period covers the first model download.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=300s --retries=3 CMD ["python", "-m", "bot", "health"]
+
+CMD ["python", "-m", "bot"]

@@ -1,0 +1,154 @@
+"""`python -m bot` (run the bot) and `python -m bot sync [--guild ID]` (register the commands, then exit)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import discord
+import yarl
+
+from wakeru.config import Config, ConfigError, load_config
+
+from . import health
+from .app import App
+from .client import WakeruClient
+from .storage import StorageError
+
+log = logging.getLogger("wakeru.bot")
+
+TOKEN_HELP = """\
+DISCORD_TOKEN is not set. Wakeru needs its bot token to log in:
+  1. Open https://discord.com/developers/applications, pick (or create) your application.
+  2. Bot → Reset Token → copy it.
+  3. export DISCORD_TOKEN=<the token>   (or put it in the environment of the service / container)
+See the README, "Setting up the Discord application"."""
+
+INVALID_TOKEN_HELP = """\
+Discord refused DISCORD_TOKEN (401 Unauthorized): the token is wrong, was reset, or belongs to another app.
+Get a new one at https://discord.com/developers/applications → your application → Bot → Reset Token,
+and set DISCORD_TOKEN to it."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bot", description="Wakeru: a Discord bot that sorts images into labels.")
+    p.add_argument("--config", help="config file (default: $WAKERU_CONFIG or ./config.yaml)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command")
+    s = sub.add_parser("sync", help="register the slash commands with Discord, then exit")
+    s.add_argument("--guild", type=int, metavar="ID",
+                   help="only in this server (instant; global commands can take a while to appear)")
+    sub.add_parser("health", help="exit 0 if the running bot's heartbeat is fresh and its model worker is usable")
+    return p
+
+
+def use_endpoints(config: Config) -> None:
+    """Point discord.py at a REST proxy or another gateway (the tests' fake Discord)."""
+    if config.discord.api_base:
+        base = config.discord.api_base
+        discord.http.Route.BASE = base if base.endswith("/api/v10") else base + "/api/v10"
+    if config.discord.gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(config.discord.gateway_url)
+
+
+async def run(config: Config, token: str) -> int:
+    try:
+        app = await App.open(config)
+    except StorageError as e:
+        print(f"error: storage.url: {e}", file=sys.stderr)
+        return 2
+    message_content = True
+    client: WakeruClient | None = None
+    stop = asyncio.Event()
+
+    def request_stop() -> None:
+        stop.set()
+        if client is not None and not client.is_closed():
+            asyncio.ensure_future(client.close())
+
+    def state() -> dict:
+        connected = client is not None and client.is_ready() and not client.is_closed()
+        return {"connected": connected, "worker": app.transport.state,
+                "failure": getattr(app.transport, "failure", None)}
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop)
+    beat = asyncio.ensure_future(health.heartbeat(Path(config.storage.health_file), state))
+    try:
+        while not stop.is_set():
+            client = WakeruClient(app, message_content=message_content)
+            try:
+                async with client:
+                    await client.start(token)
+                return 0
+            except discord.LoginFailure:
+                print(INVALID_TOKEN_HELP, file=sys.stderr)
+                return 2
+            except discord.PrivilegedIntentsRequired:
+                if not message_content:
+                    raise
+                log.warning("Discord refused the Message Content intent (gateway close 4014). Continuing without "
+                            "it: /classify and the \"Classify image\" menu work, but posted images are not "
+                            "classified automatically. Enable it under Bot → Privileged Gateway Intents → Message "
+                            "Content Intent in the Developer Portal, then restart.")
+                message_content = False
+        return 0
+    finally:
+        beat.cancel()
+        await app.close()
+
+
+async def sync(config: Config, token: str, guild_id: int | None) -> int:
+    client = WakeruClient(None)
+    async with client:
+        try:
+            await client.login(token)
+        except discord.LoginFailure:
+            print(INVALID_TOKEN_HELP, file=sys.stderr)
+            return 2
+        try:
+            if guild_id is not None:
+                guild = discord.Object(id=guild_id)
+                client.tree.copy_global_to(guild=guild)
+                commands = await client.tree.sync(guild=guild)
+            else:
+                commands = await client.tree.sync()
+        except discord.Forbidden:
+            print(f"error: Discord refused to register commands{f' in server {guild_id}' if guild_id else ''}: "
+                  "invite the bot with the applications.commands scope (see README)", file=sys.stderr)
+            return 1
+    names = ", ".join(sorted(c.name for c in commands))
+    where = f"server {guild_id} (visible at once)" if guild_id else "all servers (may take up to an hour to appear)"
+    print(f"registered {len(commands)} commands in {where}: {names}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("discord").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"error: invalid configuration:\n{e}", file=sys.stderr)
+        return 2
+    if args.command == "health":
+        ok, message = health.check(Path(config.storage.health_file))
+        print(message, file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else 1
+    token = os.environ.get("DISCORD_TOKEN", "").strip()
+    if not token:
+        print(TOKEN_HELP, file=sys.stderr)
+        return 2
+    use_endpoints(config)
+    if args.command == "sync":
+        return asyncio.run(sync(config, token, args.guild))
+    return asyncio.run(run(config, token))

@@ -1,0 +1,56 @@
+"""The discord.py client: intents, allowed mentions, the command tree and its error handler."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import discord
+from discord import app_commands
+
+from .app import App
+from .commands import add_commands, refuse
+from .events import on_image_post
+from .i18n import CommandTranslator, text
+
+log = logging.getLogger("wakeru.client")
+
+
+def intents(message_content: bool) -> discord.Intents:
+    wanted = discord.Intents.none()
+    wanted.guilds = True
+    wanted.guild_messages = True
+    wanted.message_content = message_content  # privileged: must be enabled in the Developer Portal
+    return wanted
+
+
+class WakeruTree(app_commands.CommandTree):
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        ref = uuid.uuid4().hex[:8]
+        log.error("command %s failed (ref %s)", getattr(interaction.command, "qualified_name", "?"), ref,
+                  exc_info=error)
+        try:
+            await refuse(interaction, text(interaction.locale, "internal", ref=ref))
+        except discord.HTTPException:
+            pass  # the interaction expired; the log has it
+
+
+class WakeruClient(discord.Client):
+    def __init__(self, app: App | None, *, message_content: bool = True):
+        super().__init__(intents=intents(message_content), allowed_mentions=discord.AllowedMentions.none(),
+                         chunk_guilds_at_startup=False)
+        self.app = app  # None when only syncing commands
+        self.tree = WakeruTree(self)
+
+    async def setup_hook(self) -> None:
+        await self.tree.set_translator(CommandTranslator())
+        add_commands(self.tree)
+        if self.app is not None:
+            await self.app.start()
+
+    async def on_ready(self) -> None:
+        log.info("connected as %s (id %s) to %d server(s)", self.user, self.user.id, len(self.guilds))
+
+    async def on_message(self, message: discord.Message) -> None:
+        if self.app is not None:
+            await on_image_post(self.app, message)

@@ -1,0 +1,102 @@
+"""/classify and the "Classify image" message context menu.
+
+Cheap checks answer at once (ephemeral); anything that downloads, reads the
+database or waits for the model runs after a deferral, so the 3-second window
+for the first response always holds.
+"""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.app_commands import locale_str as _T
+
+from wakeru.labels import LabelError, parse_labels
+
+from ..i18n import label_error, text
+from ..labelsets import LabelSource, resolve
+from ..render import MAX_EMBEDS, result_embeds
+from ..samples import read_sample, sample_names
+
+
+async def refuse(interaction: discord.Interaction, message: str) -> None:
+    """An ephemeral answer that works whether or not the interaction was already answered."""
+    if interaction.response.is_done():
+        await interaction.followup.send(message, ephemeral=True)
+    else:
+        await interaction.response.send_message(message, ephemeral=True)
+
+
+def _parent_id(channel) -> int | None:
+    return channel.parent_id if isinstance(channel, discord.Thread) else None
+
+
+async def channel_source(interaction: discord.Interaction, channel) -> LabelSource:
+    app = interaction.client.app
+    channel_id = getattr(channel, "id", None) or interaction.channel_id
+    return await resolve(app.store, app.config, interaction.guild_id, channel_id, _parent_id(channel))
+
+
+async def _send_answers(interaction: discord.Interaction, answers, source: LabelSource, total: int) -> None:
+    app = interaction.client.app
+    embeds = result_embeds(answers, source, interaction.locale, app.config.discord.low_confidence)
+    content = text(interaction.locale, "more_images", limit=MAX_EMBEDS) if total > MAX_EMBEDS else None
+    await interaction.followup.send(content=content, embeds=embeds)
+
+
+@app_commands.command(name=_T("classify"),
+                      description=_T("Classify an image against this channel's labels (or labels you give)"))
+@app_commands.rename(image=_T("image"), labels=_T("labels"), sample=_T("sample"))
+@app_commands.describe(image=_T("The image to classify"),
+                       labels=_T("Labels to use instead of the channel's, separated by commas or 、"),
+                       sample=_T("Classify one of the bot's sample images instead"))
+async def classify_command(interaction: discord.Interaction, image: discord.Attachment | None = None,
+                           labels: str | None = None, sample: str | None = None) -> None:
+    app = interaction.client.app
+    config, locale = app.config, interaction.locale
+    if image is not None and sample:
+        return await refuse(interaction, text(locale, "classify.both"))
+    if image is None and not sample:
+        return await refuse(interaction, text(locale, "classify.need_image"))
+    if image is not None and not app.is_image(image):
+        return await refuse(interaction, text(locale, "classify.not_image", name=discord.utils.escape_markdown(image.filename)))
+    if sample and sample not in sample_names(config.discord.samples_dir, config.images.formats):
+        return await refuse(interaction, text(locale, "classify.unknown_sample",
+                                              name=discord.utils.escape_markdown(sample[:100])))
+    adhoc = None
+    if labels is not None:
+        try:
+            adhoc = parse_labels(labels, max_count=config.labels.max_count, max_length=config.labels.max_length,
+                                 min_count=2)
+        except LabelError as e:
+            return await refuse(interaction, label_error(locale, e))
+    await interaction.response.defer(thinking=True)
+    source = LabelSource("adhoc", adhoc) if adhoc else await channel_source(interaction, interaction.channel)
+    if image is not None:
+        answer = await app.classifier.classify_attachment(image, source.labels)
+    else:
+        data = await read_sample(config.discord.samples_dir, sample, config.images.formats)
+        answer = await app.classifier.classify_bytes(sample, data, source.labels)
+    await _send_answers(interaction, [answer], source, 1)
+
+
+@classify_command.autocomplete("sample")
+async def _sample_choices(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    config = interaction.client.app.config
+    needle = current.lower()
+    names = [n for n in sample_names(config.discord.samples_dir, config.images.formats) if needle in n.lower()]
+    return [app_commands.Choice(name=n, value=n) for n in names[:25]]
+
+
+async def _classify_message(interaction: discord.Interaction, message: discord.Message) -> None:
+    app = interaction.client.app
+    images = [a for a in message.attachments if app.is_image(a)]
+    if not images:
+        return await refuse(interaction, text(interaction.locale, "classify.no_images"))
+    await interaction.response.defer(thinking=True)
+    source = await channel_source(interaction, message.channel)
+    answers = await app.classifier.classify_attachments(images[:MAX_EMBEDS], source.labels)
+    await _send_answers(interaction, answers, source, len(images))
+
+
+classify_message_menu = app_commands.ContextMenu(name=_T("Classify image"), callback=_classify_message)

@@ -1,0 +1,68 @@
+"""Results → Discord embeds. Labels are user text: escaped for markdown, cut to fit Discord's limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import discord
+
+from wakeru.protocol import ClassifyResult
+
+from .i18n import error_text, text
+from .labelsets import LabelSource
+
+OK_COLOUR = discord.Colour(0x4E9A06)
+WEAK_COLOUR = discord.Colour(0xC4A000)
+ERROR_COLOUR = discord.Colour(0xCC0000)
+MAX_EMBEDS = 10          # per message (Discord's limit)
+_TITLE_CHARS = 80        # 10 embeds must stay under 6,000 characters in all
+_LABEL_CHARS = 60
+_BAR_CELLS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class ImageAnswer:
+    filename: str
+    result: ClassifyResult
+
+
+def escape(value: str, limit: int) -> str:
+    value = value if len(value) <= limit else value[: limit - 1] + "…"
+    return discord.utils.escape_markdown(discord.utils.escape_mentions(value))
+
+
+def percent(score: float) -> str:
+    pct = score * 100
+    return "<1%" if pct < 0.5 else f"{max(1, round(pct))}%"
+
+
+def bar(score: float) -> str:
+    filled = min(_BAR_CELLS, max(0, round(score * _BAR_CELLS)))
+    return "█" * filled + "░" * (_BAR_CELLS - filled)
+
+
+def result_embed(answer: ImageAnswer, source: LabelSource, locale, low_confidence: float) -> discord.Embed:
+    result = answer.result
+    title = escape(answer.filename, _TITLE_CHARS)
+    if not result.ok:
+        detail = f"\n-# {escape(result.message, 300)}" if result.message else ""
+        embed = discord.Embed(title=title, colour=ERROR_COLOUR,
+                              description=f"{error_text(locale, result.error)}{detail}")
+        embed.set_footer(text=f"{text(locale, 'image_failed')} · {result.error.value}")
+        return embed
+    lines = [f"`{bar(s.score)}` **{escape(s.label, _LABEL_CHARS)}** {percent(s.score)}" for s in result.top]
+    weak = not result.top or result.top[0].score < low_confidence
+    if weak:
+        lines.append(f"\n⚠️ {text(locale, 'low_confidence')}")
+    lines.append(f"-# {source.describe(locale)}")
+    return discord.Embed(title=title, description="\n".join(lines), colour=WEAK_COLOUR if weak else OK_COLOUR)
+
+
+def result_embeds(answers: list[ImageAnswer], source: LabelSource, locale, low_confidence: float) -> list[discord.Embed]:
+    return [result_embed(a, source, locale, low_confidence) for a in answers[:MAX_EMBEDS]]
+
+
+def summary_line(answers: list[ImageAnswer]) -> str:
+    """「犬 92%・狼 5%・猫 1%」 for logs."""
+    return " | ".join("・".join(f"{s.label} {percent(s.score)}" for s in a.result.top) if a.result.ok
+                      else f"{a.filename}: {a.result.error.value}" for a in answers)

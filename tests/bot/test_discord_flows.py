@@ -1,0 +1,291 @@
+"""End to end: the real `python -m bot` (discord.py + spawned worker with a tiny trained model)
+against the local fake Discord. Every user flow of the bot, as Discord would deliver it."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from tests.support import shapes
+from tests.support.bot_process import BotProcess
+from tests.support.fake_discord import FakeDiscord, Perm
+
+LABELS = "、".join(shapes.CLASSES)  # 赤い丸、赤い四角、青い丸、…
+
+
+def _png(label: str, seed: int = 0, size=(200, 150)) -> bytes:
+    return shapes.encode(shapes.draw(label, size, random.Random(seed)), "PNG")
+
+
+def _jpeg(label: str, seed: int = 0) -> bytes:
+    return shapes.encode(shapes.draw(label, (320, 240), random.Random(seed)), "JPEG", quality=92)
+
+
+def _labels_cmd(sub: str, **options) -> list[dict]:
+    opts = [{"type": 3, "name": k, "value": v} for k, v in options.items()]
+    return [{"type": 1, "name": sub, "options": opts}]
+
+
+def _top_label(embed: dict) -> str:
+    first = embed["description"].splitlines()[0]
+    return first.split("**")[1]
+
+
+@pytest.fixture(scope="module")
+def world(trained_model, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("bot")
+    with FakeDiscord() as fake:
+        fake.interaction_deadline = 3.0
+        bot = BotProcess(fake, trained_model, workdir,
+                         WAKERU_DISCORD__MODERATOR_ROLE_IDS=f"[{fake.moderator_role_id}]")
+        bot.start()
+        try:
+            yield fake, bot
+        finally:
+            bot.stop()
+
+
+@pytest.fixture
+def fake(world):
+    fake, bot = world
+    if bot.process.poll() is not None:
+        pytest.fail(f"the bot died:\n{bot.log()}")
+    yield fake
+    assert not fake.unknown_requests, fake.unknown_requests
+    assert not fake.invalid_requests, fake.invalid_requests
+
+
+def _set_labels(fake, labels: str, channel_id=None, user="moderator", **extra) -> dict:
+    rec = fake.interact("labels", options=_labels_cmd("set", labels=labels, **extra), user=user,
+                        channel_id=channel_id)
+    return rec.wait_final()
+
+
+def _post_and_wait(fake, channel_id, attachments, **kw) -> dict:
+    mark = fake.mark()
+    posted = fake.post_message(channel_id, attachments=attachments, **kw)
+    reply = fake.wait_for_message(lambda m: m["kind"] == "channel" and m["message_reference"] is not None
+                                  and int(m["message_reference"]["message_id"]) == int(posted["id"]),
+                                  since=mark, timeout=60)
+    return reply
+
+
+def test_moderator_sets_labels_and_a_posted_image_is_answered_with_the_right_label(fake):
+    answer = _set_labels(fake, LABELS)
+    assert not answer["ephemeral"] and "v1" in answer["content"] and "6件" in answer["content"]
+    reply = _post_and_wait(fake, fake.channel_id, [("shape.png", _png("青い四角", 1), "image/png")])
+    assert len(reply["embeds"]) == 1
+    embed = reply["embeds"][0]
+    assert _top_label(embed) == "青い四角"
+    assert embed["title"] == "shape.png"
+    assert embed["description"].count("%") == 3  # top 3 with percentages
+    assert f"<#{fake.channel_id}> のラベルセット（6件・v1）" in embed["description"]
+    assert reply["allowed_mentions"]["parse"] == [] and reply["allowed_mentions"].get("replied_user") is False
+    assert fake.channel_id in fake.typing  # typing while it worked
+
+
+def test_several_images_in_one_post_get_one_embed_each_and_non_images_are_ignored(fake):
+    _set_labels(fake, LABELS)
+    files = [("a.png", _png("赤い丸", 2), "image/png"), ("notes.txt", b"hello", "text/plain"),
+             ("b.jpg", _jpeg("緑の四角", 3), "image/jpeg"), ("c.webp", shapes.encode(
+                 shapes.draw("青い丸", (180, 180), random.Random(4)), "WEBP"), None)]
+    reply = _post_and_wait(fake, fake.channel_id, files)
+    assert [e["title"] for e in reply["embeds"]] == ["a.png", "b.jpg", "c.webp"]
+    assert [_top_label(e) for e in reply["embeds"]] == ["赤い丸", "緑の四角", "青い丸"]
+
+
+def test_bots_and_unlabelled_channels_are_ignored(fake):
+    mark = fake.mark()
+    fake.post_message(fake.other_channel_id, attachments=[("x.png", _png("赤い丸"), "image/png")])
+    fake.post_message(fake.channel_id, attachments=[("x.png", _png("赤い丸"), "image/png")], bot=True)
+    fake.post_message(fake.channel_id, content="no picture here")
+    time.sleep(2.0)
+    assert [m for m in fake.sent_messages[mark:] if m["kind"] == "channel"] == []
+
+
+def test_a_plain_member_is_refused_and_nothing_changes(fake):
+    _set_labels(fake, LABELS)
+    answer = _set_labels(fake, "猫、犬", user="member")
+    assert answer["ephemeral"] and "チャンネルの管理" in answer["content"]
+    answer = fake.interact("labels", options=_labels_cmd("set", labels="猫、犬"), user="member",
+                           locale="en-US").wait_final()
+    assert answer["ephemeral"] and "Manage Channels" in answer["content"]
+    server = fake.interact("labels", options=[{"type": 1, "name": "reset", "options": [
+        {"type": 3, "name": "scope", "value": "server"}]}], user="member",
+        permissions=Perm.MEMBER | Perm.MANAGE_CHANNELS).wait_final()
+    assert server["ephemeral"] and "サーバー管理" in server["content"]
+    shown = fake.interact("labels", options=_labels_cmd("show"), user="member").wait_final()
+    assert "青い四角" in shown["embeds"][0]["description"] and "犬" not in shown["embeds"][0]["description"]
+
+
+def test_a_thread_uses_its_parents_labels(fake):
+    _set_labels(fake, LABELS)
+    reply = _post_and_wait(fake, fake.thread_id, [("t.png", _png("緑の丸", 5), "image/png")])
+    embed = reply["embeds"][0]
+    assert _top_label(embed) == "緑の丸"
+    assert f"親チャンネル <#{fake.channel_id}>" in embed["description"]
+
+
+def test_classify_with_an_attachment_and_with_ad_hoc_labels(fake):
+    rec = fake.interact("classify", channel_id=fake.other_channel_id, options=[
+        {"type": 3, "name": "labels", "value": "赤い丸, 青い丸, 緑の丸"}],
+        attachments={"image": ("mine.png", _png("赤い丸", 6), "image/png")})
+    assert rec.wait_response()["type"] == 5  # deferred at once, answered by followup
+    final = rec.wait_final(timeout=60)
+    embed = final["embeds"][0]
+    assert _top_label(embed) == "赤い丸" and "コマンドで指定したラベル（3件）" in embed["description"]
+    # without labels: the channel's set, here the labelled channel
+    _set_labels(fake, LABELS)
+    rec = fake.interact("classify", attachments={"image": ("p.jpg", _jpeg("緑の四角", 7), "image/jpeg")},
+                        locale="en-US")
+    embed = rec.wait_final(timeout=60)["embeds"][0]
+    assert _top_label(embed) == "緑の四角" and f"label set of <#{fake.channel_id}>" in embed["description"]
+
+
+def test_classify_refuses_bad_options_at_once(fake):
+    none = fake.interact("classify").wait_final()
+    assert none["ephemeral"] and "sample" in none["content"]
+    text = fake.interact("classify", attachments={"image": ("a.txt", b"hello", "text/plain")}).wait_final()
+    assert text["ephemeral"] and "a.txt" in text["content"]
+    few = fake.interact("classify", options=[{"type": 3, "name": "labels", "value": "犬"}],
+                        attachments={"image": ("a.png", _png("赤い丸"), "image/png")}).wait_final()
+    assert few["ephemeral"] and "2個以上" in few["content"]
+
+
+def test_classify_a_sample_chosen_by_autocomplete(fake):
+    choices = fake.autocomplete("classify", [{"type": 3, "name": "sample", "value": "", "focused": True}])
+    assert [c["value"] for c in choices] == ["astronaut.jpg", "cat.jpg", "coffee.jpg", "motorcycle.jpg", "rocket.jpg"]
+    choices = fake.autocomplete("classify", [{"type": 3, "name": "sample", "value": "CO", "focused": True}])
+    assert [c["value"] for c in choices] == ["coffee.jpg"]
+    rec = fake.interact("classify", options=[{"type": 3, "name": "sample", "value": "cat.jpg"}])
+    final = rec.wait_final(timeout=60)
+    assert final["embeds"][0]["title"] == "cat.jpg" and final["embeds"][0]["description"].count("%") == 3
+    bad = fake.interact("classify", options=[{"type": 3, "name": "sample", "value": "../config.yaml"}]).wait_final()
+    assert bad["ephemeral"] and "サンプル" in bad["content"]
+
+
+def test_context_menu_classifies_an_existing_message(fake):
+    _set_labels(fake, LABELS)
+    _set_labels(fake, "赤い丸、青い四角", channel_id=fake.other_channel_id)  # makes it auto; we still need the menu
+    fake.interact("labels", options=[{"type": 1, "name": "auto", "options": [
+        {"type": 3, "name": "state", "value": "off"}]}], user="moderator", channel_id=fake.other_channel_id).wait_final()
+    message = fake.post_message(fake.other_channel_id, attachments=[
+        ("one.png", _png("青い四角", 8), "image/png"), ("two.png", _png("赤い丸", 9), "image/png")])
+    rec = fake.interact("Classify image", target_message=message, channel_id=fake.other_channel_id)
+    final = rec.wait_final(timeout=60)
+    assert [_top_label(e) for e in final["embeds"]] == ["青い四角", "赤い丸"]
+    empty = fake.post_message(fake.other_channel_id, content="just text")
+    refused = fake.interact("Classify image", target_message=empty, channel_id=fake.other_channel_id).wait_final()
+    assert refused["ephemeral"] and "画像がありません" in refused["content"]
+
+
+def test_a_corrupt_image_gets_a_clear_error_and_the_next_image_still_works(fake):
+    _set_labels(fake, LABELS)
+    good = _png("赤い四角", 10)
+    reply = _post_and_wait(fake, fake.channel_id, [("broken.png", good[: len(good) // 2], "image/png")])
+    embed = reply["embeds"][0]
+    assert "壊れている" in embed["description"] and "corrupt_image" in embed["footer"]["text"]
+    reply = _post_and_wait(fake, fake.channel_id, [("fake.jpg", b"<svg onload=alert(1)>", "image/jpeg")])
+    assert "unsupported_format" in reply["embeds"][0]["footer"]["text"]
+    reply = _post_and_wait(fake, fake.channel_id, [("ok.png", good, "image/png")])
+    assert _top_label(reply["embeds"][0]) == "赤い四角"
+
+
+def test_mention_labels_never_ping(fake):
+    answer = _set_labels(fake, "@everyone、<@&%d>、@here、赤い丸" % fake.moderator_role_id)
+    reply = _post_and_wait(fake, fake.channel_id, [("p.png", _png("赤い丸", 11), "image/png")])
+    shown = fake.interact("labels", options=_labels_cmd("show")).wait_final()
+    for payload in (answer, reply, shown):
+        assert payload["allowed_mentions"] == {"parse": [], "replied_user": False} or \
+            payload["allowed_mentions"].get("parse") == [], payload["allowed_mentions"]
+        for key in ("users", "roles"):
+            assert not payload["allowed_mentions"].get(key)
+    assert "@\u200beveryone" in reply["embeds"][0]["description"] or "@everyone" not in reply["embeds"][0]["description"]
+
+
+def test_over_long_and_too_many_labels_get_specific_messages(fake):
+    long = _set_labels(fake, "犬、" + "あ" * 51)
+    assert long["ephemeral"] and "51文字" in long["content"] and "50文字" in long["content"]
+    many = _set_labels(fake, ",".join(f"l{i}" for i in range(105)))
+    assert many["ephemeral"] and "105個" in many["content"] and "5個減らして" in many["content"]
+    one = _set_labels(fake, "犬、犬 ,  犬")
+    assert one["ephemeral"] and "1個しかありません" in one["content"]
+
+
+def test_history_and_undo(fake):
+    channel = fake.other_channel_id
+    _set_labels(fake, "犬、猫", channel_id=channel)
+    added = fake.interact("labels", options=_labels_cmd("add", labels="狐、犬"), user="moderator",
+                          channel_id=channel).wait_final()
+    assert "「狐」" in added["content"]
+    removed = fake.interact("labels", options=_labels_cmd("remove", labels="猫"), user="moderator",
+                            channel_id=channel).wait_final()
+    assert "「猫」" in removed["content"]
+    history = fake.interact("labels", options=_labels_cmd("history"), channel_id=channel,
+                            user="moderator").wait_final()["embeds"][0]["description"]
+    assert history.index("削除") < history.index("追加") < history.index("設定")  # newest first
+    undo = fake.interact("labels", options=_labels_cmd("undo"), user="moderator", channel_id=channel).wait_final()
+    assert not undo["ephemeral"] and "取り消しました" in undo["content"]
+    shown = fake.interact("labels", options=_labels_cmd("show"), channel_id=channel).wait_final()
+    assert shown["embeds"][0]["description"].startswith("犬、猫、狐")
+    denied = fake.interact("labels", options=_labels_cmd("undo"), user="member", channel_id=channel).wait_final()
+    assert denied["ephemeral"] and "チャンネルの管理" in denied["content"]
+
+
+def test_presets_server_scope_and_reset(fake):
+    choices = fake.autocomplete("labels", [{"type": 1, "name": "preset", "options": [
+        {"type": 3, "name": "name", "value": "an", "focused": True}]}], user="moderator")
+    assert [c["value"] for c in choices] == ["animals"]
+    server = [{"type": 3, "name": "scope", "value": "server"}]
+    applied = fake.interact("labels", options=[{"type": 1, "name": "preset", "options": [
+        {"type": 3, "name": "name", "value": "vehicles"}, *server]}], user="moderator",
+        channel_id=fake.thread_id).wait_final()
+    assert "vehicles" in applied["content"] and "このサーバー" in applied["content"]
+    shown = fake.interact("labels", options=[{"type": 1, "name": "show", "options": server}]).wait_final()
+    assert shown["embeds"][0]["description"].startswith("車、自転車")
+    reset = fake.interact("labels", options=[{"type": 1, "name": "reset", "options": server}],
+                          user="moderator").wait_final()
+    assert "既定のラベルセット" in reset["content"]
+
+
+def test_unknown_preset_is_refused(fake):
+    answer = fake.interact("labels", options=[{"type": 1, "name": "preset", "options": [
+        {"type": 3, "name": "name", "value": "nope"}]}], user="moderator").wait_final()
+    assert answer["ephemeral"] and "animals" in answer["content"]
+
+
+def test_auto_switch_turns_a_channel_on_and_off(fake):
+    channel = fake.other_channel_id
+    on = fake.interact("labels", options=[{"type": 1, "name": "auto", "options": [
+        {"type": 3, "name": "state", "value": "on"}]}], user="moderator", channel_id=channel).wait_final()
+    assert "オン" in on["content"]
+    reply = _post_and_wait(fake, channel, [("x.png", _png("緑の丸", 12), "image/png")])
+    assert reply["embeds"]
+    fake.interact("labels", options=[{"type": 1, "name": "auto", "options": [
+        {"type": 3, "name": "state", "value": "off"}]}], user="moderator", channel_id=channel).wait_final()
+    mark = fake.mark()
+    fake.post_message(channel, attachments=[("x.png", _png("緑の丸", 13), "image/png")])
+    time.sleep(2.0)
+    assert [m for m in fake.sent_messages[mark:] if m["kind"] == "channel"] == []
+
+
+def test_labels_survive_a_restart_and_message_content_refusal_only_warns(world, trained_model):
+    fake, bot = world
+    _set_labels(fake, "緑の丸、赤い四角、青い丸")
+    assert bot.stop() == 0
+    fake.refuse_message_content = True
+    try:
+        bot.start()
+        assert "Message Content" in bot.log() and "4014" in bot.log()
+        rec = fake.interact("classify", attachments={"image": ("r.png", _png("緑の丸", 14), "image/png")})
+        embed = rec.wait_final(timeout=60)["embeds"][0]
+        assert _top_label(embed) == "緑の丸"
+        assert "（3件・v" in embed["description"]  # the set stored before the restart
+    finally:
+        fake.refuse_message_content = False
+        bot.stop()
+        bot.start()
+    reply = _post_and_wait(fake, fake.channel_id, [("after.png", _png("青い丸", 15), "image/png")])
+    assert _top_label(reply["embeds"][0]) == "青い丸"

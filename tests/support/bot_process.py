@@ -1,0 +1,90 @@
+"""`python -m bot` as a real subprocess pointed at a FakeDiscord, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+class BotProcess:
+    def __init__(self, fake, model: Path, workdir: Path, **overrides: str):
+        self.fake = fake
+        self.workdir = workdir
+        self.log_path = workdir / "bot.log"
+        self.health = workdir / "health.json"
+        self.env = {
+            **os.environ,
+            "DISCORD_TOKEN": fake.token,
+            "WAKERU_DISCORD__API_BASE": fake.api_base,
+            "WAKERU_DISCORD__GATEWAY_URL": fake.gateway_url,
+            "WAKERU_DISCORD__MODERATOR_ROLE_IDS": "[]",
+            "WAKERU_ATTACHMENTS__ALLOWED_HOSTS": '["127.0.0.1"]',
+            "WAKERU_STORAGE__URL": f"sqlite:///{workdir}/wakeru.db",
+            "WAKERU_STORAGE__HEALTH_FILE": str(self.health),
+            "WAKERU_MODEL__ID": str(model),
+            "WAKERU_MODEL__DTYPE": "float32",
+            "WAKERU_WORKER__MAX_WAIT_MS": "2",
+            "WAKERU_DISCORD__SAMPLES_DIR": str(REPO / "samples"),
+            **overrides,
+        }
+        self.process: subprocess.Popen | None = None
+
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """A one-shot command (`sync`, `health`) with the same environment."""
+        return subprocess.run([sys.executable, "-m", "bot", *args], cwd=self.workdir, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def start(self, wait: bool = True) -> "BotProcess":
+        self.health.unlink(missing_ok=True)
+        log = open(self.log_path, "a")
+        # PYTHONPATH: the bot runs from workdir (so relative paths land there) but imports this checkout
+        env = {**self.env, "PYTHONPATH": str(REPO)}
+        self.process = subprocess.Popen([sys.executable, "-m", "bot"], cwd=self.workdir, env=env,
+                                        stdout=log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def state(self) -> dict:
+        try:
+            return json.loads(self.health.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def wait_ready(self, timeout: float = 150) -> None:
+        """Gateway session up and the worker's model loaded."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the bot exited with {self.process.returncode}:\n{self.log()}")
+            self.fake.wait_ready(timeout=max(0.1, end - time.monotonic()))
+            if self.state().get("worker") == "ready":
+                return
+            if self.state().get("worker") == "failed":
+                raise AssertionError(f"the worker failed:\n{self.log()}")
+            time.sleep(0.2)
+        raise AssertionError(f"the bot did not become ready:\n{self.log()}")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"the bot did not stop on SIGTERM:\n{self.log()}") from None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()[-6000:]
+        except OSError:
+            return ""

@@ -1,0 +1,1144 @@
+"""A local fake Discord (REST + gateway + interactions + CDN) for end-to-end tests.
+
+The REAL discord.py client talks to it.  Point a client at it with::
+
+    discord.http.Route.BASE = fake.api_base
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(fake.gateway_url)
+    await bot.start(fake.token)
+
+The server runs in a background thread with its own event loop, so plain synchronous
+tests (and tests whose bot lives in a subprocess) can drive it.  Every public method is
+synchronous and thread-safe.  Do not call the blocking ``wait_*`` methods from the event
+loop that runs an in-process bot (that would freeze the bot): use ``asyncio.to_thread``.
+
+At a glance: ``post_message(...)`` (a user posts; MESSAGE_CREATE), ``interact(...)`` /
+``autocomplete(...)`` (INTERACTION_CREATE; returns a :class:`FakeInteraction` / the choices),
+``wait_for_message(since=fake.mark())`` over ``sent_messages``, ``synced_commands``,
+``attachment_requests``, ``unknown_requests`` (should stay empty), ``dispatch(event, data)``.
+
+Behaviour worth knowing (it mirrors Discord, so the bot under test must cope):
+- JSON responses carry ``Content-Type: application/json`` exactly (discord.py only parses
+  that exact value; aiohttp's ``json_response`` adds a charset and breaks it).
+- Attachment URLs are signed (``ex``/``is``/``hm``); a URL without the right ``hm``, or an
+  attachment expired with :meth:`FakeDiscord.expire_attachments`, gets 404 like the CDN.
+- The media proxy (``proxy_url``) honours ``width``/``height`` by shrinking to fit inside
+  them (never enlarging), re-encoded in the same format; bytes Pillow cannot open come
+  back unchanged (a proxy that gives up), never a 415.
+- Interaction callbacks later than ``interaction_deadline`` seconds (3.0, as on Discord;
+  ``None`` disables) get 404 "Unknown interaction" (10062); a second callback gets 400
+  (40060); a followup before any callback gets 404 "Unknown Webhook" (10015).
+- Messages over Discord's limits (2,000 characters, 10 embeds, embed field limits, 6,000
+  embed characters) and invalid command payloads get 400 "Invalid Form Body" (50035) and
+  are recorded in ``invalid_requests``.
+- discord.py fires ``on_ready`` ``guild_ready_timeout`` (2 s by default) after
+  GUILD_CREATE; events dispatched before that are still processed normally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import io
+import itertools
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+from urllib.parse import quote
+
+from aiohttp import WSMsgType, web
+
+__all__ = ["FakeDiscord", "FakeInteraction", "CHAT_INPUT", "MESSAGE_CONTEXT", "Perm"]
+
+CHAT_INPUT = 2  # interact(type=...): a slash command (interaction type 2, data.type 1)
+MESSAGE_CONTEXT = 3  # interact(type=...): a message context menu (data.type 3)
+MESSAGE_CONTENT_INTENT = 1 << 15
+DISCORD_EPOCH_MS = 1420070400000
+ATTACHMENT_SIZE_LIMIT = 10 * 1024 * 1024
+
+
+class Perm:
+    """Permission bits (https://discord.com/developers/docs/topics/permissions)."""
+
+    ADMINISTRATOR = 1 << 3
+    MANAGE_CHANNELS = 1 << 4
+    MANAGE_GUILD = 1 << 5
+    ADD_REACTIONS = 1 << 6
+    VIEW_CHANNEL = 1 << 10
+    SEND_MESSAGES = 1 << 11
+    MANAGE_MESSAGES = 1 << 13
+    EMBED_LINKS = 1 << 14
+    ATTACH_FILES = 1 << 15
+    READ_MESSAGE_HISTORY = 1 << 16
+    USE_APPLICATION_COMMANDS = 1 << 31
+    MANAGE_THREADS = 1 << 34
+    SEND_MESSAGES_IN_THREADS = 1 << 38
+
+    MEMBER = (VIEW_CHANNEL | SEND_MESSAGES | READ_MESSAGE_HISTORY | ADD_REACTIONS | EMBED_LINKS
+              | ATTACH_FILES | USE_APPLICATION_COMMANDS | SEND_MESSAGES_IN_THREADS)
+    MODERATOR = MANAGE_CHANNELS | MANAGE_GUILD | MANAGE_MESSAGES | MANAGE_THREADS
+    BOT = MEMBER | MANAGE_MESSAGES
+
+
+# ---------------------------------------------------------------------------- builders
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    # Exactly "application/json": discord.py compares the header verbatim.
+    return web.Response(status=status, body=json.dumps(data).encode(),
+                        headers={"Content-Type": "application/json"})
+
+
+def _error(status: int, message: str, code: int = 0, errors: dict | None = None) -> web.Response:
+    body: dict[str, Any] = {"message": message, "code": code}
+    if errors:
+        body["errors"] = {k: {"_errors": [{"code": "INVALID", "message": v}]} for k, v in errors.items()}
+    return _json(body, status)
+
+
+def make_user(user_id: int, username: str, *, bot: bool = False, global_name: str | None = None) -> dict:
+    """A user object as Discord sends it."""
+    return {"id": str(user_id), "username": username, "global_name": global_name,
+            "discriminator": "4242" if bot else "0", "avatar": None, "bot": bot,
+            "public_flags": 0, "flags": 0}
+
+
+def make_member(user: dict, *, roles: Iterable[int] = (), permissions: int | None = None) -> dict:
+    """A guild member object; ``permissions`` (interaction payloads only) as a string."""
+    member = {"user": user, "roles": [str(r) for r in roles], "nick": None, "avatar": None,
+              "joined_at": "2024-01-01T00:00:00+00:00", "premium_since": None, "deaf": False,
+              "mute": False, "flags": 0, "pending": False, "communication_disabled_until": None}
+    if permissions is not None:
+        member["permissions"] = str(permissions)
+    return member
+
+
+def _role(role_id: int, name: str, permissions: int, position: int, **extra: Any) -> dict:
+    return {"id": str(role_id), "name": name, "permissions": str(permissions), "position": position,
+            "color": 0, "colors": {"primary_color": 0, "secondary_color": None, "tertiary_color": None},
+            "hoist": False, "managed": False, "mentionable": False, "icon": None,
+            "unicode_emoji": None, "flags": 0, **extra}
+
+
+def _text_channel(channel_id: int, guild_id: int, name: str, position: int) -> dict:
+    return {"id": str(channel_id), "type": 0, "guild_id": str(guild_id), "name": name,
+            "position": position, "permission_overwrites": [], "nsfw": False, "topic": None,
+            "last_message_id": None, "rate_limit_per_user": 0, "parent_id": None, "flags": 0}
+
+
+def _thread(thread_id: int, guild_id: int, parent_id: int, owner_id: int, name: str) -> dict:
+    return {"id": str(thread_id), "type": 11, "guild_id": str(guild_id), "parent_id": str(parent_id),
+            "owner_id": str(owner_id), "name": name, "last_message_id": None, "message_count": 0,
+            "member_count": 1, "total_message_sent": 0, "rate_limit_per_user": 0, "flags": 0,
+            "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "locked": False,
+                                "archive_timestamp": "2024-01-01T00:00:00+00:00",
+                                "create_timestamp": "2024-01-01T00:00:00+00:00"}}
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    try:
+        from PIL import Image
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:
+        return None
+
+
+def _resize(data: bytes, width: int | None, height: int | None) -> bytes:
+    """Shrink to fit inside width×height keeping the aspect ratio; unreadable bytes come back as-is."""
+    try:
+        from PIL import Image
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format or "PNG"
+            ow, oh = im.size
+            scale = min(width / ow if width else 1.0, height / oh if height else 1.0, 1.0)
+            size = (max(1, round(ow * scale)), max(1, round(oh * scale)))
+            if size == (ow, oh):
+                return data
+            out = im.convert("RGB") if fmt == "JPEG" and im.mode not in ("RGB", "L", "CMYK") else im
+            out = out.resize(size, Image.LANCZOS)
+            buf = io.BytesIO()
+            out.save(buf, format=fmt)
+            return buf.getvalue()
+    except Exception:
+        return data
+
+
+def _message_errors(payload: dict, files: list, *, partial: bool = False) -> dict[str, str]:
+    """Discord's message limits → {field: error}; empty when the payload is acceptable."""
+    errors: dict[str, str] = {}
+    content = payload.get("content") or ""
+    if len(content) > 2000:
+        errors["content"] = "Must be 2000 or fewer in length."
+    embeds = payload.get("embeds") or []
+    if len(embeds) > 10:
+        errors["embeds"] = "Must be 10 or fewer in length."
+    total = 0
+    for i, e in enumerate(embeds):
+        limits = [("title", e.get("title"), 256), ("description", e.get("description"), 4096),
+                  ("footer.text", (e.get("footer") or {}).get("text"), 2048),
+                  ("author.name", (e.get("author") or {}).get("name"), 256)]
+        fields = e.get("fields") or []
+        if len(fields) > 25:
+            errors[f"embeds.{i}.fields"] = "Must be 25 or fewer in length."
+        for j, f in enumerate(fields):
+            limits += [(f"fields.{j}.name", f.get("name"), 256), (f"fields.{j}.value", f.get("value"), 1024)]
+            if not f.get("name") or not f.get("value"):
+                errors[f"embeds.{i}.fields.{j}"] = "Field name and value are required."
+        for key, text, limit in limits:
+            total += len(text or "")
+            if text and len(text) > limit:
+                errors[f"embeds.{i}.{key}"] = f"Must be {limit} or fewer in length."
+    if total > 6000:
+        errors["embeds"] = "Embed size exceeds maximum size of 6000"
+    for f in files:
+        if len(f["data"]) > ATTACHMENT_SIZE_LIMIT:
+            errors[f"files.{f['filename']}"] = "Request entity too large"
+    if not partial and not (content or embeds or files or payload.get("components")
+                            or payload.get("sticker_ids") or payload.get("poll")):
+        errors["content"] = "Cannot send an empty message"
+    return errors
+
+
+_NAME_RE = re.compile(r"^[-_\w]{1,32}$")
+
+
+def _command_errors(commands: list[dict]) -> dict[str, str]:
+    """The checks Discord runs on a bulk-overwrite of application commands."""
+    errors: dict[str, str] = {}
+
+    def check_options(path: str, options: list[dict]) -> None:
+        if len(options) > 25:
+            errors[f"{path}.options"] = "Must be 25 or fewer in length."
+        for j, o in enumerate(options):
+            p = f"{path}.options.{j}"
+            name = o.get("name", "")
+            if not _NAME_RE.match(name) or name != name.lower():
+                errors[f"{p}.name"] = f"Invalid option name {name!r}"
+            if not 1 <= len(o.get("description") or "") <= 100:
+                errors[f"{p}.description"] = "Must be between 1 and 100 in length."
+            if len(o.get("choices") or []) > 25:
+                errors[f"{p}.choices"] = "Must be 25 or fewer in length."
+            check_options(p, o.get("options") or [])
+
+    for i, c in enumerate(commands):
+        name, ctype = c.get("name", ""), c.get("type", 1)
+        if ctype == 1:
+            if not _NAME_RE.match(name) or name != name.lower():
+                errors[f"{i}.name"] = f"Invalid command name {name!r}"
+            if not 1 <= len(c.get("description") or "") <= 100:
+                errors[f"{i}.description"] = "Must be between 1 and 100 in length."
+            check_options(str(i), c.get("options") or [])
+        elif not 1 <= len(name) <= 32:
+            errors[f"{i}.name"] = "Must be between 1 and 32 in length."
+    if sum(1 for c in commands if c.get("type", 1) == 1) > 100:
+        errors["_"] = "Maximum number of application commands reached (100)"
+    if sum(1 for c in commands if c.get("type") == 3) > 15:
+        errors["_"] = "Maximum number of message commands reached (15)"
+    return errors
+
+
+# ---------------------------------------------------------------------------- records
+
+@dataclass
+class _Attachment:
+    id: int
+    channel_id: int
+    filename: str
+    data: bytes
+    content_type: str | None
+    hm: str
+    payload: dict
+
+
+class _Session:
+    """One gateway websocket connection."""
+
+    def __init__(self, ws: web.WebSocketResponse, session_id: str):
+        self.ws = ws
+        self.session_id = session_id
+        self.seq = 0
+        self.ready = False
+        self.lock = asyncio.Lock()
+
+    async def send(self, op: int, d: Any, t: str | None = None) -> None:
+        async with self.lock:  # keeps "s" increasing in send order
+            s = None
+            if op == 0:
+                self.seq += 1
+                s = self.seq
+            await self.ws.send_str(json.dumps({"op": op, "d": d, "s": s, "t": t}))
+
+
+class FakeInteraction:
+    """What the bot answered to one interaction the fake dispatched.
+
+    ``responses``/``followups``/``edits``/``followup_edits`` are lists of entries shaped like
+    ``sent_messages`` entries (``type`` is set on callbacks; 8 carries ``choices``).
+    """
+
+    def __init__(self, fake: FakeDiscord, payload: dict):
+        self._fake = fake
+        self.payload = payload
+        self.id = int(payload["id"])
+        self.token: str = payload["token"]
+        self.type: int = payload["type"]
+        self.name: str = payload["data"]["name"]
+        self.created = time.monotonic()
+        self.responses: list[dict] = []
+        self.followups: list[dict] = []
+        self.edits: list[dict] = []
+        self.followup_edits: list[dict] = []
+        self.timeline: list[dict] = []  # followups and @original edits in arrival order
+        self.original: dict | None = None  # the message the callback created, as last edited
+        self.late = False  # a callback came after interaction_deadline
+
+    def __repr__(self) -> str:
+        kinds = [r.get("type") for r in self.responses]
+        return (f"<FakeInteraction {self.name!r} responses={kinds} followups={len(self.followups)} "
+                f"edits={len(self.edits)} late={self.late}>")
+
+    @property
+    def deferred(self) -> bool:
+        return bool(self.responses) and self.responses[0]["type"] in (5, 6)
+
+    @property
+    def ephemeral(self) -> bool:
+        return bool(self.responses) and bool(self.responses[0]["flags"] & 64)
+
+    @property
+    def choices(self) -> list[dict] | None:
+        return self.responses[0].get("choices") if self.responses else None
+
+    def wait_response(self, timeout: float = 20) -> dict:
+        """The first callback the bot posted (``type`` 4 message, 5 deferral, 8 autocomplete, ...)."""
+        return self._fake.wait_for(lambda: self.responses[0] if self.responses else None,
+                                   timeout, f"a callback to {self!r}")
+
+    def wait_final(self, timeout: float = 20) -> dict:
+        """The answer the user sees: the callback message, or after a deferral the first
+        followup/@original edit.  Ephemerality is fixed at defer time, as on Discord, so
+        ``flags``/``ephemeral`` of a deferred answer come from the deferral."""
+        first = self.wait_response(timeout)
+        if first["type"] != 5:
+            return first
+        answer = self._fake.wait_for(lambda: self.timeline[0] if self.timeline else None,
+                                     timeout, f"a followup or edit after the deferral of {self!r}")
+        answer = dict(answer)
+        answer["flags"] = (answer["flags"] & ~64) | (first["flags"] & 64)
+        answer["ephemeral"] = bool(answer["flags"] & 64)
+        return answer
+
+
+# ---------------------------------------------------------------------------- the fake
+
+class FakeDiscord:
+    """A fake Discord server in a background thread.  See the module docstring."""
+
+    guild_id = 1310000000000000001
+    application_id = 1310000000000000002  # also the bot user's id, as for real bots
+    moderator_role_id = 1310000000000000003
+    bot_role_id = 1310000000000000004
+    channel_id = 1310000000000000010
+    other_channel_id = 1310000000000000011
+    thread_id = 1310000000000000012
+    moderator_id = 1310000000000000020
+    member_id = 1310000000000000021
+    owner_id = 1310000000000000022
+    heartbeat_interval = 41250
+
+    def __init__(self, *, token: str = "fake-token", guild_locale: str = "ja"):
+        self.token = token
+        self.guild_locale = guild_locale
+        self.refuse_message_content = False
+        self.interaction_deadline: float | None = 3.0
+        self.bot_user = {**make_user(self.application_id, "wakeru", bot=True),
+                         "verified": True, "mfa_enabled": False, "locale": "en-US"}
+        self.users = {"member": make_user(self.member_id, "taro", global_name="太郎"),
+                      "moderator": make_user(self.moderator_id, "hanako_mod", global_name="花子"),
+                      "owner": make_user(self.owner_id, "owner_sato")}
+        self.roles = {"everyone": _role(self.guild_id, "@everyone", Perm.MEMBER, 0),
+                      "moderator": _role(self.moderator_role_id, "モデレーター", Perm.MODERATOR, 1),
+                      "bot": _role(self.bot_role_id, "Wakeru", Perm.BOT, 2, managed=True,
+                                   tags={"bot_id": str(self.application_id)})}
+        self.channels = {self.channel_id: _text_channel(self.channel_id, self.guild_id, "写真", 0),
+                         self.other_channel_id: _text_channel(self.other_channel_id, self.guild_id, "雑談", 1)}
+        self.threads = {self.thread_id: _thread(self.thread_id, self.guild_id, self.channel_id,
+                                                self.member_id, "スレッド")}
+        # Recordings (appended by the server thread, read by tests).
+        self.requests: list[dict] = []  # every REST request: method, path, query, status
+        self.unknown_requests: list[dict] = []
+        self.invalid_requests: list[dict] = []
+        self.identify_payloads: list[dict] = []
+        self.gateway_ops: list[dict] = []  # client ops other than heartbeat/identify/resume
+        self.sent_messages: list[dict] = []
+        self.edited_messages: list[dict] = []
+        self.deleted_messages: list[tuple[int, int]] = []
+        self.reactions: list[tuple[int, int, str]] = []
+        self.typing: list[int] = []
+        self.attachment_requests: list[dict] = []
+        self.synced_commands: dict[int | None, list[dict]] = {}
+        self.channel_messages: dict[int, dict] = {}
+        self.interactions: dict[int, FakeInteraction] = {}
+        self._interactions_by_token: dict[str, FakeInteraction] = {}
+        self._attachments: dict[int, _Attachment] = {}
+        self._expired: set[int] = set()
+        self._sessions: list[_Session] = []
+        self._cond = threading.Condition()
+        self._ids = itertools.count()
+        self._session_ids = itertools.count(1)
+        self._command_ids: dict[str, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> FakeDiscord:
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._startup())
+            except BaseException as exc:  # surfaced by start()
+                failure.append(exc)
+                started.set()
+                loop.close()
+                return
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-discord", daemon=True)
+        self._thread.start()
+        if not started.wait(10) or failure:
+            raise RuntimeError(f"fake Discord failed to start: {failure}")
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None or self._loop is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._thread = None
+
+    def __enter__(self) -> FakeDiscord:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    async def _startup(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/attachments/{channel}/{attachment}/{filename}", self._cdn)
+        app.router.add_get("/media/attachments/{channel}/{attachment}/{filename}", self._cdn)
+        app.router.add_route("*", "/api/v10/{tail:.*}", self._api)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def _shutdown(self) -> None:
+        for s in list(self._sessions):
+            await s.ws.close(code=1001, message=b"fake Discord stopping")
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # ---------------------------------------------------------------- addresses
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    @property
+    def cdn_host(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # ---------------------------------------------------------------- waiting
+
+    def wait_for(self, check: Callable[[], Any], timeout: float = 20, what: str = "a condition") -> Any:
+        """Block until ``check()`` returns something truthy; return it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                result = check()
+                if result:
+                    return result
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"timed out after {timeout}s waiting for {what}.\n{self.describe()}")
+                self._cond.wait(min(remaining, 0.5))
+
+    def describe(self) -> str:
+        """A summary of what the fake received, for failure messages."""
+        reqs = [f"{r['method']} {r['path']} → {r['status']}" for r in self.requests[-15:]]
+        msgs = [f"#{m['channel_id']}: {m['content']!r} embeds={[e.get('title') for e in m['embeds']]}"
+                for m in self.sent_messages[-10:]]
+        return (f"sessions ready={self.connected_sessions} identifies={len(self.identify_payloads)}\n"
+                f"last requests: {reqs}\nsent messages: {msgs}\n"
+                f"interactions: {list(self.interactions.values())[-5:]}\n"
+                f"unknown: {self.unknown_requests} invalid: {self.invalid_requests}")
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def connected_sessions(self) -> int:
+        return sum(1 for s in self._sessions if s.ready)
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        """Block until a gateway session has received READY and GUILD_CREATE."""
+        self.wait_for(lambda: self.connected_sessions > 0, timeout, "a gateway session to become ready")
+
+    def mark(self) -> int:
+        """A position in ``sent_messages``, for ``wait_for_message(since=...)``."""
+        return len(self.sent_messages)
+
+    def wait_for_message(self, predicate: Callable[[dict], bool] | None = None, *,
+                         channel_id: int | None = None, since: int = 0, timeout: float = 20) -> dict:
+        """The first channel message the bot sent at or after index ``since`` that matches."""
+        def find() -> dict | None:
+            for m in self.sent_messages[since:]:
+                if (channel_id is None or m["channel_id"] == channel_id) and (predicate is None or predicate(m)):
+                    return m
+            return None
+        return self.wait_for(find, timeout, f"a bot message (channel={channel_id}, since={since})")
+
+    # ---------------------------------------------------------------- gateway control
+
+    def _call(self, coro: Any, timeout: float = 20) -> Any:
+        assert self._loop is not None, "FakeDiscord is not started"
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def dispatch(self, event: str, data: dict, *, timeout: float = 20) -> None:
+        """Send a DISPATCH (op 0) to every ready session, waiting for one if none is ready."""
+        self.wait_ready(timeout)
+
+        async def send() -> None:
+            for s in [s for s in self._sessions if s.ready]:
+                await s.send(0, data, event)
+        self._call(send(), timeout)
+
+    def disconnect_all(self, code: int = 4000) -> int:
+        """Close every gateway websocket with ``code`` (4000: discord.py resumes)."""
+        async def close() -> int:
+            sessions = list(self._sessions)
+            for s in sessions:
+                s.ready = False
+                await s.ws.close(code=code, message=b"fake disconnect")
+            return len(sessions)
+        return self._call(close())
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=0, compress=False, timeout=2.0)  # 2 s: quick stop()
+        await ws.prepare(request)
+        session = _Session(ws, f"fake-session-{next(self._session_ids)}")
+        self._sessions.append(session)
+        try:
+            await session.send(10, {"heartbeat_interval": self.heartbeat_interval, "_trace": ["fake"]})
+            async for msg in ws:
+                if msg.type is not WSMsgType.TEXT:
+                    continue  # discord.py only ever sends JSON text
+                packet = json.loads(msg.data)
+                op, d = packet.get("op"), packet.get("d")
+                if op == 1:
+                    await session.send(11, None)
+                elif op == 2:
+                    await self._identify(session, d)
+                elif op == 6:
+                    await self._resume(session, d)
+                else:
+                    with self._cond:
+                        self.gateway_ops.append(packet)
+        finally:
+            session.ready = False
+            self._sessions.remove(session)
+            self._notify()
+        return ws
+
+    async def _identify(self, session: _Session, d: dict) -> None:
+        with self._cond:
+            self.identify_payloads.append(d)
+        if d.get("token") != self.token:
+            await session.ws.close(code=4004, message=b"Authentication failed.")
+            return
+        if self.refuse_message_content and int(d.get("intents", 0)) & MESSAGE_CONTENT_INTENT:
+            await session.ws.close(code=4014, message=b"Disallowed intent(s).")
+            return
+        await session.send(0, {
+            "v": 10, "user": self.bot_user, "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+            "session_id": session.session_id, "resume_gateway_url": self.gateway_url,
+            "session_type": "normal", "shard": d.get("shard", [0, 1]), "private_channels": [],
+            "relationships": [], "presences": [], "guild_join_requests": [], "user_settings": {},
+            "geo_ordered_rtc_regions": [], "auth": {}, "_trace": ["fake"],
+            "application": {"id": str(self.application_id), "flags": 1 << 19},  # GATEWAY_MESSAGE_CONTENT_LIMITED
+        }, "READY")
+        await session.send(0, self.guild_payload(), "GUILD_CREATE")
+        session.ready = True
+        self._notify()
+
+    async def _resume(self, session: _Session, d: dict) -> None:
+        if d.get("token") != self.token:
+            await session.ws.close(code=4004, message=b"Authentication failed.")
+            return
+        session.session_id = d.get("session_id") or session.session_id
+        session.seq = int(d.get("seq") or 0)
+        await session.send(0, {"_trace": ["fake"]}, "RESUMED")
+        session.ready = True
+        self._notify()
+
+    # ---------------------------------------------------------------- world
+
+    def guild_payload(self) -> dict:
+        """The GUILD_CREATE payload (a full guild)."""
+        members = [make_member(self.bot_user, roles=[self.bot_role_id]),
+                   make_member(self.users["moderator"], roles=[self.moderator_role_id]),
+                   make_member(self.users["member"]), make_member(self.users["owner"])]
+        return {
+            "id": str(self.guild_id), "name": "分けるテスト", "icon": None, "splash": None,
+            "discovery_splash": None, "banner": None, "description": None, "owner_id": str(self.owner_id),
+            "afk_channel_id": None, "afk_timeout": 300, "verification_level": 1,
+            "default_message_notifications": 1, "explicit_content_filter": 2, "mfa_level": 0,
+            "nsfw_level": 0, "premium_tier": 0, "premium_subscription_count": 0,
+            "preferred_locale": self.guild_locale, "system_channel_id": None, "system_channel_flags": 0,
+            "rules_channel_id": None, "public_updates_channel_id": None, "vanity_url_code": None,
+            "features": [], "emojis": [], "stickers": [], "roles": list(self.roles.values()),
+            "channels": list(self.channels.values()), "threads": list(self.threads.values()),
+            "members": members, "member_count": len(members), "large": False, "unavailable": False,
+            "joined_at": "2024-01-01T00:00:00+00:00", "voice_states": [], "presences": [],
+            "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
+            "max_members": 500000, "premium_progress_bar_enabled": False, "application_id": None,
+        }
+
+    def new_id(self) -> int:
+        """A fresh snowflake (time-ordered, unique within this process)."""
+        return ((int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22) | (next(self._ids) & 0x3FFFFF)
+
+    def _user(self, who: str | dict) -> dict:
+        if isinstance(who, dict):
+            return who.get("user", who)
+        return self.bot_user if who == "bot" else self.users[who]
+
+    def permissions_for(self, role_ids: Iterable[int]) -> int:
+        """Guild permissions of a member with these roles (plus @everyone)."""
+        perms = Perm.MEMBER
+        by_id = {int(r["id"]): int(r["permissions"]) for r in self.roles.values()}
+        for r in role_ids:
+            perms |= by_id.get(int(r), 0)
+        return perms
+
+    def _member_for(self, who: str | dict, roles: Iterable[int] | None, permissions: int | None) -> dict:
+        if isinstance(who, dict) and "user" in who:
+            member = copy.deepcopy(who)
+        else:
+            if roles is None:
+                roles = [self.moderator_role_id] if who == "moderator" else []
+            member = make_member(self._user(who), roles=roles)
+        if permissions is None:
+            permissions = self.permissions_for(int(r) for r in member["roles"])
+        member["permissions"] = str(permissions)
+        return member
+
+    def _channel(self, channel_id: int) -> dict:
+        found = self.channels.get(channel_id) or self.threads.get(channel_id)
+        if found is None:
+            raise KeyError(f"unknown channel {channel_id}; known: {list(self.channels) + list(self.threads)}")
+        return found
+
+    # ---------------------------------------------------------------- attachments
+
+    def _store_attachment(self, channel_id: int, filename: str, data: bytes, content_type: str | None) -> dict:
+        att_id = self.new_id()
+        now = int(time.time())
+        ex, is_ = f"{now + 86400:x}", f"{now:x}"
+        hm = hashlib.sha256(f"{att_id}:{ex}:{is_}".encode()).hexdigest()
+        path = f"/attachments/{channel_id}/{att_id}/{quote(filename)}?ex={ex}&is={is_}&hm={hm}&"
+        att = {"id": str(att_id), "filename": filename, "size": len(data), "url": self.cdn_host + path,
+               "proxy_url": self.cdn_host + "/media" + path}
+        if content_type is not None:
+            att["content_type"] = content_type
+        size = _image_size(data)
+        if size:
+            att["width"], att["height"] = size
+        self._attachments[att_id] = _Attachment(att_id, channel_id, filename, data, content_type, hm, att)
+        return att
+
+    def expire_attachments(self) -> None:
+        """Make every attachment URL issued so far answer 404, like an expired signature."""
+        self._expired.update(self._attachments)
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        media = request.path.startswith("/media/")
+        record = {"kind": "media" if media else "cdn", "path": request.path, "query": dict(request.query)}
+        att = None
+        try:
+            att = self._attachments.get(int(request.match_info["attachment"]))
+        except ValueError:
+            pass
+        if (att is None or att.id in self._expired or str(att.channel_id) != request.match_info["channel"]
+                or request.query.get("hm") != att.hm):
+            record["status"] = 404
+            response = web.Response(status=404, text="This content is no longer available.")
+        else:
+            data = att.data
+            if media and ("width" in request.query or "height" in request.query):
+                try:
+                    w = int(request.query.get("width") or 0) or None
+                    h = int(request.query.get("height") or 0) or None
+                except ValueError:
+                    w = h = None
+                data = _resize(data, w, h)
+            record["status"] = 200
+            response = web.Response(body=data, headers={
+                "Content-Type": att.content_type or "application/octet-stream"})
+        with self._cond:
+            self.attachment_requests.append(record)
+            self._cond.notify_all()
+        return response
+
+    # ---------------------------------------------------------------- users posting
+
+    def post_message(self, channel_id: int | None = None, *, author: str | dict = "member", content: str = "",
+                     attachments: Iterable[tuple[str, bytes, str | None]] = (), bot: bool = False,
+                     timeout: float = 20) -> dict:
+        """A user posts a message: dispatch MESSAGE_CREATE and return its payload."""
+        channel_id = channel_id or self.channel_id
+        self._channel(channel_id)
+        user = dict(self._user(author))
+        if bot:
+            user["bot"] = True
+        roles = [self.moderator_role_id] if author == "moderator" else []
+        member = {k: v for k, v in make_member(user, roles=roles).items() if k != "user"}
+        known = {u["id"]: u for u in [self.bot_user, *self.users.values()]}
+        mentions = [{**known[i], "member": make_member(known[i])} for i in
+                    dict.fromkeys(re.findall(r"<@!?(\d+)>", content)) if i in known]
+        message = {
+            "id": str(self.new_id()), "channel_id": str(channel_id), "guild_id": str(self.guild_id),
+            "author": user, "member": member, "content": content, "timestamp": _now_iso(),
+            "edited_timestamp": None, "tts": False, "mention_everyone": "@everyone" in content,
+            "mentions": mentions, "mention_roles": re.findall(r"<@&(\d+)>", content),
+            "attachments": [self._store_attachment(channel_id, n, d, t) for n, d, t in attachments],
+            "embeds": [], "reactions": [], "pinned": False, "type": 0, "flags": 0, "components": [],
+            "nonce": str(self.new_id()),
+        }
+        self.channel_messages[int(message["id"])] = message
+        self.dispatch("MESSAGE_CREATE", message, timeout=timeout)
+        return message
+
+    # ---------------------------------------------------------------- interactions
+
+    def attachment_option(self, name: str, filename: str, data: bytes, content_type: str | None = "image/png",
+                          *, channel_id: int | None = None) -> dict:
+        """An attachment option (type 11) for ``interact(options=...)``; resolved automatically."""
+        att = self._store_attachment(channel_id or self.channel_id, filename, data, content_type)
+        return {"type": 11, "name": name, "value": att["id"], "_attachment": att}
+
+    def interact(self, name: str, *, type: int | None = None, options: list[dict] | None = None,
+                 user: str | dict = "member", permissions: int | None = None, roles: list[int] | None = None,
+                 channel_id: int | None = None, locale: str = "ja", guild_locale: str | None = None,
+                 attachments: dict[str, tuple[str, bytes, str | None]] | None = None,
+                 target_message: dict | None = None, command_id: int | None = None,
+                 command_guild_id: int | None | str = "auto", _interaction_type: int = 2,
+                 timeout: float = 20) -> FakeInteraction:
+        """Dispatch an INTERACTION_CREATE for a slash command (``type=CHAT_INPUT``, 2) or a message
+        context menu (``type=MESSAGE_CONTEXT``, 3; the default when ``target_message`` is given)."""
+        self.wait_ready(timeout)  # before building: the 3 s deadline starts when the bot can see it
+        if type is None:
+            type = MESSAGE_CONTEXT if target_message is not None else CHAT_INPUT
+        data_type = 3 if type == MESSAGE_CONTEXT else 1
+        channel_id = channel_id or self.channel_id
+        options = copy.deepcopy(options or [])
+        if attachments:
+            # Put new attachment options beside the innermost subcommand's options.
+            level = options
+            while level and level[0].get("type") in (1, 2):
+                level = level[0].setdefault("options", [])
+            for opt_name, (filename, blob, ctype) in attachments.items():
+                level.append(self.attachment_option(opt_name, filename, blob, ctype, channel_id=channel_id))
+        resolved: dict[str, dict] = {}
+
+        def resolve(opts: list[dict]) -> None:
+            for o in opts:
+                if o.get("type") == 11:
+                    att = o.pop("_attachment", None) or self._resolved_attachment(o["value"])
+                    resolved.setdefault("attachments", {})[str(o["value"])] = att
+                resolve(o.get("options") or [])
+        resolve(options)
+        if command_guild_id == "auto":
+            # Registered globally → no data.guild_id; otherwise the guild (discord.py falls back to global).
+            globally = any(c.get("name") == name for c in self.synced_commands.get(None, []))
+            in_guild = any(c.get("name") == name for c in self.synced_commands.get(self.guild_id, []))
+            command_guild_id = self.guild_id if in_guild or not globally else None
+        data: dict[str, Any] = {"id": str(command_id or self._command_id(name, data_type)), "name": name,
+                                "type": data_type}
+        if command_guild_id:
+            data["guild_id"] = str(command_guild_id)
+        if data_type == 1:
+            data["options"] = options
+        if target_message is not None:
+            data["target_id"] = target_message["id"]
+            resolved.setdefault("messages", {})[target_message["id"]] = target_message
+        if resolved:
+            data["resolved"] = resolved
+        member = self._member_for(user, roles, permissions)
+        app_perms = self.permissions_for([self.bot_role_id])
+        channel = {**self._channel(channel_id), "permissions": member["permissions"]}
+        payload = {
+            "id": str(self.new_id()), "application_id": str(self.application_id), "type": _interaction_type,
+            "token": f"itoken-{self.new_id()}", "version": 1, "guild_id": str(self.guild_id),
+            "guild": {"id": str(self.guild_id), "locale": guild_locale or self.guild_locale, "features": []},
+            "channel": channel, "channel_id": str(channel_id), "member": member, "locale": locale,
+            "guild_locale": guild_locale or self.guild_locale, "app_permissions": str(app_perms),
+            "entitlements": [], "authorizing_integration_owners": {"0": str(self.guild_id)}, "context": 0,
+            "attachment_size_limit": ATTACHMENT_SIZE_LIMIT, "data": data,
+        }
+        record = FakeInteraction(self, payload)
+        with self._cond:
+            self.interactions[record.id] = record
+            self._interactions_by_token[record.token] = record
+        self.dispatch("INTERACTION_CREATE", payload, timeout=timeout)
+        return record
+
+    def autocomplete(self, name: str, options: list[dict], *, user: str | dict = "member",
+                     timeout: float = 20, **kwargs: Any) -> list[dict]:
+        """Send an autocomplete interaction (one option has ``"focused": True``); return the choices."""
+        record = self.interact(name, options=options, user=user, _interaction_type=4, timeout=timeout, **kwargs)
+        response = record.wait_response(timeout)
+        if response["type"] != 8:
+            raise AssertionError(f"autocomplete answered with callback type {response['type']}: {response}")
+        return response["choices"]
+
+    def _resolved_attachment(self, att_id: Any) -> dict:
+        return self._attachments[int(att_id)].payload
+
+    def _command_id(self, name: str, data_type: int) -> int:
+        for cmds in self.synced_commands.values():
+            for c in cmds:
+                if c.get("name") == name and c.get("type", 1) == data_type:
+                    return int(c["id"])
+        return self._command_ids.setdefault(f"{data_type}:{name}", self.new_id())
+
+    # ---------------------------------------------------------------- REST
+
+    _ROUTES: list[tuple[str, str, str]] = [
+        ("GET", r"users/@me", "_r_users_me"),
+        ("GET", r"oauth2/applications/@me", "_r_application"),
+        ("GET", r"gateway(?:/bot)?", "_r_gateway"),
+        ("GET", r"guilds/(?P<guild>\d+)", "_r_guild"),
+        ("GET", r"guilds/(?P<guild>\d+)/channels", "_r_guild"),
+        ("GET", r"guilds/(?P<guild>\d+)/members/(?P<user>\d+)", "_r_guild"),
+        ("GET", r"channels/(?P<channel>\d+)", "_r_channel"),
+        ("POST", r"channels/(?P<channel>\d+)/messages", "_r_create_message"),
+        ("POST", r"channels/(?P<channel>\d+)/typing", "_r_typing"),
+        ("GET|PATCH|DELETE", r"channels/(?P<channel>\d+)/messages/(?P<message>\d+)", "_r_message"),
+        ("PUT|DELETE", r"channels/(?P<channel>\d+)/messages/(?P<message>\d+)/reactions/(?P<emoji>[^/]+)/@me",
+         "_r_reaction"),
+        ("POST", r"interactions/(?P<iid>\d+)/(?P<token>[^/]+)/callback", "_r_callback"),
+        ("POST", r"webhooks/(?P<app>\d+)/(?P<token>[^/]+)", "_r_followup"),
+        ("GET|PATCH|DELETE", r"webhooks/(?P<app>\d+)/(?P<token>[^/]+)/messages/(?P<message>@original|\d+)",
+         "_r_webhook_message"),
+        ("GET|PUT", r"applications/(?P<app>\d+)(?:/guilds/(?P<guild>\d+))?/commands", "_r_commands"),
+    ]
+
+    async def _api(self, request: web.Request) -> web.Response:
+        tail = request.match_info["tail"]
+        record = {"method": request.method, "path": "/" + tail, "query": dict(request.query)}
+        try:
+            response = await self._route(request, tail, record)
+        except Exception as exc:  # a bug in the fake: make it loud, not a hang
+            response = _error(500, f"fake Discord error: {exc!r}")
+        record["status"] = response.status
+        with self._cond:
+            self.requests.append(record)
+            if response.status == 400:
+                self.invalid_requests.append(record)
+            self._cond.notify_all()
+        return response
+
+    async def _route(self, request: web.Request, tail: str, record: dict) -> web.Response:
+        for methods, pattern, handler in self._ROUTES:
+            m = re.fullmatch(pattern, tail)
+            if m and request.method in methods.split("|"):
+                break
+        else:
+            with self._cond:
+                self.unknown_requests.append(record)
+            return _error(404, "Unknown route")
+        # Interaction callbacks and webhooks authenticate by their token; the rest by the bot token.
+        if not tail.startswith(("interactions/", "webhooks/")) and \
+                request.headers.get("Authorization") != f"Bot {self.token}":
+            return _error(401, "401: Unauthorized")
+        payload, files = await self._read_body(request)
+        record["json"] = payload
+        return await getattr(self, handler)(request, m.groupdict(), payload, files)
+
+    @staticmethod
+    async def _read_body(request: web.Request) -> tuple[Any, list[dict]]:
+        """JSON body, or multipart with a ``payload_json`` part and ``files[n]`` parts."""
+        files: list[dict] = []
+        if request.content_type.startswith("multipart/"):
+            payload: Any = {}
+            reader = await request.multipart()
+            async for part in reader:
+                raw = await part.read()  # type: ignore[union-attr]
+                if part.name == "payload_json":  # type: ignore[union-attr]
+                    payload = json.loads(raw)
+                else:
+                    files.append({"field": part.name, "filename": part.filename, "data": bytes(raw),  # type: ignore
+                                  "content_type": part.headers.get("Content-Type")})  # type: ignore
+            return payload, files
+        raw = await request.read()
+        return (json.loads(raw) if raw else None), files
+
+    def _entry(self, kind: str, channel_id: int, payload: dict, files: list[dict], message: dict | None) -> dict:
+        """A recorded bot message in an easy-to-assert shape."""
+        return {"kind": kind, "id": int(message["id"]) if message else None, "channel_id": channel_id,
+                "content": payload.get("content"), "embeds": payload.get("embeds") or [],
+                "allowed_mentions": payload.get("allowed_mentions"),
+                "message_reference": payload.get("message_reference"),
+                "flags": int(payload.get("flags") or 0), "ephemeral": bool(int(payload.get("flags") or 0) & 64),
+                "components": payload.get("components") or [],
+                "files": [{k: f[k] for k in ("filename", "content_type", "data")} for f in files],
+                "payload": payload, "message": message}
+
+    def _bot_message(self, channel_id: int, payload: dict, files: list[dict], *, webhook: bool = False) -> dict:
+        """The message object Discord returns for something the bot sent."""
+        message = {
+            "id": str(self.new_id()), "channel_id": str(channel_id), "guild_id": str(self.guild_id),
+            "author": self.bot_user, "content": payload.get("content") or "", "timestamp": _now_iso(),
+            "edited_timestamp": None, "tts": bool(payload.get("tts")), "mention_everyone": False,
+            "mentions": [], "mention_roles": [], "embeds": payload.get("embeds") or [],
+            "attachments": [self._store_attachment(channel_id, f["filename"], f["data"], f["content_type"])
+                            for f in files],
+            "components": payload.get("components") or [], "pinned": False,
+            "type": 19 if payload.get("message_reference") else 0, "flags": int(payload.get("flags") or 0),
+        }
+        if payload.get("message_reference"):
+            ref = dict(payload["message_reference"])
+            ref.setdefault("channel_id", str(channel_id))
+            ref.setdefault("guild_id", str(self.guild_id))
+            message["message_reference"] = ref
+        if webhook:
+            message["webhook_id"] = str(self.application_id)
+            message["application_id"] = str(self.application_id)
+            message["type"] = 20
+        self.channel_messages[int(message["id"])] = message
+        return message
+
+    def _invalid(self, errors: dict[str, str]) -> web.Response:
+        return _error(400, "Invalid Form Body", 50035, errors)
+
+    async def _r_users_me(self, request, m, payload, files):
+        return _json(self.bot_user)
+
+    async def _r_application(self, request, m, payload, files):
+        return _json({
+            "id": str(self.application_id), "name": "Wakeru", "icon": None, "description": "fake",
+            "rpc_origins": [], "bot_public": False, "bot_require_code_grant": False, "bot": self.bot_user,
+            "terms_of_service_url": None, "privacy_policy_url": None, "owner": self.users["owner"],
+            "summary": "", "verify_key": "0" * 64, "team": None, "guild_id": None, "flags": 1 << 19,
+            "interactions_endpoint_url": None, "tags": [], "install_params": None,
+            "custom_install_url": None, "redirect_uris": [], "approximate_guild_count": 1,
+        })
+
+    async def _r_gateway(self, request, m, payload, files):
+        return _json({"url": self.gateway_url, "shards": 1, "session_start_limit": {
+            "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}})
+
+    async def _r_guild(self, request, m, payload, files):
+        if int(m["guild"]) != self.guild_id:
+            return _error(404, "Unknown Guild", 10004)
+        guild = self.guild_payload()
+        if request.path.endswith("/channels"):
+            return _json(guild["channels"])
+        if m.get("user"):
+            member = next((x for x in guild["members"] if x["user"]["id"] == m["user"]), None)
+            return _json(member) if member else _error(404, "Unknown Member", 10007)
+        return _json({k: v for k, v in guild.items() if k not in ("channels", "threads", "members")})
+
+    async def _r_channel(self, request, m, payload, files):
+        try:
+            return _json(self._channel(int(m["channel"])))
+        except KeyError:
+            return _error(404, "Unknown Channel", 10003)
+
+    async def _r_create_message(self, request, m, payload, files):
+        channel_id = int(m["channel"])
+        if channel_id not in self.channels and channel_id not in self.threads:
+            return _error(404, "Unknown Channel", 10003)
+        payload = payload or {}
+        if errors := _message_errors(payload, files):
+            return self._invalid(errors)
+        message = self._bot_message(channel_id, payload, files)
+        with self._cond:
+            self.sent_messages.append(self._entry("channel", channel_id, payload, files, message))
+        return _json(message)
+
+    async def _r_typing(self, request, m, payload, files):
+        with self._cond:
+            self.typing.append(int(m["channel"]))
+        return web.Response(status=204)
+
+    async def _r_message(self, request, m, payload, files):
+        channel_id, message_id = int(m["channel"]), int(m["message"])
+        message = self.channel_messages.get(message_id)
+        if message is None or int(message["channel_id"]) != channel_id:
+            return _error(404, "Unknown Message", 10008)
+        if request.method == "GET":
+            return _json(message)
+        if request.method == "DELETE":
+            with self._cond:
+                self.deleted_messages.append((channel_id, message_id))
+            del self.channel_messages[message_id]
+            return web.Response(status=204)
+        if message["author"]["id"] != self.bot_user["id"]:
+            return _error(403, "Cannot edit a message authored by another user", 50005)
+        payload = payload or {}
+        if errors := _message_errors(payload, files, partial=True):
+            return self._invalid(errors)
+        message.update({k: v for k, v in payload.items() if k in ("content", "embeds", "components", "flags")})
+        message["edited_timestamp"] = _now_iso()
+        with self._cond:
+            self.edited_messages.append(self._entry("edit", channel_id, payload, files, message))
+        return _json(message)
+
+    async def _r_reaction(self, request, m, payload, files):
+        with self._cond:
+            self.reactions.append((int(m["channel"]), int(m["message"]), m["emoji"]))
+        return web.Response(status=204)
+
+    def _interaction_by_token(self, token: str) -> FakeInteraction | None:
+        return self._interactions_by_token.get(token)
+
+    async def _r_callback(self, request, m, payload, files):
+        rec = self.interactions.get(int(m["iid"]))
+        if rec is None or rec.token != m["token"]:
+            return _error(404, "Unknown interaction", 10062)
+        if rec.responses:
+            return _error(400, "Interaction has already been acknowledged.", 40060)
+        if self.interaction_deadline is not None and time.monotonic() - rec.created > self.interaction_deadline:
+            rec.late = True
+            self._notify()
+            return _error(404, "Unknown interaction", 10062)
+        rtype, data = payload.get("type"), payload.get("data") or {}
+        if rtype in (4, 7) and (errors := _message_errors(data, files)):
+            return self._invalid(errors)
+        if rtype == 8:
+            choices = data.get("choices") or []
+            if len(choices) > 25 or any(not 1 <= len(c.get("name", "")) <= 100 for c in choices):
+                return self._invalid({"data.choices": "At most 25 choices, names 1-100 characters."})
+        channel_id = int(rec.payload["channel_id"])
+        interaction = {"id": str(rec.id), "type": rec.type, "response_message_loading": rtype == 5,
+                       "response_message_ephemeral": bool(int(data.get("flags") or 0) & 64)}
+        body: dict[str, Any] = {"interaction": interaction}
+        message = None
+        if rtype in (4, 5):
+            shown = dict(data, flags=int(data.get("flags") or 0) | (128 if rtype == 5 else 0))  # 128: loading
+            message = self._bot_message(channel_id, shown, files, webhook=True)
+            interaction["response_message_id"] = message["id"]
+            body["resource"] = {"type": rtype, "message": message}
+        entry = dict(self._entry("callback", channel_id, data, files, message), type=rtype)
+        if rtype == 8:
+            entry["choices"] = data.get("choices") or []
+        with self._cond:
+            rec.responses.append(entry)
+            rec.original = message
+            self._cond.notify_all()
+        return _json(body)
+
+    async def _r_followup(self, request, m, payload, files):
+        rec = self._interaction_by_token(m["token"])
+        if rec is None or int(m["app"]) != self.application_id or not rec.responses:
+            return _error(404, "Unknown Webhook", 10015)
+        payload = payload or {}
+        if errors := _message_errors(payload, files):
+            return self._invalid(errors)
+        channel_id = int(rec.payload["channel_id"])
+        message = self._bot_message(channel_id, payload, files, webhook=True)
+        entry = self._entry("followup", channel_id, payload, files, message)
+        with self._cond:
+            rec.followups.append(entry)
+            rec.timeline.append(entry)
+            self._cond.notify_all()
+        wait = request.query.get("wait", "").lower() in ("1", "true")
+        return _json(message) if wait else web.Response(status=204)
+
+    async def _r_webhook_message(self, request, m, payload, files):
+        rec = self._interaction_by_token(m["token"])
+        if rec is None or int(m["app"]) != self.application_id:
+            return _error(404, "Unknown Webhook", 10015)
+        if m["message"] == "@original":
+            message = rec.original
+        else:
+            message = next((f["message"] for f in rec.followups if f["id"] == int(m["message"])), None)
+        if message is None:
+            return _error(404, "Unknown Message", 10008)
+        if request.method == "GET":
+            return _json(message)
+        if request.method == "DELETE":
+            with self._cond:
+                self.deleted_messages.append((int(message["channel_id"]), int(message["id"])))
+            return web.Response(status=204)
+        payload = payload or {}
+        if errors := _message_errors(payload, files, partial=True):
+            return self._invalid(errors)
+        for key in ("content", "embeds", "components", "attachments"):
+            if key in payload and key != "attachments":
+                message[key] = payload[key]
+        message["flags"] = int(message.get("flags") or 0) & ~128  # no longer "thinking"
+        message["edited_timestamp"] = _now_iso()
+        entry = self._entry("edit", int(message["channel_id"]), payload, files, message)
+        entry["flags"] = message["flags"]
+        entry["ephemeral"] = bool(message["flags"] & 64)
+        with self._cond:
+            if m["message"] == "@original":
+                rec.edits.append(entry)
+                rec.timeline.append(entry)
+            else:
+                rec.followup_edits.append(entry)
+            self._cond.notify_all()
+        return _json(message)
+
+    async def _r_commands(self, request, m, payload, files):
+        if int(m["app"]) != self.application_id:
+            return _error(403, "Missing Access", 50001)
+        guild = int(m["guild"]) if m.get("guild") else None
+        if request.method == "GET":
+            return _json(self.synced_commands.get(guild, []))
+        if errors := _command_errors(payload or []):
+            return self._invalid(errors)
+        echoed = []
+        for c in payload:
+            c = {"type": 1, "description": "", "options": [], "default_member_permissions": None,
+                 "nsfw": False, **c}
+            c.update(id=str(self._command_id(c["name"], c["type"])), application_id=str(self.application_id),
+                     version=str(self.new_id()))
+            if guild:
+                c["guild_id"] = str(guild)
+            echoed.append(c)
+        with self._cond:
+            self.synced_commands[guild] = echoed
+            self._cond.notify_all()
+        return _json(echoed)
