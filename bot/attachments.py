@@ -53,12 +53,15 @@ def is_image(attachment, config: Config) -> bool:
     return image_format(attachment.content_type, attachment.filename, config.images.formats) is not None
 
 
-def resized_url(proxy_url: str, width: int | None, height: int | None, longest: int) -> str | None:
-    """The media proxy URL for a rendition whose longest side is `longest`, or None if not smaller."""
-    if not width or not height or max(width, height) <= longest:
+def resized_url(proxy_url: str, width: int | None, height: int | None, shortest: int) -> str | None:
+    """The media proxy URL for a rendition whose shortest side is `shortest`, or None if not smaller.
+
+    Shortest, not longest: the model's processors resize (and crop) to a square, so
+    each side must stay at least the model's input size or a panorama would be upscaled."""
+    if not width or not height or min(width, height) <= shortest:
         return None
-    scale = longest / max(width, height)
-    w, h = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+    scale = shortest / min(width, height)
+    w, h = max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
     parts = urlsplit(proxy_url)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ("width", "height")]
     query += [("width", str(w)), ("height", str(h))]  # the signature params (ex, is, hm) stay as they are
@@ -70,15 +73,16 @@ class Downloader:
         self.hosts = set(config.attachments.allowed_hosts)
         self.max_bytes = config.images.max_bytes
         self.resize_above = config.attachments.resize_above_bytes
-        self.resize_to = config.attachments.resize_to
         self.timeout = aiohttp.ClientTimeout(total=config.attachments.timeout_s)
         self.session = session
 
-    async def fetch(self, attachment) -> bytes:
-        """The image bytes of a discord.Attachment (or anything with its fields); AttachmentError otherwise."""
+    async def fetch(self, attachment, shortest: int) -> bytes:
+        """The image bytes of a discord.Attachment (or anything with its fields); AttachmentError otherwise.
+
+        `shortest`: the side a media-proxy rendition needs at least (the model's input size)."""
         size = attachment.size or 0
         if size >= self.resize_above and attachment.proxy_url:
-            small = resized_url(attachment.proxy_url, attachment.width, attachment.height, self.resize_to)
+            small = resized_url(attachment.proxy_url, attachment.width, attachment.height, shortest)
             if small:
                 try:
                     return await self.get(small)

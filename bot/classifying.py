@@ -13,6 +13,9 @@ from .attachments import AttachmentError, Downloader
 from .render import ImageAnswer
 from .transport import WorkerTransport
 
+# Before the worker reports its model's input size: enough for every supported model.
+_UNKNOWN_INPUT_SIDE = 512
+
 
 class Classifier:
     def __init__(self, config: Config, transport: WorkerTransport, downloader: Downloader):
@@ -28,9 +31,14 @@ class Classifier:
                                   deadline=time.time() + self.config.worker.request_timeout_s)
         return ImageAnswer(filename, await self.transport.classify(request))
 
+    def rendition_side(self) -> int:
+        """The shortest side worth downloading: configured, else the model's input size."""
+        info = getattr(self.transport, "info", None) or {}
+        return self.config.attachments.resize_to or info.get("input_size") or _UNKNOWN_INPUT_SIDE
+
     async def classify_attachment(self, attachment, labels: tuple[str, ...]) -> ImageAnswer:
         try:
-            data = await self.downloader.fetch(attachment)
+            data = await self.downloader.fetch(attachment, self.rendition_side())
         except AttachmentError as e:
             return ImageAnswer(attachment.filename, ClassifyResult.failure(self._request_id(), e.code, e.detail))
         return await self.classify_bytes(attachment.filename, data, labels)

@@ -97,6 +97,7 @@ def run_local_worker(config_data: dict, requests, results) -> None:
     adapter = engine.adapter
     results.put(("ready", {"model": config.model.id, "family": adapter.family,
                            "device": str(adapter.device), "dtype": str(adapter.dtype).replace("torch.", ""),
+                           "input_size": adapter.preprocessor.draft_size[0],
                            "pid": os.getpid()}))
     try:
         serve(engine, requests, results)

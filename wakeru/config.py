@@ -206,8 +206,8 @@ class AttachmentsSection(_Section):
     allowed_hosts: tuple[str, ...] = ("cdn.discordapp.com", "media.discordapp.net")
     # Above this size, ask the media proxy for a rendition near the model's input size first.
     resize_above_bytes: StrictInt = Field(1_000_000, ge=0)
-    # Longest side requested from the media proxy.
-    resize_to: StrictInt = Field(768, ge=64, le=8192)
+    # Shortest side requested from the media proxy; 0 = the model's input size, as the worker reports it.
+    resize_to: StrictInt = Field(0, ge=0, le=8192)
     timeout_s: StrictFloat = Field(20.0, gt=0, le=300)
 
     @field_validator("allowed_hosts")

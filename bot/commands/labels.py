@@ -101,6 +101,8 @@ class LabelsGroup(app_commands.Group):
     async def history(self, interaction: discord.Interaction, scope: Choice[str] | None = None) -> None:
         app, locale = interaction.client.app, interaction.locale
         channel_id, _ = _target(interaction, scope)
+        if not await self._allowed(interaction, channel_id):  # who changed what is for moderators
+            return
         entries = await app.store.history(interaction.guild_id, channel_id, limit=10)
         where = _where(locale, channel_id)
         if not entries:

@@ -38,10 +38,13 @@ def test_image_format(content_type, filename, expected):
 
 def test_resized_url_keeps_signature_and_aspect():
     url = "https://media.discordapp.net/attachments/1/2/a.jpg?ex=1&is=2&hm=abc&width=10"
-    q = parse_qs(urlsplit(resized_url(url, 4000, 3000, 800)).query)
+    q = parse_qs(urlsplit(resized_url(url, 4000, 3000, 600)).query)
     assert q == {"ex": ["1"], "is": ["2"], "hm": ["abc"], "width": ["800"], "height": ["600"]}
-    assert resized_url(url, 500, 400, 800) is None  # already small: no rendition
-    assert resized_url(url, None, None, 800) is None
+    # a panorama keeps its short side at the model's size
+    q = parse_qs(urlsplit(resized_url(url, 8000, 1000, 256)).query)
+    assert (q["width"], q["height"]) == (["2048"], ["256"])
+    assert resized_url(url, 500, 400, 400) is None  # already small: no rendition
+    assert resized_url(url, None, None, 256) is None
 
 
 @pytest.fixture
@@ -94,8 +97,18 @@ async def server():
 def _downloader(session, **attachments):
     config = make_config(images={"max_bytes": 2_000_000},
                          attachments={"allowed_hosts": ["127.0.0.1"], "resize_above_bytes": 1_000_000,
-                                      "resize_to": 512, **attachments})
-    return Downloader(config, session)
+                                      **attachments})
+    return _Fetcher(Downloader(config, session))
+
+
+class _Fetcher:
+    """The downloader with the model's input side fixed at 384."""
+
+    def __init__(self, downloader):
+        self.downloader = downloader
+
+    async def fetch(self, attachment):
+        return await self.downloader.fetch(attachment, 384)
 
 
 async def test_small_images_are_downloaded_as_they_are(server):
@@ -108,7 +121,7 @@ async def test_large_images_come_from_the_media_proxy_resized(server):
     base, calls, _, session = server
     data = await _downloader(session).fetch(Att(f"{base}/big", f"{base}/proxy?ex=1&hm=2", size=3_000_000))
     assert data == b"resized:512"
-    assert calls == ["/proxy?ex=1&hm=2&width=512&height=384"]
+    assert calls == ["/proxy?ex=1&hm=2&width=512&height=384"]  # 4000×3000 → shortest side 384
 
 
 async def test_a_failing_proxy_falls_back_to_the_original(server):

@@ -39,7 +39,8 @@ def world(trained_model, tmp_path_factory):
     with FakeDiscord() as fake:
         fake.interaction_deadline = 3.0
         bot = BotProcess(fake, trained_model, workdir,
-                         WAKERU_DISCORD__MODERATOR_ROLE_IDS=f"[{fake.moderator_role_id}]")
+                         WAKERU_DISCORD__MODERATOR_ROLE_IDS=f"[{fake.moderator_role_id}]",
+                         WAKERU_ATTACHMENTS__RESIZE_ABOVE_BYTES="40000")
         bot.start()
         try:
             yield fake, bot
@@ -94,6 +95,18 @@ def test_several_images_in_one_post_get_one_embed_each_and_non_images_are_ignore
     reply = _post_and_wait(fake, fake.channel_id, files)
     assert [e["title"] for e in reply["embeds"]] == ["a.png", "b.jpg", "c.webp"]
     assert [_top_label(e) for e in reply["embeds"]] == ["赤い丸", "緑の四角", "青い丸"]
+
+
+def test_a_large_image_is_fetched_as_a_media_proxy_rendition_at_the_models_size(fake):
+    _set_labels(fake, LABELS)
+    data = shapes.encode(shapes.draw("青い丸", (1600, 1200), random.Random(20)), "JPEG", quality=97)
+    assert len(data) > 40_000  # above attachments.resize_above_bytes in this world
+    reply = _post_and_wait(fake, fake.channel_id, [("big.jpg", data, "image/jpeg")])
+    assert _top_label(reply["embeds"][0]) == "青い丸"
+    fetched = [r for r in fake.attachment_requests if "big.jpg" in r["path"]]
+    assert [r["kind"] for r in fetched] == ["media"], fetched  # the original was never downloaded
+    width, height = int(fetched[0]["query"]["width"]), int(fetched[0]["query"]["height"])
+    assert height < 1200 and abs(width - height * 4 / 3) <= 1  # aspect kept, short side = model input
 
 
 def test_bots_and_unlabelled_channels_are_ignored(fake):
@@ -230,8 +243,9 @@ def test_history_and_undo(fake):
     assert not undo["ephemeral"] and "取り消しました" in undo["content"]
     shown = fake.interact("labels", options=_labels_cmd("show"), channel_id=channel).wait_final()
     assert shown["embeds"][0]["description"].startswith("犬、猫、狐")
-    denied = fake.interact("labels", options=_labels_cmd("undo"), user="member", channel_id=channel).wait_final()
-    assert denied["ephemeral"] and "チャンネルの管理" in denied["content"]
+    for sub in ("undo", "history"):
+        denied = fake.interact("labels", options=_labels_cmd(sub), user="member", channel_id=channel).wait_final()
+        assert denied["ephemeral"] and "チャンネルの管理" in denied["content"]
 
 
 def test_presets_server_scope_and_reset(fake):

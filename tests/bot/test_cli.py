@@ -1,0 +1,82 @@
+"""`python -m bot`: token checks, `sync`, `health`, and what a misconfiguration prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from bot import health
+from tests.conftest import REPO
+from tests.support.bot_process import BotProcess
+from tests.support.fake_discord import FakeDiscord
+
+
+def _bot(*args, env=None, cwd=None):
+    full = {k: v for k, v in os.environ.items() if k != "DISCORD_TOKEN"}
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "bot", *args], cwd=cwd or REPO, env=full, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_without_a_token_it_exits_at_once_and_says_where_to_get_one():
+    started = time.monotonic()
+    out = _bot()
+    assert out.returncode == 2
+    assert "DISCORD_TOKEN is not set" in out.stderr and "discord.com/developers/applications" in out.stderr
+    assert time.monotonic() - started < 30  # no model is loaded first
+    assert _bot(env={"DISCORD_TOKEN": "   "}).returncode == 2
+
+
+def test_an_invalid_config_names_the_key():
+    out = _bot(env={"DISCORD_TOKEN": "x", "WAKERU_DISCORD__AUTO_CLASSIFY": "sometimes"})
+    assert out.returncode == 2 and "discord.auto_classify" in out.stderr and "WAKERU_DISCORD__AUTO_CLASSIFY" in out.stderr
+
+
+def test_an_invalid_token_exits_with_guidance_before_loading_a_model(tmp_path):
+    with FakeDiscord() as fake:
+        bot = BotProcess(fake, tmp_path / "no-model", tmp_path, DISCORD_TOKEN="wrong")
+        out = subprocess.run([sys.executable, "-m", "bot"], cwd=tmp_path, env={**bot.env, "PYTHONPATH": str(REPO)},
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2, out.stderr
+        assert "refused DISCORD_TOKEN" in out.stderr and "Reset Token" in out.stderr
+        assert "model worker started" not in out.stderr
+        assert fake.identify_payloads == []
+
+
+def test_sync_registers_localised_commands_in_one_guild_or_globally(tmp_path):
+    with FakeDiscord() as fake:
+        bot = BotProcess(fake, tmp_path / "unused", tmp_path, PYTHONPATH=str(REPO))
+        out = bot.run("sync", "--guild", str(fake.guild_id))
+        assert out.returncode == 0, out.stderr
+        assert "registered 3 commands" in out.stdout
+        commands = {c["name"]: c for c in fake.synced_commands[fake.guild_id]}
+        assert set(commands) == {"classify", "labels", "Classify image"}
+        assert commands["classify"]["name_localizations"] == {"ja": "分類"}
+        assert commands["Classify image"]["name_localizations"] == {"ja": "画像を分類"}
+        labels = commands["labels"]
+        assert int(labels["default_member_permissions"]) == 1 << 4  # Manage Channels, as a hint
+        assert labels.get("contexts") in (None, [0]) or labels.get("dm_permission") is False
+        assert {o["name"] for o in labels["options"]} == {"show", "set", "add", "remove", "reset", "preset",
+                                                          "history", "undo", "auto"}
+        assert None not in fake.synced_commands
+        out = bot.run("sync")
+        assert out.returncode == 0 and len(fake.synced_commands[None]) == 3
+        assert fake.identify_payloads == []  # sync never connects to the gateway
+
+
+def test_health_reads_the_heartbeat(tmp_path):
+    path = tmp_path / "health.json"
+    assert health.check(path)[0] is False
+    health.write(path, connected=True, worker="ready", failure=None)
+    ok, message = health.check(path)
+    assert ok and "worker ready" in message
+    health.write(path, connected=True, worker="failed", failure="gated model")
+    ok, message = health.check(path)
+    assert not ok and "gated model" in message
+    path.write_text(json.dumps({"time": time.time() - 3600, "worker": "ready"}))
+    assert health.check(path)[0] is False
+    out = _bot("health", env={"WAKERU_STORAGE__HEALTH_FILE": str(path)})
+    assert out.returncode == 1 and "old" in out.stderr
