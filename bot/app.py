@@ -8,6 +8,7 @@ from wakeru.config import Config
 
 from .attachments import Downloader, is_image
 from .classifying import Classifier
+from .samples import sample_names
 from .storage import LabelStore
 from .transport import LocalWorkerTransport, WorkerTransport
 
@@ -19,6 +20,7 @@ class App:
         self.transport = transport
         self.session = session
         self.classifier = Classifier(config, transport, Downloader(config, session))
+        self.samples = sample_names(config.discord.samples_dir, config.images.formats)
         self.label_changes = 0  # label-set changes since start (for logs and, later, metrics)
 
     @classmethod

@@ -23,6 +23,8 @@ from wakeru.protocol import ErrorCode
 log = logging.getLogger("wakeru.attachments")
 
 _CHUNK = 64 * 1024
+# Downloads at once: a burst of posts must not hold hundreds of 25 MiB bodies in memory.
+_PARALLEL_DOWNLOADS = 8
 # content types and extensions that are worth sending to the worker (which sniffs the bytes anyway)
 _TYPE_NAMES = {"jpeg": "jpeg", "jpg": "jpeg", "pjpeg": "jpeg", "png": "png", "apng": "png", "gif": "gif",
                "webp": "webp", "bmp": "bmp", "x-ms-bmp": "bmp", "tiff": "tiff"}
@@ -72,16 +74,20 @@ class Downloader:
     def __init__(self, config: Config, session: aiohttp.ClientSession):
         self.hosts = set(config.attachments.allowed_hosts)
         self.max_bytes = config.images.max_bytes
+        self.max_pixels = config.images.max_pixels
         self.resize_above = config.attachments.resize_above_bytes
         self.timeout = aiohttp.ClientTimeout(total=config.attachments.timeout_s)
         self.session = session
+        self._slots = asyncio.Semaphore(_PARALLEL_DOWNLOADS)
 
     async def fetch(self, attachment, shortest: int) -> bytes:
         """The image bytes of a discord.Attachment (or anything with its fields); AttachmentError otherwise.
 
         `shortest`: the side a media-proxy rendition needs at least (the model's input size)."""
         size = attachment.size or 0
-        if size >= self.resize_above and attachment.proxy_url:
+        pixels = (attachment.width or 0) * (attachment.height or 0)
+        # large files, and small files of huge images (which the worker would refuse by pixel count)
+        if (size >= self.resize_above or pixels > self.max_pixels) and attachment.proxy_url:
             small = resized_url(attachment.proxy_url, attachment.width, attachment.height, shortest)
             if small:
                 try:
@@ -96,6 +102,10 @@ class Downloader:
         host = (urlsplit(url).hostname or "").lower()
         if urlsplit(url).scheme not in ("http", "https") or host not in self.hosts:
             raise AttachmentError(ErrorCode.UNREADABLE, f"the host {host or url!r} is not an allowed attachment host")
+        async with self._slots:
+            return await self._download(url)
+
+    async def _download(self, url: str) -> bytes:
         try:
             async with self.session.get(url, allow_redirects=False, timeout=self.timeout) as response:
                 if response.status != 200:

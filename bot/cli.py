@@ -124,6 +124,9 @@ async def sync(config: Config, token: str, guild_id: int | None) -> int:
             print(f"error: Discord refused to register commands{f' in server {guild_id}' if guild_id else ''}: "
                   "invite the bot with the applications.commands scope (see README)", file=sys.stderr)
             return 1
+        except discord.HTTPException as e:
+            print(f"error: Discord rejected the command definitions: {e}", file=sys.stderr)
+            return 1
     names = ", ".join(sorted(c.name for c in commands))
     where = f"server {guild_id} (visible at once)" if guild_id else "all servers (may take up to an hour to appear)"
     print(f"registered {len(commands)} commands in {where}: {names}")

@@ -27,8 +27,13 @@ def intents(message_content: bool) -> discord.Intents:
 class WakeruTree(app_commands.CommandTree):
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         ref = uuid.uuid4().hex[:8]
-        log.error("command %s failed (ref %s)", getattr(interaction.command, "qualified_name", "?"), ref,
-                  exc_info=error)
+        if isinstance(error, (app_commands.CommandNotFound, app_commands.CommandSignatureMismatch)):
+            # Discord still has an older definition of the commands than this code
+            log.error("command %r does not match this version of Wakeru (ref %s): run `python -m bot sync` "
+                      "(with --guild ID if you synced to one server)", interaction.data.get("name"), ref)
+        else:
+            log.error("command %s failed (ref %s)", getattr(interaction.command, "qualified_name", "?"), ref,
+                      exc_info=error)
         try:
             await refuse(interaction, text(interaction.locale, "internal", ref=ref))
         except discord.HTTPException:

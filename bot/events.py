@@ -21,7 +21,8 @@ async def on_image_post(app: App, message: discord.Message) -> None:
     images = [a for a in message.attachments if app.is_image(a)]
     if not images:
         return
-    channel = message.channel
+    # an uncached thread arrives as a PartialMessageable; the guild cache knows its parent
+    channel = message.guild.get_channel_or_thread(message.channel.id) or message.channel
     parent_id = channel.parent_id if isinstance(channel, discord.Thread) else None
     guild_id = message.guild.id
     if not await auto_classify_enabled(app.store, app.config, guild_id, channel.id, parent_id):
@@ -30,8 +31,8 @@ async def on_image_post(app: App, message: discord.Message) -> None:
     async with AsyncExitStack() as stack:
         try:  # typing is a courtesy: a missing permission must not stop the answer
             await stack.enter_async_context(channel.typing())
-        except discord.HTTPException as e:
-            log.debug("typing indicator refused in %s: %s", channel.id, e)
+        except Exception as e:  # noqa: BLE001 - Forbidden, a network error: the answer matters more
+            log.debug("typing indicator failed in %s: %s", channel.id, e)
         answers = await app.classifier.classify_attachments(images[:MAX_EMBEDS], source.labels)
     locale = app.config.discord.reply_locale
     embeds = result_embeds(answers, source, locale, app.config.discord.low_confidence)

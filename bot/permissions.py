@@ -14,8 +14,9 @@ def refusal_key(interaction: discord.Interaction, scope: str, moderator_role_ids
     perms = interaction.permissions  # resolved for this channel by Discord (overwrites included)
     if perms.administrator:
         return None
-    roles = getattr(interaction.user, "roles", ())
-    if moderator_role_ids and any(role.id in moderator_role_ids for role in roles):
+    # the raw role ids of the interaction's member: Member.roles drops roles missing from the cache
+    role_ids = set(getattr(interaction.user, "_roles", ())) | {r.id for r in getattr(interaction.user, "roles", ())}
+    if moderator_role_ids and role_ids & set(moderator_role_ids):
         return None
     if scope == "server":
         return None if perms.manage_guild else "denied.server"

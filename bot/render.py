@@ -27,8 +27,15 @@ class ImageAnswer:
 
 
 def escape(value: str, limit: int) -> str:
-    value = value if len(value) <= limit else value[: limit - 1] + "…"
-    return discord.utils.escape_markdown(discord.utils.escape_mentions(value))
+    """Markdown- and mention-escaped, at most `limit` characters *after* escaping (which can double the length)."""
+    def esc(v: str) -> str:
+        return discord.utils.escape_markdown(discord.utils.escape_mentions(v))
+    out = esc(value)
+    keep = len(value)
+    while len(out) > limit:  # cut the raw text, never an escape sequence in half
+        keep = max(0, min(keep - 1, keep - (len(out) - limit) // 2))
+        out = esc(value[:keep]) + "…"
+    return out
 
 
 def percent(score: float) -> str:

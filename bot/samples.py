@@ -8,15 +8,20 @@ from pathlib import Path
 from .attachments import image_format
 
 
-def sample_names(directory: str | Path, formats: tuple[str, ...]) -> list[str]:
+def sample_names(directory: str | Path, formats: tuple[str, ...]) -> tuple[str, ...]:
+    """Listed once at start-up (autocomplete runs on every keystroke); names fit a Discord choice."""
     root = Path(directory)
     if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_file() and image_format(None, p.name, formats))
+        return ()
+    return tuple(sorted(p.name for p in root.iterdir()
+                        if p.is_file() and len(p.name) <= 100 and image_format(None, p.name, formats)))
 
 
-async def read_sample(directory: str | Path, name: str, formats: tuple[str, ...]) -> bytes | None:
-    """The bytes of a listed sample, or None: only names from the listing, so no path tricks."""
-    if name not in sample_names(directory, formats):
+async def read_sample(directory: str | Path, name: str, listed: tuple[str, ...]) -> bytes | None:
+    """The bytes of a listed sample, or None: only listed names, so no path tricks; None if it vanished."""
+    if name not in listed:
         return None
-    return await asyncio.to_thread((Path(directory) / name).read_bytes)
+    try:
+        return await asyncio.to_thread((Path(directory) / name).read_bytes)
+    except OSError:
+        return None

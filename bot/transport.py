@@ -73,9 +73,10 @@ class LocalWorkerTransport:
         self._reader.start()
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResult:
-        if self.state in ("stopped", "failed"):
-            why = f": {self.failure}" if self.failure else ""
-            return ClassifyResult.failure(request.id, ErrorCode.UNAVAILABLE, f"the model worker is not running{why}")
+        if self.state != "ready":
+            # While loading, queueing would pile image bytes up in this process with no one reading them.
+            why = {"starting": ": the model is still loading"}.get(self.state, f": {self.failure}" if self.failure else "")
+            return ClassifyResult.failure(request.id, ErrorCode.UNAVAILABLE, f"the model worker is not ready{why}")
         if len(self._pending) >= self._capacity:
             return ClassifyResult.failure(request.id, ErrorCode.QUEUE_FULL,
                                           f"the model is busy ({len(self._pending)} images waiting); try again")
@@ -99,21 +100,25 @@ class LocalWorkerTransport:
             self._pending.pop(request.id, None)
 
     def _cancel(self, request_id: str) -> None:
-        if self._requests is not None and self.state in ("starting", "ready"):
+        if self._requests is not None and self.state == "ready":
             self._requests.put(("cancel", request_id))  # gives the worker's queue place back
 
     async def close(self, timeout: float = 15.0) -> None:
         if self.state == "stopped":
             return
         process, self.state = self._process, "stopped"
-        self._stopping.set()
         if process is not None and process.is_alive():
             self._requests.put(("stop", None))
+            # the reader keeps draining meanwhile: a worker cannot exit while its result pipe is full
             await asyncio.to_thread(process.join, timeout)
             if process.is_alive():
                 log.warning("model worker did not stop within %.0f s; terminating it", timeout)
                 process.terminate()
                 await asyncio.to_thread(process.join, 5)
+            if process.is_alive():
+                process.kill()
+                await asyncio.to_thread(process.join, 5)
+        self._stopping.set()
         if self._reader is not None:
             await asyncio.to_thread(self._reader.join, 5)
         self._fail_pending("the bot is shutting down")
@@ -162,7 +167,7 @@ class LocalWorkerTransport:
             self._fail_pending(f"the model could not be loaded: {payload}")
 
     def _worker_died(self, exitcode) -> None:
-        if self.state == "stopped":
+        if self.state == "stopped" or self._stopping.is_set():
             return
         if self.state != "failed":
             self.failure = f"the model worker exited unexpectedly (exit code {exitcode})"

@@ -14,7 +14,10 @@ not import torch at module level: the engine loads inside the child only.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import queue
+import signal
 import sys
 from typing import Any
 
@@ -44,9 +47,17 @@ def serve(engine, requests, results) -> None:
             return  # the bot gave up on it; nobody is waiting
         results.put(("result", future.result().to_dict()))
 
+    parent = multiprocessing.parent_process()
     while True:
         try:
-            message = requests.get()
+            message = requests.get(timeout=1.0)
+        except queue.Empty:
+            # The child holds both ends of the pipe, so a killed bot never shows up as EOF:
+            # look at the parent instead, or this process would keep the GPU forever.
+            if parent is not None and not parent.is_alive():
+                log.warning("the bot process is gone; stopping")
+                break
+            continue
         except (EOFError, OSError):  # the bot end closed
             break
         kind = message[0] if isinstance(message, tuple) and message else None
@@ -73,6 +84,8 @@ def serve(engine, requests, results) -> None:
 
 def run_local_worker(config_data: dict, requests, results) -> None:
     """Child-process entry: load the model, report ready/failed, then serve."""
+    # Ctrl-C reaches the whole process group; the bot decides when the worker stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -16,15 +16,23 @@ from wakeru.labels import LabelError, parse_labels
 from ..i18n import label_error, text
 from ..labelsets import LabelSource, resolve
 from ..render import MAX_EMBEDS, result_embeds
-from ..samples import read_sample, sample_names
+from ..samples import read_sample
 
 
 async def refuse(interaction: discord.Interaction, message: str) -> None:
-    """An ephemeral answer that works whether or not the interaction was already answered."""
+    """An ephemeral answer that works whether or not the interaction was already answered.
+
+    After a public deferral Discord makes the first followup public whatever its flag."""
+    message = message if len(message) <= 2000 else message[:1999] + "…"
     if interaction.response.is_done():
         await interaction.followup.send(message, ephemeral=True)
     else:
         await interaction.response.send_message(message, ephemeral=True)
+
+
+def code_text(value: str) -> str:
+    """User text shown inside `code`: no backticks, no escaping (it would show as backslashes)."""
+    return value.replace("`", "'")[:100]
 
 
 def _parent_id(channel) -> int | None:
@@ -59,10 +67,9 @@ async def classify_command(interaction: discord.Interaction, image: discord.Atta
     if image is None and not sample:
         return await refuse(interaction, text(locale, "classify.need_image"))
     if image is not None and not app.is_image(image):
-        return await refuse(interaction, text(locale, "classify.not_image", name=discord.utils.escape_markdown(image.filename)))
-    if sample and sample not in sample_names(config.discord.samples_dir, config.images.formats):
-        return await refuse(interaction, text(locale, "classify.unknown_sample",
-                                              name=discord.utils.escape_markdown(sample[:100])))
+        return await refuse(interaction, text(locale, "classify.not_image", name=code_text(image.filename)))
+    if sample and sample not in app.samples:
+        return await refuse(interaction, text(locale, "classify.unknown_sample", name=code_text(sample)))
     adhoc = None
     if labels is not None:
         try:
@@ -75,16 +82,17 @@ async def classify_command(interaction: discord.Interaction, image: discord.Atta
     if image is not None:
         answer = await app.classifier.classify_attachment(image, source.labels)
     else:
-        data = await read_sample(config.discord.samples_dir, sample, config.images.formats)
+        data = await read_sample(config.discord.samples_dir, sample, app.samples)
+        if data is None:  # deleted since start-up
+            return await refuse(interaction, text(locale, "classify.unknown_sample", name=code_text(sample)))
         answer = await app.classifier.classify_bytes(sample, data, source.labels)
     await _send_answers(interaction, [answer], source, 1)
 
 
 @classify_command.autocomplete("sample")
 async def _sample_choices(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-    config = interaction.client.app.config
     needle = current.lower()
-    names = [n for n in sample_names(config.discord.samples_dir, config.images.formats) if needle in n.lower()]
+    names = [n for n in interaction.client.app.samples if needle in n.lower()]
     return [app_commands.Choice(name=n, value=n) for n in names[:25]]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -22,7 +23,7 @@ from ..labelsets import auto_classify_enabled, inherited, resolve
 from ..permissions import refusal_key
 from ..render import escape
 from ..storage import NothingToUndo, StorageError, VersionConflict
-from .classify import refuse
+from .classify import code_text, refuse
 
 log = logging.getLogger("wakeru.labels")
 
@@ -33,15 +34,6 @@ _LIST_CHARS = 3500  # an embed description holds 4,096
 
 class _Refusal(Exception):
     """A mutation that must not happen; the message is already localised."""
-
-
-def _target(interaction: discord.Interaction, scope: Choice[str] | None) -> tuple[int | None, int | None]:
-    """(scope channel id or None for the server, its parent channel id for threads)."""
-    if scope is not None and scope.value == "server":
-        return None, None
-    channel = interaction.channel
-    parent = channel.parent_id if isinstance(channel, discord.Thread) else None
-    return interaction.channel_id, parent
 
 
 def _where(locale, channel_id: int | None) -> str:
@@ -55,13 +47,21 @@ def _title_where(interaction: discord.Interaction, channel_id: int | None) -> st
     return "#" + escape(getattr(interaction.channel, "name", None) or str(channel_id), 100)
 
 
-def _label_list(labels: tuple[str, ...]) -> str:
-    joined = "、".join(escape(label, 60) for label in labels)
-    return joined if len(joined) <= _LIST_CHARS else joined[:_LIST_CHARS] + "…"
+def _label_list(labels: tuple[str, ...], limit: int = _LIST_CHARS) -> str:
+    out = ""
+    for i, label in enumerate(labels):  # whole labels only: a cut escape sequence would break the markdown
+        item = ("、" if i else "") + escape(label, 60)
+        if len(out) + len(item) > limit - 1:
+            return out + "…"
+        out += item
+    return out
 
 
-def _quoted(labels) -> str:
-    return "、".join(f"「{escape(label, 60)}」" for label in labels)
+def _quoted(locale, labels, shown: int = 10) -> str:
+    """「a」、「b」… for replies, at most `shown` of them so a reply stays far below 2,000 characters."""
+    quoted = "、".join(f"「{escape(label, 60)}」" for label in labels[:shown])
+    return quoted + (" " + text(locale, "more", count=len(labels) - shown) if len(labels) > shown else "")
+
 
 
 class LabelsGroup(app_commands.Group):
@@ -77,22 +77,25 @@ class LabelsGroup(app_commands.Group):
     @app_commands.choices(scope=_SCOPES)
     async def show(self, interaction: discord.Interaction, scope: Choice[str] | None = None) -> None:
         app, locale = interaction.client.app, interaction.locale
-        channel_id, parent_id = _target(interaction, scope)
-        if channel_id is None:
-            source = await resolve(app.store, app.config, interaction.guild_id, None, None)
-        else:
+        target = await self._target_or_refuse(interaction, scope)
+        if target is None:
+            return
+        channel_id, parent_id = target
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
             source = await resolve(app.store, app.config, interaction.guild_id, channel_id, parent_id)
-        embed = discord.Embed(title=text(locale, "show.title", where=_title_where(interaction, channel_id))[:256],
-                              description=_label_list(source.labels))
+            enabled = None if channel_id is None else await auto_classify_enabled(
+                app.store, app.config, interaction.guild_id, channel_id, parent_id)
+        except StorageError as e:
+            return await refuse(interaction, text(locale, "storage_error", detail=str(e)))
         lines = [f"-# {source.describe(locale)}"]
-        own = source.kind == ("server" if channel_id is None else "channel")
-        if not own:
+        if source.kind != ("server" if channel_id is None else "channel"):
             lines.insert(0, text(locale, "show.inherited", source=source.describe(locale)))
-        if channel_id is not None:
-            enabled = await auto_classify_enabled(app.store, app.config, interaction.guild_id, channel_id, parent_id)
+        if enabled is not None:
             lines.append(text(locale, "show.auto", state=text(locale, "state.on" if enabled else "state.off")))
-        embed.description += "\n\n" + "\n".join(lines)
-        await interaction.response.send_message(embed=embed, ephemeral=True)
+        embed = discord.Embed(title=text(locale, "show.title", where=_title_where(interaction, channel_id))[:256],
+                              description=_label_list(source.labels) + "\n\n" + "\n".join(lines))
+        await interaction.followup.send(embed=embed, ephemeral=True)
 
     @app_commands.command(name=_T("history"), description=_T("Show the latest changes to the label set"))
     @app_commands.rename(scope=_T("scope"))
@@ -100,24 +103,28 @@ class LabelsGroup(app_commands.Group):
     @app_commands.choices(scope=_SCOPES)
     async def history(self, interaction: discord.Interaction, scope: Choice[str] | None = None) -> None:
         app, locale = interaction.client.app, interaction.locale
-        channel_id, _ = _target(interaction, scope)
-        if not await self._allowed(interaction, channel_id):  # who changed what is for moderators
+        target = await self._target_or_refuse(interaction, scope)
+        if target is None or not await self._allowed(interaction, target[0]):  # who changed what: moderators
             return
-        entries = await app.store.history(interaction.guild_id, channel_id, limit=10)
-        where = _where(locale, channel_id)
+        channel_id = target[0]
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            entries = await app.store.history(interaction.guild_id, channel_id, limit=10)
+        except StorageError as e:
+            return await refuse(interaction, text(locale, "storage_error", detail=str(e)))
         if not entries:
-            return await interaction.response.send_message(text(locale, "history.empty", where=where), ephemeral=True)
+            return await refuse(interaction, text(locale, "history.empty", where=_where(locale, channel_id)))
         lines = []
         for e in entries:
             line = text(locale, "history.line", version=e.version, action=text(locale, f"action.{e.action}"),
                         user=f"<@{e.user_id}>" if e.user_id else "?", when=f"<t:{int(e.at)}:R>")
             if e.reverted:
                 line += " " + text(locale, "history.reverted")
-            labels = _label_list(e.labels) if e.labels is not None else "—"
-            lines.append(f"**{line}**\n{labels[:300]}")
+            labels = _label_list(e.labels, 300) if e.labels is not None else "—"
+            lines.append(f"**{line}**\n{labels}")
         embed = discord.Embed(title=text(locale, "history.title", where=_title_where(interaction, channel_id))[:256],
                               description="\n".join(lines))
-        await interaction.response.send_message(embed=embed, ephemeral=True)
+        await interaction.followup.send(embed=embed, ephemeral=True)
 
     # ---- changing --------------------------------------------------------------------
 
@@ -126,35 +133,39 @@ class LabelsGroup(app_commands.Group):
     @app_commands.describe(labels=_T("New labels, separated by commas, 、 or new lines"), scope=_SCOPE_HELP)
     @app_commands.choices(scope=_SCOPES)
     async def set_(self, interaction: discord.Interaction, labels: str, scope: Choice[str] | None = None) -> None:
-        def compute(base):
-            return self._parse(interaction, labels), None
-        await self._change(interaction, scope, "set", compute)
+        await self._change(interaction, scope, "set", lambda: self._parse(interaction, labels),
+                           lambda base, new: (new, None))
 
     @app_commands.command(name=_T("add"), description=_T("Add labels to the set"))
     @app_commands.rename(labels=_T("labels"), scope=_T("scope"))
     @app_commands.describe(labels=_T("Labels to add"), scope=_SCOPE_HELP)
     @app_commands.choices(scope=_SCOPES)
     async def add(self, interaction: discord.Interaction, labels: str, scope: Choice[str] | None = None) -> None:
-        def compute(base):
-            new = self._parse(interaction, labels, min_count=1)
+        def compute(base, new):
             added = [label for label in new if label not in base]
             if not added:
                 raise _Refusal(text(interaction.locale, "add.nothing_new"))
-            return self._checked(interaction, base + tuple(added)), _quoted(added)
-        await self._change(interaction, scope, "add", compute)
+            limit = interaction.client.app.config.labels.max_count
+            if len(base) + len(added) > limit:
+                raise _Refusal(text(interaction.locale, "add.too_many", count=len(base) + len(added), limit=limit))
+            return base + tuple(added), _quoted(interaction.locale, added)
+        await self._change(interaction, scope, "add", lambda: self._parse(interaction, labels, min_count=1), compute)
 
     @app_commands.command(name=_T("remove"), description=_T("Remove labels from the set"))
     @app_commands.rename(labels=_T("labels"), scope=_T("scope"))
     @app_commands.describe(labels=_T("Labels to remove"), scope=_SCOPE_HELP)
     @app_commands.choices(scope=_SCOPES)
     async def remove(self, interaction: discord.Interaction, labels: str, scope: Choice[str] | None = None) -> None:
-        def compute(base):
-            gone = self._parse(interaction, labels, min_count=1)
+        def compute(base, gone):
             missing = [label for label in gone if label not in base]
             if missing:
-                raise _Refusal(text(interaction.locale, "labels.not_in_set", labels=_quoted(missing)))
-            return self._checked(interaction, tuple(label for label in base if label not in gone)), _quoted(gone)
-        await self._change(interaction, scope, "remove", compute)
+                raise _Refusal(text(interaction.locale, "labels.not_in_set", labels=_quoted(interaction.locale, missing)))
+            left = tuple(label for label in base if label not in gone)
+            if len(left) < 2:
+                raise _Refusal(text(interaction.locale, "remove.too_few", count=len(left)))
+            return left, _quoted(interaction.locale, gone)
+        await self._change(interaction, scope, "remove", lambda: self._parse(interaction, labels, min_count=1),
+                           compute)
 
     @app_commands.command(name=_T("preset"), description=_T("Replace the label set with a preset"))
     @app_commands.rename(name=_T("name"), scope=_T("scope"))
@@ -163,27 +174,25 @@ class LabelsGroup(app_commands.Group):
     async def preset(self, interaction: discord.Interaction, name: str, scope: Choice[str] | None = None) -> None:
         presets = interaction.client.app.config.labels.presets
 
-        def compute(base):
+        def check():
             if name not in presets:
-                raise _Refusal(text(interaction.locale, "preset.unknown", name=escape(name, 50),
+                raise _Refusal(text(interaction.locale, "preset.unknown", name=code_text(name),
                                     names=", ".join(f"`{n}`" for n in presets) or "—"))
-            return self._checked(interaction, presets[name]), name
-        await self._change(interaction, scope, "preset", compute)
+            return presets[name]
+        await self._change(interaction, scope, "preset", check, lambda base, labels: (labels, name))
 
     @preset.autocomplete("name")
     async def _preset_choices(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
         presets = interaction.client.app.config.labels.presets
         return [Choice(name=f"{n} ({'、'.join(labels[:4])}…)"[:100], value=n)
-                for n, labels in presets.items() if current.lower() in n.lower()][:25]
+                for n, labels in presets.items() if current.lower() in n.lower() and len(n) <= 100][:25]
 
     @app_commands.command(name=_T("reset"), description=_T("Drop this scope's own set and fall back to the inherited one"))
     @app_commands.rename(scope=_T("scope"))
     @app_commands.describe(scope=_SCOPE_HELP)
     @app_commands.choices(scope=_SCOPES)
     async def reset(self, interaction: discord.Interaction, scope: Choice[str] | None = None) -> None:
-        def compute(base):
-            return None, None
-        await self._change(interaction, scope, "reset", compute)
+        await self._change(interaction, scope, "reset", lambda: None, lambda base, _: (None, None))
 
     @app_commands.command(name=_T("undo"), description=_T("Undo the latest change to the label set"))
     @app_commands.rename(scope=_T("scope"))
@@ -191,25 +200,20 @@ class LabelsGroup(app_commands.Group):
     @app_commands.choices(scope=_SCOPES)
     async def undo(self, interaction: discord.Interaction, scope: Choice[str] | None = None) -> None:
         app, locale = interaction.client.app, interaction.locale
-        channel_id, parent_id = _target(interaction, scope)
-        if not await self._allowed(interaction, channel_id):
+        target = await self._target_or_refuse(interaction, scope)
+        if target is None or not await self._allowed(interaction, target[0]):
             return
+        channel_id, parent_id = target
         where = _where(locale, channel_id)
+        await interaction.response.defer(thinking=True)
         try:
             after = await app.store.undo(interaction.guild_id, channel_id, user_id=interaction.user.id)
         except NothingToUndo:
             return await refuse(interaction, text(locale, "undo.nothing", where=where))
         except StorageError as e:
             return await refuse(interaction, text(locale, "storage_error", detail=str(e)))
-        latest = (await app.store.history(interaction.guild_id, channel_id, limit=1))[0]
         app.label_changes += 1
-        if after is None:
-            source = await inherited(app.store, app.config, interaction.guild_id, channel_id, parent_id)
-            message = text(locale, "changed.undo_reset", where=where, reverted=latest.detail,
-                           source=source.describe(locale))
-        else:
-            message = text(locale, "changed.undo", where=where, reverted=latest.detail, version=after.version)
-        await interaction.response.send_message(message)
+        await interaction.followup.send(await self._confirmation(interaction, "undo", after, channel_id, parent_id))
 
     @app_commands.command(name=_T("auto"),
                           description=_T("Turn automatic classification of posted images in this channel on or off"))
@@ -218,16 +222,16 @@ class LabelsGroup(app_commands.Group):
     @app_commands.choices(state=[Choice(name=_T("on"), value="on"), Choice(name=_T("off"), value="off")])
     async def auto(self, interaction: discord.Interaction, state: Choice[str]) -> None:
         app, locale = interaction.client.app, interaction.locale
-        if not await self._allowed(interaction, interaction.channel_id):
+        target = await self._target_or_refuse(interaction, None)
+        if target is None or not await self._allowed(interaction, target[0]):
             return
+        await interaction.response.defer(thinking=True)
         try:
-            await app.store.set_auto(interaction.guild_id, interaction.channel_id, state.value == "on",
-                                     user_id=interaction.user.id)
+            await app.store.set_auto(interaction.guild_id, target[0], state.value == "on", user_id=interaction.user.id)
         except StorageError as e:
             return await refuse(interaction, text(locale, "storage_error", detail=str(e)))
         shown = text(locale, f"state.{state.value}")
-        await interaction.response.send_message(
-            text(locale, "auto.changed", channel=f"<#{interaction.channel_id}>", state=shown))
+        await interaction.followup.send(text(locale, "auto.changed", channel=f"<#{target[0]}>", state=shown))
 
     # ---- helpers ---------------------------------------------------------------------
 
@@ -238,12 +242,16 @@ class LabelsGroup(app_commands.Group):
         except LabelError as e:
             raise _Refusal(label_error(interaction.locale, e)) from None
 
-    def _checked(self, interaction: discord.Interaction, labels: tuple[str, ...]) -> tuple[str, ...]:
-        limits = interaction.client.app.config.labels
-        try:
-            return normalise_labels(labels, max_count=limits.max_count, max_length=limits.max_length, min_count=2)
-        except LabelError as e:
-            raise _Refusal(label_error(interaction.locale, e)) from None
+    async def _target_or_refuse(self, interaction: discord.Interaction,
+                                scope: Choice[str] | None) -> tuple[int | None, int | None] | None:
+        """(scope channel id or None for the server, its parent for threads); None after refusing."""
+        if scope is not None and scope.value == "server":
+            return None, None
+        if interaction.channel_id is None:  # never fall back to the server set by accident
+            await refuse(interaction, text(interaction.locale, "guild_only"))
+            return None
+        channel = interaction.channel
+        return interaction.channel_id, channel.parent_id if isinstance(channel, discord.Thread) else None
 
     async def _allowed(self, interaction: discord.Interaction, channel_id: int | None) -> bool:
         key = refusal_key(interaction, "channel" if channel_id else "server",
@@ -253,22 +261,50 @@ class LabelsGroup(app_commands.Group):
             return False
         return True
 
+    async def _confirmation(self, interaction: discord.Interaction, action: str, after, channel_id: int | None,
+                            parent_id: int | None, changed: str | None = None) -> str:
+        """The public confirmation of a change that is already committed: it must not fail."""
+        app, locale = interaction.client.app, interaction.locale
+        where = _where(locale, channel_id)
+        try:
+            latest = (await app.store.history(interaction.guild_id, channel_id, limit=1))[0]
+            version, reverted = latest.version, latest.detail
+            source = None if after is not None else await inherited(app.store, app.config, interaction.guild_id,
+                                                                    channel_id, parent_id)
+        except (StorageError, IndexError):  # the change is saved; only the details are missing
+            version, reverted, source = (after.version if after else "?"), "?", None
+        described = source.describe(locale) if source else "—"
+        if action == "undo":
+            key = "changed.undo" if after is not None else "changed.undo_reset"
+            return text(locale, key, where=where, reverted=reverted, version=version, source=described)
+        if after is None:
+            return text(locale, "changed.reset", where=where, version=version, source=described)
+        return text(locale, f"changed.{action}", where=where, version=after.version, count=len(after.labels),
+                    changed=changed or "", preset=code_text(changed or ""))
+
     async def _change(self, interaction: discord.Interaction, scope: Choice[str] | None, action: str,
-                      compute: Callable[[tuple[str, ...]], tuple[tuple[str, ...] | None, str | None]]) -> None:
-        """Permission check → read → compute the new set → versioned write → confirmation."""
+                      prepare: Callable[[], Any],
+                      compute: Callable[[tuple[str, ...], Any], tuple[tuple[str, ...] | None, str | None]]) -> None:
+        """Cheap checks (permission, label text) answered at once and privately; then defer, read,
+        compute the new set from the current one, write it with the version read, confirm."""
         app, locale = interaction.client.app, interaction.locale
         guild_id = interaction.guild_id
-        channel_id, parent_id = _target(interaction, scope)
-        if not await self._allowed(interaction, channel_id):
+        target = await self._target_or_refuse(interaction, scope)
+        if target is None or not await self._allowed(interaction, target[0]):
             return
-        where = _where(locale, channel_id)
+        channel_id, parent_id = target
+        try:
+            prepared = prepare()
+        except _Refusal as e:
+            return await refuse(interaction, str(e))
+        await interaction.response.defer(thinking=True)
         try:
             own = await app.store.get(guild_id, channel_id)
             if own is None and action == "reset":
-                return await refuse(interaction, text(locale, "reset.nothing", where=where))
+                return await refuse(interaction, text(locale, "reset.nothing", where=_where(locale, channel_id)))
             base = own.labels if own else (await inherited(app.store, app.config, guild_id, channel_id,
                                                            parent_id)).labels
-            labels, changed = compute(base)  # the new set (None = drop it) and what changed, for the reply
+            labels, changed = compute(base, prepared)  # the new set (None = drop it) and what changed
             after = await app.store.write(guild_id, channel_id, labels, user_id=interaction.user.id, action=action,
                                           detail=changed if action == "preset" else None,
                                           expected_version=own.version if own else 0)
@@ -281,12 +317,5 @@ class LabelsGroup(app_commands.Group):
         app.label_changes += 1
         log.info("labels %s in guild %s scope %s by %s → %s", action, guild_id, channel_id or "server",
                  interaction.user.id, after.version if after else "reset")
-        if after is None:
-            source = await inherited(app.store, app.config, guild_id, channel_id, parent_id)
-            history = await app.store.history(guild_id, channel_id, limit=1)
-            message = text(locale, "changed.reset", where=where, version=history[0].version,
-                           source=source.describe(locale))
-        else:
-            message = text(locale, f"changed.{action}", where=where, version=after.version, count=len(after.labels),
-                           changed=changed or "", preset=changed or "")
-        await interaction.response.send_message(message)
+        await interaction.followup.send(await self._confirmation(interaction, action, after, channel_id, parent_id,
+                                                                 changed))

@@ -133,6 +133,16 @@ def test_a_plain_member_is_refused_and_nothing_changes(fake):
     assert "青い四角" in shown["embeds"][0]["description"] and "犬" not in shown["embeds"][0]["description"]
 
 
+def test_a_moderator_role_may_change_labels_without_manage_permissions(fake):
+    options = [{"type": 1, "name": "set", "options": [{"type": 3, "name": "labels", "value": "山、海"},
+                                                      {"type": 3, "name": "scope", "value": "server"}]}]
+    answer = fake.interact("labels", options=options, user="member", roles=[fake.moderator_role_id],
+                           permissions=Perm.MEMBER).wait_final()
+    assert not answer["ephemeral"] and "このサーバー" in answer["content"]
+    fake.interact("labels", options=[{"type": 1, "name": "reset", "options": [
+        {"type": 3, "name": "scope", "value": "server"}]}], user="moderator").wait_final()
+
+
 def test_a_thread_uses_its_parents_labels(fake):
     _set_labels(fake, LABELS)
     reply = _post_and_wait(fake, fake.thread_id, [("t.png", _png("緑の丸", 5), "image/png")])
@@ -246,6 +256,25 @@ def test_history_and_undo(fake):
     for sub in ("undo", "history"):
         denied = fake.interact("labels", options=_labels_cmd(sub), user="member", channel_id=channel).wait_final()
         assert denied["ephemeral"] and "チャンネルの管理" in denied["content"]
+
+
+def test_add_and_remove_say_exactly_what_is_wrong(fake):
+    channel = fake.other_channel_id
+    _set_labels(fake, "犬、猫、狐", channel_id=channel)
+
+    def labels(sub, value):
+        return fake.interact("labels", options=_labels_cmd(sub, labels=value), user="moderator",
+                             channel_id=channel).wait_final()
+    assert "残りが1個" in labels("remove", "犬、猫")["content"]
+    assert "「象」" in labels("remove", "象、犬")["content"]
+    assert "すべてセットに含まれて" in labels("add", "犬")["content"]
+    many = [f"ラベル{i:02d}" + "あ" * 40 for i in range(60)]
+    added = labels("add", "、".join(many))
+    assert "（63件）" in added["content"] and "ほか50件" in added["content"] and len(added["content"]) < 2000
+    too_many = labels("add", "、".join(f"別{i}" for i in range(40)))
+    assert "103個" in too_many["content"] and "上限の100個" in too_many["content"]
+    shown = fake.interact("labels", options=_labels_cmd("show"), channel_id=channel).wait_final()
+    assert len(shown["embeds"][0]["description"]) <= 4096 and "63件・v" in shown["embeds"][0]["description"]
 
 
 def test_presets_server_scope_and_reset(fake):

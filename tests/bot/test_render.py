@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import discord
+import pytest
 
 from bot.labelsets import LabelSource
 from bot.render import ImageAnswer, bar, percent, result_embed, result_embeds
@@ -46,9 +47,9 @@ def test_labels_and_filenames_are_escaped_and_cannot_mention():
     assert "**\\*x\\***" in embed.description
 
 
-def test_ten_embeds_of_long_labels_fit_discords_6000_character_budget():
-    long = "あ" * 50
-    answers = [ImageAnswer("n" * 200 + ".jpg", _ok((long + "1", 0.2), (long + "2", 0.2), (long + "3", 0.2)))
+@pytest.mark.parametrize("long", ["あ" * 50, "*_" * 25, "@everyone" * 5 + "~~~~~"])
+def test_ten_embeds_of_long_labels_fit_discords_6000_character_budget(long):
+    answers = [ImageAnswer("_*" * 100 + ".jpg", _ok((long + "1", 0.2), (long + "2", 0.2), (long + "3", 0.2)))
                for _ in range(12)]
     embeds = result_embeds(answers, LabelSource("parent", (long,) * 100, 10**18, 999), "ja", 0.4)
     assert len(embeds) == 10

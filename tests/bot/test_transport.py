@@ -31,6 +31,8 @@ async def test_worker_process_classifies_and_survives_bad_input(trained_model):
     transport = LocalWorkerTransport(make_config(trained_model))
     await transport.start()
     try:
+        early = await transport.classify(_request(_shape("赤い丸")))  # torch is still importing in the child
+        assert early.error is ErrorCode.UNAVAILABLE and "loading" in early.message
         await asyncio.wait_for(transport.ready.wait(), 120)
         assert transport.state == "ready", transport.failure
         assert transport.info["pid"] != os.getpid()
