@@ -16,7 +16,7 @@ from discord import app_commands
 from discord.app_commands import Choice
 from discord.app_commands import locale_str as _T
 
-from wakeru.labels import LabelError, normalise_labels, parse_labels
+from wakeru.labels import LabelError, parse_labels
 
 from ..i18n import label_error, text
 from ..labelsets import auto_classify_enabled, inherited, resolve
@@ -61,7 +61,6 @@ def _quoted(locale, labels, shown: int = 10) -> str:
     """「a」、「b」… for replies, at most `shown` of them so a reply stays far below 2,000 characters."""
     quoted = "、".join(f"「{escape(label, 60)}」" for label in labels[:shown])
     return quoted + (" " + text(locale, "more", count=len(labels) - shown) if len(labels) > shown else "")
-
 
 
 class LabelsGroup(app_commands.Group):
