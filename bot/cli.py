@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--guild", type=int, metavar="ID",
                    help="only in this server (instant; global commands can take a while to appear)")
     sub.add_parser("health", help="exit 0 if the running bot's heartbeat is fresh and its model worker is usable")
+    b = sub.add_parser("bench-queue", help="measure the bot ↔ worker queue overhead (no Discord needed)")
+    b.add_argument("--model", help="model id or local directory (default: model.id from the config)")
+    b.add_argument("--requests", type=int, default=200)
+    b.add_argument("--concurrency", type=int, default=64)
+    b.add_argument("--json", action="store_true")
     return p
 
 
@@ -147,6 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ok, message = health.check(Path(config.storage.health_file))
         print(message, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
+    if args.command == "bench-queue":
+        from .bench import run as bench_queue
+
+        if args.model:
+            config = config.with_overrides(model={"id": args.model})
+        return bench_queue(config, max(1, args.requests), max(1, args.concurrency), args.json)
     token = os.environ.get("DISCORD_TOKEN", "").strip()
     if not token:
         print(TOKEN_HELP, file=sys.stderr)

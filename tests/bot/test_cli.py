@@ -80,3 +80,12 @@ def test_health_reads_the_heartbeat(tmp_path):
     assert health.check(path)[0] is False
     out = _bot("health", env={"WAKERU_STORAGE__HEALTH_FILE": str(path)})
     assert out.returncode == 1 and "old" in out.stderr
+
+
+def test_bench_queue_reports_the_transport_overhead(checkpoints):
+    out = _bot("bench-queue", "--model", str(checkpoints["siglip"]), "--requests", "6", "--concurrency", "3", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert figures["failed"] == 0 and figures["requests"] == 6
+    assert figures["round_trip_p50_ms"] >= figures["worker_p50_ms"] > 0
+    assert figures["queue_overhead_p50_ms"] >= 0 and figures["img_s"] > 0
