@@ -8,9 +8,8 @@ from contextlib import AsyncExitStack
 import discord
 
 from .app import App
-from .i18n import text
-from .labelsets import auto_classify_enabled, resolve
-from .render import MAX_EMBEDS, result_embeds, summary_line
+from .labelsets import auto_classify_enabled, parent_id, resolve
+from .render import MAX_EMBEDS, reply, summary_line
 
 log = logging.getLogger("wakeru.events")
 
@@ -23,11 +22,11 @@ async def on_image_post(app: App, message: discord.Message) -> None:
         return
     # an uncached thread arrives as a PartialMessageable; the guild cache knows its parent
     channel = message.guild.get_channel_or_thread(message.channel.id) or message.channel
-    parent_id = channel.parent_id if isinstance(channel, discord.Thread) else None
+    parent = parent_id(channel)
     guild_id = message.guild.id
-    if not await auto_classify_enabled(app.store, app.config, guild_id, channel.id, parent_id):
+    if not await auto_classify_enabled(app.store, app.config, guild_id, channel.id, parent):
         return
-    source = await resolve(app.store, app.config, guild_id, channel.id, parent_id)
+    source = await resolve(app.store, app.config, guild_id, channel.id, parent)
     async with AsyncExitStack() as stack:
         try:  # typing is a courtesy: a missing permission must not stop the answer
             await stack.enter_async_context(channel.typing())
@@ -35,8 +34,7 @@ async def on_image_post(app: App, message: discord.Message) -> None:
             log.debug("typing indicator failed in %s: %s", channel.id, e)
         answers = await app.classifier.classify_attachments(images[:MAX_EMBEDS], source.labels)
     locale = app.config.discord.reply_locale
-    embeds = result_embeds(answers, source, locale, app.config.discord.low_confidence)
-    content = text(locale, "more_images", limit=MAX_EMBEDS) if len(images) > MAX_EMBEDS else None
+    content, embeds = reply(answers, source, locale, app.config.discord.low_confidence, len(images))
     try:
         # fail_if_not_exists=False: if the post was deleted meanwhile, still answer in the channel
         await channel.send(content=content, embeds=embeds, mention_author=False,

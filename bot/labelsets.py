@@ -7,10 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import discord
+
 from wakeru.config import Config
 
 from .i18n import text
 from .storage import LabelStore
+
+
+def parent_id(channel) -> int | None:
+    """The channel a thread belongs to (its labels and auto switch are inherited); None otherwise."""
+    return channel.parent_id if isinstance(channel, discord.Thread) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,13 @@ def result_embeds(answers: list[ImageAnswer], source: LabelSource, locale, low_c
     return [result_embed(a, source, locale, low_confidence) for a in answers[:MAX_EMBEDS]]
 
 
+def reply(answers: list[ImageAnswer], source: LabelSource, locale, low_confidence: float,
+          total: int) -> tuple[str | None, list[discord.Embed]]:
+    """(content, embeds) of one answer message; `total` images were offered, at most MAX_EMBEDS answered."""
+    content = text(locale, "more_images", limit=MAX_EMBEDS) if total > MAX_EMBEDS else None
+    return content, result_embeds(answers, source, locale, low_confidence)
+
+
 def summary_line(answers: list[ImageAnswer]) -> str:
     """「犬 92%・狼 5%・猫 1%」 for logs."""
     return " | ".join("・".join(f"{s.label} {percent(s.score)}" for s in a.result.top) if a.result.ok

@@ -14,8 +14,8 @@ from discord.app_commands import locale_str as _T
 from wakeru.labels import LabelError, parse_labels
 
 from ..i18n import label_error, text
-from ..labelsets import LabelSource, resolve
-from ..render import MAX_EMBEDS, result_embeds
+from ..labelsets import LabelSource, parent_id, resolve
+from ..render import MAX_EMBEDS, reply
 from ..samples import read_sample
 
 
@@ -35,20 +35,15 @@ def code_text(value: str) -> str:
     return value.replace("`", "'")[:100]
 
 
-def _parent_id(channel) -> int | None:
-    return channel.parent_id if isinstance(channel, discord.Thread) else None
-
-
 async def channel_source(interaction: discord.Interaction, channel) -> LabelSource:
     app = interaction.client.app
     channel_id = getattr(channel, "id", None) or interaction.channel_id
-    return await resolve(app.store, app.config, interaction.guild_id, channel_id, _parent_id(channel))
+    return await resolve(app.store, app.config, interaction.guild_id, channel_id, parent_id(channel))
 
 
 async def _send_answers(interaction: discord.Interaction, answers, source: LabelSource, total: int) -> None:
     app = interaction.client.app
-    embeds = result_embeds(answers, source, interaction.locale, app.config.discord.low_confidence)
-    content = text(interaction.locale, "more_images", limit=MAX_EMBEDS) if total > MAX_EMBEDS else None
+    content, embeds = reply(answers, source, interaction.locale, app.config.discord.low_confidence, total)
     await interaction.followup.send(content=content, embeds=embeds)
 
 

@@ -19,7 +19,7 @@ from discord.app_commands import locale_str as _T
 from wakeru.labels import LabelError, parse_labels
 
 from ..i18n import label_error, text
-from ..labelsets import auto_classify_enabled, inherited, resolve
+from ..labelsets import auto_classify_enabled, inherited, parent_id, resolve
 from ..permissions import refusal_key
 from ..render import escape
 from ..storage import NothingToUndo, StorageError, VersionConflict
@@ -249,8 +249,7 @@ class LabelsGroup(app_commands.Group):
         if interaction.channel_id is None:  # never fall back to the server set by accident
             await refuse(interaction, text(interaction.locale, "guild_only"))
             return None
-        channel = interaction.channel
-        return interaction.channel_id, channel.parent_id if isinstance(channel, discord.Thread) else None
+        return interaction.channel_id, parent_id(interaction.channel)
 
     async def _allowed(self, interaction: discord.Interaction, channel_id: int | None) -> bool:
         key = refusal_key(interaction, "channel" if channel_id else "server",

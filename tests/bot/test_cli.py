@@ -38,8 +38,7 @@ def test_an_invalid_config_names_the_key():
 def test_an_invalid_token_exits_with_guidance_before_loading_a_model(tmp_path):
     with FakeDiscord() as fake:
         bot = BotProcess(fake, tmp_path / "no-model", tmp_path, DISCORD_TOKEN="wrong")
-        out = subprocess.run([sys.executable, "-m", "bot"], cwd=tmp_path, env={**bot.env, "PYTHONPATH": str(REPO)},
-                             capture_output=True, text=True, timeout=60)
+        out = bot.run()
         assert out.returncode == 2, out.stderr
         assert "refused DISCORD_TOKEN" in out.stderr and "Reset Token" in out.stderr
         assert "model worker started" not in out.stderr
@@ -48,7 +47,7 @@ def test_an_invalid_token_exits_with_guidance_before_loading_a_model(tmp_path):
 
 def test_sync_registers_localised_commands_in_one_guild_or_globally(tmp_path):
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, tmp_path / "unused", tmp_path, PYTHONPATH=str(REPO))
+        bot = BotProcess(fake, tmp_path / "unused", tmp_path)
         out = bot.run("sync", "--guild", str(fake.guild_id))
         assert out.returncode == 0, out.stderr
         assert "registered 3 commands" in out.stdout

@@ -32,6 +32,8 @@ class BotProcess:
             "WAKERU_MODEL__DTYPE": "float32",
             "WAKERU_WORKER__MAX_WAIT_MS": "2",
             "WAKERU_DISCORD__SAMPLES_DIR": str(REPO / "samples"),
+            # the bot runs from workdir (so relative paths land there) but imports this checkout
+            "PYTHONPATH": str(REPO),
             **overrides,
         }
         self.process: subprocess.Popen | None = None
@@ -44,9 +46,7 @@ class BotProcess:
     def start(self, wait: bool = True) -> "BotProcess":
         self.health.unlink(missing_ok=True)
         log = open(self.log_path, "a")
-        # PYTHONPATH: the bot runs from workdir (so relative paths land there) but imports this checkout
-        env = {**self.env, "PYTHONPATH": str(REPO)}
-        self.process = subprocess.Popen([sys.executable, "-m", "bot"], cwd=self.workdir, env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", "bot"], cwd=self.workdir, env=self.env,
                                         stdout=log, stderr=subprocess.STDOUT)
         if wait:
             self.wait_ready()
