@@ -33,8 +33,16 @@ USER wakeru
 # /data: the label database and the heartbeat file; /cache/huggingface: downloaded models
 VOLUME ["/data", "/cache/huggingface"]
 
-# The bot rewrites /data/health.json every 15 s; stale or "worker failed" → unhealthy.
-# The start period covers the first model download.
+# /metrics (Prometheus) and /healthz on port 9464. Inside the container only by default;
+# set WAKERU_SERVICE__METRICS_HOST=0.0.0.0 and publish the port to scrape it from outside.
+ENV WAKERU_SERVICE__METRICS_PORT=9464
+EXPOSE 9464
+
+# `bot health` asks /healthz: 503 once the model failed for good, no answer if the event loop
+# hangs; a worker that is loading or restarting after a crash still counts as healthy.
+# The start period covers the first model download. SIGTERM (docker stop) lets in-flight
+# images finish for service.shutdown_grace_s (20 s), so give docker stop a longer timeout.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=300s --retries=3 CMD ["python", "-m", "bot", "health"]
+STOPSIGNAL SIGTERM
 
 CMD ["python", "-m", "bot"]

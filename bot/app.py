@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+
 import aiohttp
 
 from wakeru.config import Config
 
 from .attachments import Downloader, is_image
+from . import metrics
 from .classifying import Classifier
+from .ratelimit import RateLimiter
 from .samples import sample_names
 from .storage import LabelStore
 from .transport import LocalWorkerTransport, WorkerTransport
+
+log = logging.getLogger("wakeru.app")
 
 
 class App:
@@ -21,7 +29,10 @@ class App:
         self.session = session
         self.classifier = Classifier(config, transport, Downloader(config, session))
         self.samples = sample_names(config.discord.samples_dir, config.images.formats)
-        self.label_changes = 0  # label-set changes since start (for logs and, later, metrics)
+        self.label_changes = 0  # label-set changes since start (for logs; metrics count them by action)
+        self.limiter = RateLimiter(config.limits)
+        self.draining = False   # SIGTERM received: no new work
+        self._work: set[asyncio.Task] = set()  # handlers that are classifying or replying
 
     @classmethod
     async def open(cls, config: Config, transport: WorkerTransport | None = None) -> "App":
@@ -32,6 +43,37 @@ class App:
 
     async def start(self) -> None:
         await self.transport.start()  # idempotent: a reconnecting client calls it again
+
+    def label_changed(self, action: str) -> None:
+        self.label_changes += 1
+        metrics.LABEL_CHANGES.labels(action).inc()
+
+    def track(self, task: asyncio.Task | None = None) -> None:
+        """Count the current handler as in-flight work until it ends (shutdown waits for it)."""
+        task = task or asyncio.current_task()
+        if task is not None and task not in self._work:
+            self._work.add(task)
+            task.add_done_callback(self._work.discard)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._work)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking new work; give the work in flight `grace_s` to finish, then answer
+        what is left as unavailable and let the handlers send those answers."""
+        self.draining = True
+        self.transport.stop_accepting()
+        started = time.monotonic()
+        if self._work:
+            log.info("shutting down: waiting up to %.0f s for %d handler(s) in flight", grace_s, len(self._work))
+            await asyncio.wait(set(self._work), timeout=grace_s)
+        if self._work:
+            log.warning("shutting down: %d handler(s) still busy after %.0f s; answering them as unavailable",
+                        len(self._work), grace_s)
+            self.transport.abandon("the bot is shutting down")
+            await asyncio.wait(set(self._work), timeout=5.0)
+        log.info("shutting down: in-flight work settled in %.1f s", time.monotonic() - started)
 
     async def close(self) -> None:
         await self.transport.close()

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import time
-import uuid
 
 from wakeru.config import Config
+from wakeru.logs import current_request_id, new_event_id
 from wakeru.protocol import ClassifyRequest, ClassifyResult
 
+from . import metrics
 from .attachments import AttachmentError, Downloader
 from .render import ImageAnswer
 from .transport import WorkerTransport
+
+log = logging.getLogger("wakeru.classify")
 
 # Before the worker reports its model's input size: enough for every supported model.
 _UNKNOWN_INPUT_SIDE = 512
@@ -22,26 +27,47 @@ class Classifier:
         self.config = config
         self.transport = transport
         self.downloader = downloader
+        self._numbers = itertools.count(1)
 
     def _request_id(self) -> str:
-        return uuid.uuid4().hex
+        """<event id>-<n>: the event's id (logs.request_context) ties the image to the post or command."""
+        return f"{current_request_id() or new_event_id()}-{next(self._numbers)}"
 
-    async def classify_bytes(self, filename: str, data: bytes, labels: tuple[str, ...]) -> ImageAnswer:
-        request = ClassifyRequest(id=self._request_id(), image=data, labels=labels, top_k=3,
+    def _answered(self, answer: ImageAnswer, source: str, started: float) -> ImageAnswer:
+        result, elapsed = answer.result, time.monotonic() - started
+        metrics.observe_result(source, result, elapsed)
+        outcome = result.error.value if result.error else "ok"
+        log.info("image %s: %s in %.0f ms", answer.filename, outcome, elapsed * 1000,
+                 extra={"request_id": result.id, "outcome": outcome})
+        return answer
+
+    async def classify_bytes(self, filename: str, data: bytes, labels: tuple[str, ...], *,
+                             source: str = "command", request_id: str | None = None,
+                             started: float | None = None) -> ImageAnswer:
+        started = time.monotonic() if started is None else started
+        request = ClassifyRequest(id=request_id or self._request_id(), image=data, labels=labels, top_k=3,
                                   deadline=time.time() + self.config.worker.request_timeout_s)
-        return ImageAnswer(filename, await self.transport.classify(request))
+        return self._answered(ImageAnswer(filename, await self.transport.classify(request)), source, started)
 
     def rendition_side(self) -> int:
         """The shortest side worth downloading: configured, else the model's input size."""
         info = getattr(self.transport, "info", None) or {}
         return self.config.attachments.resize_to or info.get("input_size") or _UNKNOWN_INPUT_SIDE
 
-    async def classify_attachment(self, attachment, labels: tuple[str, ...]) -> ImageAnswer:
+    async def classify_attachment(self, attachment, labels: tuple[str, ...], *, source: str = "command") -> ImageAnswer:
+        started, request_id = time.monotonic(), self._request_id()
+        # busy, loading or shutting down: say so now rather than download what nobody can classify
+        refused = self.transport.refusal(request_id)
+        if refused is not None:
+            return self._answered(ImageAnswer(attachment.filename, refused), source, started)
         try:
             data = await self.downloader.fetch(attachment, self.rendition_side())
         except AttachmentError as e:
-            return ImageAnswer(attachment.filename, ClassifyResult.failure(self._request_id(), e.code, e.detail))
-        return await self.classify_bytes(attachment.filename, data, labels)
+            failed = ClassifyResult.failure(request_id, e.code, e.detail)
+            return self._answered(ImageAnswer(attachment.filename, failed), source, started)
+        return await self.classify_bytes(attachment.filename, data, labels, source=source, request_id=request_id,
+                                         started=started)
 
-    async def classify_attachments(self, attachments, labels: tuple[str, ...]) -> list[ImageAnswer]:
-        return list(await asyncio.gather(*(self.classify_attachment(a, labels) for a in attachments)))
+    async def classify_attachments(self, attachments, labels: tuple[str, ...], *,
+                                   source: str = "command") -> list[ImageAnswer]:
+        return list(await asyncio.gather(*(self.classify_attachment(a, labels, source=source) for a in attachments)))

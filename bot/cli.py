@@ -15,10 +15,12 @@ import discord
 import yarl
 
 from wakeru.config import Config, ConfigError, load_config
+from wakeru.logs import setup_logging
 
 from . import health
 from .app import App
 from .client import WakeruClient
+from .metrics import MetricsServer
 from .storage import StorageError
 
 log = logging.getLogger("wakeru.bot")
@@ -70,29 +72,53 @@ async def run(config: Config, token: str) -> int:
         return 2
     message_content = True
     client: WakeruClient | None = None
-    stop = asyncio.Event()
+    stopping = asyncio.Event()
+    shutdown: asyncio.Task | None = None
+
+    async def graceful_stop() -> None:
+        # the gateway stays up while in-flight work finishes, so its answers can still be sent
+        await app.drain(config.service.shutdown_grace_s)
+        if client is not None and not client.is_closed():
+            await client.close()
 
     def request_stop() -> None:
-        stop.set()
-        if client is not None and not client.is_closed():
-            asyncio.ensure_future(client.close())
+        nonlocal shutdown
+        if stopping.is_set():
+            return
+        stopping.set()
+        log.info("stop requested: no new work; in-flight images get up to %.0f s (service.shutdown_grace_s)",
+                 config.service.shutdown_grace_s)
+        shutdown = asyncio.ensure_future(graceful_stop())
 
     def state() -> dict:
-        connected = client is not None and client.is_ready() and not client.is_closed()
-        return {"connected": connected, "worker": app.transport.state,
-                "failure": getattr(app.transport, "failure", None)}
+        transport = app.transport
+        return {"connected": client is not None and client.is_ready() and not client.is_closed(),
+                "worker": transport.state, "failure": getattr(transport, "failure", None),
+                "worker_pid": (getattr(transport, "info", None) or {}).get("pid"),
+                "restarts": getattr(transport, "restarts", 0), "in_flight": getattr(transport, "in_flight", 0),
+                "stopping": stopping.is_set()}
 
+    server = None
+    if config.service.metrics_port:
+        server = MetricsServer(config.service.metrics_host, config.service.metrics_port, state)
+        try:
+            await server.start()
+        except OSError as e:
+            print(f"error: service.metrics_port: cannot listen on {config.service.metrics_host}:"
+                  f"{config.service.metrics_port}: {e.strerror or e}", file=sys.stderr)
+            await app.close()
+            return 2
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop)
     beat = asyncio.ensure_future(health.heartbeat(Path(config.storage.health_file), state))
     try:
-        while not stop.is_set():
+        while not stopping.is_set():
             client = WakeruClient(app, message_content=message_content)
             try:
                 async with client:
                     await client.start(token)
-                return 0
+                break
             except discord.LoginFailure:
                 print(INVALID_TOKEN_HELP, file=sys.stderr)
                 return 2
@@ -104,10 +130,15 @@ async def run(config: Config, token: str) -> int:
                             "classified automatically. Enable it under Bot → Privileged Gateway Intents → Message "
                             "Content Intent in the Developer Portal, then restart.")
                 message_content = False
+        if shutdown is not None:
+            await shutdown
         return 0
     finally:
         beat.cancel()
+        if server is not None:
+            await server.close()
         await app.close()
+        log.info("stopped")
 
 
 async def sync(config: Config, token: str, guild_id: int | None) -> int:
@@ -140,16 +171,15 @@ async def sync(config: Config, token: str, guild_id: int | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("discord").setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         config = load_config(args.config)
     except ConfigError as e:
         print(f"error: invalid configuration:\n{e}", file=sys.stderr)
         return 2
+    setup_logging(config.service.log_format, logging.DEBUG if args.verbose else logging.INFO, process="bot")
+    logging.getLogger("discord").setLevel(logging.INFO if args.verbose else logging.WARNING)
     if args.command == "health":
-        ok, message = health.check(Path(config.storage.health_file))
+        ok, message = health.check(Path(config.storage.health_file), config.service)
         print(message, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
     if args.command == "bench-queue":

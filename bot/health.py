@@ -1,7 +1,9 @@
-"""A heartbeat file for container healthchecks: `python -m bot health` reads it.
+"""Container healthchecks: `python -m bot health`.
 
-The bot rewrites it every few seconds with the gateway and worker state, so a
-stale file means a hung process and a "failed" worker means no model.
+With service.metrics_port set it asks the running bot's /healthz (answered by the
+event loop itself, so a hung loop fails it). Otherwise it reads a heartbeat file the
+bot rewrites every few seconds with the gateway and worker state: a stale file means
+a hung process and a "failed" worker means no model.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import asyncio
 import json
 import os
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 INTERVAL_S = 15.0
@@ -34,7 +38,9 @@ async def heartbeat(path: Path, state) -> None:
         await asyncio.sleep(1.0)
 
 
-def check(path: Path, max_age_s: float = 4 * INTERVAL_S) -> tuple[bool, str]:
+def check(path: Path, service=None, max_age_s: float = 4 * INTERVAL_S) -> tuple[bool, str]:
+    if service is not None and service.metrics_port:
+        return check_endpoint(service.metrics_host, service.metrics_port)
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -45,3 +51,22 @@ def check(path: Path, max_age_s: float = 4 * INTERVAL_S) -> tuple[bool, str]:
     if data.get("worker") == "failed":
         return False, f"the model worker failed: {data.get('failure')}"
     return True, f"ok: gateway {'connected' if data.get('connected') else 'connecting'}, worker {data.get('worker')}"
+
+
+def check_endpoint(host: str, port: int, timeout: float = 5.0) -> tuple[bool, str]:
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    url = f"http://{host}:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = json.loads(response.read())
+    except urllib.error.HTTPError as e:  # 503: the bot answers, but cannot classify
+        try:
+            data = json.loads(e.read())
+        except ValueError:
+            data = {}
+        return False, f"unhealthy ({e.code}): worker {data.get('worker')}: {data.get('failure') or 'stopping'}"
+    except (OSError, ValueError) as e:
+        return False, f"no answer from {url}: {e}"
+    return True, (f"{data.get('status')}: gateway {'connected' if data.get('connected') else 'connecting'}, "
+                  f"worker {data.get('worker')}, {data.get('in_flight', 0)} in flight, "
+                  f"{data.get('restarts', 0)} restart(s)")

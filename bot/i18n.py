@@ -44,6 +44,16 @@ TEXTS: dict[str, tuple[str, str]] = {
     "error.unavailable": ("The image model is temporarily unavailable: try again later.",
                           "画像モデルは一時的に利用できません。しばらくしてからお試しください。"),
     "error.internal_error": ("Something went wrong while classifying this image.", "この画像の分類中にエラーが起きました。"),
+    "error.worker_crashed": ("The image model crashed twice while working on this image, so it was not classified.",
+                             "この画像の処理中に画像モデルが2回停止したため、分類しませんでした。"),
+    # flood control and restarts
+    "rate.user": ("You are sending images faster than {rate} a minute: try again in {seconds} s.",
+                  "画像の送信が多すぎます（1分あたり{rate}枚まで）。{seconds}秒後にもう一度お試しください。"),
+    "rate.channel": ("This channel is sending images faster than {rate} a minute: try again in {seconds} s.",
+                     "このチャンネルの画像が多すぎます（1分あたり{rate}枚まで）。{seconds}秒後にもう一度お試しください。"),
+    "expired.note": ("Answer for {user} (the command's reply window had closed):",
+                     "{user} さんへの回答です（コマンドの返信期限が切れたため、ここに投稿します）:"),
+    "shutting_down": ("Wakeru is restarting: try again in a minute.", "Wakeru は再起動中です。1分ほどしてからもう一度お試しください。"),
     # /classify and the context menu
     "classify.need_image": ("Attach an image (`image`) or pick one of the samples (`sample`).",
                             "画像を添付する（`image`）か、サンプル（`sample`）を選んでください。"),

@@ -23,14 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiosqlite
+
+log = logging.getLogger("wakeru.storage")
 
 __all__ = [
     "ACTIONS",
@@ -236,6 +240,7 @@ class LabelStore:
         self._db: aiosqlite.Connection | None = db
         self._path = path
         self._lock = asyncio.Lock()
+        self.read_only = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -254,11 +259,26 @@ class LabelStore:
                         f"create it or point storage.url elsewhere"
                     ) from exc
         try:
+            return await cls._connect(path, path)
+        except StorageError:
+            if path == ":memory:" or not os.path.isfile(path) or os.access(os.path.dirname(path) or ".", os.W_OK):
+                raise
+        # A read-only volume: SQLite cannot create the -wal/-shm files beside the database, so
+        # open it as immutable. Label sets can be shown and used; every change is refused clearly.
+        store = await cls._connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro&immutable=1", path)
+        log.warning("the database %s is on a read-only file system: label sets can be used but not changed", path)
+        return store
+
+    @classmethod
+    async def _connect(cls, target: str, path: str) -> LabelStore:
+        try:
             # isolation_level=None: no implicit transactions; we issue BEGIN/COMMIT ourselves.
-            db = await aiosqlite.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            db = await aiosqlite.connect(target, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                                         uri=target.startswith("file:"))
         except sqlite3.Error as exc:
             raise (_storage_error(exc, path) or StorageError(f"cannot open the database {path!r}: {exc}")) from exc
         store = cls(db, path)
+        store.read_only = target.startswith("file:")
         try:
             await store._setup()
         except BaseException:
@@ -274,7 +294,8 @@ class LabelStore:
             await db.execute("PRAGMA foreign_keys = ON")
             # WAL: readers never block the writer, and the bot reads far more often than it writes.
             # (":memory:" answers "memory"; that is fine.)
-            await db.execute("PRAGMA journal_mode = WAL")
+            if not self.read_only:
+                await db.execute("PRAGMA journal_mode = WAL")
             # Also reads the file header: a file that is not a database fails here, not later.
             current = await self._user_version(db)
         self._check_schema(current)

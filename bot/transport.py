@@ -3,8 +3,16 @@
 `WorkerTransport` is all the rest of the bot knows: start, classify (always answers
 with a ClassifyResult, never raises for a request's problems), close. The local
 implementation spawns `model_worker.serve.run_local_worker` in a child process and
-talks to it over two multiprocessing queues; a networked transport can replace it
-without touching the callers.
+talks to it over two one-way pipes; a networked transport can replace it without
+touching the callers.
+
+It also supervises the worker. A worker that dies (killed, out of memory, a native
+crash) is noticed at once (its result pipe reaches EOF) and restarted after a backoff
+that doubles while it keeps dying. Requests it was holding are sent again to the new
+worker, one at a time so that an image which crashes the worker can be told apart
+from the images that happened to share its batch; one that was in the worker at two
+deaths is answered CRASHED instead of being tried a third time. While the worker is
+loading or down, new requests are answered UNAVAILABLE at once.
 """
 
 from __future__ import annotations
@@ -13,135 +21,113 @@ import asyncio
 import logging
 import multiprocessing
 import queue
+import signal
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Protocol
 
 from wakeru.config import Config
 from wakeru.protocol import ClassifyRequest, ClassifyResult, ErrorCode
+
+from . import metrics
 
 log = logging.getLogger("wakeru.transport")
 
 # Extra time the bot waits beyond a request's deadline for the worker's own
 # deadline answer to arrive before it answers for the worker.
 _DEADLINE_GRACE_S = 2.0
+# A worker that dies this many times in a row before its model is loaded is not
+# started again: the cause (no memory for the model, a broken install) will not pass.
+_MAX_LOADING_DEATHS = 3
 
 
 class WorkerTransport(Protocol):
-    state: str  # "stopped" | "starting" | "ready" | "failed"
+    state: str  # "stopped" | "starting" | "ready" | "restarting" | "failed"
 
     async def start(self) -> None: ...
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResult: ...
 
+    def refusal(self, request_id: str) -> ClassifyResult | None: ...
+
+    def stop_accepting(self) -> None: ...
+
+    def abandon(self, message: str) -> None: ...
+
     async def close(self) -> None: ...
 
 
-class LocalWorkerTransport:
-    """The model worker as a child process of the bot, over multiprocessing queues."""
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "exit code unknown"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (the kernel's out-of-memory killer sends this too)" if exitcode == -signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {exitcode}"
 
-    def __init__(self, config: Config):
-        self.config = config
-        self.state = "stopped"
-        self.failure: str | None = None   # why the model could not load
-        self.info: dict = {}              # what the worker reported when ready
-        self.ready = asyncio.Event()
-        self._capacity = config.worker.queue_size
-        self._pending: dict[str, asyncio.Future[ClassifyResult]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._process = None
-        self._requests = None
-        self._results = None
-        self._reader: threading.Thread | None = None
-        self._stopping = threading.Event()
 
-    async def start(self) -> None:
-        if self.state != "stopped":
-            return
+class _WorkerProcess:
+    """One incarnation of the worker: the process, its two pipes and the two threads that
+    move messages between the pipes and the event loop (pipe I/O blocks; the loop must not)."""
+
+    def __init__(self, number: int, config: Config, loop: asyncio.AbstractEventLoop, on_message, on_exit):
         from model_worker.serve import run_local_worker  # torch-free module: names the spawn target
 
-        self._loop = asyncio.get_running_loop()
+        self.number = number
+        self._loop, self._on_message, self._on_exit = loop, on_message, on_exit
         ctx = multiprocessing.get_context("spawn")  # never fork a process that holds threads and sockets
-        self._requests, self._results = ctx.Queue(), ctx.Queue()
-        self._process = ctx.Process(target=run_local_worker, name="wakeru-worker", daemon=True,
-                                    args=(self.config.model_dump(mode="python"), self._requests, self._results))
-        self.state = "starting"
-        self._stopping.clear()
-        await asyncio.to_thread(self._process.start)
-        log.info("model worker started (pid %s), loading %s", self._process.pid, self.config.model.id)
-        self._reader = threading.Thread(target=self._read_results, name="wakeru-results", daemon=True)
-        self._reader.start()
+        self._their_requests, self._requests = ctx.Pipe(duplex=False)
+        self._results, self._their_results = ctx.Pipe(duplex=False)
+        root = logging.getLogger()
+        self.process = ctx.Process(
+            target=run_local_worker, name=f"wakeru-worker-{number}", daemon=True,
+            args=(config.model_dump(mode="python"), self._their_requests, self._their_results,
+                  config.service.log_format, root.level))
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
 
-    async def classify(self, request: ClassifyRequest) -> ClassifyResult:
-        if self.state != "ready":
-            # While loading, queueing would pile image bytes up in this process with no one reading them.
-            why = {"starting": ": the model is still loading"}.get(self.state, f": {self.failure}" if self.failure else "")
-            return ClassifyResult.failure(request.id, ErrorCode.UNAVAILABLE, f"the model worker is not ready{why}")
-        if len(self._pending) >= self._capacity:
-            return ClassifyResult.failure(request.id, ErrorCode.QUEUE_FULL,
-                                          f"the model is busy ({len(self._pending)} images waiting); try again")
-        if request.id in self._pending:
-            return ClassifyResult.failure(request.id, ErrorCode.BAD_REQUEST, "duplicate request id")
-        future = asyncio.get_running_loop().create_future()
-        self._pending[request.id] = future
-        try:
-            # mp.Queue.put only appends to a buffer; its feeder thread pickles and writes
-            self._requests.put(("classify", request.to_dict()))
-            timeout = None if request.deadline is None else max(0.0, request.deadline - time.time()) + _DEADLINE_GRACE_S
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except asyncio.TimeoutError:
-            self._cancel(request.id)
-            return ClassifyResult.failure(request.id, ErrorCode.DEADLINE_EXCEEDED,
-                                          "no answer from the model worker in time")
-        except asyncio.CancelledError:
-            self._cancel(request.id)
-            raise
-        finally:
-            self._pending.pop(request.id, None)
+    def start(self) -> None:
+        """Blocking (spawning takes a moment): call it in a thread."""
+        self.process.start()
+        # Only the child may hold its ends: then either side's death is EOF for the other.
+        self._their_requests.close()
+        self._their_results.close()
+        threading.Thread(target=self._write, name=f"wakeru-requests-{self.number}", daemon=True).start()
+        threading.Thread(target=self._read, name=f"wakeru-results-{self.number}", daemon=True).start()
 
-    def _cancel(self, request_id: str) -> None:
-        if self._requests is not None and self.state == "ready":
-            self._requests.put(("cancel", request_id))  # gives the worker's queue place back
+    def send(self, message) -> None:
+        self._outbox.put(message)  # never blocks the loop; the writer thread does the pickling
 
-    async def close(self, timeout: float = 15.0) -> None:
-        if self.state == "stopped":
-            return
-        process, self.state = self._process, "stopped"
-        if process is not None and process.is_alive():
-            self._requests.put(("stop", None))
-            # the reader keeps draining meanwhile: a worker cannot exit while its result pipe is full
-            await asyncio.to_thread(process.join, timeout)
-            if process.is_alive():
-                log.warning("model worker did not stop within %.0f s; terminating it", timeout)
-                process.terminate()
-                await asyncio.to_thread(process.join, 5)
-            if process.is_alive():
-                process.kill()
-                await asyncio.to_thread(process.join, 5)
-        self._stopping.set()
-        if self._reader is not None:
-            await asyncio.to_thread(self._reader.join, 5)
-        self._fail_pending("the bot is shutting down")
-        for q in (self._requests, self._results):
-            q.close()
-            q.cancel_join_thread()  # never hang exit on unread buffered requests
-
-    # ---- reader thread ----------------------------------------------------------------
-
-    def _read_results(self) -> None:
-        """Blocking reads off the loop; every message is handed to the loop thread-safely."""
-        process = self._process
-        while not self._stopping.is_set():
+    def _write(self) -> None:
+        while True:
+            message = self._outbox.get()
+            if message is None:
+                break
             try:
-                message = self._results.get(timeout=0.25)
-            except queue.Empty:
-                if not process.is_alive():
-                    self._post(self._worker_died, process.exitcode)
-                    return
-                continue
+                self._requests.send(message)
+            except (BrokenPipeError, EOFError, OSError):
+                break  # the worker is gone; the reader reports it
+        self._requests.close()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._results.recv()
             except (EOFError, OSError):
-                return
-            self._post(self._on_message, message)
+                break
+            except Exception:  # a message cut off by a kill: the worker is dying anyway
+                log.exception("unreadable message from the model worker")
+                break
+            self._post(self._on_message, self.number, message)
+        self._results.close()
+        self.process.join(5)
+        self._outbox.put(None)
+        self._post(self._on_exit, self.number, self.process.exitcode)
 
     def _post(self, fn, *args) -> None:
         try:
@@ -149,34 +135,249 @@ class LocalWorkerTransport:
         except RuntimeError:  # loop already closed during shutdown
             pass
 
-    def _on_message(self, message) -> None:
+    def stop(self, timeout: float) -> None:
+        """Blocking: ask the worker to finish, then insist."""
+        if self.process.is_alive():
+            self.send(("stop", None))
+            self.process.join(timeout)
+        if self.process.is_alive():
+            log.warning("model worker did not stop within %.0f s; terminating it", timeout)
+            self.process.kill()
+            self.process.join(5)
+        self._outbox.put(None)
+
+
+@dataclass(eq=False)
+class _Pending:
+    request: ClassifyRequest
+    future: asyncio.Future
+    attempts: int = 1          # worker incarnations that have been sent this request
+    worker: int | None = None  # the incarnation holding it now; None while waiting to be sent again
+
+
+class LocalWorkerTransport:
+    """The model worker as a supervised child process of the bot."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.state = "stopped"
+        self.failure: str | None = None   # why there is no model (load failure, repeated crashes)
+        self.info: dict = {}              # what the worker reported when ready
+        self.ready = asyncio.Event()      # set once the first worker is ready or has failed
+        self.restarts = 0
+        self._capacity = config.worker.queue_size
+        self._accepting = True
+        self._pending: dict[str, _Pending] = {}
+        self._resend: deque[str] = deque()   # ids to send again after a crash, one at a time
+        self._resend_in_flight: str | None = None
+        self._worker: _WorkerProcess | None = None
+        self._number = 0
+        self._crashes = 0              # consecutive deaths
+        self._loading_deaths = 0       # consecutive deaths before the model was loaded
+        self._ready_at: float | None = None
+        self._restart_task: asyncio.Task | None = None
+        metrics.QUEUE_DEPTH.set_function(lambda: len(self._pending))
+        metrics.set_worker_state(self.state)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.state != "stopped":
+            return  # idempotent: a reconnecting client calls it again
+        self._set_state("starting")
+        await self._spawn()
+
+    async def _spawn(self) -> None:
+        self._number += 1
+        self._ready_at = None
+        worker = _WorkerProcess(self._number, self.config, asyncio.get_running_loop(),
+                                self._on_message, self._on_exit)
+        self._worker = worker
+        await asyncio.to_thread(worker.start)
+        log.info("model worker %d started (pid %s), loading %s", worker.number, worker.process.pid,
+                 self.config.model.id)
+
+    def stop_accepting(self) -> None:
+        """Shutdown has begun: new requests are refused; those in flight go on."""
+        self._accepting = False
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until nothing is in flight (True) or the timeout passes (False)."""
+        end = time.monotonic() + timeout
+        while self._pending and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        return not self._pending
+
+    def abandon(self, message: str) -> None:
+        """Answer everything in flight now (the grace period is over)."""
+        self._fail_all(ErrorCode.UNAVAILABLE, message)
+
+    async def close(self, timeout: float = 15.0) -> None:
+        if self.state == "stopped":
+            return
+        self._accepting = False
+        self._set_state("stopped")
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+        self._fail_all(ErrorCode.UNAVAILABLE, "the bot is shutting down")
+        if self._worker is not None:
+            await asyncio.to_thread(self._worker.stop, timeout)
+
+    # ---- requests ----------------------------------------------------------------------
+
+    def refusal(self, request_id: str) -> ClassifyResult | None:
+        """The answer a request would get at once (not ready, shutting down, busy), or None.
+        Callers check this before downloading an image nobody could classify."""
+        if not self._accepting:
+            return ClassifyResult.failure(request_id, ErrorCode.UNAVAILABLE, "the bot is shutting down")
+        if self.state != "ready":
+            # While loading, queueing would pile image bytes up in this process with no one reading them.
+            why = {"starting": "the model is still loading",
+                   "restarting": "the model worker is restarting after a crash",
+                   "failed": self.failure or "the model could not be loaded"}.get(self.state, "the worker is stopped")
+            return ClassifyResult.failure(request_id, ErrorCode.UNAVAILABLE, f"temporarily unavailable: {why}")
+        if len(self._pending) >= self._capacity:
+            return ClassifyResult.failure(request_id, ErrorCode.QUEUE_FULL,
+                                          f"the model is busy ({len(self._pending)} images waiting); try again")
+        return None
+
+    async def classify(self, request: ClassifyRequest) -> ClassifyResult:
+        refused = self.refusal(request.id)
+        if refused is not None:
+            return refused
+        if request.id in self._pending:
+            return ClassifyResult.failure(request.id, ErrorCode.BAD_REQUEST, "duplicate request id")
+        entry = _Pending(request, asyncio.get_running_loop().create_future(), worker=self._number)
+        self._pending[request.id] = entry
+        try:
+            self._worker.send(("classify", request.to_dict()))
+            timeout = None if request.deadline is None else max(0.0, request.deadline - time.time()) + _DEADLINE_GRACE_S
+            return await asyncio.wait_for(asyncio.shield(entry.future), timeout)
+        except asyncio.TimeoutError:
+            return ClassifyResult.failure(request.id, ErrorCode.DEADLINE_EXCEEDED,
+                                          "no answer from the model worker in time")
+        finally:
+            self._forget(entry)
+
+    def _forget(self, entry: _Pending) -> None:
+        """The caller has its answer (or gave up): free the place, tell the worker if it holds it."""
+        request_id = entry.request.id
+        if self._pending.get(request_id) is not entry:
+            return
+        del self._pending[request_id]
+        if not entry.future.done() and entry.worker == self._number and self._worker is not None:
+            self._worker.send(("cancel", request_id))  # gives the worker's queue place back
+        if self._resend_in_flight == request_id:
+            self._resend_in_flight = None
+            self._send_next_resend()
+
+    # ---- messages from the worker (on the loop) ------------------------------------------
+
+    def _on_message(self, number: int, message) -> None:
+        if number != self._number:
+            return  # a dead incarnation's last words
         kind, payload = message
         if kind == "result":
             result = ClassifyResult.from_dict(payload)
-            future = self._pending.get(result.id)
-            if future is not None and not future.done():
-                future.set_result(result)
+            entry = self._pending.get(result.id)
+            if entry is not None and entry.worker == number and not entry.future.done():
+                entry.future.set_result(result)
+            if result.id == self._resend_in_flight:
+                self._resend_in_flight = None
+                self._send_next_resend()
         elif kind == "ready":
-            self.info, self.state = payload, "ready"
+            self.info, self._ready_at, self._loading_deaths = payload, time.monotonic(), 0
+            self._set_state("ready")
             self.ready.set()
-            log.info("model worker ready: %s", payload)
+            log.info("model worker %d ready: %s", number, payload)
+            if self._resend:
+                log.info("sending %d request(s) held by the dead worker again, one at a time", len(self._resend))
+            self._send_next_resend()
         elif kind == "failed":
-            self.failure, self.state = payload, "failed"
+            self.failure = payload
+            self._set_state("failed")
             self.ready.set()
-            log.error("the model could not be loaded, images will be answered as unavailable: %s", payload)
-            self._fail_pending(f"the model could not be loaded: {payload}")
+            log.error("the model could not be loaded, so images are answered \"unavailable\": %s "
+                      "(fix it, then restart the bot)", payload)
+            self._fail_all(ErrorCode.UNAVAILABLE, f"the model could not be loaded: {payload}")
 
-    def _worker_died(self, exitcode) -> None:
-        if self.state == "stopped" or self._stopping.is_set():
+    def _on_exit(self, number: int, exitcode: int | None) -> None:
+        if number != self._number or self.state in ("stopped", "failed"):
+            return  # an orderly stop, or a load failure already reported
+        uptime = None if self._ready_at is None else time.monotonic() - self._ready_at
+        if uptime is not None and uptime >= self.config.worker.restart_reset_s:
+            self._crashes = 0
+        self._crashes += 1
+        self._loading_deaths = 0 if uptime is not None else self._loading_deaths + 1
+        held = [e for e in self._pending.values() if e.worker == number]
+        log.error("model worker %d died (%s) holding %d request(s)%s", number, describe_exit(exitcode), len(held),
+                  "" if uptime is None else f" after {uptime:.0f} s")
+        self._resend_in_flight = None
+        for entry in held:
+            entry.worker = None
+            if entry.attempts >= 2:
+                log.warning("request was in the worker at two crashes; answering it as crashed",
+                            extra={"request_id": entry.request.id})
+                entry.future.set_result(ClassifyResult.failure(
+                    entry.request.id, ErrorCode.CRASHED,
+                    "the model worker died twice while handling this image; it was not tried again"))
+            else:
+                self._resend.append(entry.request.id)
+        if self._loading_deaths >= _MAX_LOADING_DEATHS:
+            self.failure = (f"the model worker died {self._loading_deaths} times while loading {self.config.model.id} "
+                            f"(last: {describe_exit(exitcode)}); give it more memory or choose a smaller model")
+            self._set_state("failed")
+            self.ready.set()
+            log.error("%s; not restarting it again", self.failure)
+            self._fail_all(ErrorCode.UNAVAILABLE, self.failure)
             return
-        if self.state != "failed":
-            self.failure = f"the model worker exited unexpectedly (exit code {exitcode})"
-            self.state = "failed"
-            log.error("%s", self.failure)
-        self.ready.set()
-        self._fail_pending(self.failure or "the model worker stopped")
+        cfg = self.config.worker
+        delay = min(cfg.restart_backoff_max_s, cfg.restart_backoff_s * 2 ** (self._crashes - 1))
+        log.warning("restarting the model worker in %.1f s (crash %d in a row)", delay, self._crashes)
+        self._set_state("restarting")
+        self._restart_task = asyncio.ensure_future(self._restart_after(delay))
 
-    def _fail_pending(self, message: str) -> None:
-        for request_id, future in list(self._pending.items()):
-            if not future.done():
-                future.set_result(ClassifyResult.failure(request_id, ErrorCode.UNAVAILABLE, message))
+    async def _restart_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.state != "restarting":
+            return
+        self.restarts += 1
+        metrics.WORKER_RESTARTS.inc()
+        try:
+            await self._spawn()
+        except Exception as e:  # cannot even spawn (no memory for a process): report, do not loop
+            self.failure = f"the model worker could not be started again: {e}"
+            self._set_state("failed")
+            log.exception("%s", self.failure)
+            self._fail_all(ErrorCode.UNAVAILABLE, self.failure)
+
+    def _send_next_resend(self) -> None:
+        """Requests held by a dead worker go again one at a time: if one kills this worker
+        too, it is the only one that was sent twice, and the only one refused."""
+        if self.state != "ready" or self._resend_in_flight is not None:
+            return
+        while self._resend:
+            entry = self._pending.get(self._resend.popleft())
+            if entry is None or entry.future.done():
+                continue
+            entry.attempts += 1
+            entry.worker = self._number
+            self._resend_in_flight = entry.request.id
+            log.info("sending a request again after a worker crash", extra={"request_id": entry.request.id})
+            self._worker.send(("classify", entry.request.to_dict()))
+            return
+
+    def _fail_all(self, code: ErrorCode, message: str) -> None:
+        self._resend.clear()
+        self._resend_in_flight = None
+        for request_id, entry in list(self._pending.items()):
+            if not entry.future.done():
+                entry.future.set_result(ClassifyResult.failure(request_id, code, message))
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        metrics.set_worker_state(state)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)

@@ -1,11 +1,15 @@
-"""The worker's end of the local transport: a spawned process serving a request queue.
+"""The worker's end of the local transport: a spawned process serving a request pipe.
 
 The bot starts `run_local_worker` in a child process (spawn context) with two
-multiprocessing queues. Messages are plain tuples of protocol dicts so both ends
-stay independent of each other's classes:
+one-way pipes. Messages are plain tuples of protocol dicts so both ends stay
+independent of each other's classes:
 
   bot → worker  ("classify", request_dict) | ("cancel", request_id) | ("stop", None)
   worker → bot  ("ready", info) | ("failed", message) | ("result", result_dict)
+
+Each end holds only its own side of each pipe, so when either process dies the
+other reads EOF at once: the bot notices a killed worker immediately, and a worker
+whose bot is gone stops instead of holding the GPU.
 
 This module is imported by the bot process (to name the spawn target), so it must
 not import torch at module level: the engine loads inside the child only.
@@ -14,14 +18,14 @@ not import torch at module level: the engine loads inside the child only.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import queue
 import signal
-import sys
+import threading
 from typing import Any
 
 from wakeru.protocol import ClassifyRequest, ClassifyResult, ErrorCode
+
+from .faults import Faults
 
 log = logging.getLogger("wakeru.worker")
 
@@ -37,28 +41,55 @@ def _bad_message(message: Any) -> ClassifyResult | None:
     return ClassifyResult.failure(request_id, ErrorCode.BAD_REQUEST, "malformed request")
 
 
-def serve(engine, requests, results) -> None:
-    """Feed queue messages into the engine until ("stop", None) or the queue's end."""
+class _Results:
+    """The result pipe, written from the engine's threads: one message at a time."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        self._lock = threading.Lock()
+        self.broken = False
+
+    def send(self, message) -> None:
+        with self._lock:
+            if self.broken:
+                return
+            try:
+                self._conn.send(message)
+            except (BrokenPipeError, EOFError, OSError):
+                self.broken = True  # the bot is gone; serve() notices on its next read
+
+
+def _log_result(result: ClassifyResult) -> None:
+    t = result.timings
+    if result.ok:
+        log.debug("answered", extra={"request_id": result.id, "outcome": "ok", "queue_ms": round(t.queue_ms, 1),
+                                     "decode_ms": round(t.decode_ms, 1), "model_ms": round(t.model_ms, 1),
+                                     "total_ms": round(t.total_ms, 1), "batch_size": t.batch_size})
+    else:
+        log.info("answered with %s: %s", result.error.value, result.message,
+                 extra={"request_id": result.id, "outcome": result.error.value})
+
+
+def serve(engine, requests, results, faults: Faults = Faults()) -> None:
+    """Feed pipe messages into the engine until ("stop", None) or the bot's end closes."""
+    out = results if isinstance(results, _Results) else _Results(results)
     futures: dict[str, Any] = {}
 
     def answer(request_id: str, future) -> None:
         futures.pop(request_id, None)
         if future.cancelled():
             return  # the bot gave up on it; nobody is waiting
-        results.put(("result", future.result().to_dict()))
+        result = future.result()
+        _log_result(result)
+        out.send(("result", result.to_dict()))
 
-    parent = multiprocessing.parent_process()
-    while True:
+    while not out.broken:
         try:
-            message = requests.get(timeout=1.0)
-        except queue.Empty:
-            # The child holds both ends of the pipe, so a killed bot never shows up as EOF:
-            # look at the parent instead, or this process would keep the GPU forever.
-            if parent is not None and not parent.is_alive():
-                log.warning("the bot process is gone; stopping")
-                break
-            continue
-        except (EOFError, OSError):  # the bot end closed
+            if not requests.poll(1.0):
+                continue
+            message = requests.recv()
+        except (EOFError, OSError):  # the bot end closed: the bot stopped or died
+            log.warning("the bot's end of the request pipe closed; stopping")
             break
         kind = message[0] if isinstance(message, tuple) and message else None
         if kind == "stop":
@@ -75,19 +106,26 @@ def serve(engine, requests, results) -> None:
         except Exception:
             failure = _bad_message(message)
             if failure is not None:
-                results.put(("result", failure.to_dict()))
+                out.send(("result", failure.to_dict()))
             continue
+        faults.check_request(request.labels)
         future = engine.submit(request)
         futures[request.id] = future
         future.add_done_callback(lambda f, rid=request.id: answer(rid, f))
 
 
-def run_local_worker(config_data: dict, requests, results) -> None:
+def run_local_worker(config_data: dict, requests, results_conn, log_format: str = "text",
+                     log_level: int = logging.INFO) -> None:
     """Child-process entry: load the model, report ready/failed, then serve."""
-    # Ctrl-C reaches the whole process group; the bot decides when the worker stops.
+    # Ctrl-C and the container's SIGTERM reach the whole process group; the bot decides
+    # when the worker stops (after its grace period), so both are ignored here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from wakeru.logs import setup_logging
+
+    setup_logging(log_format, log_level, process="worker")
+    results = _Results(results_conn)
+    faults = Faults.from_env()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from wakeru.config import Config
@@ -101,19 +139,26 @@ def run_local_worker(config_data: dict, requests, results) -> None:
         engine = load_engine(config)
     except ModelLoadError as e:
         log.error("model could not be loaded: %s", e)
-        results.put(("failed", str(e)))
+        results.send(("failed", str(e)))
         return
-    except Exception as e:  # out of memory, a broken install: the bot must hear about it
+    except MemoryError:
+        why = (f"out of memory while loading {config.model.id}: give the worker more RAM, or choose a smaller "
+               "model or model.dtype bfloat16")
+        log.error("model could not be loaded: %s", why)
+        results.send(("failed", why))
+        return
+    except Exception as e:  # a broken install, a bug: the bot must hear about it
         log.exception("model could not be loaded")
-        results.put(("failed", f"{type(e).__name__}: {e}"))
+        results.send(("failed", f"{type(e).__name__}: {e}"))
         return
     adapter = engine.adapter
-    results.put(("ready", {"model": config.model.id, "family": adapter.family,
+    results.send(("ready", {"model": config.model.id, "family": adapter.family,
                            "device": str(adapter.device), "dtype": str(adapter.dtype).replace("torch.", ""),
                            "input_size": adapter.preprocessor.draft_size[0],
                            "pid": os.getpid()}))
+    faults.install(engine)
     try:
-        serve(engine, requests, results)
+        serve(engine, requests, results, faults)
     finally:
         engine.close(timeout=10)
         log.info("worker stopped")

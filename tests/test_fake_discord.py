@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -46,6 +48,11 @@ def make_bot() -> commands.Bot:
     intents.message_content = True
     bot = commands.Bot(command_prefix="!", intents=intents, allowed_mentions=discord.AllowedMentions.none(),
                        chunk_guilds_at_startup=False)
+    bot.seen_interactions = []  # type: ignore[attr-defined]
+
+    @bot.listen("on_interaction")
+    async def remember(interaction: discord.Interaction) -> None:
+        bot.seen_interactions.append(interaction)  # type: ignore[attr-defined]
 
     @bot.event
     async def on_message(message: discord.Message) -> None:
@@ -305,13 +312,67 @@ def test_media_proxy_resizes(fake, bot):
     assert err.value.code == 404
 
 
-def test_resume_after_disconnect(fake, bot):
-    assert fake.disconnect_all(4000) == 1
-    fake.wait_ready(timeout=15)
+@pytest.fixture
+def fast_reidentify(bot):
+    """discord.py sleeps 5 s (``before_identify_hook``) before every IDENTIFY but the first."""
+    async def quick(shard_id, *, initial=False):
+        await asyncio.sleep(0.05)
+
+    bot.bot.before_identify_hook = quick
+    try:
+        yield
+    finally:
+        del bot.bot.before_identify_hook
+
+
+def _reply_still_works(fake, name: str) -> None:
     mark = fake.mark()
-    fake.post_message(attachments=[("again.png", _png(), "image/png")])
+    fake.post_message(attachments=[(name, _png(), "image/png")])
     assert fake.wait_for_message(since=mark, timeout=10)["embeds"][0]["title"] == "分類"
-    assert len(fake.identify_payloads) == 1  # resumed, not re-identified
+    time.sleep(0.1)  # a replayed duplicate would show up as a second reply
+    assert len(fake.sent_messages[mark:]) == 1
+
+
+def test_resume_after_disconnect(fake, bot):
+    identifies, resumes, t0 = fake.identify_count(), fake.resume_count(), time.monotonic()
+    assert fake.disconnect_all(4000) == 1
+    took = fake.wait_reconnected(t0, timeout=15)
+    assert 0 < took < 5
+    assert (fake.identify_count(), fake.resume_count()) == (identifies, resumes + 1)  # resumed, not re-identified
+    assert fake.resume_payloads[-1]["session_id"] == fake.gateway_events[-1][2]
+    assert [e[0] for e in fake.gateway_events[-3:]] == ["disconnect", "resume", "ready"]
+    _reply_still_works(fake, "again.png")
+
+
+def test_invalid_session_reidentifies(fake, bot, fast_reidentify):
+    identifies, resumes, t0 = fake.identify_count(), fake.resume_count(), time.monotonic()
+    assert fake.invalidate_sessions() == 1
+    took = fake.wait_reconnected(t0, timeout=15)
+    assert (fake.identify_count(), fake.resume_count()) == (identifies + 1, resumes)
+    assert took < 5  # the hook is patched; by default discord.py waits 5 s first
+    assert [e[0] for e in fake.gateway_events[-3:]] == ["invalidated", "identify", "ready"]
+    _reply_still_works(fake, "reidentified.png")
+
+    # d=true: discord.py reconnects and RESUMEs the same session.
+    session_id, t0 = fake.gateway_events[-1][2], time.monotonic()
+    assert fake.invalidate_sessions(resumable=True) == 1
+    fake.wait_reconnected(t0, timeout=15)
+    assert (fake.identify_count(), fake.resume_count()) == (identifies + 1, resumes + 1)
+    assert fake.gateway_events[-1][0::2] == ("ready", session_id)
+    _reply_still_works(fake, "resumed.png")
+
+
+def test_forgotten_session_resume_is_refused(fake, bot, fast_reidentify):
+    identifies, resumes, t0 = fake.identify_count(), fake.resume_count(), time.monotonic()
+    old = fake.gateway_events[-1][2]
+    assert fake.forget_sessions() >= 1
+    fake.disconnect_all(4000)
+    fake.wait_reconnected(t0, timeout=15)
+    assert (fake.identify_count(), fake.resume_count()) == (identifies + 1, resumes + 1)
+    kinds = [(k, sid == old) for k, t, sid in fake.gateway_events if t >= t0]
+    assert kinds == [("disconnect", True), ("resume", True), ("invalidated", True), ("identify", False),
+                     ("ready", False)]
+    _reply_still_works(fake, "fresh.png")
 
 
 def test_wrong_token_is_login_failure(fake, bot):
@@ -370,9 +431,146 @@ def test_raw_protocol_on_a_separate_instance():
         assert other.identify_payloads[0]["token"] == "wrong"
 
 
+def test_rate_limit_is_waited_out(fake, bot):
+    messages = rf"channels/{fake.channel_id}/messages"
+    fake.inject_rest_faults("POST", messages, [429], retry_after=0.3)
+    mark, t0 = fake.mark(), time.monotonic()
+    fake.post_message(attachments=[("limited.png", _png(), "image/png")])
+    assert fake.wait_for_message(since=mark, timeout=10)["embeds"][0]["title"] == "分類"
+    assert len(fake.sent_messages[mark:]) == 1
+    posts = sorted((r for r in fake.requests if r["time"] >= t0 and r["method"] == "POST"
+                    and re.fullmatch("/" + messages, r["path"])), key=lambda r: r["time"])
+    assert [(r["status"], bool(r.get("injected"))) for r in posts] == [(429, True), (200, False)]
+    assert 0.29 <= posts[1]["time"] - posts[0]["time"] < 1.5  # waited retry_after, then retried
+    assert fake.injected_faults[-1]["status"] == 429 and not fake.injected_faults[-1]["processed"]
+
+    # The webhook adapter (followups) retries a 429 the same way.
+    fake.inject_rest_faults("POST", r"/webhooks/\d+/[^/]+", [429], retry_after=0.2)
+    rec = fake.interact("ping")
+    assert rec.wait_final(timeout=10)["content"] == "pong ja"
+    assert len(rec.followups) == 1 and fake.injected_faults[-1]["path"].startswith("/webhooks/")
+    assert fake.clear_rest_faults() == 0
+
+
+def test_processed_502_duplicates_only_without_nonce(fake, bot):
+    """Discord did the work but the edge answered 502; discord.py retries 502 after 1 s."""
+    from discord.http import handle_message_parameters
+
+    channel = bot.bot.get_channel(fake.channel_id)
+    messages = rf"channels/{fake.channel_id}/messages"
+
+    async def raw_send(content: str):  # what a client without nonces would do
+        with handle_message_parameters(content=content) as params:
+            return await bot.bot.http.send_message(fake.channel_id, params=params)
+
+    for content, send, copies in [("explicit nonce", lambda: channel.send("explicit nonce", nonce="n-502"), 1),
+                                  ("auto nonce", lambda: channel.send("auto nonce"), 1),
+                                  ("no nonce", lambda: raw_send("no nonce"), 2)]:
+        fake.inject_rest_faults("POST", messages, [502], processed=True)
+        mark = fake.mark()
+        returned = bot.call(send())
+        stored = fake.sent_messages[mark:]
+        assert [m["content"] for m in stored] == [content] * copies, content
+        assert stored[0]["answered_status"] == 502  # created, yet the client was told 502
+        fault = fake.injected_faults[-1]
+        assert (fault["status"], fault["processed"], fault["handled_status"]) == (502, True, 200)
+        returned_id = returned.id if isinstance(returned, discord.Message) else int(returned["id"])
+        assert returned_id == stored[-1]["id"]
+        if copies == 1:
+            assert fake.deduplicated_messages[-1]["id"] == stored[0]["id"]
+            assert stored[0]["payload"]["enforce_nonce"] is True
+
+    # 503 is not in discord.py's retry set {500, 502, 504, 524}: it raises at once.
+    fake.inject_rest_faults("GET", rf"channels/{fake.channel_id}", [503])
+    with pytest.raises(discord.DiscordServerError) as err:
+        bot.call(bot.bot.http.get_channel(fake.channel_id))
+    assert err.value.status == 503 and err.value.response.headers["Content-Type"] == "application/json"
+
+
+def test_enforce_nonce_dedupes(fake, bot):
+    channel = bot.bot.get_channel(fake.other_channel_id)
+    mark = fake.mark()
+    first = bot.call(channel.send("once", nonce="same-nonce"))
+    again = bot.call(channel.send("twice?", nonce="same-nonce"))
+    assert again.id == first.id and again.content == "once"
+    assert [m["content"] for m in fake.sent_messages[mark:]] == ["once"]
+    # Another channel is another scope; a deleted original answers 404.
+    bot.call(bot.bot.get_channel(fake.channel_id).send("elsewhere", nonce="same-nonce"))
+    assert len(fake.sent_messages[mark:]) == 2
+    bot.call(first.delete())
+    with pytest.raises(discord.NotFound):
+        bot.call(channel.send("after delete", nonce="same-nonce"))
+    with pytest.raises(discord.HTTPException) as err:
+        bot.call(channel.send("long nonce", nonce="x" * 26))
+    assert err.value.status == 400 and fake.invalid_requests.pop()["json"]["nonce"] == "x" * 26
+
+
+def test_expired_interaction_token(fake, bot):
+    rec = fake.interact("ping")
+    rec.wait_final(timeout=10)
+    interaction = next(i for i in bot.bot.seen_interactions if i.id == rec.id)
+    assert fake.expire_interactions() >= 1 and rec.expired
+    with pytest.raises(discord.HTTPException) as err:
+        bot.call(interaction.followup.send("too late"))
+    assert (err.value.status, err.value.code, err.value.text) == (401, 50027, "Invalid Webhook Token")
+    with pytest.raises(discord.HTTPException) as err:
+        bot.call(interaction.edit_original_response(content="too late"))
+    assert (err.value.status, err.value.code) == (401, 50027)
+    assert [(r["method"], r["status"]) for r in rec.failed] == [("POST", 401), ("PATCH", 401)]
+    assert len(rec.followups) == 1 and rec.edits == []
+
+    slow = fake.interact("slow")  # answers after 0.4 s: by then its token has expired
+    fake.expire_interactions()
+    fake.wait_for(lambda: slow.failed, 10, "the expired callback")
+    assert slow.failed[0]["status"] == 404 and slow.responses == []
+    # Tokens issued afterwards work.
+    assert fake.interact("pick", options=[{"type": 3, "name": "fruit", "value": "みかん"}]).wait_final(
+        timeout=10)["content"] == "みかん"
+
+
+def test_raw_resume_replays_only_missed_dispatches():
+    import aiohttp
+
+    async def main(other: FakeDiscord):
+        url = other.gateway_url + "?v=10&encoding=json"
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(url) as ws:
+                assert (await ws.receive_json())["op"] == 10
+                await ws.send_json({"op": 2, "d": {"token": other.token, "intents": 0, "properties": {}}})
+                ready, guild = await ws.receive_json(), await ws.receive_json()
+                assert [(p["t"], p["s"]) for p in (ready, guild)] == [("READY", 1), ("GUILD_CREATE", 2)]
+                session_id = ready["d"]["session_id"]
+                await asyncio.to_thread(other.dispatch, "TYPING_START", {"channel_id": "1"})
+                # ...which this client "misses": it hangs up having seen only s=2.
+            async with http.ws_connect(url) as ws:
+                await ws.receive_json()
+                await ws.send_json({"op": 6, "d": {"token": other.token, "session_id": session_id, "seq": 2}})
+                replayed, resumed = await ws.receive_json(), await ws.receive_json()
+                assert (replayed["t"], replayed["s"], resumed["t"], resumed["s"]) == (
+                    "TYPING_START", 3, "RESUMED", 4)
+            async with http.ws_connect(url) as ws:  # up to date: nothing replayed
+                await ws.receive_json()
+                await ws.send_json({"op": 6, "d": {"token": other.token, "session_id": session_id, "seq": 4}})
+                assert (await ws.receive_json())["t"] == "RESUMED"
+            await asyncio.to_thread(other.forget_sessions)
+            async with http.ws_connect(url) as ws:
+                await ws.receive_json()
+                await ws.send_json({"op": 6, "d": {"token": other.token, "session_id": session_id, "seq": 5}})
+                assert await ws.receive_json() == {"op": 9, "d": False, "s": None, "t": None}
+
+    with FakeDiscord() as other:
+        asyncio.run(main(other))
+        assert (other.identify_count(), other.resume_count()) == (1, 3)
+        assert [e[0] for e in other.gateway_events] == [
+            "identify", "ready", "resume", "ready", "resume", "ready", "resume", "invalidated"]
+
+
 def test_no_unknown_or_invalid_requests(fake, bot):
     assert fake.unknown_requests == []
     assert fake.invalid_requests == []
-    # Only the deliberate failures: the wrong token, the over-long reply, the late callback.
-    failures = sorted((r["path"].split("/")[1], r["status"]) for r in fake.requests if r["status"] >= 400)
-    assert set(failures) <= {("interactions", 400), ("interactions", 404), ("users", 401)}, fake.describe()
+    # Only the deliberate failures: the wrong token, the over-long reply, the late callback, the
+    # expired interaction tokens, the nonce of a deleted message, the over-long nonce; injected faults aside.
+    failures = sorted((r["path"].split("/")[1], r["status"]) for r in fake.requests
+                      if r["status"] >= 400 and not r.get("injected"))
+    assert set(failures) <= {("interactions", 400), ("interactions", 404), ("users", 401), ("webhooks", 401),
+                             ("channels", 404), ("channels", 400)}, fake.describe()

@@ -72,6 +72,11 @@ class WorkerSection(_Section):
     # How long the bot waits for one image's answer (queue + decode + model) before
     # telling the user it timed out; also the deadline the worker enforces.
     request_timeout_s: StrictFloat = Field(60.0, gt=0, le=900)
+    # A worker that dies is restarted after this delay, doubled for every crash in a
+    # row (a crash within restart_reset_s of the last start counts as "in a row").
+    restart_backoff_s: StrictFloat = Field(1.0, ge=0, le=600)
+    restart_backoff_max_s: StrictFloat = Field(60.0, ge=0, le=3600)
+    restart_reset_s: StrictFloat = Field(120.0, ge=0, le=86_400)
 
     def resolved_decode_threads(self) -> int:
         return self.decode_threads or max(1, min(8, os.cpu_count() or 1))
@@ -219,6 +224,27 @@ class AttachmentsSection(_Section):
         return hosts
 
 
+class LimitsSection(_Section):
+    """Token buckets per user and per channel, counted in images (/classify, the menu and
+    image posts alike): `*_per_minute` refills, `*_burst` is how many may come at once.
+    0 per minute turns that limit off."""
+
+    user_per_minute: StrictFloat = Field(20.0, ge=0, le=100_000)
+    user_burst: StrictInt = Field(10, ge=1, le=100_000)
+    channel_per_minute: StrictFloat = Field(60.0, ge=0, le=100_000)
+    channel_burst: StrictInt = Field(30, ge=1, le=100_000)
+
+
+class ServiceSection(_Section):
+    # On SIGTERM: stop taking new work, let in-flight images finish for this long,
+    # answer what is left as "unavailable", then stop the worker and exit 0.
+    shutdown_grace_s: StrictFloat = Field(20.0, ge=0, le=600)
+    # /metrics (Prometheus) and /healthz on this port; 0 = off.
+    metrics_port: StrictInt = Field(0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    log_format: Literal["text", "json"] = "text"
+
+
 class Config(_Section):
     model: ModelSection = ModelSection()
     worker: WorkerSection = WorkerSection()
@@ -227,6 +253,8 @@ class Config(_Section):
     discord: DiscordSection = DiscordSection()
     storage: StorageSection = StorageSection()
     attachments: AttachmentsSection = AttachmentsSection()
+    limits: LimitsSection = LimitsSection()
+    service: ServiceSection = ServiceSection()
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
         """A copy with some keys replaced (validated), e.g. with_overrides(model={"id": path})."""

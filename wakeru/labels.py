@@ -14,6 +14,13 @@ from collections.abc import Iterable
 _SEPARATORS = re.compile(r"[,、，\r\n]+")
 
 
+def _visible(ch: str) -> bool:
+    """Invisible format characters (zero-width space, BOM, bidi overrides, soft hyphen) make two
+    labels that look the same differ, or reorder what a moderator sees; the zero-width joiner
+    and tag characters stay, as emoji sequences need them."""
+    return unicodedata.category(ch) != "Cf" or ch == "\u200d" or "\U000e0020" <= ch <= "\U000e007f"
+
+
 class LabelError(ValueError):
     """A label set that cannot be used; the message says what to fix.
 
@@ -43,7 +50,8 @@ def normalise_labels(labels: Iterable[str], *, max_count: int, max_length: int, 
     for raw in labels:
         if not isinstance(raw, str):
             raise LabelError(f"labels must be text, got {type(raw).__name__}", "not_text", type=type(raw).__name__)
-        label = " ".join(raw.split())  # trim and collapse inner whitespace (tabs included)
+        # one spelling per label (が, not か + ゛), no invisible characters, whitespace trimmed and collapsed
+        label = " ".join("".join(filter(_visible, unicodedata.normalize("NFC", raw))).split())
         if not label:
             continue
         if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in label):

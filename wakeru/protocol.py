@@ -30,6 +30,7 @@ class ErrorCode(str, enum.Enum):
     DEADLINE_EXCEEDED = "deadline_exceeded"  # the request's deadline passed before it ran
     UNAVAILABLE = "unavailable"             # no model loaded (loading, failed, shutting down)
     INTERNAL = "internal_error"             # a bug or a device failure; the worker keeps running
+    CRASHED = "worker_crashed"              # the worker died twice while holding this request; not retried again
 
 
 @dataclass(frozen=True, slots=True)

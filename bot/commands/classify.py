@@ -7,6 +7,8 @@ for the first response always holds.
 
 from __future__ import annotations
 
+import logging
+
 import discord
 from discord import app_commands
 from discord.app_commands import locale_str as _T
@@ -17,6 +19,11 @@ from ..i18n import label_error, text
 from ..labelsets import LabelSource, parent_id, resolve
 from ..render import MAX_EMBEDS, reply
 from ..samples import read_sample
+
+log = logging.getLogger("wakeru.commands")
+
+# Discord's answers for an interaction token that is no longer valid (older than 15 minutes).
+_EXPIRED_TOKEN_CODES = {10015, 10062, 50027}  # Unknown Webhook, Unknown Interaction, Invalid Webhook Token
 
 
 async def refuse(interaction: discord.Interaction, message: str) -> None:
@@ -44,7 +51,29 @@ async def channel_source(interaction: discord.Interaction, channel) -> LabelSour
 async def _send_answers(interaction: discord.Interaction, answers, source: LabelSource, total: int) -> None:
     app = interaction.client.app
     content, embeds = reply(answers, source, interaction.locale, app.config.discord.low_confidence, total)
-    await interaction.followup.send(content=content, embeds=embeds)
+    try:
+        await interaction.followup.send(content=content, embeds=embeds)
+    except discord.HTTPException as e:
+        if e.code not in _EXPIRED_TOKEN_CODES and e.status != 401:
+            raise
+        # The answer outlived the interaction token: post it in the channel instead, naming
+        # (not pinging: allowed_mentions is none) the member who asked.
+        log.warning("interaction token expired before the answer was ready (%s); posting in the channel", e)
+        note = text(interaction.locale, "expired.note", user=interaction.user.mention)
+        try:
+            await interaction.channel.send(content=f"{note}\n{content or ''}"[:2000], embeds=embeds)
+        except (discord.HTTPException, AttributeError) as e2:
+            log.warning("could not post the answer in the channel either: %s", e2)
+
+
+def rate_limited(interaction: discord.Interaction, images: int) -> str | None:
+    """The refusal text when the member or channel is over its rate limit, else None (and counted)."""
+    app = interaction.client.app
+    refusal = app.limiter.check(interaction.user.id, interaction.channel_id or 0, images)
+    if refusal is None:
+        return None
+    return text(interaction.locale, f"rate.{refusal.scope}", rate=f"{refusal.per_minute:g}",
+                seconds=max(1, round(refusal.retry_after)))
 
 
 @app_commands.command(name=_T("classify"),
@@ -72,15 +101,17 @@ async def classify_command(interaction: discord.Interaction, image: discord.Atta
                                  min_count=2)
         except LabelError as e:
             return await refuse(interaction, label_error(locale, e))
+    if (limited := rate_limited(interaction, 1)) is not None:
+        return await refuse(interaction, limited)
     await interaction.response.defer(thinking=True)
     source = LabelSource("adhoc", adhoc) if adhoc else await channel_source(interaction, interaction.channel)
     if image is not None:
-        answer = await app.classifier.classify_attachment(image, source.labels)
+        answer = await app.classifier.classify_attachment(image, source.labels, source="command")
     else:
         data = await read_sample(config.discord.samples_dir, sample, app.samples)
         if data is None:  # deleted since start-up
             return await refuse(interaction, text(locale, "classify.unknown_sample", name=code_text(sample)))
-        answer = await app.classifier.classify_bytes(sample, data, source.labels)
+        answer = await app.classifier.classify_bytes(sample, data, source.labels, source="command")
     await _send_answers(interaction, [answer], source, 1)
 
 
@@ -96,9 +127,11 @@ async def _classify_message(interaction: discord.Interaction, message: discord.M
     images = [a for a in message.attachments if app.is_image(a)]
     if not images:
         return await refuse(interaction, text(interaction.locale, "classify.no_images"))
+    if (limited := rate_limited(interaction, min(len(images), MAX_EMBEDS))) is not None:
+        return await refuse(interaction, limited)
     await interaction.response.defer(thinking=True)
     source = await channel_source(interaction, message.channel)
-    answers = await app.classifier.classify_attachments(images[:MAX_EMBEDS], source.labels)
+    answers = await app.classifier.classify_attachments(images[:MAX_EMBEDS], source.labels, source="menu")
     await _send_answers(interaction, answers, source, len(images))
 
 

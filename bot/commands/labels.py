@@ -211,7 +211,7 @@ class LabelsGroup(app_commands.Group):
             return await refuse(interaction, text(locale, "undo.nothing", where=where))
         except StorageError as e:
             return await refuse(interaction, text(locale, "storage_error", detail=str(e)))
-        app.label_changes += 1
+        app.label_changed("undo")
         await interaction.followup.send(await self._confirmation(interaction, "undo", after, channel_id, parent_id))
 
     @app_commands.command(name=_T("auto"),
@@ -312,7 +312,7 @@ class LabelsGroup(app_commands.Group):
             return await refuse(interaction, text(locale, "conflict"))
         except StorageError as e:
             return await refuse(interaction, text(locale, "storage_error", detail=str(e)))
-        app.label_changes += 1
+        app.label_changed(action)
         log.info("labels %s in guild %s scope %s by %s → %s", action, guild_id, channel_id or "server",
                  interaction.user.id, after.version if after else "reset")
         await interaction.followup.send(await self._confirmation(interaction, action, after, channel_id, parent_id,

@@ -8,29 +8,13 @@ import time
 
 import pytest
 
-from tests.support import shapes
+from tests.support import flows, shapes
 from tests.support.bot_process import BotProcess
 from tests.support.fake_discord import FakeDiscord, Perm
 
-LABELS = "、".join(shapes.CLASSES)  # 赤い丸、赤い四角、青い丸、…
-
-
-def _png(label: str, seed: int = 0, size=(200, 150)) -> bytes:
-    return shapes.encode(shapes.draw(label, size, random.Random(seed)), "PNG")
-
-
-def _jpeg(label: str, seed: int = 0) -> bytes:
-    return shapes.encode(shapes.draw(label, (320, 240), random.Random(seed)), "JPEG", quality=92)
-
-
-def _labels_cmd(sub: str, **options) -> list[dict]:
-    opts = [{"type": 3, "name": k, "value": v} for k, v in options.items()]
-    return [{"type": 1, "name": sub, "options": opts}]
-
-
-def _top_label(embed: dict) -> str:
-    first = embed["description"].splitlines()[0]
-    return first.split("**")[1]
+LABELS = flows.LABELS
+_png, _jpeg, _labels_cmd, _top_label = flows.png, flows.jpeg, flows.labels_cmd, flows.top_label
+_set_labels, _post_and_wait = flows.set_labels, flows.post_and_wait
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +40,6 @@ def fake(world):
     yield fake
     assert not fake.unknown_requests, fake.unknown_requests
     assert not fake.invalid_requests, fake.invalid_requests
-
-
-def _set_labels(fake, labels: str, channel_id=None, user="moderator", **extra) -> dict:
-    rec = fake.interact("labels", options=_labels_cmd("set", labels=labels, **extra), user=user,
-                        channel_id=channel_id)
-    return rec.wait_final()
-
-
-def _post_and_wait(fake, channel_id, attachments, **kw) -> dict:
-    mark = fake.mark()
-    posted = fake.post_message(channel_id, attachments=attachments, **kw)
-    reply = fake.wait_for_message(lambda m: m["kind"] == "channel" and m["message_reference"] is not None
-                                  and int(m["message_reference"]["message_id"]) == int(posted["id"]),
-                                  since=mark, timeout=60)
-    return reply
 
 
 def test_moderator_sets_labels_and_a_posted_image_is_answered_with_the_right_label(fake):

@@ -569,3 +569,28 @@ async def test_lock_held_too_long_is_a_storage_error(db_path, monkeypatch):
     finally:
         other.close()
         await s.close()
+
+
+@pytest.mark.skipif(not as_root, reason="mounting a read-only file system needs root")
+async def test_a_database_on_a_read_only_file_system_opens_for_reading_and_refuses_changes(tmp_path):
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    try:
+        s = await LabelStore.open(url_for(mount / "wakeru.db"))
+        await s.write(G, C, ("犬", "猫"), user_id=U, action="set", expected_version=0)
+        await s.close()
+        assert subprocess.run(["mount", "-o", "remount,ro", str(mount)]).returncode == 0
+        s = await LabelStore.open(url_for(mount / "wakeru.db"))
+        try:
+            assert s.read_only and (await s.get(G, C)).labels == ("犬", "猫")
+            with pytest.raises(StorageError, match="read-only"):
+                await s.write(G, C, ("犬",  "鳥"), user_id=U, action="set", expected_version=1)
+            assert (await s.get(G, C)).version == 1
+        finally:
+            await s.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)])

@@ -67,20 +67,122 @@ async def test_a_model_that_cannot_load_is_reported_and_answered_unavailable(tmp
         await transport.close()
 
 
-async def test_a_dead_worker_answers_waiting_requests_instead_of_hanging(trained_model):
-    transport = LocalWorkerTransport(make_config(trained_model, worker={"max_wait_ms": 2000.0}))
+async def _ready(transport) -> None:
+    await asyncio.wait_for(transport.ready.wait(), 120)
+    assert transport.state == "ready", transport.failure
+
+
+async def _until(predicate, timeout: float = 30, step: float = 0.02) -> float:
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < timeout, "condition not reached in time"
+        await asyncio.sleep(step)
+    return time.monotonic() - started
+
+
+async def test_a_killed_worker_is_restarted_and_every_request_still_answered(trained_model, monkeypatch):
+    monkeypatch.setenv("WAKERU_FAULTS", "batch_delay_ms=400")  # each batch is slow: the kill lands mid-batch
+    config = make_config(trained_model, worker={"restart_backoff_s": 0.2, "max_batch": 4})
+    transport = LocalWorkerTransport(config)
     await transport.start()
     try:
-        await asyncio.wait_for(transport.ready.wait(), 120)
-        os.kill(transport.info["pid"], signal.SIGSTOP)  # holds the request inside the worker
-        waiting = asyncio.ensure_future(transport.classify(_request(_shape("赤い丸"))))
-        await asyncio.sleep(0.3)
-        os.kill(transport.info["pid"], signal.SIGKILL)
-        result = await asyncio.wait_for(waiting, 10)
-        assert result.error is ErrorCode.UNAVAILABLE and "exit" in result.message
-        assert transport.state == "failed"
+        await _ready(transport)
+        first_pid = transport.info["pid"]
+        labels = list(shapes.CLASSES)
+        waiting = [asyncio.ensure_future(transport.classify(_request(_shape(lab, i)))) for i, lab in enumerate(labels)]
+        await asyncio.sleep(0.5)  # the first batch is in the model
+        assert sum(not w.done() for w in waiting) >= 2  # some are in the worker when it dies
+        os.kill(first_pid, signal.SIGKILL)
+        noticed = await _until(lambda: transport.state != "ready", timeout=5)
+        assert noticed < 2.0
+        during = await transport.classify(_request(_shape("赤い丸")))
+        assert during.error is ErrorCode.UNAVAILABLE and "restarting" in during.message
+        results = await asyncio.wait_for(asyncio.gather(*waiting), 120)
+        assert [r.top[0].label if r.ok else r.error for r in results] == labels  # nothing lost, nothing mixed up
+        assert transport.restarts == 1 and transport.state == "ready" and transport.info["pid"] != first_pid
     finally:
         await transport.close()
+
+
+async def test_an_image_that_kills_the_worker_twice_is_refused_not_looped(trained_model, monkeypatch):
+    monkeypatch.setenv("WAKERU_FAULTS", "crash_label=💥")
+    config = make_config(trained_model, worker={"restart_backoff_s": 0.1})
+    transport = LocalWorkerTransport(config)
+    await transport.start()
+    try:
+        await _ready(transport)
+        innocent = [asyncio.ensure_future(transport.classify(_request(_shape(lab, i)))) for i, lab in enumerate(shapes.CLASSES[:3])]
+        poison = await transport.classify(_request(_shape("赤い丸"), labels=(*shapes.CLASSES, "💥")))
+        assert poison.error is ErrorCode.CRASHED and "twice" in poison.message
+        assert [r.top[0].label for r in await asyncio.gather(*innocent)] == list(shapes.CLASSES[:3])
+        assert transport.restarts == 2
+        await _until(lambda: transport.state == "ready")
+        after = await transport.classify(_request(_shape("青い丸", 3)))
+        assert after.ok and after.top[0].label == "青い丸"
+    finally:
+        await transport.close()
+
+
+async def test_a_worker_that_dies_while_loading_is_given_up_after_three_tries(tmp_path, monkeypatch, checkpoints):
+    # a model directory whose weights file is a named pipe nobody writes: loading blocks until killed
+    model = tmp_path / "model"
+    import shutil
+    shutil.copytree(checkpoints["siglip"], model)
+    weights = next(model.glob("*.safetensors"))
+    weights.unlink()
+    os.mkfifo(weights)
+    config = make_config(model, worker={"restart_backoff_s": 0.05})
+    transport = LocalWorkerTransport(config)
+    await transport.start()
+    try:
+        for attempt in range(3):
+            await _until(lambda: transport.state in ("starting", "restarting") and transport._worker.process.pid)
+            pid = transport._worker.process.pid
+            await _until(lambda: transport._worker.process.pid == pid and transport._worker.process.is_alive())
+            await asyncio.sleep(0.5)
+            os.kill(pid, signal.SIGKILL)
+            await _until(lambda: transport._worker.process.pid != pid or transport.state == "failed", timeout=30)
+        assert transport.state == "failed"
+        assert "3 times while loading" in transport.failure and "SIGKILL" in transport.failure
+        result = await transport.classify(_request(_shape("赤い丸")))
+        assert result.error is ErrorCode.UNAVAILABLE and "3 times" in result.message
+    finally:
+        await transport.close()
+
+
+async def test_a_worker_that_hangs_is_killed_and_restarted(trained_model):
+    transport = LocalWorkerTransport(make_config(trained_model, worker={"request_timeout_s": 1.0,
+                                                                        "restart_backoff_s": 0.1}))
+    await transport.start()
+    try:
+        await _ready(transport)
+        pid = transport.info["pid"]
+        idle = await transport.classify(_request(_shape("緑の丸", 2)))
+        assert idle.ok
+        await asyncio.sleep(7)  # an idle worker (a cancelled request included) is not "hung"
+        assert transport.restarts == 0
+        os.kill(pid, signal.SIGSTOP)  # alive but silent, like a stuck GPU call
+        stuck = await transport.classify(_request(_shape("赤い丸"), deadline_s=1.0))
+        assert stuck.error is ErrorCode.DEADLINE_EXCEEDED
+        waited = await _until(lambda: transport.restarts == 1 and transport.state == "ready", timeout=60)
+        assert transport.info["pid"] != pid and waited < 30
+        again = await transport.classify(_request(_shape("青い丸", 1)))
+        assert again.ok and again.top[0].label == "青い丸"
+    finally:
+        await transport.close()
+
+
+async def test_close_while_the_model_loads_stops_the_worker_and_never_restarts_it(trained_model):
+    transport = LocalWorkerTransport(make_config(trained_model, worker={"restart_backoff_s": 0.0}))
+    await transport.start()
+    process = transport._worker.process
+    await asyncio.sleep(0.5)  # importing torch in the child
+    started = time.monotonic()
+    await transport.close()
+    assert time.monotonic() - started < 30
+    assert not process.is_alive() and transport.state == "stopped"
+    await asyncio.sleep(1.0)  # a late "ready" or exit must not bring it back
+    assert transport.state == "stopped" and transport._worker.process is process and transport.restarts == 0
 
 
 def test_the_bot_process_never_imports_torch(trained_model):

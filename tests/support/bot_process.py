@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -32,6 +34,9 @@ class BotProcess:
             "WAKERU_MODEL__DTYPE": "float32",
             "WAKERU_WORKER__MAX_WAIT_MS": "2",
             "WAKERU_DISCORD__SAMPLES_DIR": str(REPO / "samples"),
+            # flows post many images as one member; the reliability tests set limits of their own
+            "WAKERU_LIMITS__USER_PER_MINUTE": "0",
+            "WAKERU_LIMITS__CHANNEL_PER_MINUTE": "0",
             # the bot runs from workdir (so relative paths land there) but imports this checkout
             "PYTHONPATH": str(REPO),
             **overrides,
@@ -53,6 +58,17 @@ class BotProcess:
         return self
 
     def state(self) -> dict:
+        """The bot's live /healthz when it serves one (service.metrics_port), else its heartbeat file
+        (rewritten at most once a second)."""
+        port = self.env.get("WAKERU_SERVICE__METRICS_PORT")
+        if port and port != "0":
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    return json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return json.loads(e.read())
+            except (OSError, ValueError):
+                pass
         try:
             return json.loads(self.health.read_text())
         except (OSError, ValueError):
@@ -83,8 +99,32 @@ class BotProcess:
             self.process.wait()
             raise AssertionError(f"the bot did not stop on SIGTERM:\n{self.log()}") from None
 
+    def worker_pid(self) -> int | None:
+        return self.state().get("worker_pid")
+
+    def wait_state(self, predicate, timeout: float = 60, what: str = "a state") -> dict:
+        """Poll the heartbeat file (rewritten within a second of any change)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            state = self.state()
+            if state and predicate(state):
+                return state
+            time.sleep(0.05)
+        raise AssertionError(f"the bot did not reach {what}: {self.state()}\n{self.log()}")
+
     def log(self) -> str:
         try:
             return self.log_path.read_text()[-6000:]
         except OSError:
             return ""
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """Current (VmRSS) and peak (VmHWM) resident memory of a process, in KiB."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0])
+    return fields

@@ -32,6 +32,23 @@ Behaviour worth knowing (it mirrors Discord, so the bot under test must cope):
   are recorded in ``invalid_requests``.
 - discord.py fires ``on_ready`` ``guild_ready_timeout`` (2 s by default) after
   GUILD_CREATE; events dispatched before that are still processed normally.
+- Messages sent with ``nonce`` and ``enforce_nonce: true`` (discord.py's ``channel.send`` always
+  sends both, with a random nonce unless given one) are deduplicated per channel for
+  ``nonce_window`` seconds: a repeat answers the first message and creates nothing (recorded in
+  ``deduplicated_messages``); a nonce over 25 characters gets 400.
+
+Fault injection, for reliability tests (every event is timestamped with ``time.monotonic()``):
+- Gateway: ``disconnect_all(code)`` drops the websockets (discord.py RESUMEs; missed dispatches
+  are replayed with their original ``s``, then RESUMED), ``invalidate_sessions(resumable)`` sends
+  op 9, ``forget_sessions()`` makes the next RESUME get op 9 ``d=false`` (discord.py then
+  IDENTIFYs, after its ``before_identify_hook``: 5 s by default).  ``gateway_events``,
+  ``identify_count()``, ``resume_count()`` and ``wait_reconnected(since)`` (seconds until ready
+  again) measure the outcome.
+- REST: ``inject_rest_faults(method, path_regex, statuses, processed=..., retry_after=...)``
+  answers the next matching requests with Discord-shaped 429s / 5xx / any status, optionally
+  after doing the work (``processed=True``); they are listed in ``injected_faults``.
+- Interactions: ``expire_interactions()`` invalidates every token issued so far (webhook routes
+  401 50027, callbacks 404 10062), as ``interaction_token_lifetime`` (15 min) does on its own.
 """
 
 from __future__ import annotations
@@ -42,9 +59,11 @@ import hashlib
 import io
 import itertools
 import json
+import math
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
@@ -59,6 +78,8 @@ MESSAGE_CONTEXT = 3  # interact(type=...): a message context menu (data.type 3)
 MESSAGE_CONTENT_INTENT = 1 << 15
 DISCORD_EPOCH_MS = 1420070400000
 ATTACHMENT_SIZE_LIMIT = 10 * 1024 * 1024
+# Where a handler leaves the entry it recorded, for a processed fault to mark (aiohttp ≥ 3.12 wants a key).
+_ENTRY_KEY: Any = web.RequestKey("fake_entry", dict) if hasattr(web, "RequestKey") else "fake_entry"
 
 
 class Perm:
@@ -258,23 +279,65 @@ class _Attachment:
     payload: dict
 
 
-class _Session:
-    """One gateway websocket connection."""
+class _SessionState:
+    """A gateway session as Discord keeps it: its id, sequence and the dispatches a RESUME can replay.
 
-    def __init__(self, ws: web.WebSocketResponse, session_id: str):
-        self.ws = ws
+    It outlives the websocket it was created on; a RESUME attaches it to the new connection."""
+
+    def __init__(self, session_id: str, history: int = 1000):
         self.session_id = session_id
         self.seq = 0
+        self.history: deque[tuple[int, str | None, Any]] = deque(maxlen=history)  # (s, t, d)
+
+
+class _Session:
+    """One gateway websocket connection (``state`` is set by a successful IDENTIFY or RESUME)."""
+
+    def __init__(self, ws: web.WebSocketResponse):
+        self.ws = ws
+        self.state: _SessionState | None = None
         self.ready = False
+        self.ready_at: float | None = None  # time.monotonic() when it last became ready
         self.lock = asyncio.Lock()
+
+    @property
+    def session_id(self) -> str | None:
+        return self.state.session_id if self.state else None
 
     async def send(self, op: int, d: Any, t: str | None = None) -> None:
         async with self.lock:  # keeps "s" increasing in send order
             s = None
             if op == 0:
-                self.seq += 1
-                s = self.seq
+                assert self.state is not None, "a dispatch before READY/RESUMED"
+                self.state.seq += 1
+                s = self.state.seq
+                if t != "RESUMED":  # an answer to one RESUME, never replayed by a later one
+                    self.state.history.append((s, t, d))
             await self.ws.send_str(json.dumps({"op": op, "d": d, "s": s, "t": t}))
+
+    async def replay(self, after: int) -> int:
+        """Re-send the dispatches numbered above ``after`` with their original ``s``; how many."""
+        assert self.state is not None
+        async with self.lock:
+            missed = [(s, t, d) for s, t, d in self.state.history if s > after]
+            for s, t, d in missed:
+                await self.ws.send_str(json.dumps({"op": 0, "d": d, "s": s, "t": t}))
+        return len(missed)
+
+
+@dataclass
+class _FaultRule:
+    """Answers to inject into the next REST requests that match (see ``inject_rest_faults``)."""
+
+    methods: set[str]
+    pattern: re.Pattern
+    statuses: deque
+    processed: bool
+    retry_after: float
+
+    def matches(self, method: str, tail: str) -> bool:
+        return (("*" in self.methods or method in self.methods)
+                and bool(self.pattern.fullmatch(tail) or self.pattern.fullmatch("/" + tail)))
 
 
 class FakeInteraction:
@@ -299,11 +362,17 @@ class FakeInteraction:
         self.timeline: list[dict] = []  # followups and @original edits in arrival order
         self.original: dict | None = None  # the message the callback created, as last edited
         self.late = False  # a callback came after interaction_deadline
+        self.failed: list[dict] = []  # ``requests`` records of its calls answered >= 400 (injected too)
 
     def __repr__(self) -> str:
         kinds = [r.get("type") for r in self.responses]
         return (f"<FakeInteraction {self.name!r} responses={kinds} followups={len(self.followups)} "
-                f"edits={len(self.edits)} late={self.late}>")
+                f"edits={len(self.edits)} late={self.late} failed={[r['status'] for r in self.failed]}>")
+
+    @property
+    def expired(self) -> bool:
+        """Whether the token is no longer accepted (see ``FakeDiscord.expire_interactions``)."""
+        return self._fake._token_expired(self)
 
     @property
     def deferred(self) -> bool:
@@ -359,6 +428,8 @@ class FakeDiscord:
         self.guild_locale = guild_locale
         self.refuse_message_content = False
         self.interaction_deadline: float | None = 3.0
+        self.interaction_token_lifetime: float | None = 15 * 60  # then webhooks answer 401 (50027)
+        self.nonce_window = 300.0  # seconds an enforce_nonce duplicate returns the first message
         self.bot_user = {**make_user(self.application_id, "wakeru", bot=True),
                          "verified": True, "mfa_enabled": False, "locale": "en-US"}
         self.users = {"member": make_user(self.member_id, "taro", global_name="太郎"),
@@ -377,6 +448,14 @@ class FakeDiscord:
         self.unknown_requests: list[dict] = []
         self.invalid_requests: list[dict] = []
         self.identify_payloads: list[dict] = []
+        self.resume_payloads: list[dict] = []
+        # (kind, time.monotonic(), session_id); kind is "identify" (IDENTIFY received; session_id is
+        # the one issued, None when refused), "resume" (RESUME received, the session id it asked for),
+        # "ready" (READY+GUILD_CREATE or RESUMED sent: the session is usable again), "invalidated"
+        # (op 9 sent) or "disconnect" (the fake closed the websocket).
+        self.gateway_events: list[tuple[str, float, str | None]] = []
+        self.injected_faults: list[dict] = []  # REST answers replaced by inject_rest_faults
+        self.deduplicated_messages: list[dict] = []  # enforce_nonce duplicates answered with the first message
         self.gateway_ops: list[dict] = []  # client ops other than heartbeat/identify/resume
         self.sent_messages: list[dict] = []
         self.edited_messages: list[dict] = []
@@ -391,6 +470,10 @@ class FakeDiscord:
         self._attachments: dict[int, _Attachment] = {}
         self._expired: set[int] = set()
         self._sessions: list[_Session] = []
+        self._session_states: dict[str, _SessionState] = {}  # sessions a RESUME may continue
+        self._faults: list[_FaultRule] = []
+        self._nonces: dict[tuple[int, str], tuple[float, int]] = {}  # (channel, nonce) → (time, message id)
+        self._expired_tokens: set[str] = set()
         self._cond = threading.Condition()
         self._ids = itertools.count()
         self._session_ids = itertools.count(1)
@@ -495,8 +578,11 @@ class FakeDiscord:
         reqs = [f"{r['method']} {r['path']} → {r['status']}" for r in self.requests[-15:]]
         msgs = [f"#{m['channel_id']}: {m['content']!r} embeds={[e.get('title') for e in m['embeds']]}"
                 for m in self.sent_messages[-10:]]
-        return (f"sessions ready={self.connected_sessions} identifies={len(self.identify_payloads)}\n"
+        events = [f"{k}@{t:.2f}" for k, t, _ in self.gateway_events[-8:]]
+        return (f"sessions ready={self.connected_sessions} identifies={self.identify_count()} "
+                f"resumes={self.resume_count()} gateway events: {events}\n"
                 f"last requests: {reqs}\nsent messages: {msgs}\n"
+                f"injected faults: {[(f['method'], f['path'], f['status']) for f in self.injected_faults[-5:]]}\n"
                 f"interactions: {list(self.interactions.values())[-5:]}\n"
                 f"unknown: {self.unknown_requests} invalid: {self.invalid_requests}")
 
@@ -541,20 +627,87 @@ class FakeDiscord:
                 await s.send(0, data, event)
         self._call(send(), timeout)
 
+    def _event(self, kind: str, session_id: str | None) -> None:
+        with self._cond:
+            self.gateway_events.append((kind, time.monotonic(), session_id))
+            self._cond.notify_all()
+
+    def identify_count(self) -> int:
+        """How many IDENTIFY (op 2) the fake received, refused ones included."""
+        with self._cond:
+            return sum(1 for e in self.gateway_events if e[0] == "identify")
+
+    def resume_count(self) -> int:
+        """How many RESUME (op 6) the fake received, whether it answered RESUMED or op 9."""
+        with self._cond:
+            return sum(1 for e in self.gateway_events if e[0] == "resume")
+
     def disconnect_all(self, code: int = 4000) -> int:
-        """Close every gateway websocket with ``code`` (4000: discord.py resumes)."""
+        """Drop every gateway websocket with close ``code``; return how many were open.
+
+        4000 (or any code but 1000/4004/4010-4014) makes discord.py RESUME straight away; the
+        session stays known, so the RESUME gets RESUMED (after replaying missed dispatches)."""
         async def close() -> int:
             sessions = list(self._sessions)
             for s in sessions:
                 s.ready = False
+                self._event("disconnect", s.session_id)
                 await s.ws.close(code=code, message=b"fake disconnect")
             return len(sessions)
         return self._call(close())
 
+    def invalidate_sessions(self, resumable: bool = False) -> int:
+        """Send op 9 INVALID_SESSION (``d=resumable``) to every ready session; return how many.
+
+        discord.py closes the websocket on op 9.  With ``d=true`` it reconnects and RESUMEs the same
+        session.  With ``d=false`` it forgets the session and IDENTIFYs anew, after the
+        ``before_identify_hook`` (5 s by default for every IDENTIFY but the first); the fake also
+        forgets those sessions, so even a RESUME would be refused."""
+        async def invalidate() -> int:
+            sessions = [s for s in self._sessions if s.ready]
+            for s in sessions:
+                s.ready = False
+                if not resumable and s.session_id:
+                    self._session_states.pop(s.session_id, None)
+                self._event("invalidated", s.session_id)
+                try:
+                    await s.send(9, resumable)
+                except ConnectionError:  # closing anyway
+                    pass
+            self._notify()
+            return len(sessions)
+        return self._call(invalidate())
+
+    def forget_sessions(self) -> int:
+        """Forget every session issued so far (as when Discord expires them); return how many.
+
+        Open connections are left alone; the next RESUME of a forgotten session is answered op 9
+        ``d=false`` instead of RESUMED, and discord.py then IDENTIFYs anew.  Usually followed by
+        ``disconnect_all()``."""
+        async def forget() -> int:
+            n = len(self._session_states)
+            self._session_states.clear()
+            return n
+        return self._call(forget())
+
+    def wait_reconnected(self, since: float, timeout: float = 30) -> float:
+        """Block until a gateway session is ready that became ready at or after ``since`` (a
+        ``time.monotonic()`` taken before the fault); return how many seconds after ``since``.
+
+        Ready means READY+GUILD_CREATE (after an IDENTIFY) or RESUMED was sent, so dispatches from
+        then on reach the client."""
+        def ready_at() -> float | None:
+            times = [s.ready_at for s in self._sessions if s.ready and s.ready_at is not None
+                     and s.ready_at >= since]
+            return min(times) if times else None
+        at = self.wait_for(ready_at, timeout,
+                           f"a gateway session to be ready again after t={since:.3f}")
+        return at - since
+
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=0, compress=False, timeout=2.0)  # 2 s: quick stop()
         await ws.prepare(request)
-        session = _Session(ws, f"fake-session-{next(self._session_ids)}")
+        session = _Session(ws)
         self._sessions.append(session)
         try:
             await session.send(10, {"heartbeat_interval": self.heartbeat_interval, "_trace": ["fake"]})
@@ -578,36 +731,61 @@ class FakeDiscord:
             self._notify()
         return ws
 
+    def _mark_ready(self, session: _Session) -> None:
+        session.ready = True
+        session.ready_at = time.monotonic()
+        self._event("ready", session.session_id)
+
     async def _identify(self, session: _Session, d: dict) -> None:
         with self._cond:
             self.identify_payloads.append(d)
         if d.get("token") != self.token:
+            self._event("identify", None)
             await session.ws.close(code=4004, message=b"Authentication failed.")
             return
         if self.refuse_message_content and int(d.get("intents", 0)) & MESSAGE_CONTENT_INTENT:
+            self._event("identify", None)
             await session.ws.close(code=4014, message=b"Disallowed intent(s).")
             return
+        state = _SessionState(f"fake-session-{next(self._session_ids)}")
+        self._session_states[state.session_id] = state
+        session.state = state
+        self._event("identify", state.session_id)
         await session.send(0, {
             "v": 10, "user": self.bot_user, "guilds": [{"id": str(self.guild_id), "unavailable": True}],
-            "session_id": session.session_id, "resume_gateway_url": self.gateway_url,
+            "session_id": state.session_id, "resume_gateway_url": self.gateway_url,
             "session_type": "normal", "shard": d.get("shard", [0, 1]), "private_channels": [],
             "relationships": [], "presences": [], "guild_join_requests": [], "user_settings": {},
             "geo_ordered_rtc_regions": [], "auth": {}, "_trace": ["fake"],
             "application": {"id": str(self.application_id), "flags": 1 << 19},  # GATEWAY_MESSAGE_CONTENT_LIMITED
         }, "READY")
         await session.send(0, self.guild_payload(), "GUILD_CREATE")
-        session.ready = True
-        self._notify()
+        self._mark_ready(session)
 
     async def _resume(self, session: _Session, d: dict) -> None:
+        """RESUME: replay the dispatches the client missed (``s`` above its ``seq``), then RESUMED.
+
+        An unknown (forgotten or never issued) session gets op 9 ``d=false``, as on Discord."""
+        with self._cond:
+            self.resume_payloads.append(d)
+        session_id = d.get("session_id")
+        self._event("resume", session_id)
         if d.get("token") != self.token:
             await session.ws.close(code=4004, message=b"Authentication failed.")
             return
-        session.session_id = d.get("session_id") or session.session_id
-        session.seq = int(d.get("seq") or 0)
+        state = self._session_states.get(session_id or "")
+        seq = d.get("seq")
+        if state is None or seq is None or int(seq) > state.seq:
+            self._event("invalidated", session_id)
+            await session.send(9, False)
+            return
+        for other in self._sessions:  # a session is delivered on one connection only
+            if other is not session and other.state is state:
+                other.ready = False
+        session.state = state
+        await session.replay(int(seq))
         await session.send(0, {"_trace": ["fake"]}, "RESUMED")
-        session.ready = True
-        self._notify()
+        self._mark_ready(session)
 
     # ---------------------------------------------------------------- world
 
@@ -864,7 +1042,8 @@ class FakeDiscord:
 
     async def _api(self, request: web.Request) -> web.Response:
         tail = request.match_info["tail"]
-        record = {"method": request.method, "path": "/" + tail, "query": dict(request.query)}
+        record = {"method": request.method, "path": "/" + tail, "query": dict(request.query),
+                  "time": time.monotonic()}
         try:
             response = await self._route(request, tail, record)
         except Exception as exc:  # a bug in the fake: make it loud, not a hang
@@ -872,8 +1051,13 @@ class FakeDiscord:
         record["status"] = response.status
         with self._cond:
             self.requests.append(record)
-            if response.status == 400:
+            if response.status == 400 and not record.get("injected"):
                 self.invalid_requests.append(record)
+            if response.status >= 400 and tail.startswith(("interactions/", "webhooks/")):
+                parts = tail.split("/")
+                rec = self._interactions_by_token.get(parts[2]) if len(parts) > 2 else None
+                if rec is not None:
+                    rec.failed.append(record)
             self._cond.notify_all()
         return response
 
@@ -892,7 +1076,84 @@ class FakeDiscord:
             return _error(401, "401: Unauthorized")
         payload, files = await self._read_body(request)
         record["json"] = payload
-        return await getattr(self, handler)(request, m.groupdict(), payload, files)
+        fault = self._take_fault(request.method, tail)
+        if fault is not None and not fault[0].processed:
+            return self._fault_response(*fault, record, None)
+        response = await getattr(self, handler)(request, m.groupdict(), payload, files)
+        if fault is not None:
+            if (entry := request.get(_ENTRY_KEY)) is not None:
+                entry["answered_status"] = fault[1]
+            return self._fault_response(*fault, record, response)
+        return response
+
+    # ---------------------------------------------------------------- REST faults
+
+    def inject_rest_faults(self, method: str, path_regex: str, statuses: Iterable[int], *,
+                           processed: bool = False, retry_after: float = 0.3) -> None:
+        """Answer the next ``len(statuses)`` matching REST requests with these statuses, in order.
+
+        A request matches when its method is in ``method`` ("POST", "GET|PATCH", "*") and its path
+        after ``/api/v10/`` (e.g. ``channels/123/messages``; a leading "/" in the regex is fine)
+        fully matches ``path_regex``.  Rules are consumed in the order they were injected.
+
+        ``processed=False``: the request is not handled at all (nothing created or recorded besides
+        ``requests``).  ``processed=True``: it is first handled normally (the message IS created and
+        recorded; its ``sent_messages`` entry gets ``answered_status``) and the status is returned
+        anyway, like Discord doing the work while its edge answers 502.
+
+        Answers (all JSON with ``Content-Type: application/json`` exactly, plus ``Via``):
+        429 → ``{"message": "You are being rate limited.", "retry_after": retry_after, "global": false,
+        "code": 0}`` with ``Retry-After``, ``X-RateLimit-Limit``, ``X-RateLimit-Remaining: 0``,
+        ``X-RateLimit-Reset``, ``X-RateLimit-Reset-After``, ``X-RateLimit-Bucket``,
+        ``X-RateLimit-Scope: user`` (discord.py sleeps ``retry_after`` and retries; without ``Via`` it
+        would raise, taking it for a Cloudflare ban); anything else → ``{"message": "502: Bad
+        Gateway", "code": 0}`` and so on.  Each answer is recorded in ``injected_faults`` and its
+        ``requests`` record gets ``"injected": True``."""
+        rule = _FaultRule({m.strip().upper() for m in method.split("|")}, re.compile(path_regex),
+                          deque(int(x) for x in statuses), processed, float(retry_after))
+        with self._cond:
+            self._faults.append(rule)
+
+    def clear_rest_faults(self) -> int:
+        """Drop the injected answers not used yet; return how many there were."""
+        with self._cond:
+            left = sum(len(r.statuses) for r in self._faults)
+            self._faults.clear()
+            return left
+
+    def _take_fault(self, method: str, tail: str) -> tuple[_FaultRule, int] | None:
+        """The first rule matching this request and the status it answers (consumed)."""
+        with self._cond:
+            for rule in self._faults:
+                if rule.matches(method, tail):
+                    status = rule.statuses.popleft()
+                    if not rule.statuses:
+                        self._faults.remove(rule)
+                    return rule, status
+        return None
+
+    def _fault_response(self, rule: _FaultRule, status: int, record: dict,
+                        handled: web.Response | None) -> web.Response:
+        headers = {"Content-Type": "application/json", "Via": "1.1 google"}
+        if status == 429:
+            body: dict[str, Any] = {"message": "You are being rate limited.", "retry_after": rule.retry_after,
+                                    "global": False, "code": 0}
+            bucket = hashlib.sha1(f"{sorted(rule.methods)}{rule.pattern.pattern}".encode()).hexdigest()[:32]
+            headers.update({
+                "Retry-After": str(max(1, math.ceil(rule.retry_after))),
+                "X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": f"{time.time() + rule.retry_after:.3f}",
+                "X-RateLimit-Reset-After": f"{rule.retry_after:.3f}",
+                "X-RateLimit-Bucket": bucket, "X-RateLimit-Scope": "user"})
+        else:
+            body = {"message": f"{status}: {web.Response(status=status).reason}", "code": 0}
+        fault = {"method": record["method"], "path": record["path"], "status": status,
+                 "processed": handled is not None, "handled_status": handled.status if handled else None,
+                 "time": record["time"], "json": record.get("json")}
+        record["injected"] = True
+        with self._cond:
+            self.injected_faults.append(fault)
+        return web.Response(status=status, body=json.dumps(body).encode(), headers=headers)
 
     @staticmethod
     async def _read_body(request: web.Request) -> tuple[Any, list[dict]]:
@@ -989,11 +1250,32 @@ class FakeDiscord:
         if channel_id not in self.channels and channel_id not in self.threads:
             return _error(404, "Unknown Channel", 10003)
         payload = payload or {}
-        if errors := _message_errors(payload, files):
+        nonce = payload.get("nonce")
+        errors = _message_errors(payload, files)
+        if isinstance(nonce, str) and len(nonce) > 25:
+            errors["nonce"] = "Must be 25 or fewer in length."
+        if errors:
             return self._invalid(errors)
+        key = (channel_id, str(nonce))
+        if nonce is not None and payload.get("enforce_nonce"):
+            # Discord: with enforce_nonce, a nonce seen in this channel in the last few minutes
+            # answers the message it created (or 404 when that message was deleted since).
+            seen = self._nonces.get(key)
+            if seen is not None and time.monotonic() - seen[0] <= self.nonce_window:
+                first = self.channel_messages.get(seen[1])
+                with self._cond:
+                    self.deduplicated_messages.append({"channel_id": channel_id, "nonce": str(nonce),
+                                                       "id": seen[1], "deleted": first is None})
+                    self._cond.notify_all()
+                return _json(first) if first is not None else _error(404, "Unknown Message", 10008)
         message = self._bot_message(channel_id, payload, files)
+        if nonce is not None:
+            message["nonce"] = nonce
+            self._nonces[key] = (time.monotonic(), int(message["id"]))
+        entry = self._entry("channel", channel_id, payload, files, message)
+        request[_ENTRY_KEY] = entry
         with self._cond:
-            self.sent_messages.append(self._entry("channel", channel_id, payload, files, message))
+            self.sent_messages.append(entry)
         return _json(message)
 
     async def _r_typing(self, request, m, payload, files):
@@ -1032,9 +1314,25 @@ class FakeDiscord:
     def _interaction_by_token(self, token: str) -> FakeInteraction | None:
         return self._interactions_by_token.get(token)
 
+    def _token_expired(self, rec: FakeInteraction) -> bool:
+        return rec.token in self._expired_tokens or (
+            self.interaction_token_lifetime is not None
+            and time.monotonic() - rec.created > self.interaction_token_lifetime)
+
+    def expire_interactions(self) -> int:
+        """Make every interaction token issued so far invalid, as 15 minutes after the interaction
+        on Discord (``interaction_token_lifetime`` does that by itself).  Then a callback answers
+        404 ``{"message": "Unknown interaction", "code": 10062}``; a followup, and any
+        GET/PATCH/DELETE of @original or of a followup, answers 401 ``{"message": "Invalid Webhook
+        Token", "code": 50027}``.  The refused requests land in ``FakeInteraction.failed``."""
+        with self._cond:
+            before = len(self._expired_tokens)
+            self._expired_tokens.update(self._interactions_by_token)
+            return len(self._expired_tokens) - before
+
     async def _r_callback(self, request, m, payload, files):
         rec = self.interactions.get(int(m["iid"]))
-        if rec is None or rec.token != m["token"]:
+        if rec is None or rec.token != m["token"] or self._token_expired(rec):
             return _error(404, "Unknown interaction", 10062)
         if rec.responses:
             return _error(400, "Interaction has already been acknowledged.", 40060)
@@ -1070,6 +1368,8 @@ class FakeDiscord:
 
     async def _r_followup(self, request, m, payload, files):
         rec = self._interaction_by_token(m["token"])
+        if rec is not None and self._token_expired(rec):
+            return _error(401, "Invalid Webhook Token", 50027)
         if rec is None or int(m["app"]) != self.application_id or not rec.responses:
             return _error(404, "Unknown Webhook", 10015)
         payload = payload or {}
@@ -1078,6 +1378,7 @@ class FakeDiscord:
         channel_id = int(rec.payload["channel_id"])
         message = self._bot_message(channel_id, payload, files, webhook=True)
         entry = self._entry("followup", channel_id, payload, files, message)
+        request[_ENTRY_KEY] = entry
         with self._cond:
             rec.followups.append(entry)
             rec.timeline.append(entry)
@@ -1087,6 +1388,8 @@ class FakeDiscord:
 
     async def _r_webhook_message(self, request, m, payload, files):
         rec = self._interaction_by_token(m["token"])
+        if rec is not None and self._token_expired(rec):
+            return _error(401, "Invalid Webhook Token", 50027)
         if rec is None or int(m["app"]) != self.application_id:
             return _error(404, "Unknown Webhook", 10015)
         if m["message"] == "@original":

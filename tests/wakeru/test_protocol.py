@@ -27,7 +27,7 @@ def test_error_codes_are_stable_strings():
     assert {c.value for c in ErrorCode} == {
         "empty_image", "too_large", "too_many_pixels", "bad_dimensions", "unsupported_format", "corrupt_image",
         "unreadable", "bad_labels", "bad_request", "queue_full", "deadline_exceeded", "unavailable",
-        "internal_error"}
+        "internal_error", "worker_crashed"}
 
 
 def test_shared_modules_do_not_import_torch():

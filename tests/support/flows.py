@@ -1,0 +1,50 @@
+"""Small helpers shared by the end-to-end tests that drive `python -m bot` through the fake Discord."""
+
+from __future__ import annotations
+
+import random
+
+from tests.support import shapes
+
+LABELS = "、".join(shapes.CLASSES)  # 赤い丸、赤い四角、青い丸、…
+
+
+def png(label: str, seed: int = 0, size=(200, 150)) -> bytes:
+    return shapes.encode(shapes.draw(label, size, random.Random(seed)), "PNG")
+
+
+def jpeg(label: str, seed: int = 0) -> bytes:
+    return shapes.encode(shapes.draw(label, (320, 240), random.Random(seed)), "JPEG", quality=92)
+
+
+def labels_cmd(sub: str, **options) -> list[dict]:
+    opts = [{"type": 3, "name": k, "value": v} for k, v in options.items()]
+    return [{"type": 1, "name": sub, "options": opts}]
+
+
+def top_label(embed: dict) -> str:
+    first = embed["description"].splitlines()[0]
+    return first.split("**")[1]
+
+
+def error_code(embed: dict) -> str | None:
+    """The error code a failed image's embed carries in its footer ("… · queue_full"), else None."""
+    footer = (embed.get("footer") or {}).get("text", "")  # only failed images have a footer
+    return footer.rsplit(" · ", 1)[1] if " · " in footer else None
+
+
+def set_labels(fake, labels: str, channel_id=None, user="moderator", **extra) -> dict:
+    rec = fake.interact("labels", options=labels_cmd("set", labels=labels, **extra), user=user,
+                        channel_id=channel_id)
+    return rec.wait_final()
+
+
+def replies_to(fake, posted: dict, since: int):
+    return lambda m: (m["kind"] == "channel" and m["message_reference"] is not None
+                      and int(m["message_reference"]["message_id"]) == int(posted["id"]))
+
+
+def post_and_wait(fake, channel_id, attachments, timeout: float = 60, **kw) -> dict:
+    mark = fake.mark()
+    posted = fake.post_message(channel_id, attachments=attachments, **kw)
+    return fake.wait_for_message(replies_to(fake, posted, mark), since=mark, timeout=timeout)
