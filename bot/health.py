@@ -55,7 +55,7 @@ def check(path: Path, service=None, max_age_s: float = 4 * INTERVAL_S) -> tuple[
 
 def check_endpoint(host: str, port: int, timeout: float = 5.0) -> tuple[bool, str]:
     host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-    url = f"http://{host}:{port}/healthz"
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             data = json.loads(response.read())

@@ -85,7 +85,8 @@ class RateLimiter:
     def should_tell(self, user_id: int, channel_id: int, refusal: Refusal, now: float | None = None) -> bool:
         """True the first time in a refusal window: the reply itself must not become a flood."""
         now = time.monotonic() if now is None else now
-        key = (user_id, channel_id)
+        # a channel over its limit is one problem, however many members post: one note for it
+        key = (user_id if refusal.scope == "user" else 0, channel_id)
         if self._told.get(key, 0.0) > now:
             return False
         if len(self._told) > 10_000:

@@ -265,6 +265,12 @@ class LabelStore:
                 raise
         # A read-only volume: SQLite cannot create the -wal/-shm files beside the database, so
         # open it as immutable. Label sets can be shown and used; every change is refused clearly.
+        # Immutable ignores a -wal file, so one with committed changes in it must not be skipped.
+        wal = path + "-wal"
+        if os.path.isfile(wal) and os.path.getsize(wal) > 0:
+            raise StorageError(
+                f"the database file {path!r} is on a read-only file system and its last changes are still in "
+                f"{wal!r} (the bot was stopped abruptly); mount it writable once so SQLite can merge them")
         store = await cls._connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro&immutable=1", path)
         log.warning("the database %s is on a read-only file system: label sets can be used but not changed", path)
         return store

@@ -41,6 +41,10 @@ _DEADLINE_GRACE_S = 2.0
 # A worker that dies this many times in a row before its model is loaded is not
 # started again: the cause (no memory for the model, a broken install) will not pass.
 _MAX_LOADING_DEATHS = 3
+# A worker sent a request that says nothing at all for request_timeout_s plus this long
+# (at least; and as long again for long timeouts) is hung (a stuck GPU call): it is killed
+# and restarted. Every request gets exactly one message back, even a cancelled one.
+_HUNG_MARGIN_S = 5.0
 
 
 class WorkerTransport(Protocol):
@@ -90,10 +94,14 @@ class _WorkerProcess:
             args=(config.model_dump(mode="python"), self._their_requests, self._their_results,
                   config.service.log_format, root.level))
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._started = threading.Event()  # stop() must not race a start still in progress
 
     def start(self) -> None:
         """Blocking (spawning takes a moment): call it in a thread."""
-        self.process.start()
+        try:
+            self.process.start()
+        finally:
+            self._started.set()
         # Only the child may hold its ends: then either side's death is EOF for the other.
         self._their_requests.close()
         self._their_results.close()
@@ -120,8 +128,9 @@ class _WorkerProcess:
                 message = self._results.recv()
             except (EOFError, OSError):
                 break
-            except Exception:  # a message cut off by a kill: the worker is dying anyway
-                log.exception("unreadable message from the model worker")
+            except Exception:  # a garbled message: this worker cannot be trusted any more
+                log.exception("unreadable message from the model worker; killing it")
+                self.process.kill()
                 break
             self._post(self._on_message, self.number, message)
         self._results.close()
@@ -135,8 +144,13 @@ class _WorkerProcess:
         except RuntimeError:  # loop already closed during shutdown
             pass
 
+    def kill(self) -> None:
+        if self._started.is_set() and self.process.is_alive():
+            self.process.kill()
+
     def stop(self, timeout: float) -> None:
         """Blocking: ask the worker to finish, then insist."""
+        self._started.wait(60)
         if self.process.is_alive():
             self.send(("stop", None))
             self.process.join(timeout)
@@ -176,6 +190,8 @@ class LocalWorkerTransport:
         self._loading_deaths = 0       # consecutive deaths before the model was loaded
         self._ready_at: float | None = None
         self._restart_task: asyncio.Task | None = None
+        self._silent_since: float | None = None  # first request sent since the worker last said anything
+        self._watchdog: asyncio.Task | None = None
         metrics.QUEUE_DEPTH.set_function(lambda: len(self._pending))
         metrics.set_worker_state(self.state)
 
@@ -185,11 +201,12 @@ class LocalWorkerTransport:
         if self.state != "stopped":
             return  # idempotent: a reconnecting client calls it again
         self._set_state("starting")
+        self._watchdog = asyncio.ensure_future(self._watch())
         await self._spawn()
 
     async def _spawn(self) -> None:
         self._number += 1
-        self._ready_at = None
+        self._ready_at = self._silent_since = None
         worker = _WorkerProcess(self._number, self.config, asyncio.get_running_loop(),
                                 self._on_message, self._on_exit)
         self._worker = worker
@@ -217,8 +234,9 @@ class LocalWorkerTransport:
             return
         self._accepting = False
         self._set_state("stopped")
-        if self._restart_task is not None:
-            self._restart_task.cancel()
+        for task in (self._restart_task, self._watchdog):
+            if task is not None:
+                task.cancel()
         self._fail_all(ErrorCode.UNAVAILABLE, "the bot is shutting down")
         if self._worker is not None:
             await asyncio.to_thread(self._worker.stop, timeout)
@@ -250,7 +268,7 @@ class LocalWorkerTransport:
         entry = _Pending(request, asyncio.get_running_loop().create_future(), worker=self._number)
         self._pending[request.id] = entry
         try:
-            self._worker.send(("classify", request.to_dict()))
+            self._send_request(request)
             timeout = None if request.deadline is None else max(0.0, request.deadline - time.time()) + _DEADLINE_GRACE_S
             return await asyncio.wait_for(asyncio.shield(entry.future), timeout)
         except asyncio.TimeoutError:
@@ -273,16 +291,38 @@ class LocalWorkerTransport:
 
     # ---- messages from the worker (on the loop) ------------------------------------------
 
+    def _send_request(self, request: ClassifyRequest) -> None:
+        if self._silent_since is None:
+            self._silent_since = time.monotonic()
+        self._worker.send(("classify", request.to_dict()))
+
+    async def _watch(self) -> None:
+        """Kill a worker that is alive but silent (a stuck GPU call, a deadlock): its requests
+        would time out one after the other forever. The restart path then takes over."""
+        timeout = self.config.worker.request_timeout_s
+        limit = timeout + max(_HUNG_MARGIN_S, timeout)
+        while True:
+            await asyncio.sleep(1.0)
+            silent = None if self._silent_since is None else time.monotonic() - self._silent_since
+            if self.state == "ready" and silent is not None and silent > limit and self._worker is not None:
+                log.error("model worker %d has not answered anything for %.0f s; killing it (it will be restarted)",
+                          self._worker.number, silent)
+                self._silent_since = None
+                await asyncio.to_thread(self._worker.kill)
+
     def _on_message(self, number: int, message) -> None:
-        if number != self._number:
-            return  # a dead incarnation's last words
+        if number != self._number or self.state == "stopped":
+            return  # a dead incarnation's last words, or news after close()
+        self._silent_since = None
         kind, payload = message
-        if kind == "result":
-            result = ClassifyResult.from_dict(payload)
-            entry = self._pending.get(result.id)
-            if entry is not None and entry.worker == number and not entry.future.done():
-                entry.future.set_result(result)
-            if result.id == self._resend_in_flight:
+        if kind in ("result", "cancelled"):
+            request_id = payload["id"] if kind == "result" else payload
+            if kind == "result":
+                result = ClassifyResult.from_dict(payload)
+                entry = self._pending.get(result.id)
+                if entry is not None and entry.worker == number and not entry.future.done():
+                    entry.future.set_result(result)
+            if request_id == self._resend_in_flight:
                 self._resend_in_flight = None
                 self._send_next_resend()
         elif kind == "ready":
@@ -301,7 +341,7 @@ class LocalWorkerTransport:
                       "(fix it, then restart the bot)", payload)
             self._fail_all(ErrorCode.UNAVAILABLE, f"the model could not be loaded: {payload}")
 
-    def _on_exit(self, number: int, exitcode: int | None) -> None:
+    def _on_exit(self, number: int, exitcode: int | None) -> None:  # noqa: C901 - one decision, kept together
         if number != self._number or self.state in ("stopped", "failed"):
             return  # an orderly stop, or a load failure already reported
         uptime = None if self._ready_at is None else time.monotonic() - self._ready_at
@@ -315,6 +355,8 @@ class LocalWorkerTransport:
         self._resend_in_flight = None
         for entry in held:
             entry.worker = None
+            if entry.future.done():
+                continue  # answered just before the death; its caller is about to collect it
             if entry.attempts >= 2:
                 log.warning("request was in the worker at two crashes; answering it as crashed",
                             extra={"request_id": entry.request.id})
@@ -324,15 +366,17 @@ class LocalWorkerTransport:
             else:
                 self._resend.append(entry.request.id)
         if self._loading_deaths >= _MAX_LOADING_DEATHS:
+            hint = ("; give it more memory or choose a smaller model" if exitcode == -signal.SIGKILL
+                    else "; its log above says why")
             self.failure = (f"the model worker died {self._loading_deaths} times while loading {self.config.model.id} "
-                            f"(last: {describe_exit(exitcode)}); give it more memory or choose a smaller model")
+                            f"(last: {describe_exit(exitcode)}){hint}")
             self._set_state("failed")
             self.ready.set()
             log.error("%s; not restarting it again", self.failure)
             self._fail_all(ErrorCode.UNAVAILABLE, self.failure)
             return
         cfg = self.config.worker
-        delay = min(cfg.restart_backoff_max_s, cfg.restart_backoff_s * 2 ** (self._crashes - 1))
+        delay = min(cfg.restart_backoff_max_s, cfg.restart_backoff_s * 2 ** min(self._crashes - 1, 30))
         log.warning("restarting the model worker in %.1f s (crash %d in a row)", delay, self._crashes)
         self._set_state("restarting")
         self._restart_task = asyncio.ensure_future(self._restart_after(delay))
@@ -364,7 +408,7 @@ class LocalWorkerTransport:
             entry.worker = self._number
             self._resend_in_flight = entry.request.id
             log.info("sending a request again after a worker crash", extra={"request_id": entry.request.id})
-            self._worker.send(("classify", entry.request.to_dict()))
+            self._send_request(entry.request)
             return
 
     def _fail_all(self, code: ErrorCode, message: str) -> None:

@@ -77,8 +77,9 @@ def serve(engine, requests, results, faults: Faults = Faults()) -> None:
 
     def answer(request_id: str, future) -> None:
         futures.pop(request_id, None)
-        if future.cancelled():
-            return  # the bot gave up on it; nobody is waiting
+        if future.cancelled():  # the bot gave up on it; an acknowledgement keeps its watchdog informed
+            out.send(("cancelled", request_id))
+            return
         result = future.result()
         _log_result(result)
         out.send(("result", result.to_dict()))
@@ -117,14 +118,29 @@ def serve(engine, requests, results, faults: Faults = Faults()) -> None:
 def run_local_worker(config_data: dict, requests, results_conn, log_format: str = "text",
                      log_level: int = logging.INFO) -> None:
     """Child-process entry: load the model, report ready/failed, then serve."""
-    # Ctrl-C and the container's SIGTERM reach the whole process group; the bot decides
-    # when the worker stops (after its grace period), so both are ignored here.
+    # Ctrl-C, and SIGTERM from systemd (which signals the whole group), reach the worker as
+    # well as the bot; the bot decides when the worker stops, after its grace period. A SIGTERM
+    # only starts a generous timer, so a worker whose bot never says "stop" still exits.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_later)
+    results = _Results(results_conn)
+    try:
+        _load_and_serve(config_data, requests, results, log_format, log_level)
+    except BaseException as e:  # a broken install, a bad environment: the bot must hear why
+        log.exception("the model worker failed")
+        results.send(("failed", f"{type(e).__name__}: {e}"))
+
+
+def _exit_later(signum, frame) -> None:
+    timer = threading.Timer(60.0, os._exit, (0,))
+    timer.daemon = True
+    timer.start()
+
+
+def _load_and_serve(config_data: dict, requests, results: _Results, log_format: str, log_level: int) -> None:
     from wakeru.logs import setup_logging
 
     setup_logging(log_format, log_level, process="worker")
-    results = _Results(results_conn)
     faults = Faults.from_env()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -51,7 +51,7 @@ def normalise_labels(labels: Iterable[str], *, max_count: int, max_length: int, 
         if not isinstance(raw, str):
             raise LabelError(f"labels must be text, got {type(raw).__name__}", "not_text", type=type(raw).__name__)
         # one spelling per label (が, not か + ゛), no invisible characters, whitespace trimmed and collapsed
-        label = " ".join("".join(filter(_visible, unicodedata.normalize("NFC", raw))).split())
+        label = " ".join(unicodedata.normalize("NFC", "".join(filter(_visible, raw))).split())
         if not label:
             continue
         if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in label):

@@ -73,3 +73,12 @@ def test_a_flooding_member_is_told_once_per_window():
     assert limiter.should_tell(1, 100, refusal, now=0.0)
     assert not limiter.should_tell(1, 100, refusal, now=5.0)
     assert limiter.should_tell(1, 100, refusal, now=11.0)
+
+
+def test_a_channel_over_its_limit_gets_one_note_whoever_posts():
+    limiter = RateLimiter(LimitsSection(user_per_minute=0, channel_per_minute=6, channel_burst=1))
+    assert limiter.check(1, 100, 1) is None
+    first, second = limiter.check(2, 100, 1), limiter.check(3, 100, 1)
+    assert first.scope == second.scope == "channel"
+    assert limiter.should_tell(2, 100, first, now=0.0)
+    assert not limiter.should_tell(3, 100, second, now=1.0)

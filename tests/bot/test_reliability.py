@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -478,7 +479,7 @@ def test_sigterm_finishes_or_answers_in_flight_work_then_exits_zero(trained_mode
 
 
 def test_bot_killed_during_label_writes_keeps_an_intact_database(trained_model, tmp_path):
-    """SIGKILL the whole bot while moderators are changing labels, 5 times; each restart finds
+    """SIGKILL the whole bot while a moderator keeps setting labels, 5 times; each restart finds
     a database that passes integrity_check and holds at least every confirmed version."""
     db = tmp_path / "wakeru.db"
     with FakeDiscord() as fake:
@@ -496,12 +497,12 @@ def test_bot_killed_during_label_writes_keeps_an_intact_database(trained_model, 
                     n += 1
                     try:
                         rec = fake.interact("labels", user="moderator", timeout=3,
-                                            options=flows.labels_cmd("add", labels=f"ラベル{round_}-{n}"))
+                                            options=flows.labels_cmd("set", labels=f"ラベル{round_}-{n}、固定"))
                         final = rec.wait_final(timeout=5)
                     except Exception:  # noqa: BLE001 - the bot was killed under us
                         return
-                    if "追加しました" in (final.get("content") or ""):
-                        confirmed = max(confirmed, int(final["content"].split(": v")[1].split("（")[0]))
+                    if "にしました" in (final.get("content") or ""):  # 「… のラベルセットを v12 にしました（2件）。」
+                        confirmed = max(confirmed, int(re.search(r"v(\d+)", final["content"]).group(1)))
 
             thread = threading.Thread(target=writer)
             thread.start()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
 import stat
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from bot import storage
+from tests.conftest import REPO
 from bot.storage import (
     SCHEMA_VERSION,
     HistoryEntry,
@@ -592,5 +595,30 @@ async def test_a_database_on_a_read_only_file_system_opens_for_reading_and_refus
             assert (await s.get(G, C)).version == 1
         finally:
             await s.close()
+        # killed before SQLite merged its write-ahead log: the change must not be hidden
+        assert subprocess.run(["mount", "-o", "remount,rw", str(mount)]).returncode == 0
+        killed = (f"import asyncio, os\nfrom bot.storage import LabelStore\nasync def main():\n"
+                  f"    s = await LabelStore.open({url_for(mount / 'wakeru.db')!r})\n"
+                  f"    await s.write({G}, {C}, ('犬', '鳥'), user_id={U}, action='set', expected_version=1)\n"
+                  f"    os._exit(0)\nasyncio.run(main())\n")
+        assert subprocess.run([sys.executable, "-c", killed], cwd=REPO).returncode == 0
+        assert (mount / "wakeru.db-wal").stat().st_size > 0
+        wal_only = mount / "wal-only"  # the same files without -shm: SQLite cannot read the log then
+        wal_only.mkdir()
+        for name in ("wakeru.db", "wakeru.db-wal"):
+            shutil.copy(mount / name, wal_only / name)
+        assert subprocess.run(["mount", "-o", "remount,ro", str(mount)]).returncode == 0
+        for folder in (mount, wal_only):
+            try:
+                s = await LabelStore.open(url_for(folder / "wakeru.db"))
+            except StorageError as e:
+                assert folder == wal_only and "mount it writable once" in str(e)
+                continue
+            try:
+                assert (await s.get(G, C)).labels == ("犬", "鳥")  # the last committed version, read from the log
+                with pytest.raises(StorageError, match="read-only"):
+                    await s.write(G, C, ("猫", "鳥"), user_id=U, action="set", expected_version=2)
+            finally:
+                await s.close()
     finally:
         subprocess.run(["umount", "-l", str(mount)])

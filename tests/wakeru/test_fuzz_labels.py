@@ -96,9 +96,9 @@ def limits(draw) -> dict[str, int]:
 def _collapse(raw: str) -> str:
     """The documented normalisation, written out independently: NFC, invisible format characters
     dropped (except the zero-width joiner and tag characters of emoji), whitespace collapsed."""
-    kept = (ch for ch in unicodedata.normalize("NFC", raw)
+    kept = (ch for ch in raw
             if unicodedata.category(ch) != "Cf" or ch == "\u200d" or 0xE0020 <= ord(ch) <= 0xE007F)
-    return " ".join("".join(kept).split())
+    return " ".join(unicodedata.normalize("NFC", "".join(kept)).split())
 
 
 def _has_control(s: str) -> bool:

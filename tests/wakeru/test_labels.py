@@ -38,5 +38,6 @@ def test_non_text_label_refused():
 
 def test_labels_that_look_the_same_are_the_same_label():
     # NFC: が typed as か + combining dakuten; invisible characters dropped, emoji joiners kept
-    labels = parse_labels("\u200b,犬, か\u3099, が, 犬\u200b, \u202e逆, 👨\u200d👩\u200d👧", max_count=10, max_length=10)
+    labels = parse_labels("\u200b,犬, か\u3099, が, か\u200b\u3099, 犬\u200b, \u202e逆, 👨\u200d👩\u200d👧",
+                          max_count=10, max_length=10)
     assert labels == ("犬", "が", "逆", "👨\u200d👩\u200d👧")
