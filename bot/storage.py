@@ -301,12 +301,26 @@ class LabelStore:
             # WAL: readers never block the writer, and the bot reads far more often than it writes.
             # (":memory:" answers "memory"; that is fine.)
             if not self.read_only:
-                await db.execute("PRAGMA journal_mode = WAL")
+                await self._enable_wal(db)
             # Also reads the file header: a file that is not a database fails here, not later.
             current = await self._user_version(db)
         self._check_schema(current)
         if current < SCHEMA_VERSION:  # an up-to-date file needs no write lock: a read-only one still opens
             await self._migrate()
+
+    @staticmethod
+    async def _enable_wal(db: aiosqlite.Connection) -> None:
+        """Switching a fresh file to WAL needs an exclusive lock, and SQLite answers "locked" at once
+        (no busy wait) when another process is opening the same fresh file: retry for a while."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                await db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
 
     async def _migrate(self) -> None:
         # One transaction per step; user_version is re-read under the write lock, so two processes starting on a
