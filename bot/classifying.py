@@ -43,11 +43,12 @@ class Classifier:
 
     async def classify_bytes(self, filename: str, data: bytes, labels: tuple[str, ...], *,
                              source: str = "command", request_id: str | None = None,
-                             started: float | None = None) -> ImageAnswer:
+                             started: float | None = None, admitted: bool = False) -> ImageAnswer:
         started = time.monotonic() if started is None else started
         request = ClassifyRequest(id=request_id or self._request_id(), image=data, labels=labels, top_k=3,
                                   deadline=time.time() + self.config.worker.request_timeout_s)
-        return self._answered(ImageAnswer(filename, await self.transport.classify(request)), source, started)
+        result = await self.transport.classify(request, admitted=admitted)
+        return self._answered(ImageAnswer(filename, result), source, started)
 
     def rendition_side(self) -> int:
         """The shortest side worth downloading: configured, else the model's input size."""
@@ -57,16 +58,20 @@ class Classifier:
     async def classify_attachment(self, attachment, labels: tuple[str, ...], *, source: str = "command") -> ImageAnswer:
         started, request_id = time.monotonic(), self._request_id()
         # busy, loading or shutting down: say so now rather than download what nobody can classify
-        refused = self.transport.refusal(request_id)
+        refused = self.transport.admit(request_id)
         if refused is not None:
             return self._answered(ImageAnswer(attachment.filename, refused), source, started)
         try:
             data = await self.downloader.fetch(attachment, self.rendition_side())
         except AttachmentError as e:
+            self.transport.release()
             failed = ClassifyResult.failure(request_id, e.code, e.detail)
             return self._answered(ImageAnswer(attachment.filename, failed), source, started)
+        except BaseException:  # cancelled, or a bug: the place must not leak
+            self.transport.release()
+            raise
         return await self.classify_bytes(attachment.filename, data, labels, source=source, request_id=request_id,
-                                         started=started)
+                                         started=started, admitted=True)
 
     async def classify_attachments(self, attachments, labels: tuple[str, ...], *,
                                    source: str = "command") -> list[ImageAnswer]:

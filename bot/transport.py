@@ -52,9 +52,11 @@ class WorkerTransport(Protocol):
 
     async def start(self) -> None: ...
 
-    async def classify(self, request: ClassifyRequest) -> ClassifyResult: ...
+    async def classify(self, request: ClassifyRequest, *, admitted: bool = False) -> ClassifyResult: ...
 
-    def refusal(self, request_id: str) -> ClassifyResult | None: ...
+    def admit(self, request_id: str) -> ClassifyResult | None: ...
+
+    def release(self) -> None: ...
 
     def stop_accepting(self) -> None: ...
 
@@ -181,6 +183,7 @@ class LocalWorkerTransport:
         self.restarts = 0
         self._capacity = config.worker.queue_size
         self._accepting = True
+        self._reserved = 0  # places taken by images still downloading (admit → classify or release)
         self._pending: dict[str, _Pending] = {}
         self._resend: deque[str] = deque()   # ids to send again after a crash, one at a time
         self._resend_in_flight: str | None = None
@@ -243,9 +246,19 @@ class LocalWorkerTransport:
 
     # ---- requests ----------------------------------------------------------------------
 
-    def refusal(self, request_id: str) -> ClassifyResult | None:
-        """The answer a request would get at once (not ready, shutting down, busy), or None.
-        Callers check this before downloading an image nobody could classify."""
+    def admit(self, request_id: str) -> ClassifyResult | None:
+        """Take a place for an image about to be downloaded, or say why not (not ready, shutting
+        down, busy). A burst is refused here, before its bytes are fetched; the place is handed
+        to `classify(..., admitted=True)` or given back with `release()`."""
+        refused = self._refusal(request_id)
+        if refused is None:
+            self._reserved += 1
+        return refused
+
+    def release(self) -> None:
+        self._reserved = max(0, self._reserved - 1)
+
+    def _refusal(self, request_id: str) -> ClassifyResult | None:
         if not self._accepting:
             return ClassifyResult.failure(request_id, ErrorCode.UNAVAILABLE, "the bot is shutting down")
         if self.state != "ready":
@@ -254,13 +267,16 @@ class LocalWorkerTransport:
                    "restarting": "the model worker is restarting after a crash",
                    "failed": self.failure or "the model could not be loaded"}.get(self.state, "the worker is stopped")
             return ClassifyResult.failure(request_id, ErrorCode.UNAVAILABLE, f"temporarily unavailable: {why}")
-        if len(self._pending) >= self._capacity:
+        waiting = len(self._pending) + self._reserved
+        if waiting >= self._capacity:
             return ClassifyResult.failure(request_id, ErrorCode.QUEUE_FULL,
-                                          f"the model is busy ({len(self._pending)} images waiting); try again")
+                                          f"the model is busy ({waiting} images waiting); try again")
         return None
 
-    async def classify(self, request: ClassifyRequest) -> ClassifyResult:
-        refused = self.refusal(request.id)
+    async def classify(self, request: ClassifyRequest, *, admitted: bool = False) -> ClassifyResult:
+        if admitted:
+            self.release()  # the place taken by admit() becomes this request's own
+        refused = self._refusal(request.id)
         if refused is not None:
             return refused
         if request.id in self._pending:

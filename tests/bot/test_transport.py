@@ -210,3 +210,15 @@ asyncio.run(main())
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["緑の丸", "False", "False"], out.stdout + out.stderr[-2000:]
+
+
+async def test_places_are_taken_before_the_download_so_a_burst_is_refused_unfetched():
+    transport = LocalWorkerTransport(make_config(worker={"queue_size": 2}))
+    transport.state = "ready"  # admission needs no worker process
+    assert transport.admit("a") is None and transport.admit("b") is None
+    busy = transport.admit("c")
+    assert busy.error is ErrorCode.QUEUE_FULL and "2 images waiting" in busy.message
+    transport.release()  # a download failed: its place is free again
+    assert transport.admit("d") is None
+    transport.stop_accepting()
+    assert transport.admit("e").error is ErrorCode.UNAVAILABLE
