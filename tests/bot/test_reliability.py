@@ -128,7 +128,13 @@ def test_sigkill_mid_batch_restarts_the_worker_and_every_post_is_answered(faulty
     first_pid = bot.worker_pid()
     mark = fake.mark()
     posts = [_post(fake, fake.channel_id, label, i) for i, label in enumerate(shapes.CLASSES * 2)]
-    bot.wait_state(lambda s: s.get("in_flight", 0) >= 4, timeout=30, what="images in the worker")
+
+    def replied() -> int:
+        return sum(1 for m in fake.sent_messages[mark:] if m["message_reference"])
+
+    # every post is either answered already or sent to the worker, and a batch is in the model
+    bot.wait_state(lambda s: s.get("in_flight", 0) >= 4 and s["in_flight"] + replied() == len(posts),
+                   timeout=30, what="every image in the worker or answered")
     killed_at = time.monotonic()
     os.kill(first_pid, signal.SIGKILL)
     down = bot.wait_state(lambda s: s["worker"] != "ready", timeout=5, what="the crash noticed")
@@ -443,13 +449,16 @@ def test_rate_limits_per_member_and_per_channel(trained_model, tmp_path):
 def test_sigterm_finishes_or_answers_in_flight_work_then_exits_zero(trained_model, tmp_path, grace):
     with FakeDiscord() as fake:
         bot = BotProcess(fake, trained_model, tmp_path, WAKERU_FAULTS="batch_delay_ms=1500",
-                         WAKERU_WORKER__MAX_BATCH="2", WAKERU_SERVICE__SHUTDOWN_GRACE_S=str(grace))
+                         WAKERU_WORKER__MAX_BATCH="2", WAKERU_SERVICE__SHUTDOWN_GRACE_S=str(grace),
+                         WAKERU_SERVICE__METRICS_PORT=str(_free_port()))  # live state from /healthz
         bot.start()
         flows.set_labels(fake, flows.LABELS)
         worker = bot.worker_pid()
         mark = fake.mark()
         posts = [_post(fake, fake.channel_id, label, i) for i, label in enumerate(shapes.CLASSES[:4])]
-        bot.wait_state(lambda s: s.get("in_flight", 0) >= 2, timeout=30, what="images in flight")
+        replied = lambda: sum(1 for m in fake.sent_messages[mark:] if m["message_reference"])  # noqa: E731
+        bot.wait_state(lambda s: s.get("in_flight", 0) >= 2 and s["in_flight"] + replied() == len(posts),
+                       timeout=30, what="every image in flight or answered")
         started = time.monotonic()
         bot.process.send_signal(signal.SIGTERM)
         refused = None
