@@ -29,7 +29,6 @@ class App:
         self.session = session
         self.classifier = Classifier(config, transport, Downloader(config, session))
         self.samples = sample_names(config.discord.samples_dir, config.images.formats)
-        self.label_changes = 0  # label-set changes since start (for logs; metrics count them by action)
         self.limiter = RateLimiter(config.limits)
         self.draining = False   # SIGTERM received: no new work
         self._work: set[asyncio.Task] = set()  # handlers that are classifying or replying
@@ -45,7 +44,6 @@ class App:
         await self.transport.start()  # idempotent: a reconnecting client calls it again
 
     def label_changed(self, action: str) -> None:
-        self.label_changes += 1
         metrics.LABEL_CHANGES.labels(action).inc()
 
     def track(self, task: asyncio.Task | None = None) -> None:
@@ -54,10 +52,6 @@ class App:
         if task is not None and task not in self._work:
             self._work.add(task)
             task.add_done_callback(self._work.discard)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._work)
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking new work; give the work in flight `grace_s` to finish, then answer

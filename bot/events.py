@@ -10,7 +10,7 @@ import discord
 from wakeru.logs import new_event_id, request_context
 
 from .app import App
-from .i18n import text
+from .i18n import rate_limit_text
 from .labelsets import auto_classify_enabled, parent_id, resolve
 from .render import MAX_EMBEDS, reply, summary_line
 
@@ -41,8 +41,7 @@ async def _classify_post(app: App, message: discord.Message, images: list) -> No
     if refusal is not None:
         log.info("rate limited (%s): retry in %.0f s", refusal.scope, refusal.retry_after)
         if app.limiter.should_tell(message.author.id, channel.id, refusal):
-            await _send(channel, message, content=text(locale, f"rate.{refusal.scope}", rate=f"{refusal.per_minute:g}",
-                                                       seconds=max(1, round(refusal.retry_after))))
+            await _send(channel, message, content=rate_limit_text(locale, refusal))
         return
     source = await resolve(app.store, app.config, guild_id, channel.id, parent)
     async with AsyncExitStack() as stack:

@@ -155,6 +155,12 @@ def label_error(locale, error: LabelError) -> str:
     return text(locale, key, **fields)
 
 
+def rate_limit_text(locale, refusal) -> str:
+    """「画像の送信が多すぎます（1分あたり20枚まで）。N秒後に…」 for a bot.ratelimit.Refusal."""
+    return text(locale, f"rate.{refusal.scope}", rate=f"{refusal.per_minute:g}",
+                seconds=max(1, round(refusal.retry_after)))
+
+
 def error_text(locale, code: ErrorCode | str) -> str:
     code = code.value if isinstance(code, ErrorCode) else code
     key = f"error.{code}"

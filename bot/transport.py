@@ -221,13 +221,6 @@ class LocalWorkerTransport:
         """Shutdown has begun: new requests are refused; those in flight go on."""
         self._accepting = False
 
-    async def drain(self, timeout: float) -> bool:
-        """Wait until nothing is in flight (True) or the timeout passes (False)."""
-        end = time.monotonic() + timeout
-        while self._pending and time.monotonic() < end:
-            await asyncio.sleep(0.05)
-        return not self._pending
-
     def abandon(self, message: str) -> None:
         """Answer everything in flight now (the grace period is over)."""
         self._fail_all(ErrorCode.UNAVAILABLE, message)

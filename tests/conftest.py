@@ -17,6 +17,18 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 for _name in [n for n in os.environ if n.startswith("WAKERU_") and ("__" in n or n == "WAKERU_CONFIG")]:
     del os.environ[_name]
 
+# Hypothesis keeps caches (Unicode tables, examples) under ./.hypothesis unless told otherwise:
+# a temporary home keeps the repository clean for every fuzz test at once.
+if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+    import atexit
+    import shutil
+
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    _HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="wakeru-hypothesis-")
+    set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+    atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
+
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402

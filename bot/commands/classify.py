@@ -15,7 +15,7 @@ from discord.app_commands import locale_str as _T
 
 from wakeru.labels import LabelError, parse_labels
 
-from ..i18n import label_error, text
+from ..i18n import label_error, rate_limit_text, text
 from ..labelsets import LabelSource, parent_id, resolve
 from ..render import MAX_EMBEDS, reply
 from ..samples import read_sample
@@ -72,8 +72,7 @@ def rate_limited(interaction: discord.Interaction, images: int) -> str | None:
     refusal = app.limiter.check(interaction.user.id, interaction.channel_id or 0, images)
     if refusal is None:
         return None
-    return text(interaction.locale, f"rate.{refusal.scope}", rate=f"{refusal.per_minute:g}",
-                seconds=max(1, round(refusal.retry_after)))
+    return rate_limit_text(interaction.locale, refusal)
 
 
 @app_commands.command(name=_T("classify"),

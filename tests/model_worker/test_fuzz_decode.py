@@ -17,12 +17,9 @@ WAKERU_FUZZ_EXAMPLES=N runs N examples per test instead, and WAKERU_FUZZ_RANDOM=
 
 from __future__ import annotations
 
-import atexit
 import io
 import os
-import shutil
 import struct
-import tempfile
 import zlib
 from datetime import timedelta
 
@@ -32,7 +29,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import event as _event
 from hypothesis import strategies as st
-from hypothesis.configuration import set_hypothesis_home_dir
 from PIL import Image
 
 from model_worker.decode import MAX_SIDE, DecodeLimits, ImageError, decode_image
@@ -40,12 +36,6 @@ from model_worker.preprocess import FixedResolution, NaFlex, _Normalise
 from model_worker.sniff import sniff
 from tests.conftest import make_config
 from wakeru.protocol import ErrorCode
-
-# Hypothesis keeps caches under ./.hypothesis unless told otherwise; keep the repository clean.
-if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
-    _HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="wakeru-hypothesis-")
-    set_hypothesis_home_dir(_HYPOTHESIS_HOME)
-    atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
 
 _EXAMPLES = int(os.environ.get("WAKERU_FUZZ_EXAMPLES", "0") or 0)
 settings.register_profile(

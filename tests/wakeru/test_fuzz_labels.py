@@ -11,26 +11,16 @@ examples per test, WAKERU_FUZZ_RANDOM=1 draws new ones each run.
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
-import shutil
-import tempfile
 import unicodedata
 from datetime import timedelta
 
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from hypothesis.configuration import set_hypothesis_home_dir
 
 from wakeru.labels import LabelError, normalise_labels, parse_labels, split_labels
-
-# Hypothesis caches its Unicode tables under ./.hypothesis unless told otherwise; keep the repository clean.
-if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
-    _HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="wakeru-hypothesis-")
-    set_hypothesis_home_dir(_HYPOTHESIS_HOME)
-    atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
 
 _EXAMPLES = int(os.environ.get("WAKERU_FUZZ_EXAMPLES", "0") or 0)
 settings.register_profile(
