@@ -77,6 +77,27 @@ class WorkerSection(_Section):
     restart_backoff_s: StrictFloat = Field(1.0, ge=0, le=600)
     restart_backoff_max_s: StrictFloat = Field(60.0, ge=0, le=3600)
     restart_reset_s: StrictFloat = Field(120.0, ge=0, le=86_400)
+    # local: the bot runs its own worker as a child process. redis: the bot sends images to
+    # a Redis (or Valkey) stream served by `python -m model_worker serve` processes, anywhere.
+    transport: Literal["local", "redis"] = "local"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Key prefix of the streams and heartbeats, so several deployments can share one Redis.
+    redis_prefix: str = Field("wakeru", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # Requests held by a worker that stays silent this long are taken over by another worker.
+    # A live worker renews its claim while it works, so only a dead or hung one loses requests.
+    claim_idle_s: StrictFloat = Field(30.0, ge=0.5, le=3600)
+    # Workers announce themselves this often; one not heard from for 3 beats counts as gone.
+    heartbeat_s: StrictFloat = Field(2.0, ge=0.1, le=60)
+    # Requests waiting in the stream (all bots together); beyond this new images get "busy".
+    stream_max_len: StrictInt = Field(10_000, ge=1, le=10_000_000)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        v = v.strip()
+        if not re.match(r"^(redis|rediss)://[^/\s]*(/\d+)?$|^unix:///\S+$", v):
+            raise ValueError("must be redis://host:port/db, rediss://… (TLS) or unix:///path/to/redis.sock")
+        return v
 
     def resolved_decode_threads(self) -> int:
         return self.decode_threads or max(1, min(8, os.cpu_count() or 1))
@@ -172,6 +193,29 @@ class DiscordSection(_Section):
     # REST base (e.g. a rate-limit proxy, or the tests' fake Discord) and gateway URL; null = Discord's own.
     api_base: str | None = None
     gateway_url: str | None = None
+    # Sharding: null = one gateway connection (enough for up to 2,500 servers). A number (or
+    # "auto": Discord's recommendation) runs that many shards; shard_ids picks this process's
+    # slice of them, so several bot processes can share the load.
+    shard_count: StrictInt | Literal["auto"] | None = None
+    shard_ids: tuple[StrictInt, ...] | None = None
+
+    @model_validator(mode="after")
+    def _shards(self) -> "DiscordSection":
+        count, ids = self.shard_count, self.shard_ids
+        if isinstance(count, int) and not 1 <= count <= 100_000:
+            raise ValueError(f"shard_count: must be between 1 and 100000, or auto, or null; got {count}")
+        if ids is None:
+            return self
+        if not isinstance(count, int):
+            raise ValueError("shard_ids: give shard_count as a number too (every process must agree on it)")
+        if not ids:
+            raise ValueError("shard_ids: give at least one shard id, or null for all of them")
+        bad = [i for i in ids if not 0 <= i < count]
+        if bad:
+            raise ValueError(f"shard_ids: {bad} outside 0..{count - 1} (shard_count is {count})")
+        if len(set(ids)) != len(ids):
+            raise ValueError("shard_ids: each shard id may appear only once")
+        return self
 
     @field_validator("api_base")
     @classmethod
@@ -200,7 +244,8 @@ class DiscordSection(_Section):
 
 
 class StorageSection(_Section):
-    # sqlite:///relative/path.db or sqlite:////absolute/path.db
+    # sqlite:///relative/path.db, sqlite:////absolute/path.db, or
+    # postgresql://user:password@host:5432/dbname for several bot processes sharing one store
     url: str = "sqlite:///data/wakeru.db"
     # Rewritten every 15 s by the running bot; `python -m bot health` checks it.
     health_file: str = "data/health.json"
