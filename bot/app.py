@@ -15,8 +15,8 @@ from . import metrics
 from .classifying import Classifier
 from .ratelimit import RateLimiter
 from .samples import sample_names
-from .storage import LabelStore
-from .transport import LocalWorkerTransport, WorkerTransport
+from .storage import LabelStore, open_store
+from .transport import WorkerTransport, make_transport
 
 log = logging.getLogger("wakeru.app")
 
@@ -36,9 +36,9 @@ class App:
     @classmethod
     async def open(cls, config: Config, transport: WorkerTransport | None = None) -> "App":
         """Open the database first: a bad storage.url should fail before a model is loaded."""
-        store = await LabelStore.open(config.storage.url)
+        store = await open_store(config.storage.url)
         session = aiohttp.ClientSession(headers={"User-Agent": "Wakeru (image classifier bot)"})
-        return cls(config, store, transport or LocalWorkerTransport(config), session)
+        return cls(config, store, transport or make_transport(config), session)
 
     async def start(self) -> None:
         await self.transport.start()  # idempotent: a reconnecting client calls it again

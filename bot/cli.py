@@ -19,7 +19,7 @@ from wakeru.logs import setup_logging
 
 from . import health
 from .app import App
-from .client import WakeruClient
+from .client import WakeruClient, WakeruShardedClient, make_client
 from .metrics import MetricsServer
 from .storage import StorageError
 
@@ -36,6 +36,13 @@ INVALID_TOKEN_HELP = """\
 Discord refused DISCORD_TOKEN (401 Unauthorized): the token is wrong, was reset, or belongs to another app.
 Get a new one at https://discord.com/developers/applications → your application → Bot → Reset Token,
 and set DISCORD_TOKEN to it."""
+
+SHARDING_HELP = {
+    4010: "Discord refused this process's shard (gateway close 4010, invalid shard): discord.shard_ids must lie in "
+          "0..shard_count-1, and every process of the bot must use the same discord.shard_count.",
+    4011: "Discord requires sharding for this bot (gateway close 4011: too many servers for one connection): set "
+          "discord.shard_count (a number, or auto for Discord's recommendation) and restart.",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,7 +78,7 @@ async def run(config: Config, token: str) -> int:
         print(f"error: storage.url: {e}", file=sys.stderr)
         return 2
     message_content = True
-    client: WakeruClient | None = None
+    client: WakeruClient | WakeruShardedClient | None = None
     stopping = asyncio.Event()
     shutdown: asyncio.Task | None = None
 
@@ -114,13 +121,18 @@ async def run(config: Config, token: str) -> int:
     beat = asyncio.ensure_future(health.heartbeat(Path(config.storage.health_file), state))
     try:
         while not stopping.is_set():
-            client = WakeruClient(app, message_content=message_content)
+            client = make_client(app, config, message_content=message_content)
             try:
                 async with client:
                     await client.start(token)
                 break
             except discord.LoginFailure:
                 print(INVALID_TOKEN_HELP, file=sys.stderr)
+                return 2
+            except discord.ConnectionClosed as e:
+                if e.code not in SHARDING_HELP:
+                    raise
+                print(f"error: {SHARDING_HELP[e.code]}", file=sys.stderr)
                 return 2
             except discord.PrivilegedIntentsRequired:
                 if not message_content:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 
 import discord
 from discord import app_commands
 
+from wakeru.config import Config
 from wakeru.logs import bind_request_id, new_event_id
 
 from . import metrics
@@ -62,10 +64,15 @@ class WakeruTree(app_commands.CommandTree):
             pass  # the interaction expired; the log has it
 
 
-class WakeruClient(discord.Client):
-    def __init__(self, app: App | None, *, message_content: bool = True):
+class WakeruBehaviour:
+    """What every Wakeru client does, sharded or not (mixed in before the discord.py client class)."""
+
+    app: App | None
+    tree: WakeruTree
+
+    def __init__(self, app: App | None, *, message_content: bool = True, **options) -> None:
         super().__init__(intents=intents(message_content), allowed_mentions=discord.AllowedMentions.none(),
-                         chunk_guilds_at_startup=False)
+                         chunk_guilds_at_startup=False, **options)
         self.app = app  # None when only syncing commands
         self.tree = WakeruTree(self)
 
@@ -86,3 +93,75 @@ class WakeruClient(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         if self.app is not None:
             await on_image_post(self.app, message)
+
+
+class WakeruClient(WakeruBehaviour, discord.Client):
+    """One gateway connection (discord.shard_count null): enough for up to 2,500 servers."""
+
+    def __init__(self, app: App | None, *, message_content: bool = True):
+        super().__init__(app, message_content=message_content)
+
+
+def describe_shards(shard_ids: Sequence[int] | None, shard_count: int | None) -> str:
+    """For logs: 'shards 0,1 of 4' (shard_ids None: all of them; shard_count None: not known yet, "auto")."""
+    total = "?" if shard_count is None else str(shard_count)
+    if shard_ids is None:
+        if shard_count is None:
+            return "all shards (count from Discord)"
+        shard_ids = range(shard_count)
+    ids = list(shard_ids)
+    return f"shard{'s' if len(ids) != 1 else ''} {','.join(map(str, ids))} of {total}"
+
+
+class WakeruShardedClient(WakeruBehaviour, discord.AutoShardedClient):
+    """Several gateway connections in one process (discord.shard_count set): the shards in
+    ``shard_ids`` (None: all) out of ``shard_count`` (None: Discord's recommendation, asked from
+    GET /gateway/bot). Each server's events arrive on shard ``(guild_id >> 22) % shard_count`` only,
+    so several processes, each with its own ``shard_ids``, split the servers between them."""
+
+    def __init__(self, app: App | None, *, shard_count: int | None, shard_ids: Sequence[int] | None = None,
+                 message_content: bool = True):
+        super().__init__(app, message_content=message_content, shard_count=shard_count,
+                         shard_ids=list(shard_ids) if shard_ids is not None else None)
+
+    def describe_shards(self) -> str:
+        return describe_shards(self.shard_ids, self.shard_count)
+
+    async def launch_shards(self) -> None:
+        if self.shard_count is None and not self.is_closed():
+            # "auto": ask Discord here rather than in discord.py, which would then also take the
+            # gateway URL from the answer and ignore discord.gateway_url (a proxy, the tests' fake)
+            count, _url, limits = await self.http.get_bot_gateway()
+            self.shard_count = count
+            log.info("sharding: Discord recommends %d shard(s) (identify concurrency %s, %s session starts left)",
+                     count, limits.get("max_concurrency"), limits.get("remaining"))
+        log.info("sharding: this process runs %s", self.describe_shards())
+        await super().launch_shards()
+
+    # discord.py fires on_ready once every shard of this process is ready, and on_shard_ready /
+    # on_shard_resumed for each shard (on_resumed too): count the sessions per shard.
+    async def on_ready(self) -> None:
+        log.info("connected as %s (id %s) to %d server(s) on %s", self.user, self.user.id, len(self.guilds),
+                 self.describe_shards())
+
+    async def on_shard_ready(self, shard_id: int) -> None:
+        metrics.GATEWAY_SESSIONS.labels("ready").inc()
+        servers = sum(1 for g in self.guilds if g.shard_id == shard_id)
+        log.info("shard %d of %s ready: %d server(s)", shard_id, self.shard_count, servers)
+
+    async def on_resumed(self) -> None:
+        pass  # counted and logged per shard below
+
+    async def on_shard_resumed(self, shard_id: int) -> None:
+        metrics.GATEWAY_SESSIONS.labels("resumed").inc()
+        log.info("gateway session resumed (shard %d of %s)", shard_id, self.shard_count)
+
+
+def make_client(app: App | None, config: Config, *, message_content: bool = True) -> WakeruClient | WakeruShardedClient:
+    """The client discord.shard_count asks for: null → one connection; a number or "auto" → sharded,
+    running discord.shard_ids (null: every shard)."""
+    count = config.discord.shard_count
+    if count is None:
+        return WakeruClient(app, message_content=message_content)
+    return WakeruShardedClient(app, message_content=message_content, shard_count=None if count == "auto" else count,
+                               shard_ids=config.discord.shard_ids)

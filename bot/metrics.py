@@ -18,7 +18,8 @@ log = logging.getLogger("wakeru.metrics")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-WORKER_STATES = ["stopped", "starting", "ready", "restarting", "failed"]
+# no_workers and unreachable: worker.transport redis, with no live worker or no Redis
+WORKER_STATES = ["stopped", "starting", "ready", "restarting", "failed", "no_workers", "unreachable"]
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 QUEUE_DEPTH = Gauge("wakeru_queue_depth", "Images sent to the model worker and not answered yet", registry=REGISTRY)
@@ -35,6 +36,10 @@ RATE_LIMITED = Counter("wakeru_rate_limited", "Images refused by the per-user or
 WORKER_RESTARTS = Counter("wakeru_worker_restarts", "Model worker restarts after a crash", registry=REGISTRY)
 WORKER_STATE = Enum("wakeru_worker_state", "State of the model worker", states=WORKER_STATES, registry=REGISTRY)
 LABEL_CHANGES = Counter("wakeru_label_set_changes", "Label-set changes saved, by action", ["action"], registry=REGISTRY)
+LIVE_WORKERS = Gauge("wakeru_live_workers", "Model workers whose heartbeat is fresh (worker.transport redis)",
+                     registry=REGISTRY)
+DUPLICATE_RESULTS = Counter("wakeru_duplicate_results", "Answers dropped because their request was already "
+                            "answered or given up (a worker taken over after going silent)", registry=REGISTRY)
 GATEWAY_SESSIONS = Counter("wakeru_gateway_sessions", "Gateway sessions started (READY) or resumed (RESUMED)",
                            ["kind"], registry=REGISTRY)
 
@@ -82,7 +87,9 @@ class MetricsServer:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         state = self._health()
-        healthy = state.get("worker") in ("starting", "ready", "restarting") and not state.get("stopping")
+        # no_workers / unreachable recover by themselves once a worker or Redis is back: degraded, not down
+        healthy = (state.get("worker") in ("starting", "ready", "restarting", "no_workers", "unreachable")
+                   and not state.get("stopping"))
         state["status"] = "ok" if healthy and state.get("worker") == "ready" else ("degraded" if healthy else "down")
         return web.Response(status=200 if healthy else 503, text=json.dumps(state),
                             content_type="application/json")

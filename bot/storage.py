@@ -14,9 +14,11 @@ across resets and undos (new version = newest history version + 1, starting at 1
 A write that leaves the labels as they were is still recorded as a new version: the history then shows every
 command a moderator ran, and there is no special case for callers to handle.
 
-Pure stdlib + aiosqlite: this module must not import torch, PIL or discord. A PostgreSQL store with the same
-interface may come later, so the SQL sticks to what both understand (ON CONFLICT upserts, BIGINT, BOOLEAN) apart from
-the `?` placeholders and the PRAGMAs.
+Pure stdlib + aiosqlite: this module must not import torch, PIL or discord. bot/storage_postgres.py runs the same
+queries and migrations on PostgreSQL (asyncpg), so the SQL sticks to what both understand (ON CONFLICT upserts,
+BIGINT, BOOLEAN) apart from the `?` placeholders, which it numbers, and the PRAGMAs, which live in the plumbing
+methods (_prepare, _user_version, _set_user_version, _guard, _transaction) that it overrides. `open_store(url)` picks
+the backend from storage.url.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
     "NothingToUndo",
     "StorageError",
     "VersionConflict",
+    "open_store",
     "parse_storage_url",
 ]
 
@@ -141,12 +144,19 @@ class HistoryEntry:
     reverted: bool  # undone by a later undo
 
 
-_SUPPORTED = "use sqlite:///relative/path.db (relative to the working directory) or sqlite:////absolute/path.db"
+_SUPPORTED = ("use sqlite:///relative/path.db (relative to the working directory) or sqlite:////absolute/path.db, "
+              "or postgresql://user:password@host:5432/dbname")
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def _scheme(url: object) -> str:
+    return url.partition("://")[0].lower() if isinstance(url, str) else ""
 
 
 def parse_storage_url(url: str) -> str:
     """storage.url → SQLite path: "sqlite:///data/wakeru.db" → "data/wakeru.db", "sqlite:////abs/x.db" → "/abs/x.db",
-    "sqlite:///:memory:" → ":memory:". Anything else raises StorageError naming the supported form.
+    "sqlite:///:memory:" → ":memory:". Anything else raises StorageError naming the supported forms; PostgreSQL URLs
+    too, as they are no SQLite path: open_store() opens those.
 
     Error messages name only the scheme, never the whole URL: a database URL may carry a password.
     """
@@ -156,8 +166,11 @@ def parse_storage_url(url: str) -> str:
     scheme = scheme.lower()
     if not sep:
         raise StorageError(f"storage.url is not a URL; {_SUPPORTED}")
-    if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
-        raise StorageError(f"PostgreSQL storage is not supported yet; {_SUPPORTED}")
+    if scheme in _POSTGRES_SCHEMES:
+        raise StorageError(f"storage.url {scheme}:// names a PostgreSQL database, not a SQLite file: open it with "
+                           f"open_store(); {_SUPPORTED}")
+    if scheme.startswith("postgresql+"):
+        raise StorageError(f"storage.url scheme {scheme!r} is not supported: write postgresql:// instead; {_SUPPORTED}")
     if scheme != "sqlite":
         raise StorageError(f"storage.url scheme {scheme!r} is not supported; {_SUPPORTED}")
     if not rest.startswith("/"):
@@ -233,8 +246,11 @@ def _storage_error(exc: sqlite3.Error, path: str) -> StorageError | None:
 class LabelStore:
     """Label sets, their history and auto-classify overrides in one SQLite file.
 
-    Create with `await LabelStore.open(url)`; close with `await store.close()` (or use `async with`).
+    Create with `await LabelStore.open(url)` (or `await open_store(url)`, which also opens PostgreSQL URLs); close
+    with `await store.close()` (or use `async with`).
     """
+
+    _WHAT = "file"  # what storage.url points at, in messages
 
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
         self._db: aiosqlite.Connection | None = db
@@ -285,15 +301,25 @@ class LabelStore:
             raise (_storage_error(exc, path) or StorageError(f"cannot open the database {path!r}: {exc}")) from exc
         store = cls(db, path)
         store.read_only = target.startswith("file:")
+        return await store._start()
+
+    async def _start(self) -> LabelStore:
+        """Set the fresh connection up and migrate; closes the store again if that fails."""
         try:
-            await store._setup()
+            await self._setup()
         except BaseException:
-            await db.close()
-            store._db = None
+            await self.close()
             raise
-        return store
+        return self
 
     async def _setup(self) -> None:
+        current = await self._prepare()
+        self._check_schema(current)
+        if current < SCHEMA_VERSION:  # an up-to-date file needs no write lock: a read-only one still opens
+            await self._migrate()
+
+    async def _prepare(self) -> int:
+        """Per-connection settings; returns the schema version the database is at (0 = empty)."""
         async with self._guard() as db:
             # busy_timeout first, so the following statements wait for another process instead of failing.
             await db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
@@ -303,10 +329,7 @@ class LabelStore:
             if not self.read_only:
                 await self._enable_wal(db)
             # Also reads the file header: a file that is not a database fails here, not later.
-            current = await self._user_version(db)
-        self._check_schema(current)
-        if current < SCHEMA_VERSION:  # an up-to-date file needs no write lock: a read-only one still opens
-            await self._migrate()
+            return await self._user_version(db)
 
     @staticmethod
     async def _enable_wal(db: aiosqlite.Connection) -> None:
@@ -323,8 +346,8 @@ class LabelStore:
                 await asyncio.sleep(0.02)
 
     async def _migrate(self) -> None:
-        # One transaction per step; user_version is re-read under the write lock, so two processes starting on a
-        # fresh file at once do not both apply a step.
+        # One transaction per step; the version is re-read under the write lock, so two processes starting on a
+        # fresh database at once do not both apply a step.
         while True:
             async with self._transaction() as db:
                 current = await self._user_version(db)
@@ -333,20 +356,24 @@ class LabelStore:
                     return
                 for statement in MIGRATIONS[current]:
                     await db.execute(statement)
-                await db.execute(f"PRAGMA user_version = {current + 1}")  # transactional: lives in the file header
+                await self._set_user_version(db, current + 1)
 
-    @staticmethod
-    def _check_schema(version: int) -> None:
+    @classmethod
+    def _check_schema(cls, version: int) -> None:
         if version > SCHEMA_VERSION:
             raise StorageError(
                 f"database schema v{version} is newer than this Wakeru supports (v{SCHEMA_VERSION}); "
-                f"upgrade Wakeru or point storage.url at another file"
+                f"upgrade Wakeru or point storage.url at another {cls._WHAT}"
             )
 
     @staticmethod
     async def _user_version(db: aiosqlite.Connection) -> int:
         rows = await db.execute_fetchall("PRAGMA user_version")
         return int(list(rows)[0][0])
+
+    @staticmethod
+    async def _set_user_version(db: aiosqlite.Connection, version: int) -> None:
+        await db.execute(f"PRAGMA user_version = {int(version)}")  # transactional: lives in the file header
 
     async def close(self) -> None:
         """Close the connection; safe to call more than once."""
@@ -563,3 +590,15 @@ class LabelStore:
                 "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
                 (guild_id, scope, bool(enabled), user_id, time.time()),
             )
+
+
+async def open_store(url: str) -> LabelStore:
+    """Open the label store storage.url names: SQLite for sqlite:///…, PostgreSQL for postgresql:// or postgres://.
+
+    The PostgreSQL backend (and asyncpg) is only imported when a PostgreSQL URL is used.
+    """
+    if _scheme(url) in _POSTGRES_SCHEMES:
+        from .storage_postgres import PostgresLabelStore
+
+        return await PostgresLabelStore.open(url)
+    return await LabelStore.open(url)

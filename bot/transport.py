@@ -65,6 +65,15 @@ class WorkerTransport(Protocol):
     async def close(self) -> None: ...
 
 
+def make_transport(config: Config) -> "TransportBase":
+    """worker.transport: local (a child process) or redis (workers anywhere, through Redis Streams)."""
+    if config.worker.transport == "redis":
+        from .redis_transport import RedisWorkerTransport
+
+        return RedisWorkerTransport(config)
+    return LocalWorkerTransport(config)
+
+
 def describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "exit code unknown"
@@ -171,20 +180,90 @@ class _Pending:
     worker: int | None = None  # the incarnation holding it now; None while waiting to be sent again
 
 
-class LocalWorkerTransport:
-    """The model worker as a supervised child process of the bot."""
+class TransportBase:
+    """What every transport shares: its state, the places a bot may hold (images still
+    downloading included), refusals while it cannot serve or is shutting down, and the
+    futures of the requests in flight."""
 
     def __init__(self, config: Config):
         self.config = config
         self.state = "stopped"
         self.failure: str | None = None   # why there is no model (load failure, repeated crashes)
         self.info: dict = {}              # what the worker reported when ready
-        self.ready = asyncio.Event()      # set once the first worker is ready or has failed
+        self.ready = asyncio.Event()      # set once the first worker is ready (or has failed for good)
         self.restarts = 0
         self._capacity = config.worker.queue_size
         self._accepting = True
         self._reserved = 0  # places taken by images still downloading (admit → classify or release)
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict = {}  # request id → an entry with .request and .future
+        metrics.QUEUE_DEPTH.set_function(lambda: len(self._pending))
+        metrics.set_worker_state(self.state)
+
+    def stop_accepting(self) -> None:
+        """Shutdown has begun: new requests are refused; those in flight go on."""
+        self._accepting = False
+
+    def abandon(self, message: str) -> None:
+        """Answer everything in flight now (the grace period is over)."""
+        self._fail_all(ErrorCode.UNAVAILABLE, message)
+
+    def admit(self, request_id: str) -> ClassifyResult | None:
+        """Take a place for an image about to be downloaded, or say why not (not ready, shutting
+        down, busy). A burst is refused here, before its bytes are fetched; the place is handed
+        to `classify(..., admitted=True)` or given back with `release()`."""
+        refused = self._refusal(request_id)
+        if refused is None:
+            self._reserved += 1
+        return refused
+
+    def release(self) -> None:
+        self._reserved = max(0, self._reserved - 1)
+
+    def _unavailable_because(self) -> str:
+        return "the worker is stopped"
+
+    def _refusal(self, request_id: str) -> ClassifyResult | None:
+        if not self._accepting:
+            return ClassifyResult.failure(request_id, ErrorCode.UNAVAILABLE, "the bot is shutting down")
+        if self.state != "ready":
+            # While loading, queueing would pile image bytes up in this process with no one reading them.
+            return ClassifyResult.failure(request_id, ErrorCode.UNAVAILABLE,
+                                          f"temporarily unavailable: {self._unavailable_because()}")
+        waiting = len(self._pending) + self._reserved
+        if waiting >= self._capacity:
+            return ClassifyResult.failure(request_id, ErrorCode.QUEUE_FULL,
+                                          f"the model is busy ({waiting} images waiting); try again")
+        return None
+
+    def _fail_all(self, code: ErrorCode, message: str) -> None:
+        for request_id, entry in list(self._pending.items()):
+            if not entry.future.done():
+                entry.future.set_result(ClassifyResult.failure(request_id, code, message))
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        metrics.set_worker_state(state)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+
+def deadline_wait(request: ClassifyRequest) -> float | None:
+    """How long the bot waits for an answer: the request's deadline plus a grace for the
+    worker's own deadline answer to arrive."""
+    return None if request.deadline is None else max(0.0, request.deadline - time.time()) + _DEADLINE_GRACE_S
+
+
+def timed_out(request: ClassifyRequest) -> ClassifyResult:
+    return ClassifyResult.failure(request.id, ErrorCode.DEADLINE_EXCEEDED, "no answer from the model worker in time")
+
+
+class LocalWorkerTransport(TransportBase):
+    """The model worker as a supervised child process of the bot."""
+
+    def __init__(self, config: Config):
+        super().__init__(config)
         self._resend: deque[str] = deque()   # ids to send again after a crash, one at a time
         self._resend_in_flight: str | None = None
         self._worker: _WorkerProcess | None = None
@@ -195,8 +274,6 @@ class LocalWorkerTransport:
         self._restart_task: asyncio.Task | None = None
         self._silent_since: float | None = None  # first request sent since the worker last said anything
         self._watchdog: asyncio.Task | None = None
-        metrics.QUEUE_DEPTH.set_function(lambda: len(self._pending))
-        metrics.set_worker_state(self.state)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -217,14 +294,6 @@ class LocalWorkerTransport:
         log.info("model worker %d started (pid %s), loading %s", worker.number, worker.process.pid,
                  self.config.model.id)
 
-    def stop_accepting(self) -> None:
-        """Shutdown has begun: new requests are refused; those in flight go on."""
-        self._accepting = False
-
-    def abandon(self, message: str) -> None:
-        """Answer everything in flight now (the grace period is over)."""
-        self._fail_all(ErrorCode.UNAVAILABLE, message)
-
     async def close(self, timeout: float = 15.0) -> None:
         if self.state == "stopped":
             return
@@ -239,32 +308,10 @@ class LocalWorkerTransport:
 
     # ---- requests ----------------------------------------------------------------------
 
-    def admit(self, request_id: str) -> ClassifyResult | None:
-        """Take a place for an image about to be downloaded, or say why not (not ready, shutting
-        down, busy). A burst is refused here, before its bytes are fetched; the place is handed
-        to `classify(..., admitted=True)` or given back with `release()`."""
-        refused = self._refusal(request_id)
-        if refused is None:
-            self._reserved += 1
-        return refused
-
-    def release(self) -> None:
-        self._reserved = max(0, self._reserved - 1)
-
-    def _refusal(self, request_id: str) -> ClassifyResult | None:
-        if not self._accepting:
-            return ClassifyResult.failure(request_id, ErrorCode.UNAVAILABLE, "the bot is shutting down")
-        if self.state != "ready":
-            # While loading, queueing would pile image bytes up in this process with no one reading them.
-            why = {"starting": "the model is still loading",
-                   "restarting": "the model worker is restarting after a crash",
-                   "failed": self.failure or "the model could not be loaded"}.get(self.state, "the worker is stopped")
-            return ClassifyResult.failure(request_id, ErrorCode.UNAVAILABLE, f"temporarily unavailable: {why}")
-        waiting = len(self._pending) + self._reserved
-        if waiting >= self._capacity:
-            return ClassifyResult.failure(request_id, ErrorCode.QUEUE_FULL,
-                                          f"the model is busy ({waiting} images waiting); try again")
-        return None
+    def _unavailable_because(self) -> str:
+        return {"starting": "the model is still loading",
+                "restarting": "the model worker is restarting after a crash",
+                "failed": self.failure or "the model could not be loaded"}.get(self.state, "the worker is stopped")
 
     async def classify(self, request: ClassifyRequest, *, admitted: bool = False) -> ClassifyResult:
         if admitted:
@@ -278,11 +325,9 @@ class LocalWorkerTransport:
         self._pending[request.id] = entry
         try:
             self._send_request(request)
-            timeout = None if request.deadline is None else max(0.0, request.deadline - time.time()) + _DEADLINE_GRACE_S
-            return await asyncio.wait_for(asyncio.shield(entry.future), timeout)
+            return await asyncio.wait_for(asyncio.shield(entry.future), deadline_wait(request))
         except asyncio.TimeoutError:
-            return ClassifyResult.failure(request.id, ErrorCode.DEADLINE_EXCEEDED,
-                                          "no answer from the model worker in time")
+            return timed_out(request)
         finally:
             self._forget(entry)
 
@@ -423,14 +468,4 @@ class LocalWorkerTransport:
     def _fail_all(self, code: ErrorCode, message: str) -> None:
         self._resend.clear()
         self._resend_in_flight = None
-        for request_id, entry in list(self._pending.items()):
-            if not entry.future.done():
-                entry.future.set_result(ClassifyResult.failure(request_id, code, message))
-
-    def _set_state(self, state: str) -> None:
-        self.state = state
-        metrics.set_worker_state(state)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._pending)
+        super()._fail_all(code, message)

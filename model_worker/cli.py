@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--image-size", default="1920x1440", help="photo size of the generated JPEGs, WxH (default 1920x1440)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
 
+    s = sub.add_parser("serve", help="serve the Redis request stream (worker.transport: redis) until SIGTERM")
+    _add_model_options(s)
+    s.add_argument("--redis-url", help="override worker.redis_url, e.g. redis://10.0.0.5:6379/0")
+    s.add_argument("--json-logs", action="store_true", help="one JSON object per log line (service.log_format)")
+
     m = sub.add_parser("make-checkpoint", help="write a random-weight local checkpoint (no hub needed)")
     m.add_argument("--family", required=True, choices=["siglip", "siglip2", "clip", "japanese-stable-clip"])
     m.add_argument("--preset", default="base", choices=["tiny", "small", "base"])
@@ -208,6 +213,26 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0 if answered == len(args.images) else 1
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from wakeru.logs import setup_logging
+
+    from .faults import Faults
+    from .redis_worker import serve_forever
+
+    config = resolve_config(args)
+    if args.redis_url:
+        config = config.with_overrides(worker={"redis_url": args.redis_url})
+    fmt = "json" if args.json_logs else config.service.log_format
+    setup_logging(fmt, logging.DEBUG if args.verbose else logging.INFO, process="worker")
+    faults = Faults.from_env()
+    engine = load_engine(config)
+    faults.install(engine)
+    try:
+        return serve_forever(config, engine, faults)
+    finally:
+        engine.close(timeout=10)
+
+
 def cmd_make_checkpoint(args: argparse.Namespace) -> int:
     from .checkpoints import build
 
@@ -227,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .bench import cmd_bench
 
             return cmd_bench(args)
+        if args.command == "serve":
+            return cmd_serve(args)
         return cmd_make_checkpoint(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,7 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 from PIL import Image
 
-from tests.support.fake_discord import FakeDiscord
+from tests.support.fake_discord import FakeDiscord, shard_of
 
 FRUITS = ["りんご", "みかん", "ぶどう", "さくらんぼ"]
 
@@ -574,3 +574,195 @@ def test_no_unknown_or_invalid_requests(fake, bot):
                       if r["status"] >= 400 and not r.get("injected"))
     assert set(failures) <= {("interactions", 400), ("interactions", 404), ("users", 401), ("webhooks", 401),
                              ("channels", 404), ("channels", 400)}, fake.describe()
+
+
+# ---------------------------------------------------------------- sharding
+
+
+def test_new_guild_ids_land_on_the_asked_shard():
+    other = FakeDiscord()  # never started: ids and guilds need no server
+    for count in (1, 2, 3, 16):
+        for shard in range(count):
+            gid = other.new_guild_id(shard, count)
+            assert shard_of(gid, count) == shard and abs((gid >> 22) - (other.new_id() >> 22)) < 1000
+    g = other.add_guild(shard=1, shard_count=4)
+    assert g.shard(4) == 1 and other.guild_of(g.channel_id) == other.guild_of(g.thread_id) == g.id
+    assert other.guild_of(other.channel_id) == other.guild_id
+    assert {c["id"] for c in other.guild_payload(g.id)["channels"]} == {str(g.channel_id), str(g.other_channel_id)}
+    assert [r["id"] for r in other.guild_payload(g.id)["roles"]][0] == str(g.id)  # @everyone
+    with pytest.raises(ValueError):
+        other.add_guild(guild_id=other.new_guild_id(0, 2), shard=1, shard_count=2)
+
+
+def test_raw_sharded_identify_routes_guilds_and_refuses_bad_shards():
+    """What a sharded client sees, as a plain aiohttp client: /gateway/bot, READY per shard, routing."""
+    import aiohttp
+
+    async def connect(http, other, shard):
+        ws = await http.ws_connect(other.gateway_url + "?v=10&encoding=json")
+        assert (await ws.receive_json())["op"] == 10
+        d = {"token": other.token, "intents": 0, "properties": {}}
+        if shard is not None:
+            d["shard"] = shard
+        await ws.send_json({"op": 2, "d": d})
+        return ws
+
+    async def ready(ws) -> tuple[dict, list[str]]:
+        first = await ws.receive_json()
+        assert first["t"] == "READY", first
+        guilds = [(await ws.receive_json()) for _ in first["d"]["guilds"]]
+        assert all(g["t"] == "GUILD_CREATE" for g in guilds)
+        return first["d"], [g["d"]["id"] for g in guilds]
+
+    async def closed_with(ws) -> int:
+        msg = await ws.receive()
+        assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+        return msg.data
+
+    async def main(other: FakeDiscord, g0, g1):
+        async with aiohttp.ClientSession() as http:
+            async with http.get(other.api_base + "/gateway/bot", headers={"Authorization": "Bot fake-token"}) as r:
+                info = await r.json()
+            assert info["shards"] == 2 and info["url"] == other.gateway_url
+            assert info["session_start_limit"]["max_concurrency"] == 1
+            assert 0 < info["session_start_limit"]["remaining"] <= info["session_start_limit"]["total"]
+            async with http.get(other.api_base + "/gateway") as r:  # no auth, only the URL
+                assert r.status == 200 and await r.json() == {"url": other.gateway_url}
+
+            # Sharding required: an unsharded (or 1-shard) IDENTIFY is refused with 4011.
+            other.require_sharding = True
+            ws = await connect(http, other, None)
+            assert await closed_with(ws) == 4011
+            ws = await connect(http, other, [0, 1])
+            assert await closed_with(ws) == 4011
+
+            ws0, ws1 = await connect(http, other, [0, 2]), None
+            d0, guilds0 = await ready(ws0)
+            assert d0["shard"] == [0, 2] and guilds0 == [str(g0.id)]
+            assert [g["id"] for g in d0["guilds"]] == [str(g0.id)]
+            ws1 = await connect(http, other, [1, 2])
+            d1, guilds1 = await ready(ws1)
+            assert d1["shard"] == [1, 2] and sorted(guilds1) == sorted([str(g1.id), str(other.guild_id)])
+            await asyncio.to_thread(other.wait_shards_ready, 2)
+            assert other.ready_shards(2) == {0, 1}
+
+            # 4010: a shard id out of range, a count other than the live sessions', a malformed shard.
+            for bad in ([2, 2], [0, 3], [-1, 2], ["0", 2], [0]):
+                ws = await connect(http, other, bad)
+                assert await closed_with(ws) == 4010, bad
+            assert [r["code"] for r in other.refused_identifies] == [4011, 4011] + [4010] * 5
+
+            # Each guild's events reach only the session owning its shard; DMs go to shard 0.
+            for guild, mine, others in ((g0, ws0, ws1), (g1, ws1, ws0)):
+                posted = await asyncio.to_thread(other.post_message, guild.channel_id, content="hi")
+                got = await mine.receive_json()
+                assert (got["t"], got["d"]["id"], got["d"]["guild_id"]) == ("MESSAGE_CREATE", posted["id"],
+                                                                             str(guild.id))
+                rec = await asyncio.to_thread(other.interact, "ping", channel_id=guild.thread_id)
+                got = await mine.receive_json()
+                assert (got["t"], got["d"]["id"], got["d"]["guild_id"]) == ("INTERACTION_CREATE", str(rec.id),
+                                                                             str(guild.id))
+                assert [(d["shard"], d["event"]) for d in other.delivered(rec.id)] == [
+                    ((guild.shard(2), 2), "INTERACTION_CREATE")]
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(others.receive_json(), 0.2)
+            await asyncio.to_thread(other.dispatch, "TYPING_START", {"channel_id": "1", "user_id": "2"})
+            assert (await ws0.receive_json())["t"] == "TYPING_START"
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(ws1.receive_json(), 0.2)
+
+            # A guild joined later arrives (GUILD_CREATE) on its shard only.
+            late = await asyncio.to_thread(other.add_guild, shard=0, shard_count=2)
+            got = await ws0.receive_json()
+            assert (got["t"], got["d"]["id"]) == ("GUILD_CREATE", str(late.id))
+
+            # A RESUME keeps the session's shard.
+            session_id, seq = d1["session_id"], got["s"]
+            await ws1.close()
+            ws1 = await http.ws_connect(other.gateway_url + "?v=10&encoding=json")
+            await ws1.receive_json()
+            last = other.sessions()
+            await ws1.send_json({"op": 6, "d": {"token": other.token, "session_id": session_id, "seq": 100}})
+            assert await ws1.receive_json() == {"op": 9, "d": False, "s": None, "t": None}  # seq from the future
+            await ws1.close()
+            ws1 = await http.ws_connect(other.gateway_url + "?v=10&encoding=json")
+            await ws1.receive_json()
+            await ws1.send_json({"op": 6, "d": {"token": other.token, "session_id": session_id,
+                                                "seq": len(guilds1) + 1 + 2}})  # READY, GUILD_CREATEs, 2 events
+            assert (await ws1.receive_json())["t"] == "RESUMED"
+            assert {(s["session_id"], s["shard"]) for s in other.sessions() if s["ready"]} == {
+                (d0["session_id"], (0, 2)), (session_id, (1, 2))}, last
+            posted = await asyncio.to_thread(other.post_message, g1.channel_id, content="after resume")
+            assert (await ws1.receive_json())["d"]["id"] == posted["id"]
+            for ws in (ws0, ws1):
+                await ws.close()
+
+    with FakeDiscord() as other:
+        other.recommended_shards = 2
+        g0, g1 = other.add_guild(shard=0, shard_count=2), other.add_guild(shard=1, shard_count=2)
+        assert shard_of(other.guild_id, 2) == 1  # the first guild is on shard 1 of 2 as well
+        asyncio.run(main(other, g0, g1))
+        assert other.unknown_requests == [] and other.invalid_requests == []
+
+
+@pytest.fixture
+def sharded_fake():
+    """A second fake the class-wide discord.py endpoints point at for one test (the module's bot idles)."""
+    old_base, old_gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    with FakeDiscord() as other:
+        discord.http.Route.BASE = other.api_base
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(other.gateway_url)
+        try:
+            yield other
+        finally:
+            discord.http.Route.BASE = old_base
+            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_gateway
+
+
+def _sharded_bot(**options) -> commands.AutoShardedBot:
+    intents = discord.Intents.none()
+    intents.guilds = intents.guild_messages = intents.message_content = True
+    bot = commands.AutoShardedBot(command_prefix="!", intents=intents, chunk_guilds_at_startup=False, **options)
+
+    @bot.event
+    async def on_message(message: discord.Message) -> None:
+        if not message.author.bot:
+            await message.channel.send(f"shard {message.guild.shard_id} saw {message.id}")
+
+    return bot
+
+
+def test_two_sharded_discord_py_bots_split_the_guilds(sharded_fake):
+    fake = sharded_fake
+    guilds = [fake.add_guild(shard=k % 2, shard_count=2) for k in range(4)]
+    tokens = {0: fake.add_token(), 1: fake.add_token()}
+    runners = {k: BotThread(_sharded_bot(shard_count=2, shard_ids=[k]), tokens[k]).start() for k in (0, 1)}
+    try:
+        fake.wait_shards_ready(2, timeout=15)
+        identifies = {tuple(d["shard"]): d["token"] for d in fake.identify_payloads}
+        assert identifies == {(0, 2): tokens[0], (1, 2): tokens[1]}
+        for guild in [*guilds, fake.guilds[fake.guild_id]]:
+            mark = fake.mark()
+            posted = fake.post_message(guild.channel_id, content="hello")
+            reply = fake.wait_for_message(since=mark, timeout=10)
+            shard = guild.shard(2)
+            assert reply["content"] == f"shard {shard} saw {posted['id']}"
+            assert reply["token"] == tokens[shard]  # answered by the process owning the shard
+            assert [d["token"] for d in fake.delivered(posted["id"])] == [tokens[shard]]
+        time.sleep(0.1)
+        assert len({m["content"] for m in fake.sent_messages}) == len(fake.sent_messages) == 5  # once each
+        counts = {k: len(runners[k].call(_wait_guilds(runners[k].bot, 3 if k else 2))) for k in (0, 1)}
+        assert counts == {0: 2, 1: 3}  # shard 1 also has the first guild
+    finally:
+        for runner in runners.values():
+            runner.stop()
+    assert all(r.error is None for r in runners.values()), [r.error for r in runners.values()]
+    assert fake.unknown_requests == [] and fake.invalid_requests == []
+
+
+async def _wait_guilds(client: discord.Client, n: int):
+    for _ in range(100):
+        if len(client.guilds) >= n and client.is_ready():
+            break
+        await asyncio.sleep(0.05)
+    return client.guilds

@@ -179,6 +179,14 @@ def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
     return value
 
 
+def redact_url(url: str) -> str:
+    """A service URL without its user and password, for logs and messages."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest.split("/", 1)[0]:
+        rest = "…@" + rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
 class DiscordSection(_Section):
     # labeled_channels: only channels (or a thread's parent) with a label set of their own;
     # all: every channel the bot can read; off: only /classify and the context menu.

@@ -8,6 +8,7 @@ Bump PROTOCOL_VERSION when a field changes meaning; peers reject other versions.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -107,3 +108,56 @@ class ClassifyResult:
             timings=Timings(**d.get("timings", {})),
             version=d.get("version", PROTOCOL_VERSION),
         )
+
+
+# ---- Redis Streams wire format (worker.transport: redis) ----------------------------------
+# Both ends build their keys and entries here, so a bot and a worker of the same
+# PROTOCOL_VERSION always agree. Stream field values are binary-safe: the image travels as
+# raw bytes, the rest as short text or JSON.
+
+REQUESTS_GROUP = "workers"  # the consumer group every worker reads the request stream with
+
+
+def requests_key(prefix: str) -> str:
+    return f"{prefix}:requests"
+
+
+def replies_key(prefix: str, bot_id: str) -> str:
+    return f"{prefix}:replies:{bot_id}"
+
+
+def heartbeat_key(prefix: str, worker_name: str) -> str:
+    return f"{prefix}:worker:{worker_name}"
+
+
+def request_fields(request: ClassifyRequest, reply_to: str) -> dict[str, bytes | str]:
+    return {"v": str(request.version), "id": request.id, "reply": reply_to,
+            "labels": json.dumps(list(request.labels), ensure_ascii=False), "top_k": str(request.top_k),
+            "deadline": "" if request.deadline is None else repr(request.deadline), "image": request.image}
+
+
+def parse_request_fields(fields: dict[bytes, bytes]) -> tuple[ClassifyRequest, str]:
+    """(request, reply stream key); raises ValueError/KeyError on a malformed entry (use
+    `request_reply_of` to still answer it)."""
+    text = {k.decode(): v for k, v in fields.items()}
+    deadline = text["deadline"].decode()
+    request = ClassifyRequest(id=text["id"].decode(), image=bytes(text["image"]),
+                              labels=tuple(json.loads(text["labels"].decode())), top_k=int(text["top_k"]),
+                              deadline=float(deadline) if deadline else None, version=int(text["v"]))
+    return request, text["reply"].decode()
+
+
+def request_reply_of(fields: dict[bytes, bytes]) -> tuple[str, str] | None:
+    """(request id, reply key) of an entry that could not be parsed, when it has them."""
+    try:
+        return fields[b"id"].decode(), fields[b"reply"].decode()
+    except (KeyError, UnicodeDecodeError, AttributeError):
+        return None
+
+
+def result_fields(result: ClassifyResult) -> dict[str, str]:
+    return {"id": result.id, "result": json.dumps(result.to_dict(), ensure_ascii=False)}
+
+
+def parse_result_fields(fields: dict[bytes, bytes]) -> ClassifyResult:
+    return ClassifyResult.from_dict(json.loads(fields[b"result"].decode()))

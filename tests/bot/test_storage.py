@@ -1,4 +1,9 @@
-"""bot.storage against real SQLite files in tmp_path."""
+"""bot.storage against real SQLite files in tmp_path and, for the behaviour both backends share, against a fresh
+database on a throwaway PostgreSQL server (tests/support/postgres_server.py; skipped when PostgreSQL is not installed,
+unless WAKERU_REQUIRE_SERVICES=1).
+
+Tests taking `store` or `store_url` run once per backend ([sqlite], [postgres]); SQLite-only ones take `db_path` or
+`sqlite_store`. PostgreSQL-only behaviour is in test_storage_postgres.py."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from bot import storage
@@ -23,6 +29,7 @@ from bot.storage import (
     NothingToUndo,
     StorageError,
     VersionConflict,
+    open_store,
     parse_storage_url,
 )
 
@@ -46,11 +53,57 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "wakeru.db"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, db_path: Path) -> str:
+    """An empty store's URL: a SQLite file in tmp_path, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return url_for(db_path)
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture
-async def store(db_path: Path):
+async def store(store_url: str):
+    s = await open_store(store_url)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def sqlite_store(db_path: Path):
     s = await LabelStore.open(url_for(db_path))
     yield s
     await s.close()
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite:")
+
+
+async def raw(url: str, sql: str) -> list[tuple]:
+    """One statement on the database behind url, bypassing LabelStore (sqlite3 or asyncpg); its rows."""
+    if is_sqlite(url):
+        con = sqlite3.connect(parse_storage_url(url), isolation_level=None)
+        try:
+            return con.execute(sql).fetchall()
+        finally:
+            con.close()
+    con = await asyncpg.connect(url)
+    try:
+        return [tuple(row) for row in await con.fetch(sql)]
+    finally:
+        await con.close()
+
+
+async def schema_version(url: str) -> int:
+    sql = "PRAGMA user_version" if is_sqlite(url) else "SELECT version FROM wakeru_schema"
+    (row,) = await raw(url, sql)
+    return row[0]
+
+
+async def table_names(url: str) -> set[str]:
+    sql = ("SELECT name FROM sqlite_master WHERE type = 'table'" if is_sqlite(url) else
+           "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+    return {row[0] for row in await raw(url, sql)}
 
 
 # ---------------------------------------------------------------- URLs
@@ -72,8 +125,9 @@ def test_parse_storage_url(url, path):
 @pytest.mark.parametrize(
     ("url", "phrase"),
     [
-        ("postgresql://wakeru:hunter2@db/wakeru", "not supported yet"),
-        ("postgres://wakeru:hunter2@db/wakeru", "not supported yet"),
+        ("postgresql://wakeru:hunter2@db/wakeru", "open it with open_store()"),
+        ("postgres://wakeru:hunter2@db/wakeru", "open it with open_store()"),
+        ("postgresql+asyncpg://wakeru:hunter2@db/wakeru", "write postgresql:// instead"),
         ("mysql://wakeru:hunter2@db/wakeru", "'mysql' is not supported"),
         ("data/wakeru.db", "not a URL"),
         ("sqlite://host/wakeru.db", "third slash"),
@@ -274,9 +328,9 @@ async def test_version_conflict_leaves_data_unchanged(store):
     assert await store.get(G, C2) is None
 
 
-async def test_two_stores_same_expected_version_exactly_one_wins(db_path):
-    a = await LabelStore.open(url_for(db_path))
-    b = await LabelStore.open(url_for(db_path))
+async def test_two_stores_same_expected_version_exactly_one_wins(store_url):
+    a = await open_store(store_url)
+    b = await open_store(store_url)
     try:
         await a.write(G, C, ("犬",), user_id=U, action="set")
         results = await asyncio.gather(
@@ -308,8 +362,8 @@ async def test_concurrent_calls_on_one_store_are_serialised(store):
     assert (await store.get(G, C)).version == 11
 
 
-async def test_two_processes_opening_a_fresh_file_at_once(db_path):
-    a, b = await asyncio.gather(LabelStore.open(url_for(db_path)), LabelStore.open(url_for(db_path)))
+async def test_two_processes_opening_a_fresh_file_at_once(store_url):
+    a, b = await asyncio.gather(open_store(store_url), open_store(store_url))
     try:
         await a.write(G, C, ("犬",), user_id=U, action="set")
         assert (await b.get(G, C)).labels == ("犬",)
@@ -321,8 +375,8 @@ async def test_two_processes_opening_a_fresh_file_at_once(db_path):
 # ---------------------------------------------------------------- persistence, scopes, auto flag
 
 
-async def test_data_survives_restart(db_path):
-    s = await LabelStore.open(url_for(db_path))
+async def test_data_survives_restart(store_url):
+    s = await open_store(store_url)
     written = await s.write(G, C, ("犬", "猫"), user_id=U, action="set")
     await s.write(G, None, ("既定",), user_id=U, action="preset", detail="default")
     await s.set_auto(G, C, False, user_id=U)
@@ -332,7 +386,7 @@ async def test_data_survives_restart(db_path):
     with pytest.raises(StorageError, match="closed"):
         await s.get(G, C)
 
-    s = await LabelStore.open(url_for(db_path))
+    s = await open_store(store_url)
     try:
         assert await s.get(G, C) == written
         assert (await s.get(G, None)).labels == ("既定",)
@@ -383,60 +437,51 @@ async def test_auto_flag_set_get_clear(store):
     assert await store.get_auto(G, None) is True
 
 
-async def test_unicode_and_mentions_round_trip_exactly(db_path):
+async def test_unicode_and_mentions_round_trip_exactly(store_url):
     labels = ("犬", "ｶﾀｶﾅ", "🐱 ねこ", "👨‍👩‍👧", "@everyone", "<@&123456>", 'quote " and \\ back', "e\u0301", "\u3000全角")
-    s = await LabelStore.open(url_for(db_path))
+    s = await open_store(store_url)
     await s.write(G, C, labels, user_id=U, action="set")
     await s.close()
-    s = await LabelStore.open(url_for(db_path))
+    s = await open_store(store_url)
     try:
         assert (await s.get(G, C)).labels == labels
         assert (await s.history(G, C))[0].labels == labels
     finally:
         await s.close()
-    raw = sqlite3.connect(db_path)
-    try:
-        (text,) = raw.execute("SELECT labels FROM label_sets").fetchone()
-    finally:
-        raw.close()
+    ((text,),) = await raw(store_url, "SELECT labels FROM label_sets")
     assert "犬" in text and "🐱" in text  # stored as readable UTF-8, not \u escapes
 
 
 # ---------------------------------------------------------------- schema / migrations
 
 
-async def test_fresh_database_gets_latest_schema(db_path):
+async def test_fresh_database_gets_latest_schema(store_url):
     assert SCHEMA_VERSION == len(storage.MIGRATIONS) >= 1
-    s = await LabelStore.open(url_for(db_path))
+    s = await open_store(store_url)
     await s.close()
-    s = await LabelStore.open(url_for(db_path))  # reopening does not re-run migrations (CREATE TABLE would fail)
+    s = await open_store(store_url)  # reopening does not re-run migrations (CREATE TABLE would fail)
     await s.close()
-    raw = sqlite3.connect(db_path)
-    try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    finally:
-        raw.close()
-    assert {"label_sets", "label_history", "channel_settings"} <= tables
+    assert await schema_version(store_url) == SCHEMA_VERSION
+    if is_sqlite(store_url):
+        assert (await raw(store_url, "PRAGMA journal_mode")) == [("wal",)]
+    assert {"label_sets", "label_history", "channel_settings"} <= await table_names(store_url)
 
 
-async def test_newer_schema_is_refused(db_path):
-    raw = sqlite3.connect(db_path)
-    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    raw.close()
+async def test_newer_schema_is_refused(store_url):
+    if is_sqlite(store_url):
+        await raw(store_url, f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    else:
+        await raw(store_url, "CREATE TABLE wakeru_schema (version INTEGER NOT NULL)")
+        await raw(store_url, f"INSERT INTO wakeru_schema VALUES ({SCHEMA_VERSION + 1})")
+    before = await table_names(store_url)
     with pytest.raises(StorageError) as info:
-        await LabelStore.open(url_for(db_path))
+        await open_store(store_url)
     assert str(info.value) == (
         f"database schema v{SCHEMA_VERSION + 1} is newer than this Wakeru supports (v{SCHEMA_VERSION}); "
-        "upgrade Wakeru or point storage.url at another file"
+        f"upgrade Wakeru or point storage.url at another {'file' if is_sqlite(store_url) else 'database'}"
     )
-    raw = sqlite3.connect(db_path)
-    try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
-        assert raw.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0  # nothing created
-    finally:
-        raw.close()
+    assert await schema_version(store_url) == SCHEMA_VERSION + 1
+    assert await table_names(store_url) == before  # nothing created
 
 
 async def test_file_that_is_not_a_database_is_refused(db_path):
@@ -516,45 +561,45 @@ async def test_read_only_file_and_directory_is_refused_and_keeps_data(tmp_path):
         await s.close()
 
 
-async def test_read_only_connection_refuses_writes_and_keeps_data(store):
+async def test_read_only_connection_refuses_writes_and_keeps_data(sqlite_store):
     # Works as root too: query_only makes SQLite answer SQLITE_READONLY like a read-only file does.
-    await store.write(G, C, ("犬",), user_id=U, action="set")
-    before = await _snapshot(store)
-    await store._db.execute("PRAGMA query_only = ON")
+    await sqlite_store.write(G, C, ("犬",), user_id=U, action="set")
+    before = await _snapshot(sqlite_store)
+    await sqlite_store._db.execute("PRAGMA query_only = ON")
     with pytest.raises(StorageError, match="read-only"):
-        await store.write(G, C, ("猫",), user_id=U, action="set")
+        await sqlite_store.write(G, C, ("猫",), user_id=U, action="set")
     with pytest.raises(StorageError, match="read-only"):
-        await store.undo(G, C, user_id=U)
-    await store._db.execute("PRAGMA query_only = OFF")
-    assert await _snapshot(store) == before
-    assert (await store.write(G, C, ("猫",), user_id=U, action="set")).version == 2  # no transaction left open
+        await sqlite_store.undo(G, C, user_id=U)
+    await sqlite_store._db.execute("PRAGMA query_only = OFF")
+    assert await _snapshot(sqlite_store) == before
+    assert (await sqlite_store.write(G, C, ("猫",), user_id=U, action="set")).version == 2  # no transaction left open
 
 
-async def test_disk_full_refuses_write_and_keeps_data(store):
-    await store.write(G, C, ("犬",), user_id=U, action="set")
-    before = await _snapshot(store)
-    (pages,) = await store._db.execute_fetchall("PRAGMA page_count")
-    await store._db.execute(f"PRAGMA max_page_count = {pages[0]}")  # the "disk" holds no more pages
+async def test_disk_full_refuses_write_and_keeps_data(sqlite_store):
+    await sqlite_store.write(G, C, ("犬",), user_id=U, action="set")
+    before = await _snapshot(sqlite_store)
+    (pages,) = await sqlite_store._db.execute_fetchall("PRAGMA page_count")
+    await sqlite_store._db.execute(f"PRAGMA max_page_count = {pages[0]}")  # the "disk" holds no more pages
     big = tuple(f"ラベル{i:04d}" * 20 for i in range(300))
     with pytest.raises(StorageError, match="disk is full"):
-        await store.write(G, C, big, user_id=U, action="set")
-    assert await _snapshot(store) == before
-    await store._db.execute("PRAGMA max_page_count = 1000000")
-    assert (await store.write(G, C, big, user_id=U, action="set")).labels == big
+        await sqlite_store.write(G, C, big, user_id=U, action="set")
+    assert await _snapshot(sqlite_store) == before
+    await sqlite_store._db.execute("PRAGMA max_page_count = 1000000")
+    assert (await sqlite_store.write(G, C, big, user_id=U, action="set")).labels == big
 
 
-async def test_failure_midway_rolls_back_the_history_row(store):
-    await store.write(G, C, ("犬",), user_id=U, action="set")
-    before = await _snapshot(store)
+async def test_failure_midway_rolls_back_the_history_row(sqlite_store):
+    await sqlite_store.write(G, C, ("犬",), user_id=U, action="set")
+    before = await _snapshot(sqlite_store)
     # The history row is inserted first; make the following label_sets write fail.
-    await store._db.execute(
+    await sqlite_store._db.execute(
         "CREATE TEMP TRIGGER fail_upsert BEFORE UPDATE ON label_sets BEGIN SELECT RAISE(ABORT, 'boom'); END"
     )
     with pytest.raises(sqlite3.IntegrityError, match="boom"):
-        await store.write(G, C, ("猫",), user_id=U, action="set")
-    await store._db.execute("DROP TRIGGER fail_upsert")
-    assert await _snapshot(store) == before
-    assert (await store.write(G, C, ("猫",), user_id=U, action="set")).version == 2
+        await sqlite_store.write(G, C, ("猫",), user_id=U, action="set")
+    await sqlite_store._db.execute("DROP TRIGGER fail_upsert")
+    assert await _snapshot(sqlite_store) == before
+    assert (await sqlite_store.write(G, C, ("猫",), user_id=U, action="set")).version == 2
 
 
 async def test_lock_held_too_long_is_a_storage_error(db_path, monkeypatch):

@@ -112,6 +112,28 @@ class BotProcess:
             time.sleep(0.05)
         raise AssertionError(f"the bot did not reach {what}: {self.state()}\n{self.log()}")
 
+    def wait_serving(self, timeout: float = 150) -> dict:
+        """Like ``wait_ready``, for a bot that shares the fake with other bots (each running a slice of
+        the shards): its own state says connected (every shard of this process ready) and worker ready."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the bot exited with {self.process.returncode}:\n{self.log()}")
+            state = self.state()
+            if state.get("worker") == "failed":
+                raise AssertionError(f"the worker failed:\n{self.log()}")
+            if state.get("connected") and state.get("worker") == "ready":
+                return state
+            time.sleep(0.2)
+        raise AssertionError(f"the bot did not become ready: {self.state()}\n{self.log()}")
+
+    def full_log(self) -> str:
+        """The whole log (``log()`` keeps the tail, for failure messages)."""
+        try:
+            return self.log_path.read_text()
+        except OSError:
+            return ""
+
     def log(self) -> str:
         try:
             return self.log_path.read_text()[-6000:]

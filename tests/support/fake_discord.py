@@ -49,6 +49,27 @@ Fault injection, for reliability tests (every event is timestamped with ``time.m
   after doing the work (``processed=True``); they are listed in ``injected_faults``.
 - Interactions: ``expire_interactions()`` invalidates every token issued so far (webhook routes
   401 50027, callbacks 404 10062), as ``interaction_token_lifetime`` (15 min) does on its own.
+
+Guilds and sharding (as Discord does it):
+- One guild exists from the start (``guild_id``, ``channel_id``, ``other_channel_id``, ``thread_id``);
+  ``add_guild(shard=k, shard_count=n)`` adds more (a :class:`FakeGuild` with its own channels and
+  thread; its id lands on shard ``k`` of ``n``: ``(guild_id >> 22) % n == k``, see
+  ``new_guild_id``/``shard_of``).  ``post_message``/``interact`` take the guild from the channel.
+- ``GET /gateway/bot`` answers ``recommended_shards`` (1 unless set) and a ``session_start_limit``
+  (``max_concurrency`` 1; ``remaining`` counts down with each IDENTIFY); ``GET /gateway`` only the URL.
+- An IDENTIFY with ``shard: [id, count]`` gets READY carrying that shard and only the guilds of that
+  shard (one GUILD_CREATE each); every dispatch about a guild (``guild_id`` in the payload, or the
+  ``id`` of a ``GUILD_*`` event) goes only to the ready sessions owning the guild's shard; DMs (no
+  guild) go to shard 0.  Sessions without ``shard`` (unsharded clients) get everything, as before.
+  Refused, with the websocket closed: ``id >= count`` (or a malformed shard, or a count other than
+  the one live sharded sessions use) with 4010 "Invalid shard"; when ``require_sharding`` is set,
+  fewer than ``recommended_shards`` shards (an unsharded client counts as 1) with 4011 "Sharding
+  required".  Refusals are listed in ``refused_identifies``.
+- ``sessions()`` lists the connections (session id, shard, token, readiness); ``deliveries``
+  records which session (and shard, token) carried each ``dispatch``; ``wait_ready(guild_id=...)``
+  and ``wait_shards_ready(count)`` wait for the right shards.  ``add_token()`` makes another token
+  of the same bot valid, so a test running several bot processes can tell them apart
+  (``requests``/``sent_messages`` entries and sessions carry the ``token`` they used).
 """
 
 from __future__ import annotations
@@ -71,7 +92,7 @@ from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
-__all__ = ["FakeDiscord", "FakeInteraction", "CHAT_INPUT", "MESSAGE_CONTEXT", "Perm"]
+__all__ = ["FakeDiscord", "FakeGuild", "FakeInteraction", "CHAT_INPUT", "MESSAGE_CONTEXT", "Perm", "shard_of"]
 
 CHAT_INPUT = 2  # interact(type=...): a slash command (interaction type 2, data.type 1)
 MESSAGE_CONTEXT = 3  # interact(type=...): a message context menu (data.type 3)
@@ -106,6 +127,11 @@ class Perm:
 
 
 # ---------------------------------------------------------------------------- builders
+
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """The shard that carries a guild's events: ``(guild_id >> 22) % shard_count``."""
+    return (int(guild_id) >> 22) % shard_count
+
 
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
@@ -284,8 +310,11 @@ class _SessionState:
 
     It outlives the websocket it was created on; a RESUME attaches it to the new connection."""
 
-    def __init__(self, session_id: str, history: int = 1000):
+    def __init__(self, session_id: str, history: int = 1000, *, shard: tuple[int, int] | None = None,
+                 token: str | None = None):
         self.session_id = session_id
+        self.shard = shard  # (id, count) from IDENTIFY; None: an unsharded session (gets everything)
+        self.token = token
         self.seq = 0
         self.history: deque[tuple[int, str | None, Any]] = deque(maxlen=history)  # (s, t, d)
 
@@ -303,6 +332,19 @@ class _Session:
     @property
     def session_id(self) -> str | None:
         return self.state.session_id if self.state else None
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        return self.state.shard if self.state else None
+
+    def receives(self, guild_id: int | None) -> bool:
+        """Whether this session gets the events of a guild (None: a DM, carried by shard 0)."""
+        if self.state is None:
+            return False
+        if self.state.shard is None:
+            return True
+        shard_id, count = self.state.shard
+        return shard_id == (0 if guild_id is None else shard_of(guild_id, count))
 
     async def send(self, op: int, d: Any, t: str | None = None) -> None:
         async with self.lock:  # keeps "s" increasing in send order
@@ -338,6 +380,21 @@ class _FaultRule:
     def matches(self, method: str, tail: str) -> bool:
         return (("*" in self.methods or method in self.methods)
                 and bool(self.pattern.fullmatch(tail) or self.pattern.fullmatch("/" + tail)))
+
+
+@dataclass
+class FakeGuild:
+    """A guild of the fake (see ``FakeDiscord.add_guild``): its id and the ids of its channels."""
+
+    id: int
+    name: str
+    locale: str
+    channel_id: int
+    other_channel_id: int
+    thread_id: int
+
+    def shard(self, shard_count: int) -> int:
+        return shard_of(self.id, shard_count)
 
 
 class FakeInteraction:
@@ -425,7 +482,11 @@ class FakeDiscord:
 
     def __init__(self, *, token: str = "fake-token", guild_locale: str = "ja"):
         self.token = token
+        self.tokens: list[str] = [token]  # every token the bot may use (see add_token)
         self.guild_locale = guild_locale
+        self.recommended_shards = 1  # GET /gateway/bot "shards"
+        self.require_sharding = False  # True: IDENTIFY with fewer than recommended_shards shards → 4011
+        self.session_start_total = 1000
         self.refuse_message_content = False
         self.interaction_deadline: float | None = 3.0
         self.interaction_token_lifetime: float | None = 15 * 60  # then webhooks answer 401 (50027)
@@ -443,6 +504,8 @@ class FakeDiscord:
                          self.other_channel_id: _text_channel(self.other_channel_id, self.guild_id, "雑談", 1)}
         self.threads = {self.thread_id: _thread(self.thread_id, self.guild_id, self.channel_id,
                                                 self.member_id, "スレッド")}
+        self.guilds: dict[int, FakeGuild] = {self.guild_id: FakeGuild(
+            self.guild_id, "分けるテスト", guild_locale, self.channel_id, self.other_channel_id, self.thread_id)}
         # Recordings (appended by the server thread, read by tests).
         self.requests: list[dict] = []  # every REST request: method, path, query, status
         self.unknown_requests: list[dict] = []
@@ -457,6 +520,11 @@ class FakeDiscord:
         self.injected_faults: list[dict] = []  # REST answers replaced by inject_rest_faults
         self.deduplicated_messages: list[dict] = []  # enforce_nonce duplicates answered with the first message
         self.gateway_ops: list[dict] = []  # client ops other than heartbeat/identify/resume
+        # IDENTIFYs refused for their shard: {"code": 4010|4011, "shard": [id, count] | None, "time"}
+        self.refused_identifies: list[dict] = []
+        # One entry per dispatch() per session that carried it: {"event", "id" (the payload's id),
+        # "guild_id", "session_id", "shard" ((id, count) or None), "token", "time"}.
+        self.deliveries: list[dict] = []
         self.sent_messages: list[dict] = []
         self.edited_messages: list[dict] = []
         self.deleted_messages: list[tuple[int, int]] = []
@@ -579,11 +647,13 @@ class FakeDiscord:
         msgs = [f"#{m['channel_id']}: {m['content']!r} embeds={[e.get('title') for e in m['embeds']]}"
                 for m in self.sent_messages[-10:]]
         events = [f"{k}@{t:.2f}" for k, t, _ in self.gateway_events[-8:]]
-        return (f"sessions ready={self.connected_sessions} identifies={self.identify_count()} "
+        shards = [(s["session_id"], s["shard"], s["ready"]) for s in self.sessions()]
+        return (f"sessions ready={self.connected_sessions} {shards} identifies={self.identify_count()} "
                 f"resumes={self.resume_count()} gateway events: {events}\n"
                 f"last requests: {reqs}\nsent messages: {msgs}\n"
                 f"injected faults: {[(f['method'], f['path'], f['status']) for f in self.injected_faults[-5:]]}\n"
                 f"interactions: {list(self.interactions.values())[-5:]}\n"
+                f"refused identifies: {self.refused_identifies[-5:]}\n"
                 f"unknown: {self.unknown_requests} invalid: {self.invalid_requests}")
 
     def _notify(self) -> None:
@@ -594,9 +664,33 @@ class FakeDiscord:
     def connected_sessions(self) -> int:
         return sum(1 for s in self._sessions if s.ready)
 
-    def wait_ready(self, timeout: float = 20) -> None:
-        """Block until a gateway session has received READY and GUILD_CREATE."""
-        self.wait_for(lambda: self.connected_sessions > 0, timeout, "a gateway session to become ready")
+    def wait_ready(self, timeout: float = 20, *, guild_id: int | None = None) -> None:
+        """Block until a gateway session has received READY and GUILD_CREATE; with ``guild_id``, a
+        session that gets that guild's events (the one owning its shard, or an unsharded one)."""
+        if guild_id is None:
+            self.wait_for(lambda: self.connected_sessions > 0, timeout, "a gateway session to become ready")
+        else:
+            self.wait_for(lambda: self._targets(guild_id), timeout,
+                          f"a ready gateway session for guild {guild_id} (shard of it)")
+
+    def sessions(self) -> list[dict]:
+        """The open gateway connections: session id, shard ((id, count) or None), token, ready."""
+        return [{"session_id": s.session_id, "shard": s.shard, "token": s.state.token if s.state else None,
+                 "ready": s.ready} for s in list(self._sessions)]
+
+    def ready_shards(self, shard_count: int) -> set[int]:
+        """Ids of the shards (of ``shard_count``) that have a ready session."""
+        return {s.shard[0] for s in list(self._sessions) if s.ready and s.shard and s.shard[1] == shard_count}
+
+    def wait_shards_ready(self, shard_count: int, shard_ids: Iterable[int] | None = None,
+                          timeout: float = 20) -> None:
+        """Block until every shard in ``shard_ids`` (default: all ``shard_count``) has a ready session."""
+        wanted = set(range(shard_count) if shard_ids is None else shard_ids)
+        self.wait_for(lambda: wanted <= self.ready_shards(shard_count), timeout,
+                      f"shards {sorted(wanted)} of {shard_count} to be ready")
+
+    def _targets(self, guild_id: int | None) -> list[_Session]:
+        return [s for s in list(self._sessions) if s.ready and s.receives(guild_id)]
 
     def mark(self) -> int:
         """A position in ``sent_messages``, for ``wait_for_message(since=...)``."""
@@ -618,14 +712,40 @@ class FakeDiscord:
         assert self._loop is not None, "FakeDiscord is not started"
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    def dispatch(self, event: str, data: dict, *, timeout: float = 20) -> None:
-        """Send a DISPATCH (op 0) to every ready session, waiting for one if none is ready."""
-        self.wait_ready(timeout)
+    @staticmethod
+    def _guild_of_event(event: str, data: Any) -> int | None:
+        if not isinstance(data, dict):
+            return None
+        if data.get("guild_id"):
+            return int(data["guild_id"])
+        if event.startswith("GUILD_") and data.get("id"):  # GUILD_CREATE/UPDATE/DELETE carry the guild itself
+            return int(data["id"])
+        return None
+
+    def dispatch(self, event: str, data: dict, *, guild_id: int | None | str = "auto", timeout: float = 20) -> None:
+        """Send a DISPATCH (op 0) to every ready session that gets it, waiting for one if none is ready.
+
+        Sharded sessions only get the events of their shard's guilds (the guild is the payload's
+        ``guild_id``, unless given); events without a guild (DMs) go to shard 0."""
+        if guild_id == "auto":
+            guild_id = self._guild_of_event(event, data)
+        self.wait_ready(timeout, guild_id=guild_id)
 
         async def send() -> None:
-            for s in [s for s in self._sessions if s.ready]:
+            for s in self._targets(guild_id):  # type: ignore[arg-type]
                 await s.send(0, data, event)
+                with self._cond:
+                    self.deliveries.append({
+                        "event": event, "id": data.get("id") if isinstance(data, dict) else None,
+                        "guild_id": guild_id, "session_id": s.session_id, "shard": s.shard,
+                        "token": s.state.token if s.state else None, "time": time.monotonic()})
+                    self._cond.notify_all()
         self._call(send(), timeout)
+
+    def delivered(self, payload_id: int | str) -> list[dict]:
+        """The ``deliveries`` of the dispatch whose payload had this id (a message, an interaction)."""
+        with self._cond:
+            return [d for d in self.deliveries if d["id"] is not None and str(d["id"]) == str(payload_id)]
 
     def _event(self, kind: str, session_id: str | None) -> None:
         with self._cond:
@@ -642,13 +762,14 @@ class FakeDiscord:
         with self._cond:
             return sum(1 for e in self.gateway_events if e[0] == "resume")
 
-    def disconnect_all(self, code: int = 4000) -> int:
-        """Drop every gateway websocket with close ``code``; return how many were open.
+    def disconnect_all(self, code: int = 4000, *, shard: int | None = None) -> int:
+        """Drop every gateway websocket (only those of shard id ``shard`` when given) with close
+        ``code``; return how many were open.
 
         4000 (or any code but 1000/4004/4010-4014) makes discord.py RESUME straight away; the
         session stays known, so the RESUME gets RESUMED (after replaying missed dispatches)."""
         async def close() -> int:
-            sessions = list(self._sessions)
+            sessions = [s for s in self._sessions if shard is None or (s.shard and s.shard[0] == shard)]
             for s in sessions:
                 s.ready = False
                 self._event("disconnect", s.session_id)
@@ -656,15 +777,16 @@ class FakeDiscord:
             return len(sessions)
         return self._call(close())
 
-    def invalidate_sessions(self, resumable: bool = False) -> int:
-        """Send op 9 INVALID_SESSION (``d=resumable``) to every ready session; return how many.
+    def invalidate_sessions(self, resumable: bool = False, *, shard: int | None = None) -> int:
+        """Send op 9 INVALID_SESSION (``d=resumable``) to every ready session (of shard id ``shard``
+        when given); return how many.
 
         discord.py closes the websocket on op 9.  With ``d=true`` it reconnects and RESUMEs the same
         session.  With ``d=false`` it forgets the session and IDENTIFYs anew, after the
         ``before_identify_hook`` (5 s by default for every IDENTIFY but the first); the fake also
         forgets those sessions, so even a RESUME would be refused."""
         async def invalidate() -> int:
-            sessions = [s for s in self._sessions if s.ready]
+            sessions = [s for s in self._sessions if s.ready and (shard is None or (s.shard and s.shard[0] == shard))]
             for s in sessions:
                 s.ready = False
                 if not resumable and s.session_id:
@@ -736,10 +858,28 @@ class FakeDiscord:
         session.ready_at = time.monotonic()
         self._event("ready", session.session_id)
 
+    def _shard_refusal(self, session: _Session, shard: Any) -> tuple[int, bytes] | None:
+        """The close code and reason Discord would refuse this IDENTIFY's ``shard`` with, or None."""
+        count = 1
+        if shard is not None:
+            if (not isinstance(shard, (list, tuple)) or len(shard) != 2
+                    or not all(isinstance(x, int) and not isinstance(x, bool) for x in shard)):
+                return 4010, b"Invalid shard."
+            shard_id, count = shard
+            if count < 1 or not 0 <= shard_id < count:
+                return 4010, b"Invalid shard."
+            live = {s.shard[1] for s in list(self._sessions)
+                    if s is not session and s.shard is not None and not s.ws.closed}
+            if live and count not in live:  # every sharded session of a bot uses the same count
+                return 4010, b"Invalid shard."
+        if self.require_sharding and count < self.recommended_shards:
+            return 4011, b"Sharding required."
+        return None
+
     async def _identify(self, session: _Session, d: dict) -> None:
         with self._cond:
             self.identify_payloads.append(d)
-        if d.get("token") != self.token:
+        if d.get("token") not in self.tokens:
             self._event("identify", None)
             await session.ws.close(code=4004, message=b"Authentication failed.")
             return
@@ -747,19 +887,29 @@ class FakeDiscord:
             self._event("identify", None)
             await session.ws.close(code=4014, message=b"Disallowed intent(s).")
             return
-        state = _SessionState(f"fake-session-{next(self._session_ids)}")
+        raw_shard = d.get("shard")
+        if (refusal := self._shard_refusal(session, raw_shard)) is not None:
+            with self._cond:
+                self.refused_identifies.append({"code": refusal[0], "shard": raw_shard, "time": time.monotonic()})
+            self._event("identify", None)
+            await session.ws.close(code=refusal[0], message=refusal[1])
+            return
+        shard = (raw_shard[0], raw_shard[1]) if raw_shard is not None else None
+        state = _SessionState(f"fake-session-{next(self._session_ids)}", shard=shard, token=d["token"])
         self._session_states[state.session_id] = state
         session.state = state
+        guilds = [g for g in list(self.guilds) if session.receives(g)]
         self._event("identify", state.session_id)
         await session.send(0, {
-            "v": 10, "user": self.bot_user, "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+            "v": 10, "user": self.bot_user, "guilds": [{"id": str(g), "unavailable": True} for g in guilds],
             "session_id": state.session_id, "resume_gateway_url": self.gateway_url,
-            "session_type": "normal", "shard": d.get("shard", [0, 1]), "private_channels": [],
+            "session_type": "normal", "shard": list(shard) if shard else [0, 1], "private_channels": [],
             "relationships": [], "presences": [], "guild_join_requests": [], "user_settings": {},
             "geo_ordered_rtc_regions": [], "auth": {}, "_trace": ["fake"],
             "application": {"id": str(self.application_id), "flags": 1 << 19},  # GATEWAY_MESSAGE_CONTENT_LIMITED
         }, "READY")
-        await session.send(0, self.guild_payload(), "GUILD_CREATE")
+        for g in guilds:
+            await session.send(0, self.guild_payload(g), "GUILD_CREATE")
         self._mark_ready(session)
 
     async def _resume(self, session: _Session, d: dict) -> None:
@@ -770,7 +920,7 @@ class FakeDiscord:
             self.resume_payloads.append(d)
         session_id = d.get("session_id")
         self._event("resume", session_id)
-        if d.get("token") != self.token:
+        if d.get("token") not in self.tokens:
             await session.ws.close(code=4004, message=b"Authentication failed.")
             return
         state = self._session_states.get(session_id or "")
@@ -789,21 +939,28 @@ class FakeDiscord:
 
     # ---------------------------------------------------------------- world
 
-    def guild_payload(self) -> dict:
-        """The GUILD_CREATE payload (a full guild)."""
+    def guild_payload(self, guild_id: int | None = None) -> dict:
+        """The GUILD_CREATE payload (a full guild) of ``guild_id`` (default: the first guild)."""
+        guild = self.guilds[guild_id or self.guild_id]
+        gid = str(guild.id)
         members = [make_member(self.bot_user, roles=[self.bot_role_id]),
                    make_member(self.users["moderator"], roles=[self.moderator_role_id]),
                    make_member(self.users["member"]), make_member(self.users["owner"])]
+        # Every guild has the same moderator and bot roles; @everyone's id is the guild's.
+        roles = [dict(r, id=gid) if key == "everyone" else r for key, r in self.roles.items()]
+        channels = [c for c in list(self.channels.values()) if c["guild_id"] == gid]
+        threads = [t for t in list(self.threads.values()) if t["guild_id"] == gid]
+        locale = self.guild_locale if guild.id == self.guild_id else guild.locale
         return {
-            "id": str(self.guild_id), "name": "分けるテスト", "icon": None, "splash": None,
+            "id": gid, "name": guild.name, "icon": None, "splash": None,
             "discovery_splash": None, "banner": None, "description": None, "owner_id": str(self.owner_id),
             "afk_channel_id": None, "afk_timeout": 300, "verification_level": 1,
             "default_message_notifications": 1, "explicit_content_filter": 2, "mfa_level": 0,
             "nsfw_level": 0, "premium_tier": 0, "premium_subscription_count": 0,
-            "preferred_locale": self.guild_locale, "system_channel_id": None, "system_channel_flags": 0,
+            "preferred_locale": locale, "system_channel_id": None, "system_channel_flags": 0,
             "rules_channel_id": None, "public_updates_channel_id": None, "vanity_url_code": None,
-            "features": [], "emojis": [], "stickers": [], "roles": list(self.roles.values()),
-            "channels": list(self.channels.values()), "threads": list(self.threads.values()),
+            "features": [], "emojis": [], "stickers": [], "roles": roles,
+            "channels": channels, "threads": threads,
             "members": members, "member_count": len(members), "large": False, "unavailable": False,
             "joined_at": "2024-01-01T00:00:00+00:00", "voice_states": [], "presences": [],
             "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
@@ -813,6 +970,41 @@ class FakeDiscord:
     def new_id(self) -> int:
         """A fresh snowflake (time-ordered, unique within this process)."""
         return ((int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22) | (next(self._ids) & 0x3FFFFF)
+
+    def new_guild_id(self, shard: int, shard_count: int) -> int:
+        """A fresh snowflake on shard ``shard`` of ``shard_count``: its timestamp part is moved (by
+        less than ``shard_count`` ms) so that ``(id >> 22) % shard_count == shard``."""
+        if not 0 <= shard < shard_count:
+            raise ValueError(f"shard {shard} is not in 0..{shard_count - 1}")
+        raw = self.new_id()
+        ms = raw >> 22
+        return ((ms - ms % shard_count + shard) << 22) | (raw & 0x3FFFFF)
+
+    def add_guild(self, *, shard: int | None = None, shard_count: int | None = None, guild_id: int | None = None,
+                  name: str | None = None, locale: str | None = None) -> FakeGuild:
+        """Add a guild the bot is in (two text channels and a thread, the same users and roles as
+        the first guild); with ``shard``/``shard_count`` its id lands on that shard.  Ready sessions
+        that own its shard get its GUILD_CREATE at once, as when a bot joins a server."""
+        if guild_id is None:
+            guild_id = self.new_guild_id(shard, shard_count) if shard_count else self.new_id()
+        elif shard_count and shard_of(guild_id, shard_count) != shard:
+            raise ValueError(f"guild {guild_id} is on shard {shard_of(guild_id, shard_count)}, not {shard}")
+        if guild_id in self.guilds:
+            raise ValueError(f"guild {guild_id} exists")
+        guild = FakeGuild(guild_id, name or f"サーバー{len(self.guilds) + 1}", locale or self.guild_locale,
+                          self.new_id(), self.new_id(), self.new_id())
+        self.channels[guild.channel_id] = _text_channel(guild.channel_id, guild_id, "写真", 0)
+        self.channels[guild.other_channel_id] = _text_channel(guild.other_channel_id, guild_id, "雑談", 1)
+        self.threads[guild.thread_id] = _thread(guild.thread_id, guild_id, guild.channel_id, self.member_id,
+                                                "スレッド")
+        self.guilds[guild_id] = guild
+        if self._loop is not None and self._targets(guild_id):
+            self.dispatch("GUILD_CREATE", self.guild_payload(guild_id))
+        return guild
+
+    def guild_of(self, channel_id: int) -> int:
+        """The guild a channel or thread belongs to."""
+        return int(self._channel(channel_id)["guild_id"])
 
     def _user(self, who: str | dict) -> dict:
         if isinstance(who, dict):
@@ -903,7 +1095,7 @@ class FakeDiscord:
                      timeout: float = 20) -> dict:
         """A user posts a message: dispatch MESSAGE_CREATE and return its payload."""
         channel_id = channel_id or self.channel_id
-        self._channel(channel_id)
+        guild_id = self.guild_of(channel_id)
         user = dict(self._user(author))
         if bot:
             user["bot"] = True
@@ -913,7 +1105,7 @@ class FakeDiscord:
         mentions = [{**known[i], "member": make_member(known[i])} for i in
                     dict.fromkeys(re.findall(r"<@!?(\d+)>", content)) if i in known]
         message = {
-            "id": str(self.new_id()), "channel_id": str(channel_id), "guild_id": str(self.guild_id),
+            "id": str(self.new_id()), "channel_id": str(channel_id), "guild_id": str(guild_id),
             "author": user, "member": member, "content": content, "timestamp": _now_iso(),
             "edited_timestamp": None, "tts": False, "mention_everyone": "@everyone" in content,
             "mentions": mentions, "mention_roles": re.findall(r"<@&(\d+)>", content),
@@ -942,11 +1134,13 @@ class FakeDiscord:
                  timeout: float = 20) -> FakeInteraction:
         """Dispatch an INTERACTION_CREATE for a slash command (``type=CHAT_INPUT``, 2) or a message
         context menu (``type=MESSAGE_CONTEXT``, 3; the default when ``target_message`` is given)."""
-        self.wait_ready(timeout)  # before building: the 3 s deadline starts when the bot can see it
+        channel_id = channel_id or self.channel_id
+        guild_id = self.guild_of(channel_id)
+        # before building: the 3 s deadline starts when the bot (the shard of this guild) can see it
+        self.wait_ready(timeout, guild_id=guild_id)
         if type is None:
             type = MESSAGE_CONTEXT if target_message is not None else CHAT_INPUT
         data_type = 3 if type == MESSAGE_CONTEXT else 1
-        channel_id = channel_id or self.channel_id
         options = copy.deepcopy(options or [])
         if attachments:
             # Put new attachment options beside the innermost subcommand's options.
@@ -967,8 +1161,8 @@ class FakeDiscord:
         if command_guild_id == "auto":
             # Registered globally → no data.guild_id; otherwise the guild (discord.py falls back to global).
             globally = any(c.get("name") == name for c in self.synced_commands.get(None, []))
-            in_guild = any(c.get("name") == name for c in self.synced_commands.get(self.guild_id, []))
-            command_guild_id = self.guild_id if in_guild or not globally else None
+            in_guild = any(c.get("name") == name for c in self.synced_commands.get(guild_id, []))
+            command_guild_id = guild_id if in_guild or not globally else None
         data: dict[str, Any] = {"id": str(command_id or self._command_id(name, data_type)), "name": name,
                                 "type": data_type}
         if command_guild_id:
@@ -982,21 +1176,22 @@ class FakeDiscord:
             data["resolved"] = resolved
         member = self._member_for(user, roles, permissions)
         app_perms = self.permissions_for([self.bot_role_id])
+        locale_of_guild = self.guild_locale if guild_id == self.guild_id else self.guilds[guild_id].locale
         channel = {**self._channel(channel_id), "permissions": member["permissions"]}
         payload = {
             "id": str(self.new_id()), "application_id": str(self.application_id), "type": _interaction_type,
-            "token": f"itoken-{self.new_id()}", "version": 1, "guild_id": str(self.guild_id),
-            "guild": {"id": str(self.guild_id), "locale": guild_locale or self.guild_locale, "features": []},
+            "token": f"itoken-{self.new_id()}", "version": 1, "guild_id": str(guild_id),
+            "guild": {"id": str(guild_id), "locale": guild_locale or locale_of_guild, "features": []},
             "channel": channel, "channel_id": str(channel_id), "member": member, "locale": locale,
-            "guild_locale": guild_locale or self.guild_locale, "app_permissions": str(app_perms),
-            "entitlements": [], "authorizing_integration_owners": {"0": str(self.guild_id)}, "context": 0,
+            "guild_locale": guild_locale or locale_of_guild, "app_permissions": str(app_perms),
+            "entitlements": [], "authorizing_integration_owners": {"0": str(guild_id)}, "context": 0,
             "attachment_size_limit": ATTACHMENT_SIZE_LIMIT, "data": data,
         }
         record = FakeInteraction(self, payload)
         with self._cond:
             self.interactions[record.id] = record
             self._interactions_by_token[record.token] = record
-        self.dispatch("INTERACTION_CREATE", payload, timeout=timeout)
+        self.dispatch("INTERACTION_CREATE", payload, guild_id=guild_id, timeout=timeout)
         return record
 
     def autocomplete(self, name: str, options: list[dict], *, user: str | dict = "member",
@@ -1071,8 +1266,8 @@ class FakeDiscord:
                 self.unknown_requests.append(record)
             return _error(404, "Unknown route")
         # Interaction callbacks and webhooks authenticate by their token; the rest by the bot token.
-        if not tail.startswith(("interactions/", "webhooks/")) and \
-                request.headers.get("Authorization") != f"Bot {self.token}":
+        record["token"] = self._bot_token(request)
+        if not tail.startswith(("interactions/", "webhooks/")) and tail != "gateway" and record["token"] is None:
             return _error(401, "401: Unauthorized")
         payload, files = await self._read_body(request)
         record["json"] = payload
@@ -1187,7 +1382,7 @@ class FakeDiscord:
     def _bot_message(self, channel_id: int, payload: dict, files: list[dict], *, webhook: bool = False) -> dict:
         """The message object Discord returns for something the bot sent."""
         message = {
-            "id": str(self.new_id()), "channel_id": str(channel_id), "guild_id": str(self.guild_id),
+            "id": str(self.new_id()), "channel_id": str(channel_id), "guild_id": str(self.guild_of(channel_id)),
             "author": self.bot_user, "content": payload.get("content") or "", "timestamp": _now_iso(),
             "edited_timestamp": None, "tts": bool(payload.get("tts")), "mention_everyone": False,
             "mentions": [], "mention_roles": [], "embeds": payload.get("embeds") or [],
@@ -1199,7 +1394,7 @@ class FakeDiscord:
         if payload.get("message_reference"):
             ref = dict(payload["message_reference"])
             ref.setdefault("channel_id", str(channel_id))
-            ref.setdefault("guild_id", str(self.guild_id))
+            ref.setdefault("guild_id", message["guild_id"])
             message["message_reference"] = ref
         if webhook:
             message["webhook_id"] = str(self.application_id)
@@ -1210,6 +1405,21 @@ class FakeDiscord:
 
     def _invalid(self, errors: dict[str, str]) -> web.Response:
         return _error(400, "Invalid Form Body", 50035, errors)
+
+    def _bot_token(self, request: web.Request) -> str | None:
+        """The bot token the request authenticated with (one of ``tokens``), else None."""
+        auth = request.headers.get("Authorization", "")
+        token = auth[4:] if auth.startswith("Bot ") else None
+        return token if token in self.tokens else None
+
+    def add_token(self, token: str | None = None) -> str:
+        """Accept another token for the same bot (and return it), so that a test running several
+        bot processes can tell which one called (Discord gives a bot a single token)."""
+        token = token or f"fake-token-{len(self.tokens) + 1}"
+        with self._cond:
+            if token not in self.tokens:
+                self.tokens.append(token)
+        return token
 
     async def _r_users_me(self, request, m, payload, files):
         return _json(self.bot_user)
@@ -1225,13 +1435,17 @@ class FakeDiscord:
         })
 
     async def _r_gateway(self, request, m, payload, files):
-        return _json({"url": self.gateway_url, "shards": 1, "session_start_limit": {
-            "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}})
+        if not request.path.endswith("/bot"):
+            return _json({"url": self.gateway_url})  # GET /gateway: no auth, only the URL
+        remaining = max(0, self.session_start_total - self.identify_count())
+        return _json({"url": self.gateway_url, "shards": self.recommended_shards, "session_start_limit": {
+            "total": self.session_start_total, "remaining": remaining, "reset_after": 86_400_000,
+            "max_concurrency": 1}})
 
     async def _r_guild(self, request, m, payload, files):
-        if int(m["guild"]) != self.guild_id:
+        if int(m["guild"]) not in self.guilds:
             return _error(404, "Unknown Guild", 10004)
-        guild = self.guild_payload()
+        guild = self.guild_payload(int(m["guild"]))
         if request.path.endswith("/channels"):
             return _json(guild["channels"])
         if m.get("user"):
@@ -1273,6 +1487,7 @@ class FakeDiscord:
             message["nonce"] = nonce
             self._nonces[key] = (time.monotonic(), int(message["id"]))
         entry = self._entry("channel", channel_id, payload, files, message)
+        entry["token"] = self._bot_token(request)
         request[_ENTRY_KEY] = entry
         with self._cond:
             self.sent_messages.append(entry)

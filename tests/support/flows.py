@@ -48,3 +48,29 @@ def post_and_wait(fake, channel_id, attachments, timeout: float = 60, **kw) -> d
     mark = fake.mark()
     posted = fake.post_message(channel_id, attachments=attachments, **kw)
     return fake.wait_for_message(replies_to(fake, posted, mark), since=mark, timeout=timeout)
+
+
+def post_image(fake, channel_id, label: str, seed: int = 0, **kw) -> dict:
+    """A member posts one PNG of ``label``; the posted message."""
+    return fake.post_message(channel_id, attachments=[(f"{label}-{seed}.png", png(label, seed), "image/png")], **kw)
+
+
+def replies(fake, since: int = 0) -> dict[str, list[dict]]:
+    """post id → every channel reply the bot sent to it at or after ``since``."""
+    found: dict[str, list[dict]] = {}
+    for m in fake.sent_messages[since:]:
+        ref = m["message_reference"]
+        if m["kind"] == "channel" and ref:
+            found.setdefault(str(ref["message_id"]), []).append(m)
+    return found
+
+
+def wait_replies(fake, posts: list[dict], since: int, timeout: float = 120) -> dict[str, dict]:
+    """post id → the bot's (first) reply to it; fails if any post is left unanswered."""
+    wanted = {str(p["id"]) for p in posts}
+
+    def answered() -> dict[str, dict] | None:
+        found = {k: v[0] for k, v in replies(fake, since).items() if k in wanted}
+        return found if len(found) == len(wanted) else None
+
+    return fake.wait_for(answered, timeout=timeout, what=f"a reply to each of {len(wanted)} posts")

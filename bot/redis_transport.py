@@ -1,0 +1,274 @@
+"""The bot's end of the Redis Streams transport (worker.transport: redis).
+
+Requests go to one stream (`<prefix>:requests`) that every `python -m model_worker serve`
+reads through one consumer group; answers come back on this bot process's own reply
+stream (`<prefix>:replies:<bot id>`) and are matched to the waiting caller by request
+id. The first answer for an id is passed on; a late or repeated one (a worker that was
+taken over and then woke up) is dropped, so a user hears once.
+
+Workers announce themselves with heartbeat keys that expire after three missed beats.
+With none alive, or with Redis unreachable, new images are answered "unavailable" at
+once; with the shared stream past `worker.stream_max_len`, "busy". An image over
+`images.max_bytes` never reaches Redis. A request whose caller stops waiting is deleted
+from the stream, so a worker that has not read it yet never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio as aioredis
+
+from wakeru.config import Config, redact_url as _safe_url
+from wakeru.protocol import (REQUESTS_GROUP, ClassifyRequest, ClassifyResult, ErrorCode, heartbeat_key,
+                             parse_result_fields, replies_key, request_fields, requests_key)
+
+from . import metrics
+from .transport import TransportBase, deadline_wait, timed_out
+
+log = logging.getLogger("wakeru.transport")
+
+_RETRY_MAX_S = 5.0
+_READ_BLOCK_MS = 1000
+
+
+@dataclass(eq=False)
+class _Waiting:
+    request: ClassifyRequest
+    future: asyncio.Future
+    entry_id: bytes | None = None  # the request's stream entry once added
+
+
+class RedisWorkerTransport(TransportBase):
+    """Model workers anywhere, reached through Redis Streams."""
+
+    def __init__(self, config: Config, bot_id: str | None = None):
+        super().__init__(config)
+        cfg = config.worker
+        self.bot_id = bot_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._requests = requests_key(cfg.redis_prefix)
+        self._replies = replies_key(cfg.redis_prefix, self.bot_id)
+        self._redis: aioredis.Redis | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.workers: dict[str, dict] = {}   # live workers by name, as their heartbeats describe them
+        self.backlog = 0                     # entries in the request stream (waiting or being worked on)
+        self.duplicates = 0                  # answers dropped because the request was already answered
+        self._reachable = False
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.state != "stopped":
+            return
+        self._set_state("starting")
+        self._accepting = True
+        self._redis = aioredis.Redis.from_url(self.config.worker.redis_url, socket_connect_timeout=5,
+                                              socket_timeout=_READ_BLOCK_MS / 1000 + 10, health_check_interval=10)
+        self._tasks = [asyncio.ensure_future(self._watch_workers()), asyncio.ensure_future(self._read_replies())]
+        log.info("sending images through Redis at %s (stream %s, replies on %s)",
+                 _safe_url(self.config.worker.redis_url), self._requests, self._replies)
+
+    async def close(self, timeout: float = 15.0) -> None:
+        if self.state == "stopped":
+            return
+        self._accepting = False
+        self._set_state("stopped")
+        # The loops see the state and end after their current call (a blocking XREAD ends within
+        # a second). Cancelling one inside redis-py's XREAD can leave it waiting forever after a
+        # Redis restart, so cancellation is only the fallback, and is not waited for long.
+        done, left = await asyncio.wait(self._tasks, timeout=_READ_BLOCK_MS / 1000 + 2)
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=2)
+        self._fail_all(ErrorCode.UNAVAILABLE, "the bot is shutting down")
+        if self._redis is not None:
+            try:
+                await self._redis.delete(self._replies)  # late answers have no one to go to
+            except redis.RedisError:
+                pass
+            await self._redis.aclose()
+
+    def _set_state(self, state: str) -> None:
+        if self.state == "stopped" and state != "starting":
+            return  # news from a loop still finishing its last call after close()
+        super()._set_state(state)
+
+    async def _sleep(self, seconds: float) -> None:
+        """A pause that close() cuts short."""
+        end = asyncio.get_running_loop().time() + seconds
+        while self.state != "stopped" and asyncio.get_running_loop().time() < end:
+            await asyncio.sleep(min(0.1, seconds))
+
+    def _unavailable_because(self) -> str:
+        if not self._reachable:
+            return f"the queue (Redis at {_safe_url(self.config.worker.redis_url)}) cannot be reached"
+        return {"starting": "connecting to the queue",
+                "no_workers": "no model worker is running"}.get(self.state, "the worker is stopped")
+
+    def _refusal(self, request_id: str) -> ClassifyResult | None:
+        refused = super()._refusal(request_id)
+        if refused is None and self.backlog >= self.config.worker.stream_max_len:
+            return ClassifyResult.failure(request_id, ErrorCode.QUEUE_FULL,
+                                          f"the model workers are busy ({self.backlog} images waiting); try again")
+        return refused
+
+    # ---- requests ----------------------------------------------------------------------
+
+    async def classify(self, request: ClassifyRequest, *, admitted: bool = False) -> ClassifyResult:
+        if admitted:
+            self.release()
+        refused = self._refusal(request.id)
+        if refused is not None:
+            return refused
+        limit = self.config.images.max_bytes
+        if len(request.image) > limit:  # never ship what every worker would refuse
+            return ClassifyResult.failure(request.id, ErrorCode.TOO_LARGE,
+                                          f"the image is {len(request.image):,} bytes; the limit is {limit:,}")
+        if request.id in self._pending:
+            return ClassifyResult.failure(request.id, ErrorCode.BAD_REQUEST, "duplicate request id")
+        entry = _Waiting(request, asyncio.get_running_loop().create_future())
+        self._pending[request.id] = entry
+        try:
+            try:
+                # a hard cap well above the refusal threshold: trimming must never drop waiting work
+                entry.entry_id = await self._redis.xadd(self._requests, request_fields(request, self._replies),
+                                                        maxlen=2 * self.config.worker.stream_max_len + 1000,
+                                                        approximate=True)
+            except redis.RedisError as e:
+                log.warning("could not queue an image in Redis: %s", e, extra={"request_id": request.id})
+                return ClassifyResult.failure(request.id, ErrorCode.UNAVAILABLE,
+                                              "temporarily unavailable: the queue (Redis) cannot be reached")
+            self.backlog += 1
+            return await asyncio.wait_for(asyncio.shield(entry.future), deadline_wait(request))
+        except asyncio.TimeoutError:
+            return timed_out(request)
+        finally:
+            self._pending.pop(request.id, None)
+            if not entry.future.done() and entry.entry_id is not None:
+                asyncio.ensure_future(self._withdraw(entry.entry_id))
+
+    async def _withdraw(self, entry_id: bytes) -> None:
+        """The caller gave up: delete the request so a worker that has not read it never does."""
+        try:
+            await self._redis.xdel(self._requests, entry_id)
+        except redis.RedisError:
+            pass  # the worker answers it anyway; the answer is dropped
+
+    # ---- answers -----------------------------------------------------------------------
+
+    async def _read_replies(self) -> None:
+        last = "0-0"  # the reply stream is this process's own and new
+        delay = 0.2
+        while self.state != "stopped":
+            try:
+                streams = await self._redis.xread({self._replies: last}, count=256, block=_READ_BLOCK_MS)
+                delay = 0.2
+            except asyncio.CancelledError:
+                raise
+            except redis.RedisError as e:
+                log.warning("cannot read answers from Redis (%s); retrying in %.1f s", e, delay)
+                await self._sleep(delay)
+                delay = min(_RETRY_MAX_S, delay * 2)
+                continue
+            done = []
+            for _stream, entries in streams or ():
+                for entry_id, fields in entries:
+                    last = entry_id
+                    done.append(entry_id)
+                    self._deliver(fields)
+            if done:
+                try:
+                    await self._redis.xdel(self._replies, *done)
+                except redis.RedisError:
+                    pass  # the stream is trimmed and expires anyway
+
+    def _deliver(self, fields: dict) -> None:
+        try:
+            result = parse_result_fields(fields)
+        except Exception:
+            log.exception("unreadable answer on %s; dropped", self._replies)
+            return
+        entry = self._pending.get(result.id)
+        if entry is None or entry.future.done():
+            self.duplicates += 1
+            metrics.DUPLICATE_RESULTS.inc()
+            log.info("dropped an answer for a request already answered or given up",
+                     extra={"request_id": result.id})
+            return
+        entry.future.set_result(result)
+
+    # ---- workers -----------------------------------------------------------------------
+
+    async def _watch_workers(self) -> None:
+        """Every heartbeat: which workers are alive, and how long the shared stream is."""
+        cfg = self.config.worker
+        pattern = heartbeat_key(cfg.redis_prefix, "*")
+        group_ready = False
+        while self.state != "stopped":
+            try:
+                if not group_ready:  # a worker may not exist yet; its group must, for the first XADD
+                    await _ensure_group(self._redis, self._requests)
+                    group_ready = True
+                keys = [k async for k in self._redis.scan_iter(match=pattern, count=1000)]
+                values = await self._redis.mget(keys) if keys else []
+                self.backlog = await self._redis.xlen(self._requests)
+                await self._redis.expire(self._replies, 3600)  # a dead bot's reply stream goes away
+                workers = {}
+                for value in values:
+                    if value:
+                        info = json.loads(value)
+                        workers[info.get("name", "?")] = info
+                self._reachable = True
+                self._update_workers(workers)
+            except asyncio.CancelledError:
+                raise
+            except (redis.RedisError, OSError, ValueError) as e:
+                if self._reachable or self.state == "starting":
+                    log.error("cannot reach Redis at %s: %s; images are answered \"unavailable\" until it is back",
+                              _safe_url(cfg.redis_url), e)
+                self._reachable = False
+                group_ready = False
+                self._set_state("unreachable")
+            await self._sleep(cfg.heartbeat_s)
+
+    def _update_workers(self, workers: dict[str, dict]) -> None:
+        gone = set(self.workers) - set(workers)
+        new = set(workers) - set(self.workers)
+        for name in sorted(gone):
+            log.warning("model worker %s is gone (no heartbeat for %g s)", name, 3 * self.config.worker.heartbeat_s)
+        for name in sorted(new):
+            log.info("model worker %s is alive: %s", name, workers[name])
+        models = {w.get("model") for w in workers.values()}
+        if new and len(models) > 1:
+            log.warning("the live workers run different models (%s): answers will differ between them",
+                        ", ".join(sorted(map(str, models))))
+        self.workers = workers
+        metrics.LIVE_WORKERS.set(len(workers))
+        if workers:
+            self.info = workers[sorted(workers)[0]]
+            if self.state != "ready":
+                log.info("%d model worker(s) alive; classifying", len(workers))
+            self._set_state("ready")
+            self.ready.set()
+        else:
+            if self.state == "ready":
+                log.error("no model worker is alive: images are answered \"unavailable\" until one starts "
+                          "(python -m model_worker serve)")
+            self._set_state("no_workers")
+
+
+async def _ensure_group(client: aioredis.Redis, stream: str) -> None:
+    try:
+        await client.xgroup_create(stream, REQUESTS_GROUP, id="0", mkstream=True)
+    except redis.ResponseError as e:
+        if "BUSYGROUP" not in str(e):
+            raise
+
