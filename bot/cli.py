@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--requests", type=int, default=200)
     b.add_argument("--concurrency", type=int, default=64)
     b.add_argument("--json", action="store_true")
+    b.add_argument("--transport", choices=["local", "redis"], help="override worker.transport")
+    b.add_argument("--workers", type=int, default=1,
+                   help="redis: start this many `python -m model_worker serve` processes here (default 1)")
+    b.add_argument("--redis-url", help="override worker.redis_url")
+    b.add_argument("--start-redis", action="store_true", help="redis: run a throwaway redis-server for the run")
     return p
 
 
@@ -197,9 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench-queue":
         from .bench import run as bench_queue
 
-        if args.model:
-            config = config.with_overrides(model={"id": args.model})
-        return bench_queue(config, max(1, args.requests), max(1, args.concurrency), args.json)
+        worker = {k: v for k, v in (("transport", "redis" if args.start_redis else args.transport),
+                                     ("redis_url", args.redis_url)) if v}
+        if args.model or worker:
+            config = config.with_overrides(**({"model": {"id": args.model}} if args.model else {}),
+                                           **({"worker": worker} if worker else {}))
+        return bench_queue(config, max(1, args.requests), max(1, args.concurrency), args.json,
+                           workers=max(1, args.workers), start_redis=args.start_redis)
     token = os.environ.get("DISCORD_TOKEN", "").strip()
     if not token:
         print(TOKEN_HELP, file=sys.stderr)
