@@ -1,4 +1,6 @@
 # Wakeru: the bot and its model worker in one container (the bot spawns the worker).
+# The same image also runs a separate GPU worker (`python -m model_worker serve`) for
+# worker.transport: redis; docker-compose.yml runs it as both the bot and the worker (README, "Scaling out").
 # CUDA-capable PyTorch runtime; on a host without a GPU the worker falls back to CPU.
 #   docker build -t wakeru .
 #   docker run --gpus all -e DISCORD_TOKEN=... -e HF_TOKEN=... \

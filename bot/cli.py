@@ -108,7 +108,8 @@ async def run(config: Config, token: str) -> int:
                 "worker": transport.state, "failure": getattr(transport, "failure", None),
                 "worker_pid": (getattr(transport, "info", None) or {}).get("pid"),
                 "restarts": getattr(transport, "restarts", 0), "in_flight": getattr(transport, "in_flight", 0),
-                "stopping": stopping.is_set()}
+                "stopping": stopping.is_set(), "transport": config.worker.transport,
+                **({"workers": len(transport.workers)} if hasattr(transport, "workers") else {})}
 
     server = None
     if config.service.metrics_port:

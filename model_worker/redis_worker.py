@@ -44,7 +44,7 @@ log = logging.getLogger("wakeru.worker")
 # A reply stream keeps at most about this many answers (its bot reads and deletes them as
 # they come) and disappears this long after its last answer (its bot is gone).
 REPLY_MAX_LEN = 10_000
-REPLY_TTL_S = 600
+REPLY_TTL_S = 3600
 # An entry delivered this many times has been in (at least) two workers that went silent.
 _POISON_DELIVERIES = 3
 _RETRY_MAX_S = 5.0

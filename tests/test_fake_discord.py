@@ -690,8 +690,13 @@ def test_raw_sharded_identify_routes_guilds_and_refuses_bad_shards():
             await ws1.send_json({"op": 6, "d": {"token": other.token, "session_id": session_id,
                                                 "seq": len(guilds1) + 1 + 2}})  # READY, GUILD_CREATEs, 2 events
             assert (await ws1.receive_json())["t"] == "RESUMED"
-            assert {(s["session_id"], s["shard"]) for s in other.sessions() if s["ready"]} == {
-                (d0["session_id"], (0, 2)), (session_id, (1, 2))}, last
+            expected = {(d0["session_id"], (0, 2)), (session_id, (1, 2))}
+            for _ in range(100):  # the fake marks the session ready just after sending RESUMED
+                live = {(s["session_id"], s["shard"]) for s in other.sessions() if s["ready"]}
+                if live == expected:
+                    break
+                await asyncio.sleep(0.02)
+            assert live == expected, (last, other.sessions())
             posted = await asyncio.to_thread(other.post_message, g1.channel_id, content="after resume")
             assert (await ws1.receive_json())["d"]["id"] == posted["id"]
             for ws in (ws0, ws1):
