@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from tests.support import flows
-from tests.support.bot_process import BotProcess
+from tests.support.bot_process import sharded_bots
 from tests.support.fake_discord import FakeDiscord, shard_of
 from tests.support.postgres_server import postgres_server  # noqa: F401
 from tests.support.redis_server import WorkerProcess, redis_server, wait_for_workers  # noqa: F401
@@ -33,15 +33,9 @@ def cluster(trained_model, tmp_path_factory, redis_server, postgres_server):  # 
     store_url = postgres_server.create_database("scale_out")
     workers = [WorkerProcess(trained_model, redis_server.url, root, name=f"worker{i}").start() for i in range(2)]
     with FakeDiscord() as fake:
-        guilds = {k: fake.add_guild(shard=k, shard_count=2) for k in SHARDS}
-        tokens = {k: fake.add_token(f"token-shard-{k}") for k in SHARDS}
-        bots = {}
-        for k in SHARDS:
-            (root / f"bot{k}").mkdir()
-            bots[k] = BotProcess(fake, trained_model, root / f"bot{k}", DISCORD_TOKEN=tokens[k],
-                                 WAKERU_DISCORD__SHARD_COUNT="2", WAKERU_DISCORD__SHARD_IDS=f"[{k}]",
-                                 WAKERU_STORAGE__URL=store_url, WAKERU_WORKER__TRANSPORT="redis",
-                                 WAKERU_WORKER__REDIS_URL=redis_server.url, WAKERU_WORKER__HEARTBEAT_S="0.2")
+        guilds, tokens, bots = sharded_bots(fake, trained_model, root, SHARDS, WAKERU_STORAGE__URL=store_url,
+                                            WAKERU_WORKER__TRANSPORT="redis", WAKERU_WORKER__REDIS_URL=redis_server.url,
+                                            WAKERU_WORKER__HEARTBEAT_S="0.2")
         try:
             wait_for_workers(redis_server.client(), PREFIX, 2, processes=tuple(workers))
             for k in SHARDS:

@@ -24,7 +24,7 @@ from bot.cli import use_endpoints
 from bot.client import WakeruClient, WakeruShardedClient, describe_shards, make_client
 from tests.conftest import make_config
 from tests.support import flows
-from tests.support.bot_process import BotProcess
+from tests.support.bot_process import BotProcess, sharded_bots
 from tests.support.fake_discord import FakeDiscord, shard_of
 
 SHARDS = (0, 1)
@@ -35,14 +35,7 @@ def world(trained_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("sharded")
     db = root / "labels.db"
     with FakeDiscord() as fake:
-        guilds = {k: fake.add_guild(shard=k, shard_count=2) for k in SHARDS}
-        tokens = {k: fake.add_token(f"token-shard-{k}") for k in SHARDS}
-        bots = {}
-        for k in SHARDS:
-            (root / f"shard{k}").mkdir()
-            bots[k] = BotProcess(fake, trained_model, root / f"shard{k}", DISCORD_TOKEN=tokens[k],
-                                 WAKERU_DISCORD__SHARD_COUNT="2", WAKERU_DISCORD__SHARD_IDS=f"[{k}]",
-                                 WAKERU_STORAGE__URL=f"sqlite:///{db}")
+        guilds, tokens, bots = sharded_bots(fake, trained_model, root, SHARDS, WAKERU_STORAGE__URL=f"sqlite:///{db}")
         try:
             for k in SHARDS:
                 bots[k].start(wait=False)

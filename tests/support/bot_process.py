@@ -150,3 +150,17 @@ def memory_kib(pid: int) -> dict[str, int]:
             if key in ("VmRSS", "VmHWM"):
                 fields[key] = int(value.split()[0])
     return fields
+
+
+def sharded_bots(fake, model: Path, root: Path, shards=(0, 1), **overrides: str):
+    """One guild, one token and one (not yet started) `python -m bot` per shard of len(shards), each
+    process running only its own shard. Returns (guilds, tokens, bots), each keyed by shard id."""
+    count = len(shards)
+    guilds = {k: fake.add_guild(shard=k, shard_count=count) for k in shards}
+    tokens = {k: fake.add_token(f"token-shard-{k}") for k in shards}
+    bots = {}
+    for k in shards:
+        (root / f"shard{k}").mkdir()
+        bots[k] = BotProcess(fake, model, root / f"shard{k}", DISCORD_TOKEN=tokens[k],
+                             WAKERU_DISCORD__SHARD_COUNT=str(count), WAKERU_DISCORD__SHARD_IDS=f"[{k}]", **overrides)
+    return guilds, tokens, bots
