@@ -29,6 +29,13 @@ DEFAULT_FILE = "config.yaml"
 KNOWN_FORMATS = ("jpeg", "png", "gif", "webp", "bmp", "tiff")
 
 
+# Keys of earlier versions, with what replaced them (an old config.yaml gets this, not "unknown key").
+REMOVED_KEYS: dict[tuple[str, str], str] = {
+    ("discord", "low_confidence"): "removed: the share among labels cannot say whether any label fits; the "
+                                   "\"none of these labels fits\" note follows model.match_threshold now. Delete it",
+}
+
+
 class ConfigError(Exception):
     """Invalid configuration; str() lists every problem, one per line."""
 
@@ -44,6 +51,12 @@ class ModelSection(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     templates: tuple[str, ...] = ("{}の写真", "{}の画像", "{}が写っている写真")
     trust_remote_code: bool = False
+    # "Does this label fit at all?", independent of how many labels there are: a label fits when
+    # its `match` reaches this. SigLIP family: the model's own sigmoid probability (default 0.01).
+    # CLIP family: the probability that it beats `reference_label` (default 0.5). null = the default.
+    match_threshold: float | None = Field(None, ge=0, le=1)
+    # The neutral description CLIP-family labels are compared with (put through the templates).
+    reference_label: str = Field("何か", min_length=1, max_length=50)
 
     @field_validator("device")
     @classmethod
@@ -90,13 +103,23 @@ class WorkerSection(_Section):
     heartbeat_s: StrictFloat = Field(2.0, ge=0.1, le=60)
     # Requests waiting in the stream (all bots together); beyond this new images get "busy".
     stream_max_len: StrictInt = Field(10_000, ge=1, le=10_000_000)
+    # How long either end waits for an answer from Redis (a server paused by a slow disk, a dead
+    # link) before it counts the call as failed and retries; above the 1 s blocking reads.
+    redis_timeout_s: StrictFloat = Field(15.0, ge=2, le=300)
+    # Image bytes one bot process holds at once (downloads, images waiting for a worker or kept
+    # to be sent again after a crash); beyond this new images get "busy". At least images.max_bytes.
+    queue_max_bytes: StrictInt = Field(256 * 1024 * 1024, ge=1)
 
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, v: str) -> str:
         v = v.strip()
-        if not re.match(r"^(redis|rediss)://[^/\s]*(/\d+)?$|^unix:///\S+$", v):
-            raise ValueError("must be redis://host:port/db, rediss://… (TLS) or unix:///path/to/redis.sock")
+        # query strings carry redis-py options such as ?ssl_cert_reqs=none; the message never
+        # repeats the value (it may hold a password)
+        if not re.match(r"^(redis|rediss)://[^/\s?#]*(/\d*)?(\?\S*)?$|^unix:///[^\s?]+(\?\S*)?$", v):
+            raise ValueError("must be redis://[:password@]host:port/db, rediss://… (TLS) or "
+                             "unix:///path/to/redis.sock, optionally with ?options (e.g. ?ssl_cert_reqs=required); "
+                             "percent-encode / ? # in a password (%2F %3F %23)")
         return v
 
     def resolved_decode_threads(self) -> int:
@@ -180,10 +203,13 @@ def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
 
 
 def redact_url(url: str) -> str:
-    """A service URL without its user and password, for logs and messages."""
+    """A service URL without its user and password, for logs and messages.
+
+    Everything up to the *last* "@" goes: a password may itself hold "@", "/", "?" or "#",
+    so where the host starts cannot be trusted to a URL parser (redacting too much is safe)."""
     scheme, sep, rest = url.partition("://")
-    if "@" in rest.split("/", 1)[0]:
-        rest = "…@" + rest.split("@", 1)[1]
+    if "@" in rest:
+        rest = "…@" + rest.rpartition("@")[2]
     return f"{scheme}{sep}{rest}"
 
 
@@ -192,8 +218,6 @@ class DiscordSection(_Section):
     # all: every channel the bot can read; off: only /classify and the context menu.
     auto_classify: Literal["labeled_channels", "all", "off"] = "labeled_channels"
     moderator_role_ids: tuple[int, ...] = ()
-    # Best share below this → the reply adds a "not sure" note.
-    low_confidence: StrictFloat = Field(0.4, ge=0, le=1)
     # Language of replies to image posts (slash commands answer in the user's own locale).
     reply_locale: Literal["ja", "en"] = "ja"
     # Images offered by /classify's `sample` option.
@@ -206,6 +230,14 @@ class DiscordSection(_Section):
     # slice of them, so several bot processes can share the load.
     shard_count: StrictInt | Literal["auto"] | None = None
     shard_ids: tuple[StrictInt, ...] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        for key in data if isinstance(data, dict) else ():
+            if ("discord", key) in REMOVED_KEYS:
+                raise ValueError(f"{key}: {REMOVED_KEYS['discord', key]}")
+        return data
 
     @model_validator(mode="after")
     def _shards(self) -> "DiscordSection":
@@ -262,8 +294,9 @@ class StorageSection(_Section):
 class AttachmentsSection(_Section):
     # Hosts images may be downloaded from (exact names); anything else is refused.
     allowed_hosts: tuple[str, ...] = ("cdn.discordapp.com", "media.discordapp.net")
-    # Above this size, ask the media proxy for a rendition near the model's input size first.
-    resize_above_bytes: StrictInt = Field(1_000_000, ge=0)
+    # Above this size (0: always), ask the media proxy for a rendition near the model's input size
+    # first, for any picture bigger than that: fewer bytes to fetch, decode and hold.
+    resize_above_bytes: StrictInt = Field(0, ge=0)
     # Shortest side requested from the media proxy; 0 = the model's input size, as the worker reports it.
     resize_to: StrictInt = Field(0, ge=0, le=8192)
     timeout_s: StrictFloat = Field(20.0, gt=0, le=300)
@@ -309,6 +342,14 @@ class Config(_Section):
     limits: LimitsSection = LimitsSection()
     service: ServiceSection = ServiceSection()
 
+    @model_validator(mode="after")
+    def _budgets(self) -> "Config":
+        if self.worker.queue_max_bytes < self.images.max_bytes:
+            raise ValueError(f"worker.queue_max_bytes ({self.worker.queue_max_bytes:,}) must be at least "
+                             f"images.max_bytes ({self.images.max_bytes:,}), or the largest allowed image could "
+                             "never be classified")
+        return self
+
     def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
         """A copy with some keys replaced (validated), e.g. with_overrides(model={"id": path})."""
         data = self.model_dump()
@@ -326,14 +367,34 @@ def _is_text(annotation: Any) -> bool:
     return False
 
 
+def _item_type(annotation: Any) -> Any | None:
+    """The element type of a tuple[X, ...] key (also inside `| None`), else None."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        found = [t for t in map(_item_type, typing.get_args(annotation)) if t is not None]
+        return found[0] if found else None
+    if typing.get_origin(annotation) is tuple:
+        args = typing.get_args(annotation)
+        return args[0] if args else Any
+    return None
+
+
 def _parse_env_value(raw: str, annotation: Any) -> Any:
     # Text keys verbatim: a revision "0123456" or "1.10" must not become a number.
-    # Everything else as YAML, so WAKERU_WORKER__MAX_BATCH=8 is an int and
-    # WAKERU_IMAGES__FORMATS='[jpeg, png]' a list.
+    # Lists as YAML ('[jpeg, png]') or plain comma-separated text (jpeg,png), each item
+    # read like a value of its own type. Everything else as YAML, so
+    # WAKERU_WORKER__MAX_BATCH=8 is an int.
     if _is_text(annotation):
         if annotation is not str and raw.strip().lower() in ("", "null", "none", "~"):
             return None
         return raw
+    item = _item_type(annotation)
+    if item is not None and not raw.lstrip().startswith("[") and raw.strip().lower() not in ("null", "none", "~"):
+        return tuple(raw_item if _is_text(item) else _yaml_or_raw(raw_item)
+                     for raw_item in (part.strip() for part in raw.split(",")) if raw_item)
+    return _yaml_or_raw(raw)
+
+
+def _yaml_or_raw(raw: str) -> Any:
     try:
         return yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
@@ -352,12 +413,35 @@ def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], d
             problems.append(f"{name}: unknown section {section!r} (known: {', '.join(Config.model_fields)})")
             continue
         fields = Config.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
+        if (section, key) in REMOVED_KEYS:
+            problems.append(f"{name}: {section}.{key} was {REMOVED_KEYS[section, key]}")
+            continue
         if key not in fields:
             problems.append(f"{name}: unknown key {section}.{key} (known: {', '.join(fields)})")
             continue
         overrides.setdefault(section, {})[key] = _parse_env_value(raw, fields[key].annotation)
         sources[(section, key)] = name
     return overrides, sources, problems
+
+
+def _annotation(loc: tuple[str, ...]) -> Any:
+    """The type of the key at `loc` (section, key, …), or None."""
+    if len(loc) < 2 or loc[0] not in Config.model_fields:
+        return None
+    field = Config.model_fields[loc[0]].annotation.model_fields.get(loc[1])  # type: ignore[union-attr]
+    return field.annotation if field is not None else None
+
+
+def _shown_input(err: Mapping[str, Any]) -> str:
+    """"; got …" for an error, never echoing a URL whole: it may carry a password."""
+    if err["type"] in ("extra_forbidden", "missing"):
+        return ""
+    given = err.get("input")
+    if isinstance(given, dict):
+        return ""
+    if isinstance(given, str) and ("://" in given or "@" in given):
+        return f"; got {redact_url(given)!r}"
+    return f"; got {given!r}"
 
 
 def _validate(data: Any, sources: Mapping[tuple[str, ...], str]) -> Config:
@@ -373,9 +457,10 @@ def _validate(data: Any, sources: Mapping[tuple[str, ...], str]) -> Config:
                 msg = "unknown key (check the spelling against config.yaml)"
             origin = sources.get(loc[:2]) or sources.get(loc)
             where = f" (from {origin})" if origin else ""
-            given = err.get("input")
-            shown = f"; got {given!r}" if err["type"] not in ("extra_forbidden", "missing") and not isinstance(given, (dict,)) else ""
-            lines.append(f"{key}: {msg}{shown}{where}")
+            if origin and _item_type(_annotation(loc)) is not None:
+                where += "; give a list as comma-separated text (a,b) or in YAML ('[a, b]')"
+            # a check across sections (loc ()) names its keys itself
+            lines.append(f"{key}: {msg}{_shown_input(err)}{where}" if loc else msg)
         raise ConfigError("\n".join(lines)) from None
 
 

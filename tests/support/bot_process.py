@@ -40,6 +40,8 @@ class BotProcess:
             # the bot runs from workdir (so relative paths land there) but imports this checkout
             "PYTHONPATH": str(REPO),
             **overrides,
+            # fault injection (WAKERU_FAULTS) also needs its explicit switch
+            **({"WAKERU_ALLOW_FAULTS": "1"} if "WAKERU_FAULTS" in overrides else {}),
         }
         self.process: subprocess.Popen | None = None
 

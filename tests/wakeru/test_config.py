@@ -130,3 +130,57 @@ def test_null_revision_from_the_environment():
 def test_numbers_are_strict(env):
     with pytest.raises(ConfigError, match=r"valid (integer|number)"):
         load_config(REPO / "config.yaml", env=env)
+
+
+def test_redis_url_takes_tls_options_and_no_error_or_log_ever_shows_the_password():
+    from wakeru.config import redact_url
+
+    url = "rediss://:p@ss%2Fw0rd@cache.example.com:6380/2?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem"
+    config = load_config(REPO / "config.yaml", env={"WAKERU_WORKER__REDIS_URL": url})
+    assert config.worker.redis_url == url
+    assert redact_url(url) == "rediss://…@cache.example.com:6380/2?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem"
+    assert redact_url("redis://:a@b@host:1/0") == "redis://…@host:1/0"  # from the last "@": no "b" left over
+    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+    for bad in ("http://:hunter2@host/0", "redis://:hunter2@host/0 extra", "redis://:hunter2@host/db"):
+        with pytest.raises(ConfigError) as e:
+            load_config(REPO / "config.yaml", env={"WAKERU_WORKER__REDIS_URL": bad})
+        assert "hunter2" not in str(e.value) and "worker.redis_url" in str(e.value), e.value
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "config.yaml", env={"WAKERU_STORAGE__URL": "postgresql://u:hunter2@h/db",
+                                               "WAKERU_WORKER__MAX_BATCH": "0"})
+    assert "hunter2" not in str(e.value)
+
+
+@pytest.mark.parametrize("env, key, expected", [
+    ({"WAKERU_ATTACHMENTS__ALLOWED_HOSTS": "cdn.example.com,media.example.com"}, ("attachments", "allowed_hosts"),
+     ("cdn.example.com", "media.example.com")),
+    ({"WAKERU_ATTACHMENTS__ALLOWED_HOSTS": "[cdn.example.com, media.example.com]"}, ("attachments", "allowed_hosts"),
+     ("cdn.example.com", "media.example.com")),
+    ({"WAKERU_DISCORD__MODERATOR_ROLE_IDS": "123, 456"}, ("discord", "moderator_role_ids"), (123, 456)),
+    ({"WAKERU_DISCORD__SHARD_COUNT": "4", "WAKERU_DISCORD__SHARD_IDS": "0,1"}, ("discord", "shard_ids"), (0, 1)),
+    ({"WAKERU_IMAGES__FORMATS": "jpg,png"}, ("images", "formats"), ("jpeg", "png")),
+    ({"WAKERU_MODEL__TEMPLATES": "{}の写真,{}の画像"}, ("model", "templates"), ("{}の写真", "{}の画像")),
+    ({"WAKERU_LABELS__DEFAULT": "犬,猫"}, ("labels", "default"), ("犬", "猫")),
+])
+def test_list_settings_take_plain_comma_separated_values_from_the_environment(env, key, expected):
+    config = load_config(REPO / "config.yaml", env=env)
+    assert getattr(getattr(config, key[0]), key[1]) == expected
+
+
+def test_a_bad_list_from_the_environment_says_which_forms_work():
+    with pytest.raises(ConfigError, match=r"discord\.shard_ids.*comma-separated text \(a,b\) or in YAML"):
+        load_config(REPO / "config.yaml", env={"WAKERU_DISCORD__SHARD_COUNT": "4", "WAKERU_DISCORD__SHARD_IDS": "a,b"})
+
+
+def test_removed_and_cross_section_settings_are_explained(tmp_path):
+    with pytest.raises(ConfigError, match=r"discord\.low_confidence was removed.*model\.match_threshold"):
+        load_config(REPO / "config.yaml", env={"WAKERU_DISCORD__LOW_CONFIDENCE": "0.4"})
+    old = tmp_path / "old.yaml"
+    old.write_text("discord:\n  low_confidence: 0.4\n")
+    with pytest.raises(ConfigError, match=r"low_confidence: removed.*match_threshold"):
+        load_config(old, env={})
+    with pytest.raises(ConfigError, match=r"^worker\.queue_max_bytes \(1,000\) must be at least images\.max_bytes"):
+        load_config(REPO / "config.yaml", env={"WAKERU_WORKER__QUEUE_MAX_BYTES": "1000"})
+    with pytest.raises(ConfigError, match=r"model\.match_threshold"):
+        load_config(REPO / "config.yaml", env={"WAKERU_MODEL__MATCH_THRESHOLD": "1.5"})
+    assert load_config(REPO / "config.yaml", env={"WAKERU_MODEL__MATCH_THRESHOLD": "0.05"}).model.match_threshold == 0.05
