@@ -7,6 +7,11 @@
   model_only  the vision tower alone at the engine's batch size on ready tensors:
               the ceiling the engine can approach.
 Latency p50/p99 are per request in the engine run (submit → result).
+
+With --new-label-sets N, a fourth run repeats the engine run while N requests with label
+sets the cache has never seen (--new-set-size labels each, e.g. `/classify labels:` with 100
+new labels) arrive one after another, and reports the latency of the ordinary images
+meanwhile: how much a stream of new label sets holds up everyone else.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import io
 import json
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -85,11 +91,11 @@ def run_naive(engine, jpegs: list[bytes], labels: tuple[str, ...]) -> float:
     return len(jpegs) / (time.perf_counter() - start)
 
 
-def run_engine(engine, jpegs: list[bytes], labels: tuple[str, ...]) -> tuple[float, list[float]]:
+def run_engine(engine, jpegs: list[bytes], labels: tuple[str, ...], warm: bool = True) -> tuple[float, list[float]]:
     window = 2 * engine.max_batch
-    # warm-up: one full batch, which also caches the label set's embeddings
-    list(engine.stream((ClassifyRequest(id=f"w{i}", image=d, labels=labels)
-                        for i, d in enumerate(jpegs[:engine.max_batch])), window))
+    if warm:  # one full batch, which also caches the label set's embeddings
+        list(engine.stream((ClassifyRequest(id=f"w{i}", image=d, labels=labels)
+                            for i, d in enumerate(jpegs[:engine.max_batch])), window))
     start = time.perf_counter()
     results = list(engine.stream((ClassifyRequest(id=str(i), image=d, labels=labels)
                                   for i, d in enumerate(jpegs)), window))
@@ -98,6 +104,31 @@ def run_engine(engine, jpegs: list[bytes], labels: tuple[str, ...]) -> tuple[flo
     if failed:
         raise RuntimeError(f"{len(failed)} benchmark images failed: {failed[0].error} {failed[0].message}")
     return len(jpegs) / elapsed, [r.timings.total_ms for r in results]
+
+
+def run_label_churn(engine, jpegs: list[bytes], labels: tuple[str, ...], sets: int, set_size: int) -> dict:
+    """The engine run again, with new label sets arriving one after another meanwhile."""
+    done: list[float] = []
+    stop = threading.Event()
+
+    def new_sets() -> None:
+        for k in range(sets):
+            if stop.is_set():
+                return
+            fresh = tuple(f"新しいラベル{k}番{i}" for i in range(set_size))  # never cached
+            result = engine.submit(ClassifyRequest(id=f"new{k}", image=jpegs[k % len(jpegs)], labels=fresh)).result()
+            done.append(result.timings.total_ms)
+
+    thread = threading.Thread(target=new_sets, name="bench-new-labels", daemon=True)
+    thread.start()
+    try:
+        speed, latencies = run_engine(engine, jpegs, labels, warm=False)
+    finally:
+        stop.set()
+        thread.join()
+    return {"img_s": round(speed, 3), "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+            "p99_ms": round(float(np.percentile(latencies, 99)), 1), "new_sets_answered": len(done),
+            "new_set_p50_ms": round(float(np.percentile(done, 50)), 1) if done else None}
 
 
 def run_model_only(engine, jpegs: list[bytes], total_images: int) -> float:
@@ -136,9 +167,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     naive_count = args.naive_images or min(args.images, 8)
     jpegs = photo_jpegs(max(args.images, naive_count), (width, height))
     engine = load_engine(config)
+    churn = None
     try:
         model_only = run_model_only(engine, jpegs, args.images)
         engine_speed, latencies = run_engine(engine, jpegs[:args.images], labels)
+        if args.new_label_sets:
+            churn = run_label_churn(engine, jpegs[:args.images], labels, args.new_label_sets, args.new_set_size)
         naive = run_naive(engine, jpegs[:naive_count], labels)
     finally:
         engine.close()
@@ -164,6 +198,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "p99_ms": round(float(np.percentile(latencies, 99)), 1),
         "mean_batch": round(float(np.mean(engine.stats.batch_sizes)), 1) if engine.stats.batch_sizes else 0,
     }
+    if churn is not None:
+        report["with_new_label_sets"] = {"sets": args.new_label_sets, "set_size": args.new_set_size, **churn}
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:
@@ -176,4 +212,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"  vision tower    {model_only:9.2f} img/s   (preprocessed batch of {engine.max_batch})")
         print(f"  latency         p50 {report['p50_ms']} ms, p99 {report['p99_ms']} ms "
               f"(mean batch {report['mean_batch']})")
+        if churn is not None:
+            print(f"  with new sets   {churn['img_s']:9.2f} img/s, p50 {churn['p50_ms']} ms, p99 {churn['p99_ms']} ms "
+                  f"while {churn['new_sets_answered']} sets of {args.new_set_size} new labels arrived "
+                  f"(each answered in {churn['new_set_p50_ms']} ms, p50)")
     return 0

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--labels", default="20", help="label count taken from the config's label sets, or label text (default 20)")
     b.add_argument("--batch", type=int, default=None, help="override worker.max_batch")
     b.add_argument("--image-size", default="1920x1440", help="photo size of the generated JPEGs, WxH (default 1920x1440)")
+    b.add_argument("--new-label-sets", type=int, default=0, metavar="N",
+                   help="also measure the images' latency while N never-seen label sets arrive (default 0: off)")
+    b.add_argument("--new-set-size", type=int, default=100, metavar="L", help="labels per new set (default 100)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
 
     s = sub.add_parser("serve", help="serve the Redis request stream (worker.transport: redis) until SIGTERM")
@@ -174,21 +177,34 @@ def _pad(text: str, width: int) -> str:
     return text + " " * max(0, width - _width(text))
 
 
+NONE_FITS = "(none of the labels fits: even the best one is below model.match_threshold)"
+
+
 def format_table(path: str, result: ClassifyResult) -> str:
+    """Share and bar per label; `match` where the model gives one, and a mark on labels that do not fit."""
     if not result.ok:
         return f"{path}\n  error {result.error.value}: {result.message}"
     width = max((_width(s.label) for s in result.top), default=0)
     lines = [path]
     for rank, s in enumerate(result.top, 1):
         bar = "█" * round(s.score * 20)
-        lines.append(f"  {rank}. {_pad(s.label, width)}  {s.score * 100:5.1f}%  {bar}")
+        match = "" if s.match is None else f"  match {s.match:6.1%}{'' if s.fits is not False else ' ✗'}"
+        lines.append(f"  {rank}. {_pad(s.label, width)}  {s.score * 100:5.1f}%  {_pad(bar, 20)}{match}".rstrip())
+    if result.none_fits:
+        lines.append(f"  {NONE_FITS}")
     return "\n".join(lines)
 
 
 def result_json(path: str, result: ClassifyResult) -> dict:
     if not result.ok:
         return {"image": path, "error": result.error.value, "message": result.message}
-    return {"image": path, "top": [{"label": s.label, "score": round(s.score, 6)} for s in result.top]}
+    top = []
+    for s in result.top:
+        item = {"label": s.label, "score": round(s.score, 6)}
+        if s.match is not None:
+            item.update(match=round(s.match, 6), fits=s.fits)
+        top.append(item)
+    return {"image": path, "top": top, "none_fits": result.none_fits}
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -225,6 +241,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     fmt = "json" if args.json_logs else config.service.log_format
     setup_logging(fmt, logging.DEBUG if args.verbose else logging.INFO, process="worker")
     faults = Faults.from_env()
+    faults.before_load()
     engine = load_engine(config)
     faults.install(engine)
     try:

@@ -4,14 +4,19 @@
                   │ ready queue
                   ▼
             batcher thread: takes every ready image up to max_batch, waits up to
-            max_wait_ms only while more images are still being decoded, fetches the
-            label sets' cached embeddings, runs the vision tower once for the batch,
-            scores each request against its own label set.
+            max_wait_ms only while more images are still being decoded, runs the
+            vision tower once for the images whose label sets are known, scores each
+            against its own set; then puts a few labels of a new set through the
+            text tower, and goes round again.
 
 Decoding of the next batch overlaps the forward pass of the current one (torch
-releases the GIL). At most `queue_size` requests are in flight; past that, submit()
-answers QUEUE_FULL at once. A bad image, a bad label set or a failing batch only
-fails the requests concerned; the engine keeps running.
+releases the GIL). A request with a label set the cache does not know yet waits,
+decoded, while its labels are encoded a step (_TEXT_STEP_LABELS labels) at a time
+between image batches, taking at most _TEXT_SHARE of the time while images wait: a new
+100-label set slows the other images down by a quarter at worst, instead of stopping
+them for 300 prompts in one go. At most `queue_size` requests are
+in flight; past that, submit() answers QUEUE_FULL at once. A bad image, a bad label
+set or a failing batch only fails the requests concerned; the engine keeps running.
 """
 
 from __future__ import annotations
@@ -38,6 +43,16 @@ from .label_cache import LabelEmbeddingCache
 
 log = logging.getLogger(__name__)
 
+# Labels of a new set put through the text tower in one step (× the templates: 8 labels × 3
+# templates cost about one small image batch), so known-label images wait at most one such step.
+_TEXT_STEP_LABELS = 8
+# While images are waiting, new label sets get at most this share of the batcher's time (the rest
+# goes to the images); with nothing else to do, they get all of it.
+_TEXT_SHARE = 0.25
+
+
+_IDLE = object()  # the batcher found no new job: it has label work of its own to do
+
 
 @dataclass(eq=False)
 class _Job:
@@ -51,6 +66,16 @@ class _Job:
     finished: bool = False   # guarded by Engine._lock: each job is answered (and counted) once
 
 
+@dataclass(eq=False)
+class _LabelWork:
+    """A label set that decoded jobs wait for, encoded a step at a time between image batches."""
+
+    labels: tuple[str, ...]
+    vectors: dict[str, torch.Tensor]   # embeddings gathered so far
+    todo: deque[str]                   # labels still to encode, in order
+    jobs: list[_Job]
+
+
 @dataclass
 class EngineStats:
     batches: int = 0
@@ -58,6 +83,7 @@ class EngineStats:
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1000))  # the most recent ones
     refused_busy: int = 0
     cancelled: int = 0
+    text_steps: int = 0   # text-tower steps run for label sets that were not cached
 
 
 class Engine:
@@ -69,7 +95,15 @@ class Engine:
         self.max_wait = config.worker.max_wait_ms / 1000.0
         self.cache = LabelEmbeddingCache(adapter.encode_texts, model_key=adapter.cache_key,
                                          templates=config.model.templates)
+        threshold = config.model.match_threshold
+        self.match_threshold = adapter.default_match_threshold if threshold is None else threshold
+        # CLIP family: `match` compares each label with this neutral description (encoded once, now)
+        self.reference = (None if adapter.has_match_probability()
+                          else self.cache.get((config.model.reference_label,)))
         self.stats = EngineStats()
+        self._label_work: dict[tuple[str, ...], _LabelWork] = {}  # batcher thread only; oldest first
+        self._unparked: deque[_Job] = deque()  # decoded jobs whose label set just became known
+        self._text_s = self._image_s = 0.0     # batcher time spent on each while label work is pending
         self._pool = ThreadPoolExecutor(config.worker.resolved_decode_threads(), thread_name_prefix="wakeru-decode")
         self._ready: queue.Queue[_Job | None] = queue.Queue()
         self._capacity = config.worker.queue_size
@@ -205,23 +239,45 @@ class Engine:
 
     def _run(self) -> None:
         while True:
-            first = self._ready.get()
-            if first is None:
-                return
             batch: list[_Job] = []
+            while self._unparked and len(batch) < self.max_batch:
+                batch.append(self._unparked.popleft())
+            first = _IDLE
+            if len(batch) < self.max_batch:
+                try:  # with work of its own (labels to encode, jobs released), never sleep on the queue
+                    first = self._ready.get(block=not (batch or self._label_work))
+                except queue.Empty:
+                    pass
+            image_started = time.perf_counter()  # idle waiting above is nobody's share
             stop = False
             try:
-                stop = self._collect(first, batch)
+                if first is not _IDLE:
+                    stop = self._collect(first, batch)
                 if batch:
                     self._process(batch)
             except Exception:  # a bug here must not leave every later request hanging
                 log.exception("batcher failed; answering the batch with an error")
-                for job in batch or [first]:
+                for job in batch or ([first] if isinstance(first, _Job) else []):
                     self._finish_error(job, ErrorCode.INTERNAL, "the worker hit an internal error")
             if stop:
                 return
+            if self._label_work and self._text_turn(image_started):
+                started = time.perf_counter()
+                self._label_step()
+                self._text_s += time.perf_counter() - started
+            elif not self._label_work:
+                self._text_s = self._image_s = 0.0  # shares are counted per stretch of label work
 
-    def _collect(self, first: _Job, batch: list[_Job]) -> bool:
+    def _text_turn(self, image_started: float) -> bool:
+        """Whether the next text step may run now: always when no image is ready to run (images still
+        decoding wait one step at most; spinning until they are ready would only take the GIL from
+        the decoders), otherwise only while the text tower has had less than its share of the time
+        since label work began."""
+        self._image_s += time.perf_counter() - image_started
+        images_ready = bool(self._unparked) or not self._ready.empty()
+        return not images_ready or self._text_s <= _TEXT_SHARE / (1 - _TEXT_SHARE) * self._image_s
+
+    def _collect(self, first: _Job | None, batch: list[_Job]) -> bool:
         """Gather ready jobs into `batch` up to max_batch, waiting only while more are
         being decoded. Returns True when the engine is stopping."""
         deadline = time.perf_counter() + self.max_wait
@@ -253,41 +309,82 @@ class Engine:
     def _process(self, batch: list[_Job]) -> None:
         started = time.perf_counter()
         now = time.time()
-        live = []
+        live, embeddings = [], {}
         for job in batch:
             if job.future.cancelled():
                 self._finish(job, None)
             elif job.request.deadline is not None and now > job.request.deadline:
                 self._finish_error(job, ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed while it waited")
             else:
-                live.append(job)
-        if not live:
-            return
+                known = embeddings.get(job.labels)
+                if known is None:
+                    known = self.cache.lookup(job.labels)
+                if known is None:
+                    self._park(job)
+                else:
+                    embeddings[job.labels] = known
+                    live.append(job)
+        if live:
+            self._execute(live, embeddings, started)
+
+    def _execute(self, jobs: list[_Job], embeddings: dict[tuple[str, ...], torch.Tensor], started: float) -> None:
         try:
-            self._run_batch(live, started)
+            self._run_batch(jobs, embeddings, started)
         except Exception as e:
             if isinstance(e, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
-            if len(live) > 1:
+            if len(jobs) > 1:
                 # isolate the culprit: retry one by one
-                log.warning("batch of %d failed (%s); retrying one by one", len(live), e)
-                for job in live:
-                    self._process([job])
+                log.warning("batch of %d failed (%s); retrying one by one", len(jobs), e)
+                for job in jobs:
+                    self._execute([job], embeddings, time.perf_counter())
                 return
-            log.exception("model failed on request %s", live[0].request.id)
-            self._finish_error(live[0], ErrorCode.INTERNAL, f"the model failed on this image ({type(e).__name__})")
+            log.exception("model failed on request %s", jobs[0].request.id)
+            self._finish_error(jobs[0], ErrorCode.INTERNAL, f"the model failed on this image ({type(e).__name__})")
 
-    def _run_batch(self, jobs: list[_Job], started: float) -> None:
+    # ---- label sets the cache does not know yet ---------------------------------------
+
+    def _park(self, job: _Job) -> None:
+        """Hold a decoded job until its label set is encoded (see _label_step)."""
+        work = self._label_work.get(job.labels)
+        if work is None:
+            known = self.cache.known(job.labels)
+            work = _LabelWork(job.labels, known, deque(l for l in dict.fromkeys(job.labels) if l not in known), [])
+            self._label_work[job.labels] = work
+        work.jobs.append(job)
+
+    def _label_step(self) -> None:
+        """Encode the next few labels of the oldest waiting set; release its jobs once it is whole."""
+        work = next(iter(self._label_work.values()))
+        chunk = []
+        while work.todo and len(chunk) < _TEXT_STEP_LABELS:
+            chunk.append(work.todo.popleft())
+        try:
+            work.vectors.update(self.cache.known(tuple(chunk)))  # another set may have encoded some meanwhile
+            work.vectors.update(self.cache.encode([l for l in chunk if l not in work.vectors]))
+            self.stats.text_steps += 1
+            if work.todo:
+                return
+            self.cache.store_set(work.labels, work.vectors)
+        except Exception as e:  # a text tower that fails on these labels fails only their requests
+            log.exception("encoding a label set of %d labels failed", len(work.labels))
+            del self._label_work[work.labels]
+            for job in work.jobs:
+                self._finish_error(job, ErrorCode.INTERNAL, f"the model failed on these labels ({type(e).__name__})")
+            return
+        del self._label_work[work.labels]
+        self._unparked.extend(work.jobs)
+
+    def _run_batch(self, jobs: list[_Job], embeddings: dict[tuple[str, ...], torch.Tensor], started: float) -> None:
         groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
         for i, job in enumerate(jobs):
             groups[job.labels].append(i)
-        label_embs = {labels: self.cache.get(labels) for labels in groups}
         adapter = self.adapter
         inputs = adapter.preprocessor.collate([j.prepared for j in jobs], adapter.device, adapter.dtype)
         image_emb = adapter.encode_images(inputs)
         scored: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         for labels, idx in groups.items():
-            share, match = adapter.score(image_emb[idx], label_embs[labels])
+            share, match = adapter.score(image_emb[idx], embeddings[labels], self.reference)
             share = share.cpu()
             match = match.cpu() if match is not None else None
             for row, i in enumerate(idx):
@@ -300,12 +397,14 @@ class Engine:
             share, match = scored[i]
             k = min(job.request.top_k, len(job.labels))
             values, order = torch.topk(share, k)
-            top = tuple(
-                LabelScore(job.labels[j], float(v), float(match[j]) if match is not None else None)
-                for v, j in zip(values.tolist(), order.tolist())
-            )
+            top = tuple(self._label_score(job.labels[j], v, None if match is None else float(match[j]))
+                        for v, j in zip(values.tolist(), order.tolist()))
             self._finish(job, ClassifyResult(id=job.request.id, top=top,
                                              timings=self._timings(job, started, model_ms, len(jobs))))
+
+    def _label_score(self, label: str, share: float, match: float | None) -> LabelScore:
+        fits = None if match is None else match >= self.match_threshold
+        return LabelScore(label, float(share), match, fits)
 
     # ---- completion ---------------------------------------------------------------
 

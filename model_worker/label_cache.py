@@ -4,6 +4,10 @@ Each label is embedded under every prompt template; the normalised embeddings ar
 averaged and normalised again (prompt ensembling). Two LRU levels: single labels
 (so adding one label to a set encodes only that label) and whole sets (so a hit
 costs one dictionary lookup, no stacking).
+
+`get` encodes what is missing at once. The engine uses `lookup` and `missing` instead,
+and `encode` a few labels at a time between image batches, so a new 100-label set never
+holds up the images whose labels are already known.
 """
 
 from __future__ import annotations
@@ -52,21 +56,51 @@ class LabelEmbeddingCache:
         self.set_misses = 0
 
     def get(self, labels: tuple[str, ...]) -> torch.Tensor:
-        """L × D normalised embeddings for `labels`, in order."""
+        """L × D normalised embeddings for `labels`, in order; encodes what is missing now."""
         with self._lock:
-            key = (self._key, labels)
-            cached = self._sets.get_fresh(key)
-            if cached is not None:
-                self.set_hits += 1
-                return cached
-            self.set_misses += 1
+            found = self._lookup(labels)
+            if found is not None:
+                return found
             vectors = {l: self._labels.get_fresh((self._key, l)) for l in dict.fromkeys(labels)}
-            missing = [l for l, v in vectors.items() if v is None]
-            if missing:
-                vectors.update(self._encode_labels(missing))
-            stacked = torch.stack([vectors[l] for l in labels])
-            self._sets.put(key, stacked)
-            return stacked
+            vectors.update(self._encode_labels([l for l, v in vectors.items() if v is None]))
+            return self._store_set(labels, vectors)
+
+    def lookup(self, labels: tuple[str, ...]) -> torch.Tensor | None:
+        """Like `get`, but None instead of encoding when a label is not known yet."""
+        with self._lock:
+            return self._lookup(labels)
+
+    def known(self, labels: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The labels of the set whose embeddings are cached already."""
+        with self._lock:
+            found = {l: self._labels.get_fresh((self._key, l)) for l in dict.fromkeys(labels)}
+        return {l: v for l, v in found.items() if v is not None}
+
+    def encode(self, labels: list[str]) -> dict[str, torch.Tensor]:
+        """Put these labels through the text tower (all templates), keep and return their embeddings."""
+        with self._lock:
+            return self._encode_labels(labels) if labels else {}
+
+    def store_set(self, labels: tuple[str, ...], vectors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Stack a set from embeddings gathered piecewise (`known` and `encode`) and keep it."""
+        with self._lock:
+            return self._store_set(labels, vectors)
+
+    def _store_set(self, labels: tuple[str, ...], vectors: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.set_misses += 1
+        stacked = torch.stack([vectors[l] for l in labels])
+        self._sets.put((self._key, labels), stacked)
+        return stacked
+
+    def _lookup(self, labels: tuple[str, ...]) -> torch.Tensor | None:
+        cached = self._sets.get_fresh((self._key, labels))
+        if cached is not None:
+            self.set_hits += 1
+            return cached
+        vectors = {l: self._labels.get_fresh((self._key, l)) for l in dict.fromkeys(labels)}
+        if any(v is None for v in vectors.values()):
+            return None
+        return self._store_set(labels, vectors)
 
     def _encode_labels(self, labels: list[str]) -> dict[str, torch.Tensor]:
         texts = [render(t, l) for l in labels for t in self._templates]

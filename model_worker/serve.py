@@ -152,6 +152,7 @@ def _load_and_serve(config_data: dict, requests, results: _Results, log_format: 
     config = Config.model_validate(config_data)
     _quiet_libraries(verbose=False)
     try:
+        faults.before_load()
         engine = load_engine(config)
     except ModelLoadError as e:
         log.error("model could not be loaded: %s", e)

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: LabelScore.fits, and `match` for the CLIP family too
 
 
 class ErrorCode(str, enum.Enum):
@@ -62,9 +62,16 @@ class ClassifyRequest:
 
 @dataclass(frozen=True, slots=True)
 class LabelScore:
+    """One label's result. `score` ranks the labels against each other; `match` and `fits` say
+    whether the label describes the picture at all, whatever the other labels are."""
+
     label: str
     score: float                  # share among the given labels, in [0, 1]; the shares of all labels sum to 1
-    match: float | None = None    # SigLIP family only: independent sigmoid match probability in [0, 1]
+    # Independent of the other labels, in [0, 1]. SigLIP family: the model's own sigmoid match
+    # probability. CLIP family: the probability that the label fits better than a neutral
+    # description (model.reference_label). None: the model gives none.
+    match: float | None = None
+    fits: bool | None = None      # match >= the model's match threshold (model.match_threshold)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +96,11 @@ class ClassifyResult:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def none_fits(self) -> bool:
+        """Even the best label does not fit: none of the labels describes the picture."""
+        return self.ok and bool(self.top) and self.top[0].fits is False
+
     @classmethod
     def failure(cls, request_id: str, code: ErrorCode, message: str, timings: Timings | None = None) -> "ClassifyResult":
         return cls(id=request_id, error=code, message=message, timings=timings or Timings())
@@ -102,7 +114,7 @@ class ClassifyResult:
     def from_dict(cls, d: dict[str, Any]) -> "ClassifyResult":
         return cls(
             id=d["id"],
-            top=tuple(LabelScore(**s) for s in d.get("top", ())),
+            top=tuple(LabelScore(s["label"], s["score"], s.get("match"), s.get("fits")) for s in d.get("top", ())),
             error=ErrorCode(d["error"]) if d.get("error") else None,
             message=d.get("message"),
             timings=Timings(**d.get("timings", {})),

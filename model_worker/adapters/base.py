@@ -13,11 +13,21 @@ from ..preprocess import Preprocessor
 TEXT_CHUNK = 128
 
 
+# "Does this label fit at all?" (LabelScore.match ≥ threshold), per kind of match:
+# a SigLIP sigmoid probability is low in absolute terms (right labels often 0.05–0.9 on real
+# photos, wrong ones orders of magnitude below 0.01); the CLIP-family match is a two-way
+# contest with a neutral description, so 0.5 means "fits better than 'something'".
+SIGMOID_MATCH_THRESHOLD = 0.01
+REFERENCE_MATCH_THRESHOLD = 0.5
+
+
 class Adapter(ABC):
     """Encode images and texts into L2-normalised embeddings, and turn similarities into scores."""
 
     family: str          # "clip", "siglip" or "japanese-stable-clip"
     score_meaning: str   # one line for the README/CLI: what `score` means for this family
+    match_meaning = ("match: the probability that the label fits better than the neutral description "
+                     "(model.reference_label), i.e. sigmoid(logit(label) − logit(reference))")
     model_id: str
     device: torch.device
     dtype: torch.dtype
@@ -39,7 +49,13 @@ class Adapter(ABC):
         """Cosine similarities (N images × L labels) → logits whose softmax is the label share."""
 
     def has_match_probability(self) -> bool:
+        """Whether the model scores each label on its own (a sigmoid). Otherwise `match` compares the
+        label with a neutral reference description, so the engine passes its embedding to score()."""
         return False
+
+    @property
+    def default_match_threshold(self) -> float:
+        return SIGMOID_MATCH_THRESHOLD if self.has_match_probability() else REFERENCE_MATCH_THRESHOLD
 
     @torch.inference_mode()
     def encode_images(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -51,11 +67,22 @@ class Adapter(ABC):
         return _normalise(torch.cat(parts))
 
     @torch.inference_mode()
-    def score(self, image_emb: torch.Tensor, label_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(share over the labels, independent match probability or None), both N × L in [0, 1]."""
+    def score(self, image_emb: torch.Tensor, label_emb: torch.Tensor,
+              reference_emb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(share over the labels, match), both N × L in [0, 1].
+
+        The share depends on which other labels are in the set; the match does not. SigLIP: the
+        model's own sigmoid. Otherwise, given the neutral reference's embedding (1 × D): the
+        two-way softmax of each label against it, sigmoid(logit − logit_reference), which uses the
+        model's own logit scale and is the same whether a set has 2 labels or 100. None without it."""
         logits = self._logits(image_emb @ label_emb.T)
         share = logits.softmax(dim=-1)
-        match = torch.sigmoid(logits) if self.has_match_probability() else None
+        if self.has_match_probability():
+            match = torch.sigmoid(logits)
+        elif reference_emb is not None:
+            match = torch.sigmoid(logits - self._logits(image_emb @ reference_emb.T))
+        else:
+            match = None
         return share, match
 
     @abstractmethod

@@ -28,8 +28,8 @@ class DualEncoderAdapter(Adapter):
             # to exactly max_position_embeddings (64): anything else shifts every embedding.
             self.text_kwargs = {"padding": "max_length", "truncation": True, "max_length": max_pos}
             self.lowercase = True
-            self.score_meaning = ("share among the given labels: softmax of the sigmoid logits (the bias cancels); "
-                                  "`match` is the independent sigmoid probability")
+            self.score_meaning = "share among the given labels: softmax of the sigmoid logits (the bias cancels)"
+            self.match_meaning = "match: the model's own sigmoid probability that the label describes the picture"
         else:
             self.text_kwargs = {"padding": True, "truncation": True, "max_length": max_pos}
             self.lowercase = False

@@ -10,6 +10,7 @@ from PIL import Image
 from model_worker.adapters import ModelLoadError, load_adapter
 from model_worker.engine import Engine
 from tests.conftest import SAMPLES, make_config
+from tests.support.text_calls import text_tower_calls
 from wakeru.protocol import ClassifyRequest
 
 LABELS = ("犬", "猫", "象", "宇宙飛行士", "a photo of a cat", "コーヒー")
@@ -66,32 +67,23 @@ def test_scores_are_sorted_probabilities(loaded):
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert sum(scores) == pytest.approx(1.0, abs=1e-5)
     assert [s.label for s in top3.top] == [s.label for s in full.top[:3]]
-    for s in full.top:
-        assert (s.match is not None) == adapter.has_match_probability()
-        if s.match is not None:
-            assert 0.0 <= s.match <= 1.0
+    for s in full.top:  # every family has a match: SigLIP its sigmoid, CLIP the contest with the reference
+        assert 0.0 <= s.match <= 1.0
+        assert s.fits == (s.match >= adapter.default_match_threshold)
 
 
 def test_text_tower_runs_once_per_label_set(loaded):
     _, config, adapter = loaded
-    calls = []
-    original = adapter.encode_texts
-
-    def counting(texts):
-        calls.append(len(texts))
-        return original(texts)
-
-    adapter.encode_texts = counting
-    try:
+    with text_tower_calls(adapter) as calls:
         with Engine(adapter, config.with_overrides(model={"templates": ["{}の写真", "{}の画像"]})) as engine:
+            reference = 0 if adapter.has_match_probability() else 2  # CLIP: the neutral reference, once, at start
+            assert sum(calls) == reference
             data, _ = _png(SAMPLES / "coffee.jpg")
             results = engine.classify([ClassifyRequest(id=str(i), image=data, labels=LABELS) for i in range(12)])
             assert all(r.ok for r in results)
-            assert sum(calls) == len(LABELS) * 2  # every label × template once, for all 12 images
+            assert sum(calls) == reference + len(LABELS) * 2  # every label × template once, for all 12 images
             engine.classify([ClassifyRequest(id="x", image=data, labels=LABELS + ("鳥",))])
-            assert sum(calls) == len(LABELS) * 2 + 2  # only the new label is encoded
-    finally:
-        adapter.encode_texts = original
+            assert sum(calls) == reference + len(LABELS) * 2 + 2  # only the new label is encoded
 
 
 def test_bfloat16_on_cpu_stays_close(checkpoints):

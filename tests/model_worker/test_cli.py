@@ -126,9 +126,11 @@ def test_bench_reports_the_three_speeds(checkpoints, capsys):
     assert report["dtype"] == str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
     assert report["model"] == str(checkpoints["siglip"]) and report["labels"] == 5 and report["batch"] == 3
     assert report["p99_ms"] >= report["p50_ms"]
+    assert "with_new_label_sets" not in report  # only when asked for
     code, out, _ = run(capsys, "bench", "--model", str(checkpoints["clip"]), "--images", "2", "--labels", "犬,猫",
-                       "--batch", "2", "--image-size", "200x150")
+                       "--batch", "2", "--image-size", "200x150", "--new-label-sets", "2", "--new-set-size", "20")
     assert code == 0 and "naive loop" in out and "vision tower" in out and "engine" in out
+    assert "while 2 sets of 20 new labels arrived" in out or "while 1 sets of 20 new labels arrived" in out, out
 
 
 def test_bench_argument_errors(capsys):

@@ -13,6 +13,7 @@ import pytest
 from model_worker.adapters import load_adapter
 from model_worker.engine import Engine
 from tests.conftest import REPO, make_config
+from model_worker.cli import NONE_FITS, format_table
 from tests.support.shapes import CLASSES, draw, encode
 from wakeru.protocol import ClassifyRequest
 
@@ -90,7 +91,37 @@ def test_right_label_wins_through_the_cli(trained_model, tmp_path):
     assert correct >= 11, lines
     for line in lines[:-1]:
         assert len(line["top"]) == 3
-        assert set(line["top"][0]) == {"label", "score"}
+        assert set(line["top"][0]) == {"label", "score", "match", "fits"}  # SigLIP: its own match probability
+        assert line["top"][0]["fits"] and line["none_fits"] is False
         scores = [t["score"] for t in line["top"]]
         assert scores == sorted(scores, reverse=True) and 0 <= scores[-1] <= scores[0] <= 1
     assert lines[-1]["error"] == "unsupported_format" and "SVG" in lines[-1]["message"]
+
+
+def _one(engine, label: str, labels, seed: int = 5):
+    image = encode(draw(label, (200, 160), random.Random(seed)), "PNG")
+    result = engine.submit(ClassifyRequest(id=label, image=image, labels=tuple(labels))).result()
+    assert result.ok, result.message
+    return result
+
+
+def test_two_labels_that_do_not_fit_are_marked_whatever_their_share(engine):
+    """A blue square against 「赤い丸、黄色い三角」: one of the two takes most of the share, but the
+    model's own match says neither describes it, and the answer says so."""
+    result = _one(engine, "青い四角", ["赤い丸", "黄色い三角"])
+    assert result.top[0].score > 0.5  # a softmax over two labels always crowns one
+    assert all(s.match < 0.01 and s.fits is False for s in result.top)
+    assert result.none_fits
+    table = format_table("square.png", result)
+    assert NONE_FITS in table and "✗" in table
+
+
+def test_a_clear_match_among_many_labels_fits_and_its_match_does_not_depend_on_the_set(engine):
+    many = [*CLASSES, "犬", "猫", "車", "山", "花", "空の写真", "夜景"]
+    for label in CLASSES:
+        among_many = _one(engine, label, many)
+        assert among_many.top[0].label == label and among_many.top[0].fits and not among_many.none_fits
+        assert NONE_FITS not in format_table("x.png", among_many)
+        pair = _one(engine, label, [label, "黄色い三角"])
+        # the share moves with the set; the match is the label's own
+        assert pair.top[0].match == pytest.approx(among_many.top[0].match, abs=1e-5)
