@@ -14,7 +14,7 @@ from wakeru.protocol import ClassifyRequest, ClassifyResult
 from . import metrics
 from .attachments import AttachmentError, Downloader
 from .render import ImageAnswer
-from .transport import WorkerTransport
+from .transport import Reservation, WorkerTransport
 
 log = logging.getLogger("wakeru.classify")
 
@@ -43,11 +43,11 @@ class Classifier:
 
     async def classify_bytes(self, filename: str, data: bytes, labels: tuple[str, ...], *,
                              source: str = "command", request_id: str | None = None,
-                             started: float | None = None, admitted: bool = False) -> ImageAnswer:
+                             started: float | None = None, reservation: Reservation | None = None) -> ImageAnswer:
         started = time.monotonic() if started is None else started
         request = ClassifyRequest(id=request_id or self._request_id(), image=data, labels=labels, top_k=3,
                                   deadline=time.time() + self.config.worker.request_timeout_s)
-        result = await self.transport.classify(request, admitted=admitted)
+        result = await self.transport.classify(request, reservation=reservation)
         return self._answered(ImageAnswer(filename, result), source, started)
 
     def rendition_side(self) -> int:
@@ -57,21 +57,20 @@ class Classifier:
 
     async def classify_attachment(self, attachment, labels: tuple[str, ...], *, source: str = "command") -> ImageAnswer:
         started, request_id = time.monotonic(), self._request_id()
-        # busy, loading or shutting down: say so now rather than download what nobody can classify
-        refused = self.transport.admit(request_id)
-        if refused is not None:
-            return self._answered(ImageAnswer(attachment.filename, refused), source, started)
-        try:
-            data = await self.downloader.fetch(attachment, self.rendition_side())
-        except AttachmentError as e:
-            self.transport.release()
-            failed = ClassifyResult.failure(request_id, e.code, e.detail)
-            return self._answered(ImageAnswer(attachment.filename, failed), source, started)
-        except BaseException:  # cancelled, or a bug: the place must not leak
-            self.transport.release()
-            raise
-        return await self.classify_bytes(attachment.filename, data, labels, source=source, request_id=request_id,
-                                         started=started, admitted=True)
+        # busy, failed or shutting down: say so now rather than download what nobody can classify;
+        # the place holds the bytes the download may bring (the rendition is smaller: resized after)
+        expected = min(attachment.size or self.config.images.max_bytes, self.config.images.max_bytes)
+        place = self.transport.reserve(request_id, expected)
+        if isinstance(place, ClassifyResult):
+            return self._answered(ImageAnswer(attachment.filename, place), source, started)
+        with place:  # given back if the download fails or the handler is cancelled
+            try:
+                data = await self.downloader.fetch(attachment, self.rendition_side())
+            except AttachmentError as e:
+                failed = ClassifyResult.failure(request_id, e.code, e.detail)
+                return self._answered(ImageAnswer(attachment.filename, failed), source, started)
+            return await self.classify_bytes(attachment.filename, data, labels, source=source, request_id=request_id,
+                                             started=started, reservation=place)
 
     async def classify_attachments(self, attachments, labels: tuple[str, ...], *,
                                    source: str = "command") -> list[ImageAnswer]:

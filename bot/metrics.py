@@ -23,6 +23,8 @@ WORKER_STATES = ["stopped", "starting", "ready", "restarting", "failed", "no_wor
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 QUEUE_DEPTH = Gauge("wakeru_queue_depth", "Images sent to the model worker and not answered yet", registry=REGISTRY)
+QUEUE_BYTES = Gauge("wakeru_queue_bytes", "Image bytes this bot process holds (downloading, waiting for an answer, "
+                    "kept to send again after a crash); bounded by worker.queue_max_bytes", registry=REGISTRY)
 BATCH_SIZE = Histogram("wakeru_batch_size", "Size of the batch each image was classified in",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=REGISTRY)
 LATENCY = Histogram("wakeru_latency_seconds",

@@ -7,20 +7,29 @@ id. The first answer for an id is passed on; a late or repeated one (a worker th
 taken over and then woke up) is dropped, so a user hears once.
 
 Workers announce themselves with heartbeat keys that expire after three missed beats.
-With none alive, or with Redis unreachable, new images are answered "unavailable" at
-once; with the shared stream past `worker.stream_max_len`, "busy". An image over
-`images.max_bytes` never reaches Redis. A request whose caller stops waiting is deleted
-from the stream, so a worker that has not read it yet never does.
+While none is alive the images wait in the stream for one (a worker restarting, a fleet
+starting up), but only for `worker.request_timeout_s` after the last worker was seen:
+after that, and with Redis unreachable, new images are answered "unavailable" at once.
+With the shared stream past `worker.stream_max_len`, or Redis out of memory
+(`maxmemory`), "busy". An image over `images.max_bytes` never reaches Redis, and once in
+Redis its bytes are not kept here. A request whose caller stops waiting is deleted from
+the stream, so a worker that has not read it yet never does.
+
+The background loops (heartbeats, answers) are supervised: an unexpected error is logged
+and the loop started again, so the bot never silently stops hearing its workers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import socket
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis
@@ -31,7 +40,7 @@ from wakeru.protocol import (REQUESTS_GROUP, ClassifyRequest, ClassifyResult, Er
                              parse_result_fields, replies_key, request_fields, requests_key)
 
 from . import metrics
-from .transport import TransportBase, deadline_wait, timed_out
+from .transport import Reservation, TransportBase, deadline_wait, timed_out
 
 log = logging.getLogger("wakeru.transport")
 
@@ -41,8 +50,9 @@ _READ_BLOCK_MS = 1000
 
 @dataclass(eq=False)
 class _Waiting:
-    request: ClassifyRequest
+    request: ClassifyRequest       # without its image once the image is in Redis
     future: asyncio.Future
+    place: Reservation
     entry_id: bytes | None = None  # the request's stream entry once added
 
 
@@ -61,6 +71,8 @@ class RedisWorkerTransport(TransportBase):
         self.backlog = 0                     # entries in the request stream (waiting or being worked on)
         self.duplicates = 0                  # answers dropped because the request was already answered
         self._reachable = False
+        self._workers_seen = time.monotonic()  # when a worker was last alive (or this bot started)
+        self._withdrawals: set[asyncio.Task] = set()
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -69,9 +81,12 @@ class RedisWorkerTransport(TransportBase):
             return
         self._set_state("starting")
         self._accepting = True
+        self._workers_seen = time.monotonic()
         self._redis = aioredis.Redis.from_url(self.config.worker.redis_url, socket_connect_timeout=5,
-                                              socket_timeout=_READ_BLOCK_MS / 1000 + 10, health_check_interval=10)
-        self._tasks = [asyncio.ensure_future(self._watch_workers()), asyncio.ensure_future(self._read_replies())]
+                                              socket_timeout=self.config.worker.redis_timeout_s,
+                                              health_check_interval=10)
+        self._tasks = [self._supervise("the worker watcher", self._watch_workers),
+                       self._supervise("the answer reader", self._read_replies)]
         log.info("sending images through Redis at %s (stream %s, replies on %s)",
                  _safe_url(self.config.worker.redis_url), self._requests, self._replies)
 
@@ -88,6 +103,8 @@ class RedisWorkerTransport(TransportBase):
             task.cancel()
         if left:
             await asyncio.wait(left, timeout=2)
+        if self._withdrawals:
+            await asyncio.wait(set(self._withdrawals), timeout=2)
         self._fail_all(ErrorCode.UNAVAILABLE, "the bot is shutting down")
         if self._redis is not None:
             try:
@@ -107,34 +124,56 @@ class RedisWorkerTransport(TransportBase):
         while self.state != "stopped" and asyncio.get_running_loop().time() < end:
             await asyncio.sleep(min(0.1, seconds))
 
-    def _unavailable_because(self) -> str:
-        if not self._reachable:
-            return f"the queue (Redis at {_safe_url(self.config.worker.redis_url)}) cannot be reached"
-        return {"starting": "connecting to the queue",
-                "no_workers": "no model worker is running"}.get(self.state, "the worker is stopped")
+    def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> asyncio.Task:
+        """Run a background loop until close(); a crash (a bug, a surprise from Redis) is logged
+        and the loop started again after a backoff, instead of ending it silently."""
+        async def run() -> None:
+            delay = 0.2
+            while self.state != "stopped":
+                try:
+                    await loop()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s crashed; starting it again in %.1f s", name, delay)
+                    await self._sleep(delay)
+                    delay = min(_RETRY_MAX_S, delay * 2)
+        return asyncio.ensure_future(run())
 
-    def _refusal(self, request_id: str) -> ClassifyResult | None:
-        refused = super()._refusal(request_id)
-        if refused is None and self.backlog >= self.config.worker.stream_max_len:
+    def _unavailable_because(self) -> str | None:
+        # user-facing: never the queue's address (it is in the log)
+        if self.state == "unreachable":
+            return "temporarily unavailable: the queue cannot be reached"
+        if self.state == "no_workers" and time.monotonic() - self._workers_seen > self.config.worker.request_timeout_s:
+            return "temporarily unavailable: no model worker is running"
+        if self.state in ("starting", "ready", "no_workers"):
+            return None  # a worker that is (re)starting takes the waiting images from the stream
+        return "the worker is stopped"
+
+    def _room_for(self, request_id: str, nbytes: int) -> ClassifyResult | None:
+        if self.backlog >= self.config.worker.stream_max_len:
             return ClassifyResult.failure(request_id, ErrorCode.QUEUE_FULL,
                                           f"the model workers are busy ({self.backlog} images waiting); try again")
-        return refused
+        return super()._room_for(request_id, nbytes)
 
     # ---- requests ----------------------------------------------------------------------
 
-    async def classify(self, request: ClassifyRequest, *, admitted: bool = False) -> ClassifyResult:
-        if admitted:
-            self.release()
-        refused = self._refusal(request.id)
-        if refused is not None:
-            return refused
+    async def classify(self, request: ClassifyRequest, *, reservation: Reservation | None = None) -> ClassifyResult:
         limit = self.config.images.max_bytes
+        refused = None
         if len(request.image) > limit:  # never ship what every worker would refuse
-            return ClassifyResult.failure(request.id, ErrorCode.TOO_LARGE,
-                                          f"the image is {len(request.image):,} bytes; the limit is {limit:,}")
-        if request.id in self._pending:
-            return ClassifyResult.failure(request.id, ErrorCode.BAD_REQUEST, "duplicate request id")
-        entry = _Waiting(request, asyncio.get_running_loop().create_future())
+            refused = ClassifyResult.failure(request.id, ErrorCode.TOO_LARGE,
+                                             f"the image is {len(request.image):,} bytes; the limit is {limit:,}")
+        elif request.id in self._pending:
+            refused = ClassifyResult.failure(request.id, ErrorCode.BAD_REQUEST, "duplicate request id")
+        if refused is not None:
+            if reservation is not None:
+                reservation.release()
+            return refused
+        place = self._take_over(request, reservation)
+        if isinstance(place, ClassifyResult):
+            return place
+        entry = _Waiting(request, asyncio.get_running_loop().create_future(), place)
         self._pending[request.id] = entry
         try:
             try:
@@ -142,25 +181,37 @@ class RedisWorkerTransport(TransportBase):
                 entry.entry_id = await self._redis.xadd(self._requests, request_fields(request, self._replies),
                                                         maxlen=2 * self.config.worker.stream_max_len + 1000,
                                                         approximate=True)
+            except redis.OutOfMemoryError as e:  # Redis at its maxmemory (noeviction): full, not gone
+                log.warning("Redis is out of memory; answering busy: %s", e, extra={"request_id": request.id})
+                return ClassifyResult.failure(request.id, ErrorCode.QUEUE_FULL,
+                                              "the queue is full; try again in a moment")
             except redis.RedisError as e:
                 log.warning("could not queue an image in Redis: %s", e, extra={"request_id": request.id})
                 return ClassifyResult.failure(request.id, ErrorCode.UNAVAILABLE,
-                                              "temporarily unavailable: the queue (Redis) cannot be reached")
+                                              "temporarily unavailable: the queue cannot be reached")
+            # the image is Redis's now (failover happens there): this process keeps only the place
+            entry.request = dataclasses.replace(request, image=b"")
+            place.resize(0)
             self.backlog += 1
             return await asyncio.wait_for(asyncio.shield(entry.future), deadline_wait(request))
         except asyncio.TimeoutError:
             return timed_out(request)
         finally:
+            place.release()
             self._pending.pop(request.id, None)
             if not entry.future.done() and entry.entry_id is not None:
-                asyncio.ensure_future(self._withdraw(entry.entry_id))
+                self._withdraw(entry.entry_id)
 
-    async def _withdraw(self, entry_id: bytes) -> None:
+    def _withdraw(self, entry_id: bytes) -> None:
         """The caller gave up: delete the request so a worker that has not read it never does."""
-        try:
-            await self._redis.xdel(self._requests, entry_id)
-        except redis.RedisError:
-            pass  # the worker answers it anyway; the answer is dropped
+        async def withdraw() -> None:
+            try:
+                await self._redis.xdel(self._requests, entry_id)
+            except redis.RedisError:
+                pass  # the worker answers it anyway; the answer is dropped
+        task = asyncio.ensure_future(withdraw())
+        self._withdrawals.add(task)  # referenced until done, so it is neither collected nor forgotten at close
+        task.add_done_callback(self._withdrawals.discard)
 
     # ---- answers -----------------------------------------------------------------------
 
@@ -171,6 +222,9 @@ class RedisWorkerTransport(TransportBase):
             try:
                 streams = await self._redis.xread({self._replies: last}, count=256, block=_READ_BLOCK_MS)
                 delay = 0.2
+                if self.state == "unreachable":  # Redis answers again: no need to wait for the next beat
+                    self._reachable = True
+                    self._set_state("ready" if self.workers else "no_workers")
             except asyncio.CancelledError:
                 raise
             except redis.RedisError as e:
@@ -221,13 +275,8 @@ class RedisWorkerTransport(TransportBase):
                 values = await self._redis.mget(keys) if keys else []
                 self.backlog = await self._redis.xlen(self._requests)
                 await self._redis.expire(self._replies, 3600)  # a dead bot's reply stream goes away
-                workers = {}
-                for value in values:
-                    if value:
-                        info = json.loads(value)
-                        workers[info.get("name", "?")] = info
                 self._reachable = True
-                self._update_workers(workers)
+                self._update_workers(_parse_heartbeats(keys, values))
             except asyncio.CancelledError:
                 raise
             except (redis.RedisError, OSError, ValueError) as e:
@@ -253,6 +302,7 @@ class RedisWorkerTransport(TransportBase):
         self.workers = workers
         metrics.LIVE_WORKERS.set(len(workers))
         if workers:
+            self._workers_seen = time.monotonic()
             self.info = workers[sorted(workers)[0]]
             if self.state != "ready":
                 log.info("%d model worker(s) alive; classifying", len(workers))
@@ -260,9 +310,28 @@ class RedisWorkerTransport(TransportBase):
             self.ready.set()
         else:
             if self.state == "ready":
-                log.error("no model worker is alive: images are answered \"unavailable\" until one starts "
-                          "(python -m model_worker serve)")
+                log.error("no model worker is alive: images wait in the queue for one for up to %g s, then are "
+                          "answered \"unavailable\" until one starts (python -m model_worker serve)",
+                          self.config.worker.request_timeout_s)
             self._set_state("no_workers")
+
+
+def _parse_heartbeats(keys: list, values: list) -> dict[str, dict]:
+    """Live workers by name from their heartbeat values; a value that is not a JSON object (a
+    stray key, another program's data) is skipped with a warning, never fatal to the watcher."""
+    workers = {}
+    for key, value in zip(keys, values):
+        if not value:
+            continue  # expired between SCAN and MGET
+        try:
+            info = json.loads(value)
+        except ValueError:
+            info = None
+        if not isinstance(info, dict) or not isinstance(info.get("name", ""), str):
+            log.warning("ignoring heartbeat key %r: its value is not a worker's JSON object", key)
+            continue
+        workers[info.get("name") or (key.decode(errors="replace") if isinstance(key, bytes) else str(key))] = info
+    return workers
 
 
 async def _ensure_group(client: aioredis.Redis, stream: str) -> None:

@@ -11,8 +11,13 @@ crash) is noticed at once (its result pipe reaches EOF) and restarted after a ba
 that doubles while it keeps dying. Requests it was holding are sent again to the new
 worker, one at a time so that an image which crashes the worker can be told apart
 from the images that happened to share its batch; one that was in the worker at two
-deaths is answered CRASHED instead of being tried a third time. While the worker is
-loading or down, new requests are answered UNAVAILABLE at once.
+deaths is answered CRASHED instead of being tried a third time.
+
+While the worker is loading or restarting, requests wait (each by its own deadline, all
+within `worker.queue_size` places and `worker.queue_max_bytes` of image bytes) and go to
+the worker as soon as it is ready: a post made during a restart is classified, not
+refused. UNAVAILABLE is for a model that failed to load, a worker that keeps dying (its
+next restart comes after the deadline), and shutdown.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import queue
 import signal
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,11 +57,10 @@ class WorkerTransport(Protocol):
 
     async def start(self) -> None: ...
 
-    async def classify(self, request: ClassifyRequest, *, admitted: bool = False) -> ClassifyResult: ...
+    async def classify(self, request: ClassifyRequest, *,
+                       reservation: "Reservation | None" = None) -> ClassifyResult: ...
 
-    def admit(self, request_id: str) -> ClassifyResult | None: ...
-
-    def release(self) -> None: ...
+    def reserve(self, request_id: str, nbytes: int) -> "Reservation | ClassifyResult": ...
 
     def stop_accepting(self) -> None: ...
 
@@ -172,17 +176,50 @@ class _WorkerProcess:
         self._outbox.put(None)
 
 
+class Reservation:
+    """One place in this bot's queue and the bytes of its image, taken before the image is
+    downloaded (so a burst is refused unfetched). `classify(..., reservation=...)` takes it
+    over; used as a context manager it is given back unless that happened."""
+
+    def __init__(self, transport: "TransportBase", nbytes: int):
+        self._transport = transport
+        self.bytes = 0
+        self.open = True
+        transport._places += 1
+        self.resize(nbytes)
+
+    def resize(self, nbytes: int) -> None:
+        """The image turned out this big (a rendition is smaller than the original), or 0 once
+        the bytes are no longer held here (handed to Redis)."""
+        if self.open:
+            self._transport._held_bytes += nbytes - self.bytes
+            self.bytes = nbytes
+
+    def release(self) -> None:
+        if self.open:
+            self.resize(0)
+            self.open = False
+            self._transport._places -= 1
+
+    def __enter__(self) -> "Reservation":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 @dataclass(eq=False)
 class _Pending:
     request: ClassifyRequest
     future: asyncio.Future
-    attempts: int = 1          # worker incarnations that have been sent this request
-    worker: int | None = None  # the incarnation holding it now; None while waiting to be sent again
+    place: Reservation
+    attempts: int = 0          # worker incarnations that have been sent this request
+    worker: int | None = None  # the incarnation holding it now; None while waiting for a worker
 
 
 class TransportBase:
-    """What every transport shares: its state, the places a bot may hold (images still
-    downloading included), refusals while it cannot serve or is shutting down, and the
+    """What every transport shares: its state, the places and image bytes a bot may hold
+    (downloads included), refusals while it cannot serve or is shutting down, and the
     futures of the requests in flight."""
 
     def __init__(self, config: Config):
@@ -193,10 +230,13 @@ class TransportBase:
         self.ready = asyncio.Event()      # set once the first worker is ready (or has failed for good)
         self.restarts = 0
         self._capacity = config.worker.queue_size
+        self._byte_budget = config.worker.queue_max_bytes
         self._accepting = True
-        self._reserved = 0  # places taken by images still downloading (admit → classify or release)
-        self._pending: dict = {}  # request id → an entry with .request and .future
+        self._places = 0      # reservations: images downloading or waiting for an answer
+        self._held_bytes = 0  # image bytes this process holds for them
+        self._pending: dict = {}  # request id → an entry with .request, .future and .place
         metrics.QUEUE_DEPTH.set_function(lambda: len(self._pending))
+        metrics.QUEUE_BYTES.set_function(lambda: self._held_bytes)
         metrics.set_worker_state(self.state)
 
     def stop_accepting(self) -> None:
@@ -207,38 +247,52 @@ class TransportBase:
         """Answer everything in flight now (the grace period is over)."""
         self._fail_all(ErrorCode.UNAVAILABLE, message)
 
-    def admit(self, request_id: str) -> ClassifyResult | None:
-        """Take a place for an image about to be downloaded, or say why not (not ready, shutting
-        down, busy). A burst is refused here, before its bytes are fetched; the place is handed
-        to `classify(..., admitted=True)` or given back with `release()`."""
-        refused = self._refusal(request_id)
+    def reserve(self, request_id: str, nbytes: int) -> Reservation | ClassifyResult:
+        """A place for an image of about `nbytes` about to be downloaded, or why not (failed,
+        shutting down, busy). Hand it to `classify(..., reservation=...)`, or release it."""
+        return self._refusal(request_id) or self._room_for(request_id, nbytes) or Reservation(self, nbytes)
+
+    def _take_over(self, request: ClassifyRequest, reservation: Reservation | None) -> Reservation | ClassifyResult:
+        """The request's place: the one reserved for it before its download, or a new one."""
+        if reservation is None:
+            return self.reserve(request.id, len(request.image))
+        refused = self._refusal(request.id)
         if refused is None:
-            self._reserved += 1
-        return refused
+            reservation.resize(len(request.image))
+            if self._held_bytes > self._byte_budget and self._held_bytes > reservation.bytes:
+                refused = self._busy(request.id)  # the download was bigger than announced
+        if refused is not None:
+            reservation.release()
+            return refused
+        return reservation
 
-    def release(self) -> None:
-        self._reserved = max(0, self._reserved - 1)
-
-    def _unavailable_because(self) -> str:
+    def _unavailable_because(self) -> str | None:
+        """Why new images cannot even wait for a worker now (None: they can). Members read it:
+        no paths, hosts or model ids (the log has those)."""
         return "the worker is stopped"
 
     def _refusal(self, request_id: str) -> ClassifyResult | None:
         if not self._accepting:
             return ClassifyResult.failure(request_id, ErrorCode.UNAVAILABLE, "the bot is shutting down")
-        if self.state != "ready":
-            # While loading, queueing would pile image bytes up in this process with no one reading them.
-            return ClassifyResult.failure(request_id, ErrorCode.UNAVAILABLE,
-                                          f"temporarily unavailable: {self._unavailable_because()}")
-        waiting = len(self._pending) + self._reserved
-        if waiting >= self._capacity:
-            return ClassifyResult.failure(request_id, ErrorCode.QUEUE_FULL,
-                                          f"the model is busy ({waiting} images waiting); try again")
+        why = self._unavailable_because()
+        if why is not None:
+            return ClassifyResult.failure(request_id, ErrorCode.UNAVAILABLE, why)
         return None
 
-    def _fail_all(self, code: ErrorCode, message: str) -> None:
-        for request_id, entry in list(self._pending.items()):
+    def _room_for(self, request_id: str, nbytes: int) -> ClassifyResult | None:
+        if self._places >= self._capacity or self._held_bytes + nbytes > self._byte_budget:
+            return self._busy(request_id)
+        return None
+
+    def _busy(self, request_id: str) -> ClassifyResult:
+        return ClassifyResult.failure(request_id, ErrorCode.QUEUE_FULL,
+                                      f"the model is busy ({self._places} images, {_mib(self._held_bytes)} "
+                                      "waiting); try again")
+
+    def _fail_all(self, code: ErrorCode, message: str, entries=None) -> None:
+        for entry in list(self._pending.values()) if entries is None else entries:
             if not entry.future.done():
-                entry.future.set_result(ClassifyResult.failure(request_id, code, message))
+                entry.future.set_result(ClassifyResult.failure(entry.request.id, code, message))
 
     def _set_state(self, state: str) -> None:
         self.state = state
@@ -247,6 +301,14 @@ class TransportBase:
     @property
     def in_flight(self) -> int:
         return len(self._pending)
+
+    @property
+    def held_bytes(self) -> int:
+        return self._held_bytes
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB"
 
 
 def deadline_wait(request: ClassifyRequest) -> float | None:
@@ -264,6 +326,7 @@ class LocalWorkerTransport(TransportBase):
 
     def __init__(self, config: Config):
         super().__init__(config)
+        self._waiting: deque[str] = deque()  # ids of new requests waiting for a ready worker
         self._resend: deque[str] = deque()   # ids to send again after a crash, one at a time
         self._resend_in_flight: str | None = None
         self._worker: _WorkerProcess | None = None
@@ -271,8 +334,10 @@ class LocalWorkerTransport(TransportBase):
         self._crashes = 0              # consecutive deaths
         self._loading_deaths = 0       # consecutive deaths before the model was loaded
         self._ready_at: float | None = None
+        self._restart_at: float | None = None  # wall-clock time of the next start after a crash
         self._restart_task: asyncio.Task | None = None
-        self._silent_since: float | None = None  # first request sent since the worker last said anything
+        # request id → when it was sent to the current worker, oldest first, until the worker answers it
+        self._unanswered: OrderedDict[str, float] = OrderedDict()
         self._watchdog: asyncio.Task | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -286,7 +351,8 @@ class LocalWorkerTransport(TransportBase):
 
     async def _spawn(self) -> None:
         self._number += 1
-        self._ready_at = self._silent_since = None
+        self._ready_at = self._restart_at = None
+        self._unanswered.clear()
         worker = _WorkerProcess(self._number, self.config, asyncio.get_running_loop(),
                                 self._on_message, self._on_exit)
         self._worker = worker
@@ -308,23 +374,33 @@ class LocalWorkerTransport(TransportBase):
 
     # ---- requests ----------------------------------------------------------------------
 
-    def _unavailable_because(self) -> str:
-        return {"starting": "the model is still loading",
-                "restarting": "the model worker is restarting after a crash",
-                "failed": self.failure or "the model could not be loaded"}.get(self.state, "the worker is stopped")
+    def _unavailable_because(self) -> str | None:
+        if self.state in ("ready", "starting"):
+            return None  # loading: images wait for it
+        if self.state == "restarting":
+            wait = (self._restart_at or 0) - time.time()
+            if wait <= self.config.worker.request_timeout_s:
+                return None  # back before a new image's deadline: it waits
+            return f"temporarily unavailable: the model worker keeps crashing; the next restart is in {wait:.0f} s"
+        if self.state == "failed":
+            return _NO_MODEL
+        return "the worker is stopped"
 
-    async def classify(self, request: ClassifyRequest, *, admitted: bool = False) -> ClassifyResult:
-        if admitted:
-            self.release()  # the place taken by admit() becomes this request's own
-        refused = self._refusal(request.id)
-        if refused is not None:
-            return refused
+    async def classify(self, request: ClassifyRequest, *, reservation: Reservation | None = None) -> ClassifyResult:
         if request.id in self._pending:
+            if reservation is not None:
+                reservation.release()
             return ClassifyResult.failure(request.id, ErrorCode.BAD_REQUEST, "duplicate request id")
-        entry = _Pending(request, asyncio.get_running_loop().create_future(), worker=self._number)
+        place = self._take_over(request, reservation)
+        if isinstance(place, ClassifyResult):
+            return place
+        entry = _Pending(request, asyncio.get_running_loop().create_future(), place)
         self._pending[request.id] = entry
         try:
-            self._send_request(request)
+            if self.state == "ready":
+                self._send(entry)
+            else:  # loading or restarting: it goes as soon as a worker is ready
+                self._waiting.append(request.id)
             return await asyncio.wait_for(asyncio.shield(entry.future), deadline_wait(request))
         except asyncio.TimeoutError:
             return timed_out(request)
@@ -333,6 +409,7 @@ class LocalWorkerTransport(TransportBase):
 
     def _forget(self, entry: _Pending) -> None:
         """The caller has its answer (or gave up): free the place, tell the worker if it holds it."""
+        entry.place.release()
         request_id = entry.request.id
         if self._pending.get(request_id) is not entry:
             return
@@ -343,34 +420,42 @@ class LocalWorkerTransport(TransportBase):
             self._resend_in_flight = None
             self._send_next_resend()
 
-    # ---- messages from the worker (on the loop) ------------------------------------------
+    def _send(self, entry: _Pending) -> None:
+        entry.attempts += 1
+        entry.worker = self._number
+        self._unanswered[entry.request.id] = time.monotonic()
+        self._worker.send(("classify", entry.request.to_dict()))
 
-    def _send_request(self, request: ClassifyRequest) -> None:
-        if self._silent_since is None:
-            self._silent_since = time.monotonic()
-        self._worker.send(("classify", request.to_dict()))
+    # ---- messages from the worker (on the loop) ------------------------------------------
 
     async def _watch(self) -> None:
         """Kill a worker that is alive but silent (a stuck GPU call, a deadlock): its requests
-        would time out one after the other forever. The restart path then takes over."""
+        would time out one after the other forever. The restart path then takes over.
+
+        Every request sent gets exactly one message back (its result, or "cancelled" once the
+        bot gives up at its deadline), so the oldest one still unanswered after the limit means
+        a hung worker, even one that answered other requests since."""
         timeout = self.config.worker.request_timeout_s
         limit = timeout + max(_HUNG_MARGIN_S, timeout)
         while True:
             await asyncio.sleep(1.0)
-            silent = None if self._silent_since is None else time.monotonic() - self._silent_since
-            if self.state == "ready" and silent is not None and silent > limit and self._worker is not None:
-                log.error("model worker %d has not answered anything for %.0f s; killing it (it will be restarted)",
-                          self._worker.number, silent)
-                self._silent_since = None
+            if self.state != "ready" or not self._unanswered or self._worker is None:
+                continue
+            request_id, sent = next(iter(self._unanswered.items()))
+            silent = time.monotonic() - sent
+            if silent > limit:
+                log.error("model worker %d has not answered a request sent %.0f s ago; killing it "
+                          "(it will be restarted)", self._worker.number, silent, extra={"request_id": request_id})
+                self._unanswered.clear()
                 await asyncio.to_thread(self._worker.kill)
 
     def _on_message(self, number: int, message) -> None:
         if number != self._number or self.state == "stopped":
             return  # a dead incarnation's last words, or news after close()
-        self._silent_since = None
         kind, payload = message
         if kind in ("result", "cancelled"):
             request_id = payload["id"] if kind == "result" else payload
+            self._unanswered.pop(request_id, None)
             if kind == "result":
                 result = ClassifyResult.from_dict(payload)
                 entry = self._pending.get(result.id)
@@ -387,13 +472,14 @@ class LocalWorkerTransport(TransportBase):
             if self._resend:
                 log.info("sending %d request(s) held by the dead worker again, one at a time", len(self._resend))
             self._send_next_resend()
+            self._send_waiting()
         elif kind == "failed":
             self.failure = payload
             self._set_state("failed")
             self.ready.set()
             log.error("the model could not be loaded, so images are answered \"unavailable\": %s "
                       "(fix it, then restart the bot)", payload)
-            self._fail_all(ErrorCode.UNAVAILABLE, f"the model could not be loaded: {payload}")
+            self._fail_all(ErrorCode.UNAVAILABLE, _NO_MODEL)
 
     def _on_exit(self, number: int, exitcode: int | None) -> None:  # noqa: C901 - one decision, kept together
         if number != self._number or self.state in ("stopped", "failed"):
@@ -427,12 +513,19 @@ class LocalWorkerTransport(TransportBase):
             self._set_state("failed")
             self.ready.set()
             log.error("%s; not restarting it again", self.failure)
-            self._fail_all(ErrorCode.UNAVAILABLE, self.failure)
+            self._fail_all(ErrorCode.UNAVAILABLE, _NO_MODEL)
             return
         cfg = self.config.worker
         delay = min(cfg.restart_backoff_max_s, cfg.restart_backoff_s * 2 ** min(self._crashes - 1, 30))
         log.warning("restarting the model worker in %.1f s (crash %d in a row)", delay, self._crashes)
         self._set_state("restarting")
+        self._restart_at = time.time() + delay
+        # images that would still be waiting for the restart at their deadline are told now
+        late = [e for e in self._pending.values() if e.worker is None and e.request.deadline is not None
+                and e.request.deadline < self._restart_at]
+        if late:
+            self._fail_all(ErrorCode.UNAVAILABLE, f"temporarily unavailable: the model worker keeps crashing; "
+                                                  f"the next restart is in {delay:.0f} s", late)
         self._restart_task = asyncio.ensure_future(self._restart_after(delay))
 
     async def _restart_after(self, delay: float) -> None:
@@ -447,7 +540,7 @@ class LocalWorkerTransport(TransportBase):
             self.failure = f"the model worker could not be started again: {e}"
             self._set_state("failed")
             log.exception("%s", self.failure)
-            self._fail_all(ErrorCode.UNAVAILABLE, self.failure)
+            self._fail_all(ErrorCode.UNAVAILABLE, _NO_MODEL)
 
     def _send_next_resend(self) -> None:
         """Requests held by a dead worker go again one at a time: if one kills this worker
@@ -458,14 +551,25 @@ class LocalWorkerTransport(TransportBase):
             entry = self._pending.get(self._resend.popleft())
             if entry is None or entry.future.done():
                 continue
-            entry.attempts += 1
-            entry.worker = self._number
             self._resend_in_flight = entry.request.id
             log.info("sending a request again after a worker crash", extra={"request_id": entry.request.id})
-            self._send_request(entry.request)
+            self._send(entry)
             return
 
-    def _fail_all(self, code: ErrorCode, message: str) -> None:
-        self._resend.clear()
-        self._resend_in_flight = None
-        super()._fail_all(code, message)
+    def _send_waiting(self) -> None:
+        """Requests that arrived while the worker loaded or restarted: never sent yet, so all at once."""
+        while self._waiting and self.state == "ready":
+            entry = self._pending.get(self._waiting.popleft())
+            if entry is not None and not entry.future.done() and entry.worker is None:
+                self._send(entry)
+
+    def _fail_all(self, code: ErrorCode, message: str, entries=None) -> None:
+        if entries is None:
+            self._waiting.clear()
+            self._resend.clear()
+            self._resend_in_flight = None
+        super()._fail_all(code, message, entries)
+
+
+# What users see when there is no model; the cause (a path, a model id, a hint) goes to the log and /healthz.
+_NO_MODEL = "the image model could not be loaded; the bot's operator can see why in its log"

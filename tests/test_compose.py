@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.support.redis_server import WorkerProcess, redis_server, redis_url, wait_for_workers  # noqa: F401
+from tests.support.redis_server import (RedisServer, WorkerProcess, redis_server, redis_url,  # noqa: F401
+                                        wait_for_workers)
 from wakeru.config import Config, load_config
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -247,6 +248,24 @@ def test_redis_persists_the_stream(compose):
     assert command[command.index("--appendonly") + 1] == "yes", "queued requests must survive a restart"
     assert "/data" in mounts(redis)
     assert named_volumes(redis), "the append-only file lives in a named volume"
+
+
+def test_redis_memory_is_bounded_and_a_full_redis_refuses_rather_than_evicts(compose, tmp_path):
+    """The compose file's memory flags, given to a real redis-server: a bound, and noeviction (a full
+    Redis refuses new writes, which the bots answer "busy", instead of dropping queued images)."""
+    command = compose["services"]["redis"]["command"]
+    command = command if isinstance(command, list) else shlex.split(command)
+    flags = {command[i]: command[i + 1] for i in range(1, len(command) - 1, 2)}
+    assert flags["--maxmemory-policy"] == "noeviction"
+    server = RedisServer(tmp_path / "redis", "--maxmemory", flags["--maxmemory"],
+                         "--maxmemory-policy", flags["--maxmemory-policy"]).start()
+    try:
+        client = server.client()
+        maxmemory = int(client.config_get("maxmemory")["maxmemory"])
+        assert 256 * 1024 ** 2 <= maxmemory <= 64 * 1024 ** 3, maxmemory  # set, and of a sensible size
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    finally:
+        server.stop()
 
 
 def test_postgres_service_matches_the_bot_storage_url(compose_text):

@@ -91,13 +91,16 @@ async def test_two_workers_answer_everything_and_the_stream_is_left_empty(traine
     await transport.start()
     try:
         await _until(lambda: transport.state == "no_workers", what="the bot to see no workers")
-        early = await transport.classify(_request(_shape("赤い丸")))
-        assert early.error is ErrorCode.UNAVAILABLE and "no model worker" in early.message
+        # posted while the workers start: it waits in the stream and the first worker up takes it
+        early = asyncio.ensure_future(transport.classify(_request(_shape("赤い丸"))))
+        await _until(lambda: client.xlen(STREAM) == 1, what="the early image in the stream")
         workers = [WorkerProcess(trained_model, redis_url, tmp_path, name=f"w{i}").start() for i in range(2)]
         wait_for_workers(client, PREFIX, 2, processes=tuple(workers))
         await asyncio.wait_for(transport.ready.wait(), 30)
         await _until(lambda: len(transport.workers) == 2, what="both heartbeats")
         assert transport.info["input_size"] and transport.info["model"] == str(trained_model)
+        first = await asyncio.wait_for(early, 30)
+        assert first.ok and first.top[0].label == "赤い丸", first
         labels = list(shapes.CLASSES) * 4
         results = await asyncio.gather(*(transport.classify(_request(_shape(lab, i % 6))) for i, lab in
                                          enumerate(labels)))
@@ -107,7 +110,7 @@ async def test_two_workers_answer_everything_and_the_stream_is_left_empty(traine
         def served() -> int:  # heartbeats count what each worker answered
             return sum(json.loads(client.get(k) or "{}").get("served", 0)
                        for k in client.scan_iter(match=f"{PREFIX}:worker:*"))
-        await _until(lambda: served() == len(labels) + 1, timeout=5, what="the heartbeats to count the answers")
+        await _until(lambda: served() == len(labels) + 2, timeout=5, what="the heartbeats to count the answers")
         # answered requests are acknowledged and deleted, answers read are deleted: nothing piles up
         await _until(lambda: client.xlen(STREAM) == 0, what="the request stream to empty")
         assert client.xpending(STREAM, REQUESTS_GROUP)["pending"] == 0
@@ -118,7 +121,6 @@ async def test_two_workers_answer_everything_and_the_stream_is_left_empty(traine
         await _until(lambda: len(transport.workers) == 1, timeout=5, what="the stopped worker to be gone")
         assert workers[1].stop() == 0
         await _until(lambda: transport.state == "no_workers", timeout=5, what="no workers")
-        assert (await transport.classify(_request(_shape("赤い丸")))).error is ErrorCode.UNAVAILABLE
         assert "stopped after answering" in workers[0].log()
     finally:
         for w in workers:
@@ -247,7 +249,36 @@ async def test_oversized_images_never_reach_redis_and_a_full_stream_is_busy(redi
         await _until(lambda: transport.backlog >= 3, what="the backlog to be seen")
         busy = await transport.classify(_request(b"\0" * 10))
         assert busy.error is ErrorCode.QUEUE_FULL
-        assert transport.admit("x").error is ErrorCode.QUEUE_FULL  # refused before any download
+        assert transport.reserve("x", 100).error is ErrorCode.QUEUE_FULL  # refused before any download
+    finally:
+        await transport.close()
+
+
+async def test_with_no_worker_images_wait_a_while_then_are_unavailable_at_once(redis_url):
+    """A worker restarting (or a fleet starting) gets the images posted meanwhile; a fleet that
+    stays gone for request_timeout_s makes new images "unavailable" at once rather than a wait."""
+    client = redis.Redis.from_url(redis_url)
+    transport = RedisWorkerTransport(_config("unused", redis_url, request_timeout_s=1.5))
+    _fake_heartbeat(client, ttl_ms=60_000)
+    await transport.start()
+    try:
+        await asyncio.wait_for(transport.ready.wait(), 10)
+        client.delete(heartbeat_key(PREFIX, "fake"))  # the only worker goes away
+        await _until(lambda: transport.state == "no_workers", what="the bot to see no workers")
+        waiting = asyncio.ensure_future(transport.classify(_request(b"img", deadline_s=30)))
+        await _until(lambda: client.xlen(STREAM) == 1, what="the image queued for the next worker")
+        _fake_heartbeat(client, name="back")  # a worker comes back and answers it
+        (_, fields), = client.xrange(STREAM)
+        client.xadd(fields[b"reply"], result_fields(ClassifyResult.failure(fields[b"id"].decode(),
+                                                                           ErrorCode.CORRUPT, "answered")))
+        assert (await asyncio.wait_for(waiting, 10)).message == "answered"
+        client.delete(heartbeat_key(PREFIX, "back"))
+        await _until(lambda: transport.state == "no_workers", what="no workers again")
+        await asyncio.sleep(1.6)  # longer than request_timeout_s without any worker
+        started = time.monotonic()
+        refused = await transport.classify(_request(b"img", deadline_s=30))
+        assert refused.error is ErrorCode.UNAVAILABLE and "no model worker" in refused.message
+        assert time.monotonic() - started < 0.5 and "redis" not in refused.message.lower()
     finally:
         await transport.close()
 
@@ -294,6 +325,7 @@ async def test_redis_going_away_is_unavailable_and_recovers(tmp_path):
         await _until(lambda: transport.state == "unreachable", what="the bot to notice")
         refused = await transport.classify(_request(b"img"))
         assert refused.error is ErrorCode.UNAVAILABLE and "cannot be reached" in refused.message
+        assert "127.0.0.1" not in refused.message and str(server.port) not in refused.message  # members see no host
         # back on the same port, empty (no persistence): the group is made again and work goes on
         server.start()
         _fake_heartbeat(server.client())
@@ -322,3 +354,34 @@ def test_protocol_entries_round_trip_binary_images_and_unicode_labels():
     assert parse_request_fields(wire)[0].deadline is None
     with pytest.raises((KeyError, ValueError)):
         parse_request_fields({b"id": b"x"})
+
+
+async def test_a_junk_heartbeat_or_a_crash_in_a_background_loop_does_not_blind_the_bot(redis_url, caplog):
+    """Valid JSON that is not an object under a heartbeat key is skipped; a loop that crashes is
+    logged and started again; both keep following the workers."""
+    client = redis.Redis.from_url(redis_url)
+    transport = RedisWorkerTransport(_config("unused", redis_url))
+    for name, junk in (("list", "[1, 2]"), ("number", "42"), ("text", '"hello"'), ("broken", "{")):
+        client.set(heartbeat_key(PREFIX, name), junk)
+    _fake_heartbeat(client)
+    await transport.start()
+    try:
+        await asyncio.wait_for(transport.ready.wait(), 10)
+        assert set(transport.workers) == {"fake"}
+        original, crashes = transport._update_workers, []
+
+        def crash_once(workers):
+            if not crashes:
+                crashes.append(1)
+                raise RuntimeError("a bug in the watcher")
+            original(workers)
+
+        transport._update_workers = crash_once
+        await _until(lambda: crashes, what="the crash")
+        client.delete(heartbeat_key(PREFIX, "fake"))  # the watcher, started again, still notices this
+        await _until(lambda: transport.state == "no_workers", what="the worker's departure to be noticed")
+        assert "the worker watcher crashed; starting it again" in caplog.text
+        assert "is not a worker's JSON object" in caplog.text
+    finally:
+        await transport.close()
+    assert all(task.done() for task in transport._tasks)

@@ -11,9 +11,7 @@ import sys
 import time
 import uuid
 
-import pytest
-
-from bot.transport import LocalWorkerTransport
+from bot.transport import LocalWorkerTransport, Reservation
 from tests.conftest import REPO, make_config
 from tests.support import shapes
 from wakeru.protocol import ClassifyRequest, ErrorCode
@@ -23,18 +21,28 @@ def _request(image: bytes, labels=shapes.CLASSES, deadline_s: float = 60) -> Cla
     return ClassifyRequest(id=uuid.uuid4().hex, image=image, labels=tuple(labels), deadline=time.time() + deadline_s)
 
 
+def _arm_faults(monkeypatch, spec: str) -> None:
+    """Fault injection in the worker the transport spawns (it inherits this environment)."""
+    monkeypatch.setenv("WAKERU_FAULTS", spec)
+    monkeypatch.setenv("WAKERU_ALLOW_FAULTS", "1")
+
+
 def _shape(label: str, seed: int = 0) -> bytes:
     return shapes.encode(shapes.draw(label, (160, 120), random.Random(seed)), "PNG")
 
 
-async def test_worker_process_classifies_and_survives_bad_input(trained_model):
+async def test_worker_process_classifies_and_survives_bad_input(trained_model, monkeypatch):
+    monkeypatch.setenv("WAKERU_FAULTS", "crash_label=💥")  # without WAKERU_ALLOW_FAULTS=1: ignored
+    monkeypatch.delenv("WAKERU_ALLOW_FAULTS", raising=False)
     transport = LocalWorkerTransport(make_config(trained_model))
     await transport.start()
     try:
-        early = await transport.classify(_request(_shape("赤い丸")))  # torch is still importing in the child
-        assert early.error is ErrorCode.UNAVAILABLE and "loading" in early.message
-        await asyncio.wait_for(transport.ready.wait(), 120)
-        assert transport.state == "ready", transport.failure
+        # torch is still importing in the child: the image waits for the model instead of being refused
+        assert transport.state == "starting"
+        early = await transport.classify(_request(_shape("赤い丸"), labels=(*shapes.CLASSES, "💥")))
+        assert early.ok and early.top[0].label == "赤い丸", early
+        assert transport.ready.is_set() and transport.state == "ready", transport.failure
+        assert early.timings.total_ms < 10_000  # it reached the worker once loaded, not by a retry
         assert transport.info["pid"] != os.getpid()
         # several at once: they share batches in the worker
         labels = list(shapes.CLASSES)
@@ -62,7 +70,9 @@ async def test_a_model_that_cannot_load_is_reported_and_answered_unavailable(tmp
         assert transport.state == "failed"
         assert "no-such-model" in transport.failure
         result = await transport.classify(_request(_shape("赤い丸")))
-        assert result.error is ErrorCode.UNAVAILABLE and "no-such-model" in result.message
+        # members are told there is no model, not where the operator keeps it
+        assert result.error is ErrorCode.UNAVAILABLE and "could not be loaded" in result.message
+        assert "no-such-model" not in result.message and "/" not in result.message
     finally:
         await transport.close()
 
@@ -81,7 +91,7 @@ async def _until(predicate, timeout: float = 30, step: float = 0.02) -> float:
 
 
 async def test_a_killed_worker_is_restarted_and_every_request_still_answered(trained_model, monkeypatch):
-    monkeypatch.setenv("WAKERU_FAULTS", "batch_delay_ms=400")  # each batch is slow: the kill lands mid-batch
+    _arm_faults(monkeypatch, "batch_delay_ms=400")  # each batch is slow: the kill lands mid-batch
     config = make_config(trained_model, worker={"restart_backoff_s": 0.2, "max_batch": 4})
     transport = LocalWorkerTransport(config)
     await transport.start()
@@ -95,17 +105,19 @@ async def test_a_killed_worker_is_restarted_and_every_request_still_answered(tra
         os.kill(first_pid, signal.SIGKILL)
         noticed = await _until(lambda: transport.state != "ready", timeout=5)
         assert noticed < 2.0
+        # a new image while the worker restarts waits for it, and is classified
         during = await transport.classify(_request(_shape("赤い丸")))
-        assert during.error is ErrorCode.UNAVAILABLE and "restarting" in during.message
+        assert during.ok and during.top[0].label == "赤い丸", during
         results = await asyncio.wait_for(asyncio.gather(*waiting), 120)
         assert [r.top[0].label if r.ok else r.error for r in results] == labels  # nothing lost, nothing mixed up
         assert transport.restarts == 1 and transport.state == "ready" and transport.info["pid"] != first_pid
+        assert transport.in_flight == 0 and transport.held_bytes == 0
     finally:
         await transport.close()
 
 
 async def test_an_image_that_kills_the_worker_twice_is_refused_not_looped(trained_model, monkeypatch):
-    monkeypatch.setenv("WAKERU_FAULTS", "crash_label=💥")
+    _arm_faults(monkeypatch, "crash_label=💥")
     config = make_config(trained_model, worker={"restart_backoff_s": 0.1})
     transport = LocalWorkerTransport(config)
     await transport.start()
@@ -135,6 +147,7 @@ async def test_a_worker_that_dies_while_loading_is_given_up_after_three_tries(tm
     transport = LocalWorkerTransport(config)
     await transport.start()
     try:
+        waiting = asyncio.ensure_future(transport.classify(_request(_shape("赤い丸"))))  # waits for the load
         for attempt in range(3):
             await _until(lambda: transport.state in ("starting", "restarting") and transport._worker.process.pid)
             pid = transport._worker.process.pid
@@ -144,9 +157,55 @@ async def test_a_worker_that_dies_while_loading_is_given_up_after_three_tries(tm
             await _until(lambda: transport._worker.process.pid != pid or transport.state == "failed", timeout=30)
         assert transport.state == "failed"
         assert "3 times while loading" in transport.failure and "SIGKILL" in transport.failure
+        gave_up = await asyncio.wait_for(waiting, 5)  # the image that waited is told, not left hanging
+        assert gave_up.error is ErrorCode.UNAVAILABLE and "could not be loaded" in gave_up.message
         result = await transport.classify(_request(_shape("赤い丸")))
-        assert result.error is ErrorCode.UNAVAILABLE and "3 times" in result.message
+        assert result.error is ErrorCode.UNAVAILABLE and "could not be loaded" in result.message
     finally:
+        await transport.close()
+
+
+async def test_a_worker_whose_next_restart_is_past_the_deadline_is_unavailable_at_once(trained_model):
+    """Backoff past the deadline: waiting would only end in a timeout, so the answer is given now."""
+    config = make_config(trained_model, worker={"restart_backoff_s": 120, "request_timeout_s": 30})
+    transport = LocalWorkerTransport(config)
+    await transport.start()
+    try:
+        await _ready(transport)
+        os.kill(transport.info["pid"], signal.SIGKILL)
+        await _until(lambda: transport.state == "restarting", timeout=5)
+        started = time.monotonic()
+        refused = await transport.classify(_request(_shape("赤い丸")))
+        assert refused.error is ErrorCode.UNAVAILABLE and "keeps crashing" in refused.message
+        assert time.monotonic() - started < 1.0 and transport.in_flight == 0
+    finally:
+        await transport.close()
+
+
+async def test_a_worker_that_answers_one_request_then_hangs_on_another_is_caught(trained_model, monkeypatch):
+    """Silence is measured from the oldest request the worker has not answered, not from its last
+    message: an answer to one request must not hide that another, sent before it, is stuck."""
+    _arm_faults(monkeypatch, "batch_delay_ms=1500")
+    config = make_config(trained_model, worker={"request_timeout_s": 1.0, "restart_backoff_s": 0.1, "max_batch": 1})
+    transport = LocalWorkerTransport(config)
+    await transport.start()
+    try:
+        await _ready(transport)
+        pid = transport.info["pid"]
+        first = asyncio.ensure_future(transport.classify(_request(_shape("緑の丸", 2), deadline_s=30)))
+        await asyncio.sleep(0.3)  # the first is in the model (1.5 s); the second waits behind it
+        second = asyncio.ensure_future(transport.classify(_request(_shape("赤い丸", 3), deadline_s=30)))
+        assert (await first).ok
+        os.kill(pid, signal.SIGSTOP)  # answered one, now stuck with the other: nothing more is sent
+        waited = await _until(lambda: transport.restarts == 1 and transport.state == "ready", timeout=60)
+        assert transport.info["pid"] != pid and waited < 20  # limit: 1 s + 5 s after the second was sent
+        again = await second  # sent again to the new worker
+        assert again.ok and again.top[0].label == "赤い丸"
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         await transport.close()
 
 
@@ -189,7 +248,7 @@ def test_the_bot_process_never_imports_torch(trained_model):
     """Start the transport from a fresh interpreter and classify: torch must load only in the child."""
     script = f"""
 import asyncio, sys, time
-from bot.transport import LocalWorkerTransport
+from bot.transport import LocalWorkerTransport, Reservation
 import bot.cli, bot.client  # everything the bot imports
 from tests.conftest import make_config
 from tests.support import shapes
@@ -215,10 +274,29 @@ asyncio.run(main())
 async def test_places_are_taken_before_the_download_so_a_burst_is_refused_unfetched():
     transport = LocalWorkerTransport(make_config(worker={"queue_size": 2}))
     transport.state = "ready"  # admission needs no worker process
-    assert transport.admit("a") is None and transport.admit("b") is None
-    busy = transport.admit("c")
-    assert busy.error is ErrorCode.QUEUE_FULL and "2 images waiting" in busy.message
-    transport.release()  # a download failed: its place is free again
-    assert transport.admit("d") is None
+    a, b = transport.reserve("a", 1000), transport.reserve("b", 1000)
+    assert isinstance(a, Reservation) and isinstance(b, Reservation)
+    busy = transport.reserve("c", 1000)
+    assert busy.error is ErrorCode.QUEUE_FULL and "2 images" in busy.message
+    with a:  # a download failed: leaving the block gives its place back
+        pass
+    assert isinstance(transport.reserve("d", 1000), Reservation)
     transport.stop_accepting()
-    assert transport.admit("e").error is ErrorCode.UNAVAILABLE
+    assert transport.reserve("e", 1000).error is ErrorCode.UNAVAILABLE
+
+
+async def test_the_bytes_a_bot_holds_are_bounded_too():
+    """A few huge originals fill the byte budget long before the count: the next one is "busy"."""
+    mib = 1024 * 1024
+    transport = LocalWorkerTransport(make_config(worker={"queue_size": 100, "queue_max_bytes": 30 * mib}))
+    transport.state = "ready"
+    first = transport.reserve("a", 25 * mib)  # a download of up to 25 MiB
+    assert isinstance(first, Reservation) and transport.held_bytes == 25 * mib
+    refused = transport.reserve("b", 10 * mib)
+    assert refused.error is ErrorCode.QUEUE_FULL and "MiB" in refused.message
+    first.resize(60_000)  # it came as the media proxy's rendition: only its bytes are held
+    second = transport.reserve("b", 10 * mib)
+    assert isinstance(second, Reservation) and transport.held_bytes == 60_000 + 10 * mib
+    first.release()
+    second.release()
+    assert transport.held_bytes == 0 and transport.reserve("c", 25 * mib).bytes == 25 * mib

@@ -36,8 +36,9 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, *extra_args: str):
         self.directory = directory
+        self.extra_args = extra_args  # more redis-server options, e.g. ("--maxmemory", "1gb")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None
@@ -49,7 +50,7 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), "--logfile", str(self.directory / "redis.log")],
+             "--dir", str(self.directory), "--logfile", str(self.directory / "redis.log"), *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while True:
@@ -93,7 +94,9 @@ class WorkerProcess:
                     "WAKERU_WORKER__REDIS_URL": redis_url, "WAKERU_WORKER__MAX_WAIT_MS": "2",
                     "WAKERU_WORKER__DECODE_THREADS": "1", "PYTHONPATH": str(REPO),
                     # quick takeovers and heartbeats, so failover tests take seconds
-                    "WAKERU_WORKER__CLAIM_IDLE_S": "2", "WAKERU_WORKER__HEARTBEAT_S": "0.2", **overrides}
+                    "WAKERU_WORKER__CLAIM_IDLE_S": "2", "WAKERU_WORKER__HEARTBEAT_S": "0.2", **overrides,
+                    # fault injection (WAKERU_FAULTS) also needs its explicit switch
+                    **({"WAKERU_ALLOW_FAULTS": "1"} if "WAKERU_FAULTS" in overrides else {})}
         self.workdir = workdir
         self.process: subprocess.Popen | None = None
 
