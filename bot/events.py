@@ -50,7 +50,7 @@ async def _classify_post(app: App, message: discord.Message, images: list) -> No
         except Exception as e:  # noqa: BLE001 - Forbidden, a network error: the answer matters more
             log.debug("typing indicator failed in %s: %s", channel.id, e)
         answers = await app.classifier.classify_attachments(images[:MAX_EMBEDS], source.labels, source="post")
-    content, embeds = reply(answers, source, locale, app.config.discord.low_confidence, len(images))
+    content, embeds = reply(answers, source, locale, len(images))
     if await _send(channel, message, content=content, embeds=embeds):
         log.info("replied to message %s: %s", message.id, summary_line(answers))
 

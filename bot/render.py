@@ -48,7 +48,7 @@ def bar(score: float) -> str:
     return "█" * filled + "░" * (_BAR_CELLS - filled)
 
 
-def result_embed(answer: ImageAnswer, source: LabelSource, locale, low_confidence: float) -> discord.Embed:
+def result_embed(answer: ImageAnswer, source: LabelSource, locale) -> discord.Embed:
     result = answer.result
     title = escape(answer.filename, _TITLE_CHARS)
     if not result.ok:
@@ -58,22 +58,21 @@ def result_embed(answer: ImageAnswer, source: LabelSource, locale, low_confidenc
         embed.set_footer(text=f"{text(locale, 'image_failed')} · {result.error.value}")
         return embed
     lines = [f"`{bar(s.score)}` **{escape(s.label, _LABEL_CHARS)}** {percent(s.score)}" for s in result.top]
-    weak = not result.top or result.top[0].score < low_confidence
+    weak = result.none_fits  # the model's own "does it fit at all", not the share among these labels
     if weak:
         lines.append(f"\n⚠️ {text(locale, 'low_confidence')}")
     lines.append(f"-# {source.describe(locale)}")
     return discord.Embed(title=title, description="\n".join(lines), colour=WEAK_COLOUR if weak else OK_COLOUR)
 
 
-def result_embeds(answers: list[ImageAnswer], source: LabelSource, locale, low_confidence: float) -> list[discord.Embed]:
-    return [result_embed(a, source, locale, low_confidence) for a in answers[:MAX_EMBEDS]]
+def result_embeds(answers: list[ImageAnswer], source: LabelSource, locale) -> list[discord.Embed]:
+    return [result_embed(a, source, locale) for a in answers[:MAX_EMBEDS]]
 
 
-def reply(answers: list[ImageAnswer], source: LabelSource, locale, low_confidence: float,
-          total: int) -> tuple[str | None, list[discord.Embed]]:
+def reply(answers: list[ImageAnswer], source: LabelSource, locale, total: int) -> tuple[str | None, list[discord.Embed]]:
     """(content, embeds) of one answer message; `total` images were offered, at most MAX_EMBEDS answered."""
     content = text(locale, "more_images", limit=MAX_EMBEDS) if total > MAX_EMBEDS else None
-    return content, result_embeds(answers, source, locale, low_confidence)
+    return content, result_embeds(answers, source, locale)
 
 
 def summary_line(answers: list[ImageAnswer]) -> str:

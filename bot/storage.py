@@ -108,14 +108,23 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class StorageError(Exception):
-    """Database unusable (bad url, newer schema, read-only/full disk…); the message says what to do."""
+    """Database unusable (bad url, newer schema, read-only/full disk…); the message says what to do.
+
+    The message is for the operator (it may name the file or the server). `reason` is what members
+    may be told: one of REASONS, never a path, a host or a database name."""
+
+    REASONS = ("read_only", "full", "busy", "unreachable", "broken")
+
+    def __init__(self, message: str, *, reason: str = "broken") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class VersionConflict(StorageError):
     """expected_version did not match: someone changed the set meanwhile."""
 
     def __init__(self, message: str, *, current_version: int | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, reason="busy")
         self.current_version = current_version  # the version now stored (0 = no set of its own)
 
 
@@ -222,19 +231,22 @@ def _storage_error(exc: sqlite3.Error, path: str) -> StorageError | None:
     if "readonly" in msg or "read-only" in msg or name.startswith("SQLITE_READONLY"):
         return StorageError(
             f"{where} is read-only: give the bot's user write access to the file and its directory "
-            f"(SQLite also writes -wal and -shm files next to it), or point storage.url at a writable file"
+            f"(SQLite also writes -wal and -shm files next to it), or point storage.url at a writable file",
+            reason="read_only",
         )
     if "disk is full" in msg or name == "SQLITE_FULL":
-        return StorageError(f"cannot write {where}: the disk is full; free some space and retry")
+        return StorageError(f"cannot write {where}: the disk is full; free some space and retry", reason="full")
     if "locked" in msg or name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return StorageError(
             f"{where} stayed locked by another process for more than {BUSY_TIMEOUT_MS / 1000:g} s; "
-            f"retry, and check that no other program holds it open in a long transaction"
+            f"retry, and check that no other program holds it open in a long transaction",
+            reason="busy",
         )
     if "unable to open" in msg or name.startswith("SQLITE_CANTOPEN"):
         return StorageError(
             f"cannot open {where}: check that its directory exists and is readable and writable by the bot's user, "
-            f"and that the path is not a directory"
+            f"and that the path is not a directory",
+            reason="unreachable",
         )
     if "not a database" in msg or "malformed" in msg or name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
         return StorageError(f"{where} is not a usable SQLite database ({exc}); point storage.url at another file")
@@ -395,7 +407,7 @@ class LabelStore:
         """Hold the lock and translate SQLite errors; no transaction (single reads, pragmas)."""
         async with self._lock:
             if self._db is None:
-                raise StorageError("the label store is closed")
+                raise StorageError("the label store is closed", reason="unreachable")
             try:
                 yield self._db
             except sqlite3.Error as exc:
@@ -432,8 +444,8 @@ class LabelStore:
         user_id: int | None,
         action: str,
         detail: str | None,
-    ) -> LabelSet | None:
-        """Inside a transaction: store the new state of a scope and its history row."""
+    ) -> HistoryEntry:
+        """Inside a transaction: store the new state of a scope and its history row; returns that row."""
         rows = await db.execute_fetchall(
             "SELECT MAX(version) FROM label_history WHERE guild_id = ? AND channel_id = ?", (guild_id, scope)
         )
@@ -446,9 +458,10 @@ class LabelStore:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, FALSE)",
             (guild_id, scope, version, action, encoded, user_id, now, detail),
         )
+        change = HistoryEntry(version, action, labels, user_id, now, detail, reverted=False)
         if labels is None:
             await db.execute("DELETE FROM label_sets WHERE guild_id = ? AND channel_id = ?", (guild_id, scope))
-            return None
+            return change
         await db.execute(
             "INSERT INTO label_sets (guild_id, channel_id, labels, version, updated_by, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?) "
@@ -456,7 +469,7 @@ class LabelStore:
             "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
             (guild_id, scope, encoded, version, user_id, now),
         )
-        return LabelSet(guild_id, _channel(scope), labels, version, user_id, now)
+        return change
 
     # ------------------------------------------------------------------ label sets
 
@@ -484,11 +497,12 @@ class LabelStore:
         action: str,
         detail: str | None = None,
         expected_version: int | None = None,
-    ) -> LabelSet | None:
+    ) -> HistoryEntry:
         """Replace the scope's set (labels None = reset: drop its own set so it falls back) and record the change.
 
         expected_version: the version the caller read (0 = it saw no set of its own); if the stored version differs,
-        VersionConflict and nothing is written. None skips the check. Returns the new set, or None after a reset.
+        VersionConflict and nothing is written. None skips the check. Returns the change as recorded: the version
+        this call wrote (never a later one) and the labels after it (None after a reset).
         """
         scope = _scope(channel_id)
         labels = _check_labels(labels)
@@ -525,11 +539,12 @@ class LabelStore:
             for version, action, labels, user_id, at, detail, reverted in rows
         ]
 
-    async def undo(self, guild_id: int, channel_id: int | None, *, user_id: int | None) -> LabelSet | None:
+    async def undo(self, guild_id: int, channel_id: int | None, *, user_id: int | None) -> HistoryEntry:
         """Revert the newest change not yet undone (undo rows themselves are never targets), as a new "undo" version.
 
-        Restores the state just before that change (None = no set of its own); repeating walks further back.
-        Raises NothingToUndo when every change is undone or there is no history.
+        Restores the state just before that change (labels None = no set of its own); repeating walks further back.
+        Returns the undo as recorded (its detail: the version it reverted). Raises NothingToUndo when every change
+        is undone or there is no history.
         """
         scope = _scope(channel_id)
         async with self._transaction() as db:

@@ -105,6 +105,20 @@ _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)  # OSError co
 _TRANSIENT = (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, asyncpg.PostgresConnectionError)
 
 
+def _reason(exc: BaseException) -> str:
+    """What members may be told about a driver error (StorageError.reason)."""
+    if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
+        return "read_only"
+    if isinstance(exc, asyncpg.DiskFullError):
+        return "full"
+    if isinstance(exc, (asyncpg.LockNotAvailableError, asyncpg.TooManyConnectionsError)):
+        return "busy"
+    if isinstance(exc, (OSError, asyncpg.CannotConnectNowError, asyncpg.PostgresConnectionError,
+                        asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, asyncpg.InterfaceError)):
+        return "unreachable"
+    return "broken"
+
+
 def _describe(exc: BaseException, server: _Server) -> str | None:
     """The operator's view of a driver error; None = not an operator's problem (a bug): let it propagate."""
     where = server.where
@@ -147,7 +161,7 @@ def _describe(exc: BaseException, server: _Server) -> str | None:
 
 def _translate(exc: BaseException, server: _Server) -> StorageError | None:
     message = _describe(exc, server)
-    return None if message is None else StorageError(server.redact(message))
+    return None if message is None else StorageError(server.redact(message), reason=_reason(exc))
 
 
 _PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\?")  # a string literal (kept as is) or a ? placeholder
@@ -218,7 +232,7 @@ class PostgresLabelStore(LabelStore):
                 waited = time.monotonic() - started
                 if not isinstance(exc, _TRANSIENT) or waited + delay > CONNECT_RETRY_S:
                     if waited > 0.5:
-                        error = StorageError(f"{error} (kept trying for {waited:.0f} s)")
+                        error = StorageError(f"{error} (kept trying for {waited:.0f} s)", reason=error.reason)
                     raise error from exc
                 if delay == 0.1:
                     log.warning("%s; retrying for up to %g s (the server may still be starting)", error,
@@ -271,7 +285,7 @@ class PostgresLabelStore(LabelStore):
         """A pooled connection, with driver errors translated; no transaction (single reads)."""
         pool = self._pool
         if pool is None:
-            raise StorageError("the label store is closed")
+            raise StorageError("the label store is closed", reason="unreachable")
         try:
             async with pool.acquire() as con:
                 yield _Connection(con)

@@ -71,6 +71,22 @@ def make_bot() -> commands.Bot:
         await interaction.response.defer(thinking=True, ephemeral=True)
         await interaction.followup.send(f"pong {interaction.locale.value}")
 
+    @bot.tree.command(name="privacy", description="followups after a private deferral")
+    async def privacy(interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        await interaction.followup.send("first", ephemeral=False)  # becomes the deferred response: private
+        await interaction.followup.send("second", ephemeral=False)  # a followup of its own: public
+
+    @bot.tree.command(name="announce", description="a private deferral turned into a channel message")
+    async def announce(interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        await interaction.channel.send(f"{interaction.user.mention} changed something")
+        await interaction.delete_original_response()
+        try:
+            await interaction.followup.send("too late")
+        except discord.NotFound as e:  # the deferred response it would have become is gone
+            await interaction.channel.send(f"followup refused {e.code}")
+
     @bot.tree.command(name="long", description="a reply over Discord's limit")
     async def long(interaction: discord.Interaction) -> None:
         await interaction.response.send_message("x" * 2001)
@@ -219,6 +235,53 @@ def test_deferred_slash_command(fake, bot):
     assert final["ephemeral"] is True
 
 
+def test_the_first_followup_after_a_deferral_keeps_its_privacy_and_later_ones_their_own(fake, bot):
+    rec = fake.interact("privacy", locale="en-US")
+    fake.wait_for(lambda: len(rec.followups) == 2, what="two followups")
+    first, second = rec.followups
+    assert (first["content"], first["ephemeral"]) == ("first", True)  # asked public; the deferral was private
+    assert (second["content"], second["ephemeral"]) == ("second", False)
+    assert rec.wait_final()["content"] == "first"
+
+
+def test_a_deleted_deferral_and_a_channel_announcement(fake, bot):
+    mark = fake.mark()
+    rec = fake.interact("announce", user="moderator")
+    final = rec.wait_final()
+    assert rec.original_deleted and final["kind"] == "channel" and not final["ephemeral"]
+    assert final["content"] == f"<@{fake.moderator_id}> changed something"
+    refused = fake.wait_for_message(lambda m: m["content"].startswith("followup refused"), since=mark)
+    assert refused["content"] == "followup refused 10008"  # Unknown Message, as on Discord
+
+
+def test_without_the_message_content_intent_only_mentions_carry_content_and_attachments():
+    """Discord's rules: without the intent, content, attachments and embeds of guild messages arrive
+    empty, except in messages that mention the bot."""
+    import aiohttp
+
+    async def main(other: FakeDiscord) -> list[dict]:
+        seen = []
+        async with aiohttp.ClientSession() as http, http.ws_connect(other.gateway_url + "?v=10") as ws:
+            await ws.receive_json()  # HELLO
+            await ws.send_json({"op": 2, "d": {"token": other.token, "intents": 1 | 512, "properties": {}}})
+            while len(seen) < 2:
+                event = await ws.receive_json()
+                if event.get("t") == "GUILD_CREATE":
+                    await asyncio.to_thread(post, other)
+                if event.get("t") == "MESSAGE_CREATE":
+                    seen.append(event["d"])
+        return seen
+
+    def post(other: FakeDiscord) -> None:
+        other.post_message(content="見て", attachments=[("a.png", _png(), "image/png")])
+        other.post_message(content=f"<@{other.bot_user['id']}> 見て", attachments=[("b.png", _png(), "image/png")])
+
+    with FakeDiscord() as other:
+        plain, mention = asyncio.run(main(other))
+    assert (plain["content"], plain["attachments"], plain["embeds"]) == ("", [], [])
+    assert mention["content"].endswith("見て") and [a["filename"] for a in mention["attachments"]] == ["b.png"]
+
+
 def test_subcommand_with_attachment(fake, bot):
     png = _png((20, 10))
     rec = fake.interact(
@@ -283,7 +346,7 @@ def test_sync_is_recorded(fake, bot):
         return await bot.bot.tree.sync(guild=discord.Object(fake.guild_id)), await bot.bot.tree.sync()
 
     in_guild, global_ = bot.call(sync())
-    names = {"ping", "long", "slow", "labels", "pick", "分類する"}
+    names = {"ping", "privacy", "announce", "long", "slow", "labels", "pick", "分類する"}
     assert {c["name"] for c in fake.synced_commands[fake.guild_id]} == names
     assert {c["name"] for c in fake.synced_commands[None]} == names
     assert {c.name for c in in_guild} == names and all(c.id for c in global_)
@@ -327,10 +390,13 @@ def fast_reidentify(bot):
 
 def _reply_still_works(fake, name: str) -> None:
     mark = fake.mark()
-    fake.post_message(attachments=[(name, _png(), "image/png")])
+    first = fake.post_message(attachments=[(name, _png(), "image/png")])
     assert fake.wait_for_message(since=mark, timeout=10)["embeds"][0]["title"] == "分類"
-    time.sleep(0.1)  # a replayed duplicate would show up as a second reply
-    assert len(fake.sent_messages[mark:]) == 1
+    # the sentinel: a later post's reply; a replayed duplicate of the first would come before it
+    sentinel = fake.post_message(attachments=[("sentinel.png", _png(), "image/png")])
+    fake.wait_for_message(lambda m: int(m["message_reference"]["message_id"]) == int(sentinel["id"]), since=mark)
+    replied_to = [int(m["message_reference"]["message_id"]) for m in fake.sent_messages[mark:]]
+    assert replied_to == [int(first["id"]), int(sentinel["id"])]
 
 
 def test_resume_after_disconnect(fake, bot):
@@ -569,11 +635,12 @@ def test_no_unknown_or_invalid_requests(fake, bot):
     assert fake.unknown_requests == []
     assert fake.invalid_requests == []
     # Only the deliberate failures: the wrong token, the over-long reply, the late callback, the
-    # expired interaction tokens, the nonce of a deleted message, the over-long nonce; injected faults aside.
+    # expired interaction tokens, the followup to a deleted deferral, the nonce of a deleted message, the
+    # over-long nonce; injected faults aside.
     failures = sorted((r["path"].split("/")[1], r["status"]) for r in fake.requests
                       if r["status"] >= 400 and not r.get("injected"))
     assert set(failures) <= {("interactions", 400), ("interactions", 404), ("users", 401), ("webhooks", 401),
-                             ("channels", 404), ("channels", 400)}, fake.describe()
+                             ("webhooks", 404), ("channels", 404), ("channels", 400)}, fake.describe()
 
 
 # ---------------------------------------------------------------- sharding
@@ -754,8 +821,11 @@ def test_two_sharded_discord_py_bots_split_the_guilds(sharded_fake):
             assert reply["content"] == f"shard {shard} saw {posted['id']}"
             assert reply["token"] == tokens[shard]  # answered by the process owning the shard
             assert [d["token"] for d in fake.delivered(posted["id"])] == [tokens[shard]]
-        time.sleep(0.1)
-        assert len({m["content"] for m in fake.sent_messages}) == len(fake.sent_messages) == 5  # once each
+        for guild in [*guilds, fake.guilds[fake.guild_id]]:  # sentinels: duplicates would come before these
+            mark = fake.mark()
+            posted = fake.post_message(guild.channel_id, content="sentinel")
+            fake.wait_for_message(lambda m: m["content"].endswith(f"saw {posted['id']}"), since=mark, timeout=10)
+        assert len({m["content"] for m in fake.sent_messages}) == len(fake.sent_messages) == 2 * (len(guilds) + 1)
         counts = {k: len(runners[k].call(_wait_guilds(runners[k].bot, 3 if k else 2))) for k in (0, 1)}
         assert counts == {0: 2, 1: 3}  # shard 1 also has the first guild
     finally:

@@ -49,8 +49,7 @@ async def channel_source(interaction: discord.Interaction, channel) -> LabelSour
 
 
 async def _send_answers(interaction: discord.Interaction, answers, source: LabelSource, total: int) -> None:
-    app = interaction.client.app
-    content, embeds = reply(answers, source, interaction.locale, app.config.discord.low_confidence, total)
+    content, embeds = reply(answers, source, interaction.locale, total)
     try:
         await interaction.followup.send(content=content, embeds=embeds)
     except discord.HTTPException as e:

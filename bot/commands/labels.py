@@ -3,6 +3,12 @@
 Every mutating subcommand checks permissions at run time (permissions.py), reads
 the current version and writes with it, so two moderators cannot overwrite each
 other unnoticed (VersionConflict).
+
+Answers: everything that can go wrong is said to the moderator alone. Cheap checks
+answer at once; the rest runs after a private deferral, whose first followup (a
+refusal) stays private. A change that was saved is announced in the channel as a
+message of its own, naming who made it and listing the set members' posts are now
+ranked against, and the private "thinking…" response is removed.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from ..i18n import label_error, text
 from ..labelsets import auto_classify_enabled, inherited, parent_id, resolve
 from ..permissions import refusal_key
 from ..render import escape
-from ..storage import NothingToUndo, StorageError, VersionConflict
+from ..storage import HistoryEntry, NothingToUndo, StorageError, VersionConflict
 from .classify import code_text, refuse
 
 log = logging.getLogger("wakeru.labels")
@@ -30,6 +36,7 @@ log = logging.getLogger("wakeru.labels")
 _SCOPES = [Choice(name=_T("channel"), value="channel"), Choice(name=_T("server"), value="server")]
 _SCOPE_HELP = _T("Which label set: this channel's or the server's")
 _LIST_CHARS = 3500  # an embed description holds 4,096
+_MESSAGE_CHARS = 2000  # a message's content
 
 
 class _Refusal(Exception):
@@ -55,6 +62,31 @@ def _label_list(labels: tuple[str, ...], limit: int = _LIST_CHARS) -> str:
             return out + "…"
         out += item
     return out
+
+
+def storage_error(locale, error: StorageError) -> str:
+    """The moderator's view of a storage failure: what kind, never the file, host or database (the
+    operator's full message, which names them, goes to the log)."""
+    log.warning("the label store failed: %s", error)
+    reason = error.reason if error.reason in StorageError.REASONS else "broken"
+    return text(locale, "storage_error", reason=text(locale, f"storage.{reason}"))
+
+
+async def announce(interaction: discord.Interaction, content: str) -> None:
+    """Make a saved change public after a private deferral: a channel message (the interaction's own
+    followups would inherit the deferral's privacy), then the private "thinking…" goes away. Where the
+    bot may not post, the moderator still gets the confirmation, privately."""
+    try:
+        await interaction.channel.send(content)
+    except (discord.HTTPException, AttributeError) as e:
+        log.warning("could not post a label change in channel %s: %s", interaction.channel_id, e)
+        await interaction.followup.send(f"{content}\n-# {text(interaction.locale, 'announce.failed')}"[:2000],
+                                        ephemeral=True)
+        return
+    try:
+        await interaction.delete_original_response()
+    except discord.HTTPException:
+        pass  # the token expired meanwhile: the private "thinking…" just stays
 
 
 def _quoted(locale, labels, shown: int = 10) -> str:
@@ -86,7 +118,7 @@ class LabelsGroup(app_commands.Group):
             enabled = None if channel_id is None else await auto_classify_enabled(
                 app.store, app.config, interaction.guild_id, channel_id, parent_id)
         except StorageError as e:
-            return await refuse(interaction, text(locale, "storage_error", detail=str(e)))
+            return await refuse(interaction, storage_error(locale, e))
         lines = [f"-# {source.describe(locale)}"]
         if source.kind != ("server" if channel_id is None else "channel"):
             lines.insert(0, text(locale, "show.inherited", source=source.describe(locale)))
@@ -110,7 +142,7 @@ class LabelsGroup(app_commands.Group):
         try:
             entries = await app.store.history(interaction.guild_id, channel_id, limit=10)
         except StorageError as e:
-            return await refuse(interaction, text(locale, "storage_error", detail=str(e)))
+            return await refuse(interaction, storage_error(locale, e))
         if not entries:
             return await refuse(interaction, text(locale, "history.empty", where=_where(locale, channel_id)))
         lines = []
@@ -204,15 +236,15 @@ class LabelsGroup(app_commands.Group):
             return
         channel_id, parent_id = target
         where = _where(locale, channel_id)
-        await interaction.response.defer(thinking=True)
+        await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            after = await app.store.undo(interaction.guild_id, channel_id, user_id=interaction.user.id)
+            change = await app.store.undo(interaction.guild_id, channel_id, user_id=interaction.user.id)
         except NothingToUndo:
             return await refuse(interaction, text(locale, "undo.nothing", where=where))
         except StorageError as e:
-            return await refuse(interaction, text(locale, "storage_error", detail=str(e)))
+            return await refuse(interaction, storage_error(locale, e))
         app.label_changed("undo")
-        await interaction.followup.send(await self._confirmation(interaction, "undo", after, channel_id, parent_id))
+        await announce(interaction, await self._confirmation(interaction, "undo", change, channel_id, parent_id))
 
     @app_commands.command(name=_T("auto"),
                           description=_T("Turn automatic classification of posted images in this channel on or off"))
@@ -224,13 +256,14 @@ class LabelsGroup(app_commands.Group):
         target = await self._target_or_refuse(interaction, None)
         if target is None or not await self._allowed(interaction, target[0]):
             return
-        await interaction.response.defer(thinking=True)
+        await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             await app.store.set_auto(interaction.guild_id, target[0], state.value == "on", user_id=interaction.user.id)
         except StorageError as e:
-            return await refuse(interaction, text(locale, "storage_error", detail=str(e)))
+            return await refuse(interaction, storage_error(locale, e))
         shown = text(locale, f"state.{state.value}")
-        await interaction.followup.send(text(locale, "auto.changed", channel=f"<#{target[0]}>", state=shown))
+        await announce(interaction, text(locale, "auto.changed", user=interaction.user.mention,
+                                         channel=f"<#{target[0]}>", state=shown))
 
     # ---- helpers ---------------------------------------------------------------------
 
@@ -259,26 +292,26 @@ class LabelsGroup(app_commands.Group):
             return False
         return True
 
-    async def _confirmation(self, interaction: discord.Interaction, action: str, after, channel_id: int | None,
-                            parent_id: int | None, changed: str | None = None) -> str:
-        """The public confirmation of a change that is already committed: it must not fail."""
+    async def _confirmation(self, interaction: discord.Interaction, action: str, change: HistoryEntry,
+                            channel_id: int | None, parent_id: int | None, changed: str | None = None) -> str:
+        """The public announcement of a change that is already committed: who, what, the version this
+        command wrote, and the labels posts are now ranked against. It must not fail."""
         app, locale = interaction.client.app, interaction.locale
-        where = _where(locale, channel_id)
-        try:
-            latest = (await app.store.history(interaction.guild_id, channel_id, limit=1))[0]
-            version, reverted = latest.version, latest.detail
-            source = None if after is not None else await inherited(app.store, app.config, interaction.guild_id,
-                                                                    channel_id, parent_id)
-        except (StorageError, IndexError):  # the change is saved; only the details are missing
-            version, reverted, source = (after.version if after else "?"), "?", None
-        described = source.describe(locale) if source else "—"
+        fields = dict(user=interaction.user.mention, where=_where(locale, channel_id), version=change.version,
+                      reverted=change.detail or "?", changed=changed or "", preset=code_text(changed or ""))
+        labels, source = change.labels, None
+        if labels is None:  # no set of its own now: say what it falls back to
+            try:
+                source = await inherited(app.store, app.config, interaction.guild_id, channel_id, parent_id)
+                labels = source.labels
+            except StorageError:  # the change is saved; only this detail is missing
+                labels = ()
         if action == "undo":
-            key = "changed.undo" if after is not None else "changed.undo_reset"
-            return text(locale, key, where=where, reverted=reverted, version=version, source=described)
-        if after is None:
-            return text(locale, "changed.reset", where=where, version=version, source=described)
-        return text(locale, f"changed.{action}", where=where, version=after.version, count=len(after.labels),
-                    changed=changed or "", preset=code_text(changed or ""))
+            key = "changed.undo" if change.labels is not None else "changed.undo_reset"
+        else:
+            key = "changed.reset" if change.labels is None else f"changed.{action}"
+        head = text(locale, key, count=len(labels), source=source.describe(locale) if source else "—", **fields)
+        return f"{head}\n{_label_list(labels, _MESSAGE_CHARS - len(head) - 1)}" if labels else head
 
     async def _change(self, interaction: discord.Interaction, scope: Choice[str] | None, action: str,
                       prepare: Callable[[], Any],
@@ -295,7 +328,8 @@ class LabelsGroup(app_commands.Group):
             prepared = prepare()
         except _Refusal as e:
             return await refuse(interaction, str(e))
-        await interaction.response.defer(thinking=True)
+        # private: a refusal below is the first followup, which keeps the deferral's privacy
+        await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             own = await app.store.get(guild_id, channel_id)
             if own is None and action == "reset":
@@ -303,17 +337,17 @@ class LabelsGroup(app_commands.Group):
             base = own.labels if own else (await inherited(app.store, app.config, guild_id, channel_id,
                                                            parent_id)).labels
             labels, changed = compute(base, prepared)  # the new set (None = drop it) and what changed
-            after = await app.store.write(guild_id, channel_id, labels, user_id=interaction.user.id, action=action,
-                                          detail=changed if action == "preset" else None,
-                                          expected_version=own.version if own else 0)
+            change = await app.store.write(guild_id, channel_id, labels, user_id=interaction.user.id, action=action,
+                                           detail=changed if action == "preset" else None,
+                                           expected_version=own.version if own else 0)
         except _Refusal as e:
             return await refuse(interaction, str(e))
         except VersionConflict:
             return await refuse(interaction, text(locale, "conflict"))
         except StorageError as e:
-            return await refuse(interaction, text(locale, "storage_error", detail=str(e)))
+            return await refuse(interaction, storage_error(locale, e))
         app.label_changed(action)
-        log.info("labels %s in guild %s scope %s by %s → %s", action, guild_id, channel_id or "server",
-                 interaction.user.id, after.version if after else "reset")
-        await interaction.followup.send(await self._confirmation(interaction, action, after, channel_id, parent_id,
-                                                                 changed))
+        log.info("labels %s in guild %s scope %s by %s → v%s", action, guild_id, channel_id or "server",
+                 interaction.user.id, change.version)
+        await announce(interaction, await self._confirmation(interaction, action, change, channel_id, parent_id,
+                                                             changed))

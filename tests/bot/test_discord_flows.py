@@ -4,7 +4,7 @@ against the local fake Discord. Every user flow of the bot, as Discord would del
 from __future__ import annotations
 
 import random
-import time
+import re
 
 import pytest
 
@@ -78,13 +78,24 @@ def test_a_large_image_is_fetched_as_a_media_proxy_rendition_at_the_models_size(
     assert height < 1200 and abs(width - height * 4 / 3) <= 1  # aspect kept, short side = model input
 
 
+def _nothing_before_the_sentinel(fake, ignored: list[dict], channel_id) -> None:
+    """A post that must be answered, made after the ones that must not: once its answer is there,
+    any answer to the earlier ones would be too (the bot handles events in order of arrival)."""
+    sentinel = _post_and_wait(fake, channel_id, [("sentinel.png", _png("緑の丸", 5), "image/png")])
+    assert _top_label(sentinel["embeds"][0]) == "緑の丸"
+    answered = flows.replies(fake)
+    assert not [p["id"] for p in ignored if p["id"] in answered], "an ignored post was answered"
+
+
 def test_bots_and_unlabelled_channels_are_ignored(fake):
+    _set_labels(fake, LABELS)
     mark = fake.mark()
-    fake.post_message(fake.other_channel_id, attachments=[("x.png", _png("赤い丸"), "image/png")])
-    fake.post_message(fake.channel_id, attachments=[("x.png", _png("赤い丸"), "image/png")], bot=True)
-    fake.post_message(fake.channel_id, content="no picture here")
-    time.sleep(2.0)
-    assert [m for m in fake.sent_messages[mark:] if m["kind"] == "channel"] == []
+    ignored = [fake.post_message(fake.other_channel_id, attachments=[("x.png", _png("赤い丸"), "image/png")]),
+               fake.post_message(fake.channel_id, attachments=[("x.png", _png("赤い丸"), "image/png")], bot=True),
+               fake.post_message(fake.channel_id, content="no picture here")]
+    _nothing_before_the_sentinel(fake, ignored, fake.channel_id)
+    assert not [m for m in fake.sent_messages[mark:] if m["kind"] == "channel" and m["channel_id"] ==
+                fake.other_channel_id]
 
 
 def test_a_plain_member_is_refused_and_nothing_changes(fake):
@@ -275,15 +286,18 @@ def test_auto_switch_turns_a_channel_on_and_off(fake):
     assert "オン" in on["content"]
     reply = _post_and_wait(fake, channel, [("x.png", _png("緑の丸", 12), "image/png")])
     assert reply["embeds"]
-    fake.interact("labels", options=[{"type": 1, "name": "auto", "options": [
+    off = fake.interact("labels", options=[{"type": 1, "name": "auto", "options": [
         {"type": 3, "name": "state", "value": "off"}]}], user="moderator", channel_id=channel).wait_final()
-    mark = fake.mark()
-    fake.post_message(channel, attachments=[("x.png", _png("緑の丸", 13), "image/png")])
-    time.sleep(2.0)
-    assert [m for m in fake.sent_messages[mark:] if m["kind"] == "channel"] == []
+    assert "オフ" in off["content"] and f"<@{fake.moderator_id}>" in off["content"]
+    ignored = fake.post_message(channel, attachments=[("x.png", _png("緑の丸", 13), "image/png")])
+    # the sentinel: /classify in the same channel, answered after the post was handled
+    rec = fake.interact("classify", channel_id=channel, options=[{"type": 3, "name": "labels", "value": LABELS}],
+                        attachments={"image": ("s.png", _png("緑の丸"), "image/png")})
+    assert _top_label(rec.wait_final(timeout=60)["embeds"][0]) == "緑の丸"
+    assert ignored["id"] not in flows.replies(fake)
 
 
-def test_labels_survive_a_restart_and_message_content_refusal_only_warns(world, trained_model):
+def test_labels_survive_a_restart_and_without_message_content_mentions_are_still_classified(world, trained_model):
     fake, bot = world
     _set_labels(fake, "緑の丸、赤い四角、青い丸")
     assert bot.stop() == 0
@@ -295,9 +309,76 @@ def test_labels_survive_a_restart_and_message_content_refusal_only_warns(world, 
         embed = rec.wait_final(timeout=60)["embeds"][0]
         assert _top_label(embed) == "緑の丸"
         assert "（3件・v" in embed["description"]  # the set stored before the restart
+        # Discord leaves the attachments out of posts the bot may not read, except posts that
+        # mention it: those are classified
+        unread = fake.post_message(fake.channel_id, attachments=[("a.png", _png("赤い丸", 2), "image/png")])
+        assert fake.delivered(unread["id"])  # delivered, without its attachments
+        reply = _post_and_wait(fake, fake.channel_id, [("b.png", _png("青い丸", 3), "image/png")],
+                               content=f"<@{fake.bot_user['id']}> これは？")
+        assert _top_label(reply["embeds"][0]) == "青い丸"
+        assert unread["id"] not in flows.replies(fake)  # the mention's answer is the sentinel
     finally:
         fake.refuse_message_content = False
         bot.stop()
         bot.start()
     reply = _post_and_wait(fake, fake.channel_id, [("after.png", _png("青い丸", 15), "image/png")])
     assert _top_label(reply["embeds"][0]) == "青い丸"
+
+
+# ---------------------------------------------------------------- answers that mean what they say
+
+
+def test_the_note_says_none_of_the_labels_fits_whatever_the_number_of_labels(fake):
+    """Two labels that do not fit: one of them still takes 90 %+ of the share, but the note is there.
+    A clear match among 13 labels has a small share each for the rest, and no note."""
+    rec = fake.interact("classify", options=[{"type": 3, "name": "labels", "value": "赤い丸、黄色い三角"}],
+                        attachments={"image": ("blue.png", _png("青い四角", 1), "image/png")})
+    embed = rec.wait_final(timeout=60)["embeds"][0]
+    assert "自信がありません" in embed["description"], embed
+    many = "、".join([*shapes.CLASSES, "犬", "猫", "車", "山", "花", "空の写真", "夜景"])
+    rec = fake.interact("classify", options=[{"type": 3, "name": "labels", "value": many}],
+                        attachments={"image": ("blue.png", _png("青い四角", 1), "image/png")})
+    embed = rec.wait_final(timeout=60)["embeds"][0]
+    assert _top_label(embed) == "青い四角" and "自信" not in embed["description"], embed
+
+
+def _change(fake, sub: str, channel, user="moderator", **options) -> tuple[dict, object]:
+    rec = fake.interact("labels", options=_labels_cmd(sub, **options), user=user, channel_id=channel)
+    return rec.wait_final(), rec
+
+
+def test_changes_are_announced_with_the_labels_they_leave_and_refusals_stay_private(fake):
+    channel = fake.other_channel_id
+    fake.interact("labels", options=_labels_cmd("reset"), user="moderator", channel_id=channel).wait_final()
+    done, rec = _change(fake, "set", channel, labels="犬、猫、狐")
+    # public, in the channel, naming who changed it (without pinging), with the set it now is
+    assert done["kind"] == "channel" and not done["ephemeral"] and rec.ephemeral and rec.original_deleted
+    assert f"<@{fake.moderator_id}>" in done["content"] and done["content"].endswith("\n犬、猫、狐")
+    assert done["allowed_mentions"]["parse"] == []
+    version = int(re.search(r"v(\d+)", done["content"]).group(1))
+    assert _change(fake, "add", channel, labels="象")[0]["content"].endswith(f"v{version + 1}（4件）:\n犬、猫、狐、象")
+    assert _change(fake, "remove", channel, labels="猫")[0]["content"].endswith("\n犬、狐、象")
+    assert _change(fake, "undo", channel)[0]["content"].endswith("\n犬、猫、狐、象")
+    preset = _change(fake, "preset", channel, name="vehicles")[0]["content"]
+    assert preset.endswith("\n車、自転車、バイク、バス、トラック、電車、新幹線、飛行機、船、ロケット、ヘリコプター、タクシー")
+    reset = _change(fake, "reset", channel)[0]["content"]  # what it falls back to, listed
+    assert "既定のラベルセット" in reset and reset.endswith("\n犬、猫、鳥、人、食べ物、飲み物、花、車、乗り物、建物、風景、空、海、山、街並み、室内、料理、動物、植物、文字")
+    long = [f"ラベル{i:02d}" + "あ" * 40 for i in range(60)]
+    shortened = _change(fake, "set", channel, labels="、".join(long))[0]["content"]
+    assert len(shortened) <= 2000 and shortened.endswith("…") and long[0] in shortened
+    # every refusal after the (private) deferral is private, and nothing was announced for it
+    mark = fake.mark()
+    for sub, options, words in (("remove", {"labels": "象"}, "ラベルセットにありません"),
+                                ("add", {"labels": long[0]}, "すべてセットに含まれて"),
+                                ("reset", {}, None), ("reset", {}, "リセットするものはありません")):
+        answer, rec = _change(fake, sub, channel, **options)
+        if words is None:
+            continue  # the first reset works
+        assert answer["ephemeral"] and words in answer["content"] and rec.deferred, (sub, answer)
+    for _ in range(40):  # undo everything there is, then once more
+        answer, _ = _change(fake, "undo", channel)
+        if answer["ephemeral"]:
+            break
+    assert "取り消せる変更がありません" in answer["content"]
+    assert all(m["kind"] == "channel" and not m["ephemeral"] for m in fake.sent_messages[mark:] if m["kind"] == "channel")
+    assert not fake.invalid_requests

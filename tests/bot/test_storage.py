@@ -174,14 +174,15 @@ async def test_get_without_set_is_none(store):
 
 async def test_write_then_get_and_versions_increase(store):
     before = time.time()
-    first = await store.write(G, C, ("犬", "猫"), user_id=U, action="set")
-    assert first == LabelSet(G, C, ("犬", "猫"), 1, U, first.updated_at)
-    assert before <= first.updated_at <= time.time()
-    assert await store.get(G, C) == first
+    first = await store.write(G, C, ("犬", "猫"), user_id=U, action="set")  # the change, as recorded
+    assert first == HistoryEntry(1, "set", ("犬", "猫"), U, first.at, None, False)
+    assert before <= first.at <= time.time()
+    assert await store.get(G, C) == LabelSet(G, C, ("犬", "猫"), 1, U, first.at)
+    assert (await store.history(G, C, limit=1))[0] == first
 
     second = await store.write(G, C, ("犬", "猫", "象"), user_id=None, action="add", expected_version=1)
-    assert (second.version, second.labels, second.updated_by) == (2, ("犬", "猫", "象"), None)
-    assert await store.get(G, C) == second
+    assert (second.version, second.labels, second.user_id) == (2, ("犬", "猫", "象"), None)
+    assert await store.get(G, C) == LabelSet(G, C, ("犬", "猫", "象"), 2, None, second.at)
 
 
 async def test_identical_write_is_still_recorded(store):
@@ -208,7 +209,8 @@ async def test_write_rejects_bad_arguments_and_writes_nothing(store):
 async def test_reset_falls_back_and_version_continues(store):
     await store.write(G, C, ("犬",), user_id=U, action="set")
     await store.write(G, C, ("犬", "猫"), user_id=U, action="add")
-    assert await store.write(G, C, None, user_id=U, action="reset", expected_version=2) is None
+    reset = await store.write(G, C, None, user_id=U, action="reset", expected_version=2)
+    assert (reset.version, reset.action, reset.labels) == (3, "reset", None)
     assert await store.get(G, C) is None
     top = (await store.history(G, C))[0]
     assert (top.version, top.action, top.labels) == (3, "reset", None)
@@ -216,7 +218,7 @@ async def test_reset_falls_back_and_version_continues(store):
     # No set of its own now: the caller reads "0", and the next version continues after the reset.
     again = await store.write(G, C, ("象",), user_id=U, action="set", expected_version=0)
     assert again.version == 4
-    assert await store.get(G, C) == again
+    assert (await store.get(G, C)).version == 4
 
 
 async def test_history_order_limit_and_contents(store):
@@ -248,8 +250,8 @@ async def test_undo_restores_previous_set(store):
     await store.write(G, C, ("犬",), user_id=U, action="set")
     await store.write(G, C, ("犬", "猫"), user_id=U, action="add")
     undone = await store.undo(G, C, user_id=42)
-    assert (undone.labels, undone.version, undone.updated_by) == (("犬",), 3, 42)
-    assert await store.get(G, C) == undone
+    assert (undone.labels, undone.version, undone.user_id, undone.detail) == (("犬",), 3, 42, "2")
+    assert (await store.get(G, C)).labels == ("犬",)
 
     entries = await store.history(G, C)
     assert (entries[0].action, entries[0].detail, entries[0].labels, entries[0].user_id) == ("undo", "2", ("犬",), 42)
@@ -261,7 +263,7 @@ async def test_repeated_undo_walks_back_then_nothing_to_undo(store):
         await store.write(G, C, labels, user_id=U, action="set")
     assert (await store.undo(G, C, user_id=U)).labels == ("A", "B")
     assert (await store.undo(G, C, user_id=U)).labels == ("A",)
-    assert await store.undo(G, C, user_id=U) is None  # undid the very first write: no set of its own
+    assert (await store.undo(G, C, user_id=U)).labels is None  # undid the very first write: no set of its own
     assert await store.get(G, C) is None
     with pytest.raises(NothingToUndo):
         await store.undo(G, C, user_id=U)
@@ -276,12 +278,12 @@ async def test_undo_after_reset_restores_labels(store):
     await store.write(G, C, None, user_id=U, action="reset")
     restored = await store.undo(G, C, user_id=U)
     assert (restored.labels, restored.version) == (("犬", "猫"), 3)
-    assert await store.get(G, C) == restored
+    assert (await store.get(G, C)).version == 3
 
 
 async def test_undo_of_first_write_leaves_no_set(store):
     await store.write(G, C, ("犬",), user_id=U, action="set")
-    assert await store.undo(G, C, user_id=U) is None
+    assert (await store.undo(G, C, user_id=U)).labels is None
     assert await store.get(G, C) is None
     top = (await store.history(G, C))[0]
     assert (top.version, top.action, top.labels, top.detail) == (2, "undo", None, "1")
@@ -295,7 +297,7 @@ async def test_undo_after_a_new_write_reverts_that_write_first(store):
     await store.undo(G, C, user_id=U)  # v3 → A, reverts v2
     await store.write(G, C, ("C",), user_id=U, action="set")  # v4
     assert (await store.undo(G, C, user_id=U)).labels == ("A",)  # v5 reverts v4, back to v3's state
-    assert await store.undo(G, C, user_id=U) is None  # v6 reverts v1 (v2 is already reverted)
+    assert (await store.undo(G, C, user_id=U)).labels is None  # v6 reverts v1 (v2 is already reverted)
     with pytest.raises(NothingToUndo):
         await store.undo(G, C, user_id=U)
 
@@ -323,7 +325,7 @@ async def test_version_conflict_leaves_data_unchanged(store):
     with pytest.raises(VersionConflict):
         await store.write(G, C2, ("象",), user_id=U, action="set", expected_version=3)
 
-    assert await store.get(G, C) == current
+    assert (await store.get(G, C)).version == current.version == 2
     assert [e.version for e in await store.history(G, C)] == [2, 1]
     assert await store.get(G, C2) is None
 
@@ -338,12 +340,11 @@ async def test_two_stores_same_expected_version_exactly_one_wins(store_url):
             b.write(G, C, ("B",), user_id=2, action="set", expected_version=1),
             return_exceptions=True,
         )
-        wins = [r for r in results if isinstance(r, LabelSet)]
+        wins = [r for r in results if isinstance(r, HistoryEntry)]
         conflicts = [r for r in results if isinstance(r, VersionConflict)]
         assert len(wins) == 1 and len(conflicts) == 1, results
         assert wins[0].version == 2
-        assert await a.get(G, C) == wins[0]
-        assert await b.get(G, C) == wins[0]
+        assert (await a.get(G, C)).labels == wins[0].labels == (await b.get(G, C)).labels
         assert [e.version for e in await b.history(G, C)] == [2, 1]
     finally:
         await a.close()
@@ -357,7 +358,7 @@ async def test_concurrent_calls_on_one_store_are_serialised(store):
         *(store.write(G, C, (f"M{i}",), user_id=i, action="set", expected_version=10) for i in range(5)),
         return_exceptions=True,
     )
-    assert sum(isinstance(r, LabelSet) for r in results) == 1
+    assert sum(isinstance(r, HistoryEntry) for r in results) == 1
     assert sum(isinstance(r, VersionConflict) for r in results) == 4
     assert (await store.get(G, C)).version == 11
 
@@ -388,7 +389,7 @@ async def test_data_survives_restart(store_url):
 
     s = await open_store(store_url)
     try:
-        assert await s.get(G, C) == written
+        assert (await s.get(G, C)).labels == written.labels and await s.history(G, C, limit=1) == [written]
         assert (await s.get(G, None)).labels == ("既定",)
         assert await s.history(G, C) == history
         assert await s.get_auto(G, C) is False
@@ -403,20 +404,19 @@ async def test_scopes_are_independent(store):
     other_guild = await store.write(G2, C, ("象",), user_id=U, action="set")
     other_default = await store.write(G2, None, ("鳥",), user_id=U, action="set")
     assert channel.version == default.version == other_guild.version == other_default.version == 1
-    assert default.channel_id is None and (await store.get(G, None)).channel_id is None
-    assert channel.channel_id == C
+    assert (await store.get(G, None)).channel_id is None and (await store.get(G, C)).channel_id == C
 
     await store.write(G, C, None, user_id=U, action="reset")
     assert await store.get(G, C) is None
-    assert await store.get(G, None) == default
-    assert await store.get(G2, C) == other_guild
-    assert await store.get(G2, None) == other_default
+    assert (await store.get(G, None)).labels == default.labels
+    assert (await store.get(G2, C)).labels == other_guild.labels
+    assert (await store.get(G2, None)).labels == other_default.labels
     assert await store.get(G, C2) is None
 
     assert [e.version for e in await store.history(G, C)] == [2, 1]
     assert [e.labels for e in await store.history(G, None)] == [("猫",)]
-    assert (await store.undo(G2, C, user_id=U)) is None
-    assert await store.get(G, None) == default  # undo in one scope never touches another
+    assert (await store.undo(G2, C, user_id=U)).labels is None
+    assert (await store.get(G, None)).labels == default.labels  # undo in one scope never touches another
     with pytest.raises(NothingToUndo):
         await store.undo(G, C2, user_id=U)
 
@@ -566,8 +566,9 @@ async def test_read_only_connection_refuses_writes_and_keeps_data(sqlite_store):
     await sqlite_store.write(G, C, ("犬",), user_id=U, action="set")
     before = await _snapshot(sqlite_store)
     await sqlite_store._db.execute("PRAGMA query_only = ON")
-    with pytest.raises(StorageError, match="read-only"):
+    with pytest.raises(StorageError, match="read-only") as info:
         await sqlite_store.write(G, C, ("猫",), user_id=U, action="set")
+    assert info.value.reason == "read_only"  # what members may be told, without the file
     with pytest.raises(StorageError, match="read-only"):
         await sqlite_store.undo(G, C, user_id=U)
     await sqlite_store._db.execute("PRAGMA query_only = OFF")
@@ -581,8 +582,9 @@ async def test_disk_full_refuses_write_and_keeps_data(sqlite_store):
     (pages,) = await sqlite_store._db.execute_fetchall("PRAGMA page_count")
     await sqlite_store._db.execute(f"PRAGMA max_page_count = {pages[0]}")  # the "disk" holds no more pages
     big = tuple(f"ラベル{i:04d}" * 20 for i in range(300))
-    with pytest.raises(StorageError, match="disk is full"):
+    with pytest.raises(StorageError, match="disk is full") as info:
         await sqlite_store.write(G, C, big, user_id=U, action="set")
+    assert info.value.reason == "full"
     assert await _snapshot(sqlite_store) == before
     await sqlite_store._db.execute("PRAGMA max_page_count = 1000000")
     assert (await sqlite_store.write(G, C, big, user_id=U, action="set")).labels == big

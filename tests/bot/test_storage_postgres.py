@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from bot import storage, storage_postgres
-from bot.storage import SCHEMA_VERSION, LabelSet, LabelStore, StorageError, open_store
+from bot.storage import SCHEMA_VERSION, HistoryEntry, LabelStore, StorageError, open_store
 from bot.storage_postgres import WRITE_LOCK, PostgresLabelStore
 from tests.bot.test_storage_crash import Lines, close_pipes
 from tests.conftest import REPO
@@ -267,6 +267,7 @@ async def test_read_only_session_reads_but_refuses_changes(postgres_server, post
             with pytest.raises(StorageError, match="is read-only .*default_transaction_read_only") as info:
                 await change
             assert_secret_kept(info.value, "secret")
+            assert info.value.reason == "read_only"  # what members may be told, without the host
         assert (await store.get(G, C), await store.history(G, C), await store.get_auto(G, C)) == before
     finally:
         await store.close()
@@ -373,7 +374,7 @@ async def test_open_waits_for_a_server_that_is_still_starting(own_server, caplog
     await asyncio.to_thread(own_server.start)
     store = await asyncio.wait_for(opening, 15)
     try:
-        assert isinstance(await store.write(G, C, ("犬",), user_id=U, action="set"), LabelSet)
+        assert isinstance(await store.write(G, C, ("犬",), user_id=U, action="set"), HistoryEntry)
     finally:
         await store.close()
     assert "retrying for up to 10 s (the server may still be starting)" in caplog.text

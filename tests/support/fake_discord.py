@@ -37,6 +37,15 @@ Behaviour worth knowing (it mirrors Discord, so the bot under test must cope):
   ``nonce_window`` seconds: a repeat answers the first message and creates nothing (recorded in
   ``deduplicated_messages``); a nonce over 25 characters gets 400.
 
+- A session identified without the Message Content intent gets MESSAGE_CREATE with empty
+  ``content``, ``attachments``, ``embeds`` and ``components``, except for messages that mention
+  the bot, messages the bot sent, and DMs (Discord's "Message Content Intent" rules).
+- After a deferral (callback type 5), the first followup becomes the deferred response: it is
+  ephemeral exactly when the deferral was, whatever its own flags; later followups (and any
+  followup once @original was edited) keep their own flags.  ``DELETE @original`` marks
+  ``FakeInteraction.original_deleted``; a followup to a deleted deferred response that was never
+  answered gets 404 "Unknown Message" (10008).
+
 Fault injection, for reliability tests (every event is timestamped with ``time.monotonic()``):
 - Gateway: ``disconnect_all(code)`` drops the websockets (discord.py RESUMEs; missed dispatches
   are replayed with their original ``s``, then RESUMED), ``invalidate_sessions(resumable)`` sends
@@ -315,6 +324,7 @@ class _SessionState:
         self.session_id = session_id
         self.shard = shard  # (id, count) from IDENTIFY; None: an unsharded session (gets everything)
         self.token = token
+        self.intents = 0
         self.seq = 0
         self.history: deque[tuple[int, str | None, Any]] = deque(maxlen=history)  # (s, t, d)
 
@@ -418,6 +428,7 @@ class FakeInteraction:
         self.followup_edits: list[dict] = []
         self.timeline: list[dict] = []  # followups and @original edits in arrival order
         self.original: dict | None = None  # the message the callback created, as last edited
+        self.original_deleted = False  # DELETE @original (a private "thinking…" removed, say)
         self.late = False  # a callback came after interaction_deadline
         self.failed: list[dict] = []  # ``requests`` records of its calls answered >= 400 (injected too)
 
@@ -450,17 +461,33 @@ class FakeInteraction:
 
     def wait_final(self, timeout: float = 20) -> dict:
         """The answer the user sees: the callback message, or after a deferral the first
-        followup/@original edit.  Ephemerality is fixed at defer time, as on Discord, so
-        ``flags``/``ephemeral`` of a deferred answer come from the deferral."""
+        followup/@original edit (its ``ephemeral`` is the deferral's, as on Discord). When the bot
+        instead deleted the deferred response, the channel message it posted for this interaction
+        (the one naming the user, see ``announcement``)."""
         first = self.wait_response(timeout)
         if first["type"] != 5:
             return first
-        answer = self._fake.wait_for(lambda: self.timeline[0] if self.timeline else None,
-                                     timeout, f"a followup or edit after the deferral of {self!r}")
-        answer = dict(answer)
-        answer["flags"] = (answer["flags"] & ~64) | (first["flags"] & 64)
-        answer["ephemeral"] = bool(answer["flags"] & 64)
-        return answer
+
+        def answer() -> dict | None:
+            if self.timeline:
+                return self.timeline[0]
+            return self.announcement() if self.original_deleted else None
+        return dict(self._fake.wait_for(answer, timeout, f"a followup, edit or announcement after {self!r}"))
+
+    @property
+    def user_id(self) -> int:
+        return int(self.payload["member"]["user"]["id"])
+
+    def announcement(self) -> dict | None:
+        """The bot's plain channel message (no reply) in this interaction's channel, sent after it
+        arrived and naming its user (<@id>): how a bot makes a change public after a private deferral."""
+        channel_id, mention = int(self.payload["channel_id"]), f"<@{self.user_id}>"
+        with self._fake._cond:
+            for m in self._fake.sent_messages:
+                if (m["kind"] == "channel" and m["channel_id"] == channel_id and m["time"] >= self.created
+                        and not m["message_reference"] and mention in (m["content"] or "")):
+                    return m
+        return None
 
 
 # ---------------------------------------------------------------------------- the fake
@@ -733,7 +760,7 @@ class FakeDiscord:
 
         async def send() -> None:
             for s in self._targets(guild_id):  # type: ignore[arg-type]
-                await s.send(0, data, event)
+                await s.send(0, self._as_seen_by(s, event, data), event)
                 with self._cond:
                     self.deliveries.append({
                         "event": event, "id": data.get("id") if isinstance(data, dict) else None,
@@ -741,6 +768,17 @@ class FakeDiscord:
                         "token": s.state.token if s.state else None, "time": time.monotonic()})
                     self._cond.notify_all()
         self._call(send(), timeout)
+
+    def _as_seen_by(self, session: _Session, event: str, data: Any) -> Any:
+        """Without the Message Content intent, a message's content, attachments, embeds and components
+        arrive empty, unless it mentions the bot, the bot wrote it, or it is a DM."""
+        if (event not in ("MESSAGE_CREATE", "MESSAGE_UPDATE") or not isinstance(data, dict) or session.state is None
+                or session.state.intents & MESSAGE_CONTENT_INTENT or not data.get("guild_id")):
+            return data
+        bot_id = self.bot_user["id"]
+        if (data.get("author") or {}).get("id") == bot_id or any(u.get("id") == bot_id for u in data.get("mentions") or ()):
+            return data
+        return {**data, "content": "", "attachments": [], "embeds": [], "components": []}
 
     def delivered(self, payload_id: int | str) -> list[dict]:
         """The ``deliveries`` of the dispatch whose payload had this id (a message, an interaction)."""
@@ -896,6 +934,7 @@ class FakeDiscord:
             return
         shard = (raw_shard[0], raw_shard[1]) if raw_shard is not None else None
         state = _SessionState(f"fake-session-{next(self._session_ids)}", shard=shard, token=d["token"])
+        state.intents = int(d.get("intents", 0))
         self._session_states[state.session_id] = state
         session.state = state
         guilds = [g for g in list(self.guilds) if session.receives(g)]
@@ -1377,7 +1416,7 @@ class FakeDiscord:
                 "flags": int(payload.get("flags") or 0), "ephemeral": bool(int(payload.get("flags") or 0) & 64),
                 "components": payload.get("components") or [],
                 "files": [{k: f[k] for k in ("filename", "content_type", "data")} for f in files],
-                "payload": payload, "message": message}
+                "payload": payload, "message": message, "time": time.monotonic()}
 
     def _bot_message(self, channel_id: int, payload: dict, files: list[dict], *, webhook: bool = False) -> dict:
         """The message object Discord returns for something the bot sent."""
@@ -1591,6 +1630,13 @@ class FakeDiscord:
         if errors := _message_errors(payload, files):
             return self._invalid(errors)
         channel_id = int(rec.payload["channel_id"])
+        deferral = rec.responses[0]
+        answers_deferral = deferral["type"] == 5 and not rec.timeline  # still "thinking…"
+        if answers_deferral and rec.original_deleted:
+            return _error(404, "Unknown Message", 10008)
+        if answers_deferral:  # it becomes the deferred response, which fixed the ephemerality
+            flags = (int(payload.get("flags") or 0) & ~64) | (deferral["flags"] & 64)
+            payload = {**payload, "flags": flags}
         message = self._bot_message(channel_id, payload, files, webhook=True)
         entry = self._entry("followup", channel_id, payload, files, message)
         request[_ENTRY_KEY] = entry
@@ -1618,6 +1664,9 @@ class FakeDiscord:
         if request.method == "DELETE":
             with self._cond:
                 self.deleted_messages.append((int(message["channel_id"]), int(message["id"])))
+                if m["message"] == "@original":
+                    rec.original_deleted = True
+                self._cond.notify_all()
             return web.Response(status=204)
         payload = payload or {}
         if errors := _message_errors(payload, files, partial=True):

@@ -74,3 +74,12 @@ def wait_replies(fake, posts: list[dict], since: int, timeout: float = 120) -> d
         return found if len(found) == len(wanted) else None
 
     return fake.wait_for(answered, timeout=timeout, what=f"a reply to each of {len(wanted)} posts")
+
+
+def sentinel(fake, channel_ids, label: str = "緑の丸", seed: int = 5) -> None:
+    """Negative checks wait for this instead of a fixed time: one more post per channel, each of
+    which must be answered. Once they are, anything still owed for earlier posts (a duplicate, a
+    retry, an answer that should not exist) would have been sent before them."""
+    posts = [post_image(fake, channel, label, seed) for channel in channel_ids]
+    answers = wait_replies(fake, posts, 0)
+    assert all(top_label(a["embeds"][0]) == label for a in answers.values()), answers
