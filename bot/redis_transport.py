@@ -70,7 +70,6 @@ class RedisWorkerTransport(TransportBase):
         self.workers: dict[str, dict] = {}   # live workers by name, as their heartbeats describe them
         self.backlog = 0                     # entries in the request stream (waiting or being worked on)
         self.duplicates = 0                  # answers dropped because the request was already answered
-        self._reachable = False
         self._workers_seen = time.monotonic()  # when a worker was last alive (or this bot started)
         self._withdrawals: set[asyncio.Task] = set()
 
@@ -223,7 +222,6 @@ class RedisWorkerTransport(TransportBase):
                 streams = await self._redis.xread({self._replies: last}, count=256, block=_READ_BLOCK_MS)
                 delay = 0.2
                 if self.state == "unreachable":  # Redis answers again: no need to wait for the next beat
-                    self._reachable = True
                     self._set_state("ready" if self.workers else "no_workers")
             except asyncio.CancelledError:
                 raise
@@ -275,15 +273,13 @@ class RedisWorkerTransport(TransportBase):
                 values = await self._redis.mget(keys) if keys else []
                 self.backlog = await self._redis.xlen(self._requests)
                 await self._redis.expire(self._replies, 3600)  # a dead bot's reply stream goes away
-                self._reachable = True
                 self._update_workers(_parse_heartbeats(keys, values))
             except asyncio.CancelledError:
                 raise
             except (redis.RedisError, OSError, ValueError) as e:
-                if self._reachable or self.state == "starting":
+                if self.state != "unreachable":  # said once, when it happens
                     log.error("cannot reach Redis at %s: %s; images are answered \"unavailable\" until it is back",
                               _safe_url(cfg.redis_url), e)
-                self._reachable = False
                 group_ready = False
                 self._set_state("unreachable")
             await self._sleep(cfg.heartbeat_s)

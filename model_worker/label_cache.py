@@ -5,9 +5,9 @@ averaged and normalised again (prompt ensembling). Two LRU levels: single labels
 (so adding one label to a set encodes only that label) and whole sets (so a hit
 costs one dictionary lookup, no stacking).
 
-`get` encodes what is missing at once. The engine uses `lookup` and `missing` instead,
-and `encode` a few labels at a time between image batches, so a new 100-label set never
-holds up the images whose labels are already known.
+`get` encodes what is missing at once. The engine uses `lookup` and `known` instead, and
+`encode` (then `store_set`) a few labels at a time between image batches, so a new
+100-label set never holds up the images whose labels are already known.
 """
 
 from __future__ import annotations

@@ -26,8 +26,6 @@ class Adapter(ABC):
 
     family: str          # "clip", "siglip" or "japanese-stable-clip"
     score_meaning: str   # one line for the README/CLI: what `score` means for this family
-    match_meaning = ("match: the probability that the label fits better than the neutral description "
-                     "(model.reference_label), i.e. sigmoid(logit(label) − logit(reference))")
     model_id: str
     device: torch.device
     dtype: torch.dtype

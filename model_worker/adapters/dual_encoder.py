@@ -29,7 +29,6 @@ class DualEncoderAdapter(Adapter):
             self.text_kwargs = {"padding": "max_length", "truncation": True, "max_length": max_pos}
             self.lowercase = True
             self.score_meaning = "share among the given labels: softmax of the sigmoid logits (the bias cancels)"
-            self.match_meaning = "match: the model's own sigmoid probability that the label describes the picture"
         else:
             self.text_kwargs = {"padding": True, "truncation": True, "max_length": max_pos}
             self.lowercase = False
