@@ -10,13 +10,13 @@ import aiohttp
 
 from wakeru.config import Config
 
-from .attachments import Downloader, is_image
-from . import metrics
-from .classifying import Classifier
-from .ratelimit import RateLimiter
-from .samples import sample_names
-from .storage import LabelStore, open_store
-from .transport import WorkerTransport, make_transport
+from bot.services.attachments import Downloader, is_image
+from bot.services import metrics
+from bot.services.classifying import Classifier
+from bot.services.ratelimit import RateLimiter
+from bot.services.samples import sample_names
+from bot.store import LabelStore, open_store
+from bot.transport import WorkerTransport, make_transport
 
 log = logging.getLogger("wakeru.app")
 

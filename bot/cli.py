@@ -17,11 +17,11 @@ import yarl
 from wakeru.config import Config, ConfigError, load_config
 from wakeru.logs import setup_logging
 
-from . import health
-from .app import App
-from .client import WakeruClient, WakeruShardedClient, make_client
-from .metrics import MetricsServer
-from .storage import StorageError
+from bot.services import health
+from bot.app import App
+from bot.face.client import WakeruClient, WakeruShardedClient, make_client
+from bot.services.metrics import MetricsServer
+from bot.store import StorageError
 
 log = logging.getLogger("wakeru.bot")
 
@@ -105,11 +105,11 @@ async def run(config: Config, token: str) -> int:
     def state() -> dict:
         transport = app.transport
         return {"connected": client is not None and client.is_ready() and not client.is_closed(),
-                "worker": transport.state, "failure": getattr(transport, "failure", None),
-                "worker_pid": (getattr(transport, "info", None) or {}).get("pid"),
-                "restarts": getattr(transport, "restarts", 0), "in_flight": getattr(transport, "in_flight", 0),
+                "worker": transport.state, "failure": transport.failure,
+                "worker_pid": transport.info.pid if transport.info else None,
+                "restarts": transport.restarts, "in_flight": transport.in_flight,
                 "stopping": stopping.is_set(), "transport": config.worker.transport,
-                **({"workers": len(transport.workers)} if hasattr(transport, "workers") else {})}
+                "workers": transport.live_workers}
 
     server = None
     if config.service.metrics_port:
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(message, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
     if args.command == "bench-queue":
-        from .bench import run as bench_queue
+        from bot.tools.bench_queue import run as bench_queue
 
         worker = {k: v for k, v in (("transport", "redis" if args.start_redis else args.transport),
                                      ("redis_url", args.redis_url)) if v}

@@ -16,15 +16,14 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from wakeru.config import Config, ConfigError, load_config
+from wakeru.config import Config, ConfigError
 from wakeru.labels import LabelError, parse_labels
 from wakeru.protocol import ClassifyRequest, ClassifyResult, ErrorCode
 
+from model_worker.serving.startup import load_engine, quiet_libraries
+from model_worker.settings import UsageError, resolve_config
+
 log = logging.getLogger("model_worker")
-
-
-class UsageError(Exception):
-    """Reported as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,37 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("out", metavar="DIR")
     return parser
-
-
-def _quiet_libraries(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        if not verbose:  # network retries are explained by our own one-line error
-            import huggingface_hub
-
-            huggingface_hub.utils.logging.set_verbosity_error()
-    except Exception:  # pragma: no cover - transformers missing is reported at load time
-        pass
-
-
-def resolve_config(args: argparse.Namespace) -> Config:
-    config = load_config(args.config)
-    overrides = {k: v for k, v in (("id", args.model), ("device", args.device), ("dtype", args.dtype)) if v}
-    return config.with_overrides(model=overrides) if overrides else config
-
-
-def load_engine(config: Config):
-    """Load the adapter and start an engine; ModelLoadError propagates."""
-    from .adapters import load_adapter
-    from .engine import Engine
-
-    return Engine(load_adapter(config.model), config)
 
 
 def _labels_from_args(args: argparse.Namespace, config: Config) -> tuple[str, ...]:
@@ -232,18 +200,20 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from wakeru.logs import setup_logging
 
-    from .faults import Faults
-    from .redis_worker import serve_forever
+    from model_worker.serving.redis_consumer import serve_forever
+    from model_worker.serving.startup import armed_faults
 
     config = resolve_config(args)
     if args.redis_url:
         config = config.with_overrides(worker={"redis_url": args.redis_url})
     fmt = "json" if args.json_logs else config.service.log_format
     setup_logging(fmt, logging.DEBUG if args.verbose else logging.INFO, process="worker")
-    faults = Faults.from_env()
-    faults.before_load()
+    faults = armed_faults()
+    if faults is not None:
+        faults.before_load()
     engine = load_engine(config)
-    faults.install(engine)
+    if faults is not None:
+        faults.install(engine)
     try:
         return serve_forever(config, engine, faults)
     finally:
@@ -251,7 +221,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_make_checkpoint(args: argparse.Namespace) -> int:
-    from .checkpoints import build
+    from model_worker.devtools.checkpoints import build
 
     out = build(args.family, args.out, preset=args.preset, seed=args.seed)
     print(out)
@@ -262,11 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        _quiet_libraries(getattr(args, "verbose", False))
+        quiet_libraries(getattr(args, "verbose", False))
         if args.command == "classify":
             return cmd_classify(args)
         if args.command == "bench":
-            from .bench import cmd_bench
+            from model_worker.devtools.bench import cmd_bench
 
             return cmd_bench(args)
         if args.command == "serve":
@@ -279,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: invalid configuration: " + "; ".join(str(e).splitlines()), file=sys.stderr)
         return 2
     except Exception as e:
-        from .loading import ModelLoadError
+        from model_worker.model.loading import ModelLoadError
 
         if isinstance(e, ModelLoadError):
             print(f"error: {e}", file=sys.stderr)

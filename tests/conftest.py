@@ -51,7 +51,7 @@ def _quiet_transformers():
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """family → directory of a tiny random-weight checkpoint saved with save_pretrained."""
-    from model_worker.checkpoints import FAMILIES, build
+    from model_worker.devtools.checkpoints import FAMILIES, build
 
     root = tmp_path_factory.mktemp("checkpoints")
     return {family: build(family, root / family, "tiny") for family in FAMILIES}

@@ -470,7 +470,7 @@ def test_dockerfile_copies_every_package_and_the_config():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from model_worker.checkpoints import build
+    from model_worker.devtools.checkpoints import build
 
     return build("siglip", tmp_path_factory.mktemp("compose-model") / "siglip", "tiny")
 

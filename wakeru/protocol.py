@@ -1,8 +1,17 @@
-"""The request/result contract between the bot and the model worker.
+"""The contract between the bot and the model worker: the one place both ends agree on.
 
-Plain frozen dataclasses: picklable for a multiprocessing queue, convertible to
-JSON-ready dicts for a networked transport. No torch, no PIL: the bot imports this.
-Bump PROTOCOL_VERSION when a field changes meaning; peers reject other versions.
+- ClassifyRequest / ClassifyResult (with LabelScore, Timings, ErrorCode): one image in, its ranking out.
+- WorkerInfo: what a worker reports once its model is loaded (model, family, device, dtype,
+  input size, embedding size, pid), by the pipe's Ready message or a Redis heartbeat.
+- The pipe messages of the local transport, typed: bot → worker Classify, Cancel, Stop;
+  worker → bot Ready, Failed, Result, Cancelled (the acknowledgement of a Cancel that reached a
+  request still in the worker: every request sent gets exactly one Result or Cancelled back).
+- The Redis Streams wire format (keys and entry fields) of the networked transport.
+
+Plain frozen dataclasses: picklable, convertible to JSON-ready dicts. On the pipe they travel
+as (kind, payload) tuples of plain values, so a garbled or foreign message is a ProtocolError at
+the receiving end, never an unpickled object of the wrong type. No torch, no PIL: the bot
+imports this. Bump PROTOCOL_VERSION when a field changes meaning; peers reject other versions.
 """
 
 from __future__ import annotations
@@ -10,9 +19,11 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Union
 
-PROTOCOL_VERSION = 2  # 2: LabelScore.fits, and `match` for the CLIP family too
+# 2: LabelScore.fits, and `match` for the CLIP family too. 3: typed pipe messages, WorkerInfo
+# with embedding_size and the worker's protocol version.
+PROTOCOL_VERSION = 3
 
 
 class ErrorCode(str, enum.Enum):
@@ -120,6 +131,190 @@ class ClassifyResult:
             timings=Timings(**d.get("timings", {})),
             version=d.get("version", PROTOCOL_VERSION),
         )
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow this contract. `request_id` is set when the message still
+    named a request, so its sender can be answered."""
+
+    def __init__(self, message: str, request_id: str | None = None):
+        super().__init__(message)
+        self.request_id = request_id
+
+
+def _field(d: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = d.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ProtocolError(f"worker info field {key!r} is missing or not {getattr(kind, '__name__', kind)}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """What a worker says about itself once its model is loaded."""
+
+    model: str             # model.id it loaded (a hub id or a local path)
+    family: str            # "clip", "siglip" or "japanese-stable-clip"
+    device: str            # "cpu", "cuda:0", …
+    dtype: str             # "float32", "bfloat16", …
+    input_size: int        # the model's input side in pixels: the bot downloads renditions about this big
+    embedding_size: int    # length of its image and text embeddings (what an image index stores)
+    pid: int
+    name: str = ""         # Redis workers: the consumer name; "" for the local worker
+    host: str = ""         # Redis workers: the host it runs on
+    version: int = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "WorkerInfo":
+        """Strict on the fields it needs, tolerant of extra ones (a heartbeat adds its counters)."""
+        if not isinstance(d, dict):
+            raise ProtocolError(f"worker info must be an object, not {type(d).__name__}")
+        return cls(model=_field(d, "model", str), family=_field(d, "family", str), device=_field(d, "device", str),
+                   dtype=_field(d, "dtype", str), input_size=_field(d, "input_size", int),
+                   embedding_size=_field(d, "embedding_size", int), pid=_field(d, "pid", int),
+                   name=d.get("name") or "", host=d.get("host") or "",
+                   version=_field(d, "version", int) if "version" in d else PROTOCOL_VERSION)
+
+
+# ---- the local transport's pipe messages ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Classify:
+    """bot → worker: classify this image. Answered by exactly one Result or Cancelled."""
+
+    KIND: ClassVar[str] = "classify"
+    request: ClassifyRequest
+
+    def payload(self) -> Any:
+        return self.request.to_dict()
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """bot → worker: the bot gave up on this request (its deadline passed); drop it if not started."""
+
+    KIND: ClassVar[str] = "cancel"
+    request_id: str
+
+    def payload(self) -> Any:
+        return self.request_id
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """bot → worker: finish and exit."""
+
+    KIND: ClassVar[str] = "stop"
+
+    def payload(self) -> Any:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """worker → bot: the model is loaded; requests may come."""
+
+    KIND: ClassVar[str] = "ready"
+    info: WorkerInfo
+
+    def payload(self) -> Any:
+        return self.info.to_dict()
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """worker → bot: the model could not be loaded (the message says why, for the operator)."""
+
+    KIND: ClassVar[str] = "failed"
+    message: str
+
+    def payload(self) -> Any:
+        return self.message
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """worker → bot: a request's answer."""
+
+    KIND: ClassVar[str] = "result"
+    result: ClassifyResult
+
+    def payload(self) -> Any:
+        return self.result.to_dict()
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """worker → bot: a Cancel reached this request before it ran; no Result follows."""
+
+    KIND: ClassVar[str] = "cancelled"
+    request_id: str
+
+    def payload(self) -> Any:
+        return self.request_id
+
+
+ToWorker = Union[Classify, Cancel, Stop]
+FromWorker = Union[Ready, Failed, Result, Cancelled]
+
+
+def encode(message: ToWorker | FromWorker) -> tuple[str, Any]:
+    """The pipe form of a message: (kind, plain payload)."""
+    return message.KIND, message.payload()
+
+
+def _split(raw: Any) -> tuple[str, Any]:
+    if not (isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[0], str)):
+        raise ProtocolError(f"not a (kind, payload) message: {raw!r:.200}")
+    return raw
+
+
+def _text(kind: str, payload: Any) -> str:
+    if not isinstance(payload, str):
+        raise ProtocolError(f"{kind}: expected text, got {type(payload).__name__}")
+    return payload
+
+
+def decode_to_worker(raw: Any) -> ToWorker:
+    """A message the worker received; ProtocolError (with the request id when there is one) if malformed."""
+    kind, payload = _split(raw)
+    if kind == Stop.KIND:
+        return Stop()
+    if kind == Cancel.KIND:
+        return Cancel(_text(kind, payload))
+    request_id = payload.get("id") if isinstance(payload, dict) else None
+    request_id = request_id if isinstance(request_id, str) else None
+    if kind != Classify.KIND:
+        raise ProtocolError(f"unknown message kind {kind!r}", request_id)
+    try:
+        request = ClassifyRequest.from_dict(payload)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ProtocolError(f"malformed classify request: {e!r:.200}", request_id) from None
+    if not (isinstance(request.id, str) and isinstance(request.image, (bytes, bytearray))
+            and all(isinstance(label, str) for label in request.labels) and isinstance(request.top_k, int)):
+        raise ProtocolError("malformed classify request: wrong field types", request_id)
+    return Classify(request)
+
+
+def decode_from_worker(raw: Any) -> FromWorker:
+    """A message the bot received; ProtocolError if malformed."""
+    kind, payload = _split(raw)
+    if kind == Result.KIND:
+        try:
+            return Result(ClassifyResult.from_dict(payload))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ProtocolError(f"malformed result: {e!r:.200}") from None
+    if kind == Cancelled.KIND:
+        return Cancelled(_text(kind, payload))
+    if kind == Ready.KIND:
+        return Ready(WorkerInfo.from_dict(payload))
+    if kind == Failed.KIND:
+        return Failed(_text(kind, payload))
+    raise ProtocolError(f"unknown message kind {kind!r}")
 
 
 # ---- Redis Streams wire format (worker.transport: redis) ----------------------------------

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from bot import health
+from bot.services import health
 from tests.conftest import REPO
 from tests.support.bot_process import BotProcess
 from tests.support.fake_discord import FakeDiscord

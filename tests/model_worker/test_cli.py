@@ -120,7 +120,7 @@ def test_bench_reports_the_three_speeds(checkpoints, capsys):
         assert report[key] > 0, key
     import torch
 
-    from model_worker.loading import resolve_dtype
+    from model_worker.model.loading import resolve_dtype
 
     assert report["device"] == "cpu"
     assert report["dtype"] == str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")

@@ -1,5 +1,5 @@
-"""tests/support/storage_writer.py's writer process, opening its URL with bot.storage.open_store, so that it runs
-against PostgreSQL too (tests/bot/test_storage_postgres.py):
+"""tests/support/storage_writer.py's writer process, opening its URL with bot.store.open_store, so that it runs
+against PostgreSQL too (tests/bot/store/test_postgres.py):
 
     python -m tests.support.pg_writer postgresql://… --mode add --name a --count 40 [--think-ms 2] [--wait-for-go]
 
@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.storage import open_store
+from bot.store import open_store
 from tests.support import storage_writer
 
 
 class _AnyBackend:
-    """Takes LabelStore's place in storage_writer, whose main() only calls LabelStore.open(url)."""
+    """Takes SQLiteLabelStore's place in storage_writer, whose main() only calls SQLiteLabelStore.open(url)."""
 
     open = staticmethod(open_store)
 
 
 if __name__ == "__main__":
-    storage_writer.LabelStore = _AnyBackend
+    storage_writer.SQLiteLabelStore = _AnyBackend
     asyncio.run(storage_writer.main())

@@ -3,7 +3,7 @@
     python -m tests.support.storage_writer DBURL --mode bump [--hold-ms 5]
     python -m tests.support.storage_writer DBURL --mode add --name a --count 40 [--wait-for-go]
 
-It opens bot.storage.LabelStore on DBURL and writes one label set (guild GUILD, channel CHANNEL) with optimistic
+It opens bot.store.SQLiteLabelStore on DBURL and writes one label set (guild GUILD, channel CHANNEL) with optimistic
 concurrency: read the current version, write with expected_version. Every step is printed and flushed at once, so a
 process killed with SIGKILL leaves in its stdout pipe exactly what it had done:
 
@@ -28,7 +28,7 @@ import asyncio
 import random
 import sys
 
-from bot.storage import LabelStore, VersionConflict
+from bot.store import LabelStore, SQLiteLabelStore, VersionConflict
 
 GUILD = 1_234_567_890_123_456_789
 CHANNEL = 1_111_111_111_111_111_111
@@ -105,7 +105,7 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--wait-for-go", action="store_true", help="after 'ready', wait for a line on stdin")
     args = parser.parse_args(argv)
-    store = await LabelStore.open(args.url)
+    store = await SQLiteLabelStore.open(args.url)
     try:
         if args.hold_ms > 0:
             _hold_inside_transactions(store, args.hold_ms, random.Random(args.seed))

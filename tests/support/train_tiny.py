@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from model_worker.checkpoints import build_siglip
+from model_worker.devtools.checkpoints import build_siglip
 
 from .shapes import CLASSES, draw
 

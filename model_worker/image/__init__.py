@@ -1,0 +1,1 @@
+"""Untrusted image bytes → pixels: sniff the format, decode within limits, preprocess for a model."""

@@ -1,0 +1,67 @@
+"""Pick and load the adapter for a checkpoint, detected from its config."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from model_worker.model.loading import ModelLoadError, dtype_kwargs, explain, model_source, resolve_device, resolve_dtype
+from model_worker.image.preprocess import UnsupportedProcessor
+from model_worker.model.adapters.base import Adapter
+from model_worker.model.adapters.dual_encoder import DualEncoderAdapter
+from model_worker.model.adapters.japanese_stable_clip import JapaneseStableClipAdapter
+
+__all__ = ["Adapter", "load_adapter", "ModelLoadError", "is_japanese_stable_clip"]
+
+log = logging.getLogger(__name__)
+
+
+def is_japanese_stable_clip(config: Any) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return getattr(config, "model_type", "") == "japanese_stable_clip" or any(
+        "JapaneseStableCLIP" in a for a in archs)
+
+
+def _load_model(auto_cls: Any, model_id: str, common: dict[str, Any], dtype: torch.dtype) -> Any:
+    kwargs = {**common, **dtype_kwargs(dtype)}
+    try:
+        return auto_cls.from_pretrained(model_id, attn_implementation="sdpa", **kwargs)
+    except (ValueError, TypeError, ImportError) as e:
+        # Custom code or an architecture without SDPA support: its default attention.
+        if "sdpa" not in str(e).lower() and "attn_implementation" not in str(e):
+            raise
+        log.info("SDPA attention not available for %s (%s); using the default", model_id, e)
+        return auto_cls.from_pretrained(model_id, **kwargs)
+
+
+def load_adapter(model_cfg: Any) -> Adapter:
+    """Load the configured checkpoint onto its device. Raises ModelLoadError."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+
+    model_id = model_cfg.id
+    source = model_source(model_id)
+    device = resolve_device(model_cfg.device)
+    dtype = resolve_dtype(model_cfg.dtype, device)
+    common = {"revision": model_cfg.revision, "trust_remote_code": model_cfg.trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(source, **common)
+        jsc = is_japanese_stable_clip(config)
+        model = _load_model(AutoModel, source, common, dtype)
+        if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+            raise ModelLoadError(
+                f"{model_id} ({type(model).__name__}) is not an image–text dual encoder: it has no "
+                "get_image_features/get_text_features; choose a CLIP, SigLIP or SigLIP 2 checkpoint")
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        image_processor = AutoImageProcessor.from_pretrained(source, **common)
+        model.eval().to(device)
+        cls = JapaneseStableClipAdapter if jsc else DualEncoderAdapter
+        adapter = cls(model=model, tokenizer=tokenizer, image_processor=image_processor, model_id=model_id,
+                      revision=model_cfg.revision, device=device, dtype=dtype)
+    except UnsupportedProcessor as e:
+        raise ModelLoadError(f"{model_id}: its image processor is not supported ({e})") from None
+    except Exception as e:
+        raise explain(model_id, e) from None
+    log.info("loaded %s (%s) on %s as %s", model_id, adapter.family, device, dtype)
+    return adapter
