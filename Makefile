@@ -8,12 +8,12 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run sync test bench classify clean
+.PHONY: install run sync test bench bench-gpu lint classify clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[bot,worker,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,6 +34,22 @@ test: install
 
 bench: install
 	$(PY) -m model_worker bench
+
+# For whoever has a CUDA GPU: a random-weight ViT-L/16-size SigLIP (both towers, 256 px) and the
+# three figures (naive loop, engine, vision tower alone) in bfloat16, as one JSON line.
+BENCH_GPU_DIR ?= /tmp/wakeru-bench-gpu
+bench-gpu: install
+	$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'bench-gpu needs a CUDA GPU (torch.cuda.is_available() is False)')"
+	test -f $(BENCH_GPU_DIR)/siglip-large/model.safetensors || \
+		$(PY) -m model_worker make-checkpoint --family siglip --preset large $(BENCH_GPU_DIR)/siglip-large
+	$(PY) -m model_worker bench --model $(BENCH_GPU_DIR)/siglip-large --device cuda --dtype bfloat16 \
+		--images 1024 --naive-images 64 --batch 64 --labels 20 --json
+
+# ruff (lint + format check) everywhere, mypy strict on wakeru/ and bot/ (settings in pyproject.toml)
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache

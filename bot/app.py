@@ -8,15 +8,14 @@ import time
 
 import aiohttp
 
-from wakeru.config import Config
-
-from bot.services.attachments import Downloader, is_image
 from bot.services import metrics
+from bot.services.attachments import Downloader, is_image
 from bot.services.classifying import Classifier
 from bot.services.ratelimit import RateLimiter
 from bot.services.samples import sample_names
 from bot.store import LabelStore, open_store
 from bot.transport import WorkerTransport, make_transport
+from wakeru.config import Config
 
 log = logging.getLogger("wakeru.app")
 
@@ -30,11 +29,11 @@ class App:
         self.classifier = Classifier(config, transport, Downloader(config, session))
         self.samples = sample_names(config.discord.samples_dir, config.images.formats)
         self.limiter = RateLimiter(config.limits)
-        self.draining = False   # SIGTERM received: no new work
+        self.draining = False  # SIGTERM received: no new work
         self._work: set[asyncio.Task] = set()  # handlers that are classifying or replying
 
     @classmethod
-    async def open(cls, config: Config, transport: WorkerTransport | None = None) -> "App":
+    async def open(cls, config: Config, transport: WorkerTransport | None = None) -> App:
         """Open the database first: a bad storage.url should fail before a model is loaded."""
         store = await open_store(config.storage.url)
         session = aiohttp.ClientSession(headers={"User-Agent": "Wakeru (image classifier bot)"})
@@ -63,8 +62,11 @@ class App:
             log.info("shutting down: waiting up to %.0f s for %d handler(s) in flight", grace_s, len(self._work))
             await asyncio.wait(set(self._work), timeout=grace_s)
         if self._work:
-            log.warning("shutting down: %d handler(s) still busy after %.0f s; answering them as unavailable",
-                        len(self._work), grace_s)
+            log.warning(
+                "shutting down: %d handler(s) still busy after %.0f s; answering them as unavailable",
+                len(self._work),
+                grace_s,
+            )
             self.transport.abandon("the bot is shutting down")
             await asyncio.wait(set(self._work), timeout=5.0)
         log.info("shutting down: in-flight work settled in %.1f s", time.monotonic() - started)

@@ -14,14 +14,13 @@ from pathlib import Path
 import discord
 import yarl
 
-from wakeru.config import Config, ConfigError, load_config
-from wakeru.logs import setup_logging
-
-from bot.services import health
 from bot.app import App
 from bot.face.client import WakeruClient, WakeruShardedClient, make_client
+from bot.services import health
 from bot.services.metrics import MetricsServer
 from bot.store import StorageError
+from wakeru.config import Config, ConfigError, load_config
+from wakeru.logs import setup_logging
 
 log = logging.getLogger("wakeru.bot")
 
@@ -39,20 +38,26 @@ and set DISCORD_TOKEN to it."""
 
 SHARDING_HELP = {
     4010: "Discord refused this process's shard (gateway close 4010, invalid shard): discord.shard_ids must lie in "
-          "0..shard_count-1, and every process of the bot must use the same discord.shard_count.",
+    "0..shard_count-1, and every process of the bot must use the same discord.shard_count.",
     4011: "Discord requires sharding for this bot (gateway close 4011: too many servers for one connection): set "
-          "discord.shard_count (a number, or auto for Discord's recommendation) and restart.",
+    "discord.shard_count (a number, or auto for Discord's recommendation) and restart.",
 }
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bot", description="Wakeru: a Discord bot that sorts images into labels.")
+    p = argparse.ArgumentParser(
+        prog="python -m bot", description="Wakeru: a Discord bot that sorts images into labels."
+    )
     p.add_argument("--config", help="config file (default: $WAKERU_CONFIG or ./config.yaml)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command")
     s = sub.add_parser("sync", help="register the slash commands with Discord, then exit")
-    s.add_argument("--guild", type=int, metavar="ID",
-                   help="only in this server (instant; global commands can take a while to appear)")
+    s.add_argument(
+        "--guild",
+        type=int,
+        metavar="ID",
+        help="only in this server (instant; global commands can take a while to appear)",
+    )
     sub.add_parser("health", help="exit 0 if the running bot's heartbeat is fresh and its model worker is usable")
     b = sub.add_parser("bench-queue", help="measure the bot ↔ worker queue overhead (no Discord needed)")
     b.add_argument("--model", help="model id or local directory (default: model.id from the config)")
@@ -60,8 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--concurrency", type=int, default=64)
     b.add_argument("--json", action="store_true")
     b.add_argument("--transport", choices=["local", "redis"], help="override worker.transport")
-    b.add_argument("--workers", type=int, default=1,
-                   help="redis: start this many `python -m model_worker serve` processes here (default 1)")
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="redis: start this many `python -m model_worker serve` processes here (default 1)",
+    )
     b.add_argument("--redis-url", help="override worker.redis_url")
     b.add_argument("--start-redis", action="store_true", help="redis: run a throwaway redis-server for the run")
     return p
@@ -98,18 +107,25 @@ async def run(config: Config, token: str) -> int:
         if stopping.is_set():
             return
         stopping.set()
-        log.info("stop requested: no new work; in-flight images get up to %.0f s (service.shutdown_grace_s)",
-                 config.service.shutdown_grace_s)
+        log.info(
+            "stop requested: no new work; in-flight images get up to %.0f s (service.shutdown_grace_s)",
+            config.service.shutdown_grace_s,
+        )
         shutdown = asyncio.ensure_future(graceful_stop())
 
     def state() -> dict:
         transport = app.transport
-        return {"connected": client is not None and client.is_ready() and not client.is_closed(),
-                "worker": transport.state, "failure": transport.failure,
-                "worker_pid": transport.info.pid if transport.info else None,
-                "restarts": transport.restarts, "in_flight": transport.in_flight,
-                "stopping": stopping.is_set(), "transport": config.worker.transport,
-                "workers": transport.live_workers}
+        return {
+            "connected": client is not None and client.is_ready() and not client.is_closed(),
+            "worker": transport.state,
+            "failure": transport.failure,
+            "worker_pid": transport.info.pid if transport.info else None,
+            "restarts": transport.restarts,
+            "in_flight": transport.in_flight,
+            "stopping": stopping.is_set(),
+            "transport": config.worker.transport,
+            "workers": transport.live_workers,
+        }
 
     server = None
     if config.service.metrics_port:
@@ -117,8 +133,11 @@ async def run(config: Config, token: str) -> int:
         try:
             await server.start()
         except OSError as e:
-            print(f"error: service.metrics_port: cannot listen on {config.service.metrics_host}:"
-                  f"{config.service.metrics_port}: {e.strerror or e}", file=sys.stderr)
+            print(
+                f"error: service.metrics_port: cannot listen on {config.service.metrics_host}:"
+                f"{config.service.metrics_port}: {e.strerror or e}",
+                file=sys.stderr,
+            )
             await app.close()
             return 2
     loop = asyncio.get_running_loop()
@@ -143,10 +162,12 @@ async def run(config: Config, token: str) -> int:
             except discord.PrivilegedIntentsRequired:
                 if not message_content:
                     raise
-                log.warning("Discord refused the Message Content intent (gateway close 4014). Continuing without "
-                            "it: /classify and the \"Classify image\" menu work, but posted images are not "
-                            "classified automatically. Enable it under Bot → Privileged Gateway Intents → Message "
-                            "Content Intent in the Developer Portal, then restart.")
+                log.warning(
+                    "Discord refused the Message Content intent (gateway close 4014). Continuing without "
+                    'it: /classify and the "Classify image" menu work, but posted images are not '
+                    "classified automatically. Enable it under Bot → Privileged Gateway Intents → Message "
+                    "Content Intent in the Developer Portal, then restart."
+                )
                 message_content = False
         if shutdown is not None:
             await shutdown
@@ -175,8 +196,11 @@ async def sync(config: Config, token: str, guild_id: int | None) -> int:
             else:
                 commands = await client.tree.sync()
         except discord.Forbidden:
-            print(f"error: Discord refused to register commands{f' in server {guild_id}' if guild_id else ''}: "
-                  "invite the bot with the applications.commands scope (see README)", file=sys.stderr)
+            print(
+                f"error: Discord refused to register commands{f' in server {guild_id}' if guild_id else ''}: "
+                "invite the bot with the applications.commands scope (see README)",
+                file=sys.stderr,
+            )
             return 1
         except discord.HTTPException as e:
             print(f"error: Discord rejected the command definitions: {e}", file=sys.stderr)
@@ -203,13 +227,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench-queue":
         from bot.tools.bench_queue import run as bench_queue
 
-        worker = {k: v for k, v in (("transport", "redis" if args.start_redis else args.transport),
-                                     ("redis_url", args.redis_url)) if v}
+        worker = {
+            k: v
+            for k, v in (("transport", "redis" if args.start_redis else args.transport), ("redis_url", args.redis_url))
+            if v
+        }
         if args.model or worker:
-            config = config.with_overrides(**({"model": {"id": args.model}} if args.model else {}),
-                                           **({"worker": worker} if worker else {}))
-        return bench_queue(config, max(1, args.requests), max(1, args.concurrency), args.json,
-                           workers=max(1, args.workers), start_redis=args.start_redis)
+            config = config.with_overrides(
+                **({"model": {"id": args.model}} if args.model else {}), **({"worker": worker} if worker else {})
+            )
+        return bench_queue(
+            config,
+            max(1, args.requests),
+            max(1, args.concurrency),
+            args.json,
+            workers=max(1, args.workers),
+            start_redis=args.start_redis,
+        )
     token = os.environ.get("DISCORD_TOKEN", "").strip()
     if not token:
         print(TOKEN_HELP, file=sys.stderr)

@@ -10,18 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import unicodedata
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from model_worker.serving.startup import load_engine, quiet_libraries
+from model_worker.settings import UsageError, resolve_config
 from wakeru.config import Config, ConfigError
 from wakeru.labels import LabelError, parse_labels
 from wakeru.protocol import ClassifyRequest, ClassifyResult, ErrorCode
-
-from model_worker.serving.startup import load_engine, quiet_libraries
-from model_worker.settings import UsageError, resolve_config
 
 log = logging.getLogger("model_worker")
 
@@ -46,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("classify", help="classify image files against a label set")
     _add_model_options(c)
     group = c.add_mutually_exclusive_group()
-    group.add_argument("--labels", help='labels separated by commas, 、 or newlines, e.g. "犬,猫,象" (default: labels.default)')
+    group.add_argument(
+        "--labels", help='labels separated by commas, 、 or newlines, e.g. "犬,猫,象" (default: labels.default)'
+    )
     group.add_argument("--label-file", metavar="FILE", help="file with labels, one per line or comma-separated")
     c.add_argument("--top-k", type=int, default=3, help="how many labels to show per image (default 3)")
     c.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
@@ -55,12 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure naive loop vs engine vs vision tower alone")
     _add_model_options(b)
     b.add_argument("--images", type=int, default=64, help="images through the engine (default 64)")
-    b.add_argument("--naive-images", type=int, default=None, help="images through the naive loop (default min(images, 8))")
-    b.add_argument("--labels", default="20", help="label count taken from the config's label sets, or label text (default 20)")
+    b.add_argument(
+        "--naive-images", type=int, default=None, help="images through the naive loop (default min(images, 8))"
+    )
+    b.add_argument(
+        "--labels", default="20", help="label count taken from the config's label sets, or label text (default 20)"
+    )
     b.add_argument("--batch", type=int, default=None, help="override worker.max_batch")
-    b.add_argument("--image-size", default="1920x1440", help="photo size of the generated JPEGs, WxH (default 1920x1440)")
-    b.add_argument("--new-label-sets", type=int, default=0, metavar="N",
-                   help="also measure the images' latency while N never-seen label sets arrive (default 0: off)")
+    b.add_argument(
+        "--image-size", default="1920x1440", help="photo size of the generated JPEGs, WxH (default 1920x1440)"
+    )
+    b.add_argument(
+        "--new-label-sets",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure the images' latency while N never-seen label sets arrive (default 0: off)",
+    )
     b.add_argument("--new-set-size", type=int, default=100, metavar="L", help="labels per new set (default 100)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -71,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("make-checkpoint", help="write a random-weight local checkpoint (no hub needed)")
     m.add_argument("--family", required=True, choices=["siglip", "siglip2", "clip", "japanese-stable-clip"])
-    m.add_argument("--preset", default="base", choices=["tiny", "small", "base"])
+    m.add_argument("--preset", default="base", choices=["tiny", "small", "base", "large"])
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("out", metavar="DIR")
     return parser
@@ -105,8 +116,9 @@ def _read_inputs(paths: Sequence[str], max_bytes: int) -> Iterator[tuple[str, by
         yield path, data
 
 
-def _classify_stream(engine, paths: Sequence[str], labels: tuple[str, ...], top_k: int,
-                     max_bytes: int) -> Iterator[tuple[str, ClassifyResult]]:
+def _classify_stream(
+    engine, paths: Sequence[str], labels: tuple[str, ...], top_k: int, max_bytes: int
+) -> Iterator[tuple[str, ClassifyResult]]:
     """(path, result) in input order; unreadable files are answered without the engine."""
     order: list[tuple[str, ClassifyResult | None]] = []
 
@@ -198,10 +210,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from wakeru.logs import setup_logging
-
     from model_worker.serving.redis_consumer import serve_forever
     from model_worker.serving.startup import armed_faults
+    from wakeru.logs import setup_logging
 
     config = resolve_config(args)
     if args.redis_url:

@@ -1,11 +1,13 @@
 """docker-compose.yml, checked without Docker: the services and their wiring, every WAKERU_*
 variable against the real configuration model (with Compose's ${VAR:-default} / ${VAR:?error}
 interpolation resolved as Compose does), the commented sharding example, .env.example, the
-Dockerfile it builds, and the worker's healthcheck run for real against redis-server and a
+Dockerfile's stages (the slim `bot` without torch, the CUDA `worker`, the default bot-with-its-own-
+worker image), and the worker's healthcheck run for real against redis-server and a
 `python -m model_worker serve` process."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -128,21 +131,107 @@ def compose(compose_text) -> dict:
     return _load(compose_text)
 
 
-def dockerfile_env() -> dict[str, str]:
-    """The ENV instructions of the Dockerfile: what every container of the image starts with."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+@dataclass(frozen=True)
+class Stage:
+    """One FROM … [AS name] of the Dockerfile and its instructions, (KEYWORD, arguments) each."""
+    name: str | None
+    base: str
+    instructions: tuple[tuple[str, str], ...]
+
+
+def dockerfile_lines(text: str) -> list[str]:
+    """The logical lines, as Docker reads them: a line ending in the escape character (\\) goes on
+    with the next one (the escape and the newline removed); comment and blank lines are dropped,
+    inside a continuation too."""
+    lines: list[str] = []
+    current: str | None = None
+    for raw in text.splitlines():
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        m = re.match(r"^(.*)\\[ \t]*$", raw)
+        piece = m.group(1) if m else raw
+        current = piece.lstrip() if current is None else current + piece
+        if not m:
+            lines.append(current.strip())
+            current = None
+    assert current is None, "the Dockerfile ends inside a continuation line"
+    return lines
+
+
+def dockerfile_stages() -> dict[str | None, Stage]:
+    """Stage name → Stage, in Dockerfile order; the key None is the default (last) stage."""
+    stages: list[Stage] = []
+    for line in dockerfile_lines(DOCKERFILE.read_text(encoding="utf-8")):
+        keyword, _, args = line.partition(" ")
+        keyword, args = keyword.upper(), args.strip()
+        if keyword == "FROM":
+            m = re.fullmatch(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", args, re.I)
+            assert m, f"cannot read {line!r}"
+            stages.append(Stage(m.group(2), m.group(1), ()))
+        else:
+            assert stages, f"{line!r} before the first FROM"
+            last = stages[-1]
+            stages[-1] = Stage(last.name, last.base, (*last.instructions, (keyword, args)))
+    assert stages, "no FROM in the Dockerfile"
+    named = {stage.name: stage for stage in stages if stage.name}
+    assert len(named) == len([s for s in stages if s.name]), "two stages of one name"
+    return {**named, None: stages[-1]}
+
+
+def stage_chain(target: str | None = None) -> list[Stage]:
+    """The stage and the stages it is built FROM, root first."""
+    stages = dockerfile_stages()
+    assert target in stages, f"the Dockerfile has no stage {target!r}: {[s for s in stages if s]}"
+    chain = [stages[target]]
+    while chain[0].base in stages and chain[0].base is not None:
+        chain.insert(0, stages[chain[0].base])
+    return chain
+
+
+def stage_instructions(target: str | None, keyword: str) -> list[str]:
+    """The arguments of every `keyword` instruction that goes into the target's image, in order."""
+    return [args for stage in stage_chain(target) for kw, args in stage.instructions if kw == keyword]
+
+
+def stage_exec_form(target: str | None, keyword: str) -> list[str]:
+    """The effective (last) CMD or ENTRYPOINT of the target, which must be in exec form."""
+    args = stage_instructions(target, keyword)
+    assert args, f"stage {target!r} has no {keyword}"
+    value = json.loads(args[-1])
+    assert isinstance(value, list), f"{keyword} in exec form, so SIGTERM reaches Python rather than a shell"
+    return value
+
+
+def stage_healthcheck(target: str | None) -> tuple[dict[str, str], list[str]]:
+    """The effective HEALTHCHECK of the target: its options and its exec-form command."""
+    args = stage_instructions(target, "HEALTHCHECK")
+    assert args, f"stage {target!r} has no HEALTHCHECK"
+    m = re.fullmatch(r"((?:--[a-z-]+=\S+\s+)*)CMD\s+(\[.*\])", args[-1], re.S)
+    assert m, f"HEALTHCHECK of {target!r} in exec form: {args[-1]!r}"
+    options = dict(option[2:].split("=", 1) for option in m.group(1).split())
+    return options, json.loads(m.group(2))
+
+
+def dockerfile_env(target: str | None = None) -> dict[str, str]:
+    """The ENV instructions of a Dockerfile stage (and of the stages it is built from): what every
+    container of that image starts with. target None: the default (last) stage."""
     env: dict[str, str] = {}
-    for line in text.splitlines():
-        parts = line.strip().split(None, 1)
-        if len(parts) == 2 and parts[0].upper() == "ENV":
-            words = shlex.split(parts[1], comments=False)
-            if "=" not in words[0]:        # legacy form: ENV NAME value
-                env[words[0]] = " ".join(words[1:])
-                continue
-            for word in words:
-                name, _, value = word.partition("=")
-                env[name] = value
+    for args in stage_instructions(target, "ENV"):
+        words = shlex.split(args, comments=False)
+        if "=" not in words[0]:        # legacy form: ENV NAME value
+            env[words[0]] = " ".join(words[1:])
+            continue
+        for word in words:
+            name, _, value = word.partition("=")
+            env[name] = value
     return env
+
+
+def build_target(service: Mapping[str, Any]) -> str | None:
+    """The Dockerfile stage a service builds (None: the default, last stage)."""
+    build = service.get("build")
+    assert build is not None, "built from this repository's Dockerfile"
+    return None if isinstance(build, str) else build.get("target")
 
 
 def service_env(service: Mapping[str, Any]) -> dict[str, str]:
@@ -160,8 +249,8 @@ def service_env(service: Mapping[str, Any]) -> dict[str, str]:
 
 
 def container_env(service: Mapping[str, Any]) -> dict[str, str]:
-    """The image's ENV, then the service's environment on top (as Docker does)."""
-    return {**dockerfile_env(), **service_env(service)}
+    """The image's ENV (the service's build target), then the service's environment on top (as Docker does)."""
+    return {**dockerfile_env(build_target(service)), **service_env(service)}
 
 
 def container_config(service: Mapping[str, Any]) -> Config:
@@ -207,15 +296,20 @@ def test_services_and_compose_v2_layout(raw):
         assert "container_name" not in service, f"{name}: a fixed container_name stops --scale"
 
 
-def test_bot_and_worker_run_the_image_of_this_repository(compose):
+def test_bot_and_worker_build_their_targets_of_this_repository(compose):
+    """The bot builds the slim `bot` stage (no torch), the worker the `worker` stage."""
     services = compose["services"]
-    builds = {name: services[name].get("build") for name in IMAGE_SERVICES}
-    images = {name: services[name].get("image") for name in IMAGE_SERVICES}
-    assert len({repr(b) for b in builds.values()}) == 1 and len(set(images.values())) == 1, (builds, images)
-    build = builds["bot"]
-    context = build if isinstance(build, str) else build.get("context", ".")
-    dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
-    assert (REPO / context / dockerfile).resolve() == DOCKERFILE.resolve()
+    for name in IMAGE_SERVICES:
+        build = services[name].get("build")
+        assert isinstance(build, dict), f"{name}: build: with context and target"
+        context = build.get("context", ".")
+        dockerfile = build.get("dockerfile", "Dockerfile")
+        assert (REPO / context / dockerfile).resolve() == DOCKERFILE.resolve(), (name, build)
+        assert build.get("target") == name, f"{name} builds target {build.get('target')!r}"
+        assert name in dockerfile_stages(), f"the Dockerfile has no stage {name!r}"
+    images = [services[name].get("image") for name in IMAGE_SERVICES]
+    # Two targets under one tag would overwrite each other on every build.
+    assert None in images or len(set(images)) == len(images), images
 
 
 def test_worker_reserves_an_nvidia_gpu_and_the_bot_none(compose):
@@ -237,7 +331,8 @@ def test_worker_command_is_model_worker_serve(compose):
     args = build_parser().parse_args(command[3:])       # the real CLI accepts it
     assert args.command == "serve"
     assert "command" not in compose["services"]["bot"], "the bot runs the image's CMD (python -m bot)"
-    assert re.search(r'^CMD \["python", "-m", "bot"\]$', DOCKERFILE.read_text(), re.M)
+    assert stage_exec_form("bot", "CMD") == ["python", "-m", "bot"]
+    assert stage_exec_form("worker", "CMD") == command, "the worker image alone runs the same"
 
 
 def test_redis_persists_the_stream(compose):
@@ -457,13 +552,152 @@ def test_dockerfile_copies_every_package_and_the_config():
     assert {"wakeru", "model_worker", "bot"} <= packages
     assert packages <= copied, f"not copied into the image: {packages - copied}"
     assert {"pyproject.toml", "config.yaml"} <= copied
-    # redis and asyncpg come with `pip install .` (RUN in the Dockerfile), for both processes
-    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
-    dependencies = re.search(r"^dependencies = \[(.*?)^\]", pyproject, re.M | re.S).group(1)
-    names = {re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower() for d in re.findall(r'^\s*"([^"]+)"', dependencies, re.M)}
-    assert {"redis", "asyncpg", "pyyaml", "pydantic"} <= names, names
     assert dockerfile_env().get("WAKERU_SERVICE__METRICS_PORT") == "9464"
     assert "HF_HOME" in dockerfile_env()
+
+
+def copied_into(target: str | None) -> set[str]:
+    """The sources of every COPY that goes into the target's image."""
+    copied = set()
+    for args in stage_instructions(target, "COPY"):
+        words = args.split()
+        copied.update(w.rstrip("/") for w in words[:-1] if not w.startswith("--"))
+    return copied
+
+
+def pip_installs(target: str | None) -> list[str]:
+    """What `pip install` is given in the RUN instructions of the target's image."""
+    installs = []
+    for args in stage_instructions(target, "RUN"):
+        for m in re.finditer(r"pip install((?:\s+(?!&&|\|\||;)\S+)+)", args):
+            installs += [w.strip("'\"") for w in m.group(1).split() if not w.startswith("-")]
+    return installs
+
+
+def installed_extras(target: str | None) -> set[str]:
+    extras = set()
+    for spec in pip_installs(target):
+        m = re.fullmatch(r"\.\[([^\]]*)\]", spec)
+        assert m or spec == ".", f"pip install {spec}: install the project with its extras, pinned in pyproject.toml"
+        extras.update(e.strip() for e in (m.group(1).split(",") if m else []))
+    return extras
+
+
+def pyproject() -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:                # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    with open(REPO / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def pyproject_requirements(*extras: str) -> set[str]:
+    project = pyproject()["project"]
+    requirements = list(project["dependencies"])
+    for extra in extras:
+        requirements += project["optional-dependencies"][extra]
+    return {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower().replace("_", "-") for r in requirements}
+
+
+def test_bot_stage_installs_the_bot_extra_and_never_torch():
+    chain = stage_chain("bot")
+    assert not any(re.search(r"pytorch|cuda|nvidia", s.base, re.I) for s in chain), [s.base for s in chain]
+    assert installed_extras("bot") == {"bot"}, pip_installs("bot")
+    assert not any("torch" in spec or "transformers" in spec for spec in pip_installs("bot"))
+    requirements = pyproject_requirements("bot")
+    # the bot's side of the scale-out: Redis Streams, label sets in PostgreSQL, the shared config
+    assert {"discord.py", "redis", "asyncpg", "pyyaml", "pydantic"} <= requirements, requirements
+    assert not {"torch", "transformers"} & requirements
+    copied = copied_into("bot")
+    assert {"wakeru", "bot", "pyproject.toml", "config.yaml", "samples"} <= copied
+    assert "model_worker" not in copied, "the bot image runs no model"
+    env = dockerfile_env("bot")
+    assert load_config(path=REPO / "config.yaml", env=env).worker.transport == "redis", \
+        "without a model the bot image can only send its images to workers over Redis"
+    assert "HF_HOME" not in env
+
+
+def test_worker_stage_installs_the_model_side_on_the_cuda_base():
+    base = stage_chain("worker")[0].base
+    assert base.startswith("pytorch/pytorch:") and "cuda" in base, base
+    # Its torch must satisfy the worker extra's range, so pip keeps it instead of pulling CUDA wheels.
+    from packaging.requirements import Requirement
+
+    worker = pyproject()["project"]["optional-dependencies"]["worker"]
+    torch = next(Requirement(r) for r in worker if Requirement(r).name == "torch")
+    assert torch.specifier.contains(re.match(r"pytorch/pytorch:([\d.]+)", base).group(1)), (str(torch), base)
+    # [bot] too: the default image runs the bot with this worker in one container.
+    assert {"bot", "worker"} <= installed_extras("worker"), pip_installs("worker")
+    assert {"wakeru", "bot", "model_worker", "config.yaml"} <= copied_into("worker")
+    assert dockerfile_env("worker").get("HF_HOME") in stage_volumes("worker")
+    assert "WAKERU_WORKER__TRANSPORT" not in dockerfile_env("worker"), "the default image is the local worker"
+
+
+def stage_volumes(target: str | None) -> set[str]:
+    volumes = set()
+    for args in stage_instructions(target, "VOLUME"):
+        volumes.update(json.loads(args) if args.startswith("[") else args.split())
+    return volumes
+
+
+def test_default_stage_runs_the_bot_with_a_local_worker():
+    """`docker build -t wakeru .` then `docker run … wakeru`: one container, the bot spawning its worker."""
+    assert dockerfile_stages()[None].name != "bot", "the default image holds the model worker too"
+    assert stage_exec_form(None, "CMD") == ["python", "-m", "bot"]
+    assert not stage_instructions(None, "ENTRYPOINT")
+    assert {"bot", "worker"} <= installed_extras(None), pip_installs(None)
+    assert {"wakeru", "bot", "model_worker"} <= copied_into(None)
+    env = dockerfile_env(None)
+    config = load_config(path=REPO / "config.yaml", env=env)
+    assert config.worker.transport == "local", "the bot spawns its own model worker"
+    assert config.service.metrics_port == 9464, "python -m bot health asks /healthz on this port"
+    assert "9464" in " ".join(stage_instructions(None, "EXPOSE"))
+    options, test = stage_healthcheck(None)
+    assert test == ["python", "-m", "bot", "health"], test
+    assert duration_s(options["start-period"]) >= 120, "the first start downloads the model"
+    assert {"/data", "/cache/huggingface"} <= stage_volumes(None)
+    assert str(Path(config.storage.health_file).parent) in stage_volumes(None)
+    # sqlite:////data/wakeru.db: the label sets outlive the container
+    assert config.storage.url.startswith("sqlite:////data/"), config.storage.url
+
+
+@pytest.mark.parametrize("target", ["bot", "worker", None])
+def test_every_stage_runs_as_a_user_and_stops_on_sigterm(target):
+    users = stage_instructions(target, "USER")
+    assert users and users[-1] not in ("root", "0"), (target, users)
+    assert stage_instructions(target, "STOPSIGNAL")[-1:] == ["SIGTERM"], target
+    assert stage_instructions(target, "WORKDIR")[-1:] == ["/app"], "load_config() reads ./config.yaml"
+    env = dockerfile_env(target)
+    assert str(Path(load_config(path=REPO / "config.yaml", env=env).storage.health_file).parent) \
+        in stage_volumes(target), target
+    for key in env:
+        if key.startswith("WAKERU_"):
+            section, sep, field = key[len("WAKERU_"):].lower().partition("__")
+            assert sep and section in Config.model_fields, key
+            assert field in Config.model_fields[section].annotation.model_fields, key
+
+
+def test_bot_stage_health_check_asks_the_bot():
+    options, test = stage_healthcheck("bot")
+    assert test == ["python", "-m", "bot", "health"], test
+    assert dockerfile_env("bot").get("WAKERU_SERVICE__METRICS_PORT") == "9464"
+    assert "9464" in " ".join(stage_instructions("bot", "EXPOSE"))
+
+
+def test_worker_stage_health_check_is_the_compose_one(compose):
+    """The worker image's own HEALTHCHECK (for workers started without compose) is the heartbeat
+    check that compose gives and test_worker_healthcheck_follows_its_own_heartbeat runs for real."""
+    options, test = stage_healthcheck("worker")
+    check = compose["services"]["worker"]["healthcheck"]
+    assert test[:2] == check["test"][1:3] == ["python", "-c"], (test, check["test"])
+    code = test[2]
+    compile(code, "<worker HEALTHCHECK>", "exec")
+    assert " ".join(code.split()) == " ".join(check["test"][3].split())
+    for option in ("interval", "timeout", "start_period", "retries"):
+        ours = options[option.replace("_", "-")]
+        theirs = check[option]
+        assert (int(ours) == theirs) if option == "retries" else (duration_s(ours) == duration_s(theirs)), option
 
 
 # ---- The worker's healthcheck, run for real ------------------------------------------------

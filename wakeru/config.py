@@ -16,8 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .labels import LabelError, normalise_labels
 
@@ -32,7 +40,7 @@ KNOWN_FORMATS = ("jpeg", "png", "gif", "webp", "bmp", "tiff")
 # Keys of earlier versions, with what replaced them (an old config.yaml gets this, not "unknown key").
 REMOVED_KEYS: dict[tuple[str, str], str] = {
     ("discord", "low_confidence"): "removed: the share among labels cannot say whether any label fits; the "
-                                   "\"none of these labels fits\" note follows model.match_threshold now. Delete it",
+    '"none of these labels fits" note follows model.match_threshold now. Delete it',
 }
 
 
@@ -117,9 +125,11 @@ class WorkerSection(_Section):
         # query strings carry redis-py options such as ?ssl_cert_reqs=none; the message never
         # repeats the value (it may hold a password)
         if not re.match(r"^(redis|rediss)://[^/\s?#]*(/\d*)?(\?\S*)?$|^unix:///[^\s?]+(\?\S*)?$", v):
-            raise ValueError("must be redis://[:password@]host:port/db, rediss://… (TLS) or "
-                             "unix:///path/to/redis.sock, optionally with ?options (e.g. ?ssl_cert_reqs=required); "
-                             "percent-encode / ? # in a password (%2F %3F %23)")
+            raise ValueError(
+                "must be redis://[:password@]host:port/db, rediss://… (TLS) or "
+                "unix:///path/to/redis.sock, optionally with ?options (e.g. ?ssl_cert_reqs=required); "
+                "percent-encode / ? # in a password (%2F %3F %23)"
+            )
         return v
 
     def resolved_decode_threads(self) -> int:
@@ -151,18 +161,79 @@ class ImagesSection(_Section):
 # The presets shipped in config.yaml; also the defaults when no config file is found.
 _PRESETS: dict[str, tuple[str, ...]] = {
     "animals": (
-        "犬", "猫", "鳥", "魚", "馬", "牛", "羊", "うさぎ", "ハムスター", "熊", "象", "キリン", "ライオン", "虎", "猿", "パンダ", "狐", "狼",
-        "亀", "蛇",
+        "犬",
+        "猫",
+        "鳥",
+        "魚",
+        "馬",
+        "牛",
+        "羊",
+        "うさぎ",
+        "ハムスター",
+        "熊",
+        "象",
+        "キリン",
+        "ライオン",
+        "虎",
+        "猿",
+        "パンダ",
+        "狐",
+        "狼",
+        "亀",
+        "蛇",
     ),
     "food": (
-        "ラーメン", "寿司", "カレーライス", "天ぷら", "焼き鳥", "おにぎり", "うどん", "そば", "お好み焼き", "たこ焼き", "ケーキ", "パン", "ピザ",
-        "ハンバーガー", "サラダ", "コーヒー", "お茶", "ビール", "果物", "アイスクリーム",
+        "ラーメン",
+        "寿司",
+        "カレーライス",
+        "天ぷら",
+        "焼き鳥",
+        "おにぎり",
+        "うどん",
+        "そば",
+        "お好み焼き",
+        "たこ焼き",
+        "ケーキ",
+        "パン",
+        "ピザ",
+        "ハンバーガー",
+        "サラダ",
+        "コーヒー",
+        "お茶",
+        "ビール",
+        "果物",
+        "アイスクリーム",
     ),
     "vehicles": (
-        "車", "自転車", "バイク", "バス", "トラック", "電車", "新幹線", "飛行機", "船", "ロケット", "ヘリコプター", "タクシー",
+        "車",
+        "自転車",
+        "バイク",
+        "バス",
+        "トラック",
+        "電車",
+        "新幹線",
+        "飛行機",
+        "船",
+        "ロケット",
+        "ヘリコプター",
+        "タクシー",
     ),
     "scenery": (
-        "山", "海", "川", "森", "街並み", "夜景", "夕焼け", "雪景色", "桜", "紅葉", "田んぼ", "神社", "寺", "城", "公園",
+        "山",
+        "海",
+        "川",
+        "森",
+        "街並み",
+        "夜景",
+        "夕焼け",
+        "雪景色",
+        "桜",
+        "紅葉",
+        "田んぼ",
+        "神社",
+        "寺",
+        "城",
+        "公園",
     ),
 }
 
@@ -171,13 +242,31 @@ class LabelsSection(_Section):
     max_count: StrictInt = Field(100, ge=1, le=10_000)
     max_length: StrictInt = Field(50, ge=1, le=1_000)
     default: tuple[str, ...] = (
-        "犬", "猫", "鳥", "人", "食べ物", "飲み物", "花", "車", "乗り物", "建物",
-        "風景", "空", "海", "山", "街並み", "室内", "料理", "動物", "植物", "文字",
+        "犬",
+        "猫",
+        "鳥",
+        "人",
+        "食べ物",
+        "飲み物",
+        "花",
+        "車",
+        "乗り物",
+        "建物",
+        "風景",
+        "空",
+        "海",
+        "山",
+        "街並み",
+        "室内",
+        "料理",
+        "動物",
+        "植物",
+        "文字",
     )
     presets: dict[str, tuple[str, ...]] = Field(default_factory=lambda: dict(_PRESETS))
 
     @model_validator(mode="after")
-    def _check_sets(self) -> "LabelsSection":
+    def _check_sets(self) -> LabelsSection:
         limits = dict(max_count=self.max_count, max_length=self.max_length)
         try:
             object.__setattr__(self, "default", normalise_labels(self.default, **limits))
@@ -240,7 +329,7 @@ class DiscordSection(_Section):
         return data
 
     @model_validator(mode="after")
-    def _shards(self) -> "DiscordSection":
+    def _shards(self) -> DiscordSection:
         count, ids = self.shard_count, self.shard_ids
         if isinstance(count, int) and not 1 <= count <= 100_000:
             raise ValueError(f"shard_count: must be between 1 and 100000, or auto, or null; got {count}")
@@ -343,14 +432,16 @@ class Config(_Section):
     service: ServiceSection = ServiceSection()
 
     @model_validator(mode="after")
-    def _budgets(self) -> "Config":
+    def _budgets(self) -> Config:
         if self.worker.queue_max_bytes < self.images.max_bytes:
-            raise ValueError(f"worker.queue_max_bytes ({self.worker.queue_max_bytes:,}) must be at least "
-                             f"images.max_bytes ({self.images.max_bytes:,}), or the largest allowed image could "
-                             "never be classified")
+            raise ValueError(
+                f"worker.queue_max_bytes ({self.worker.queue_max_bytes:,}) must be at least "
+                f"images.max_bytes ({self.images.max_bytes:,}), or the largest allowed image could "
+                "never be classified"
+            )
         return self
 
-    def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
+    def with_overrides(self, **sections: Mapping[str, Any]) -> Config:
         """A copy with some keys replaced (validated), e.g. with_overrides(model={"id": path})."""
         data = self.model_dump()
         for section, values in sections.items():
@@ -389,8 +480,11 @@ def _parse_env_value(raw: str, annotation: Any) -> Any:
         return raw
     item = _item_type(annotation)
     if item is not None and not raw.lstrip().startswith("[") and raw.strip().lower() not in ("null", "none", "~"):
-        return tuple(raw_item if _is_text(item) else _yaml_or_raw(raw_item)
-                     for raw_item in (part.strip() for part in raw.split(",")) if raw_item)
+        return tuple(
+            raw_item if _is_text(item) else _yaml_or_raw(raw_item)
+            for raw_item in (part.strip() for part in raw.split(","))
+            if raw_item
+        )
     return _yaml_or_raw(raw)
 
 
@@ -408,7 +502,7 @@ def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], d
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         if section not in Config.model_fields:
             problems.append(f"{name}: unknown section {section!r} (known: {', '.join(Config.model_fields)})")
             continue
@@ -433,7 +527,7 @@ def _annotation(loc: tuple[str, ...]) -> Any:
 
 
 def _shown_input(err: Mapping[str, Any]) -> str:
-    """"; got …" for an error, never echoing a URL whole: it may carry a password."""
+    """ "; got …" for an error, never echoing a URL whole: it may carry a password."""
     if err["type"] in ("extra_forbidden", "missing"):
         return ""
     given = err.get("input")

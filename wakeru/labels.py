@@ -59,19 +59,33 @@ def normalise_labels(labels: Iterable[str], *, max_count: int, max_length: int, 
         if len(label) > max_length:
             raise LabelError(
                 f"label {label[:20]!r}… is {len(label)} characters long; the limit is {max_length}: shorten it",
-                "too_long", label=label, length=len(label), limit=max_length)
+                "too_long",
+                label=label,
+                length=len(label),
+                limit=max_length,
+            )
         if label not in seen:
             seen.add(label)
             result.append(label)
     if len(result) < min_count:
         if not result:
-            raise LabelError("no labels given: give at least one label, separated by commas or 、", "empty",
-                             minimum=min_count)
-        raise LabelError(f"only {len(result)} distinct label(s) given; give at least {min_count}", "too_few",
-                         count=len(result), minimum=min_count)
+            raise LabelError(
+                "no labels given: give at least one label, separated by commas or 、", "empty", minimum=min_count
+            )
+        raise LabelError(
+            f"only {len(result)} distinct label(s) given; give at least {min_count}",
+            "too_few",
+            count=len(result),
+            minimum=min_count,
+        )
     if len(result) > max_count:
-        raise LabelError(f"{len(result)} labels given; the limit is {max_count}: remove {len(result) - max_count}",
-                         "too_many", count=len(result), limit=max_count, excess=len(result) - max_count)
+        raise LabelError(
+            f"{len(result)} labels given; the limit is {max_count}: remove {len(result) - max_count}",
+            "too_many",
+            count=len(result),
+            limit=max_count,
+            excess=len(result) - max_count,
+        )
     return tuple(result)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 # 2: LabelScore.fits, and `match` for the CLIP family too. 3: typed pipe messages, WorkerInfo
 # with embedding_size and the worker's protocol version.
@@ -29,20 +29,20 @@ PROTOCOL_VERSION = 3
 class ErrorCode(str, enum.Enum):
     """Stable error codes; the message that travels with them is for people."""
 
-    EMPTY = "empty_image"                   # zero bytes
-    TOO_LARGE = "too_large"                 # more bytes than images.max_bytes
-    TOO_MANY_PIXELS = "too_many_pixels"     # width × height above images.max_pixels (checked before decoding)
-    BAD_DIMENSIONS = "bad_dimensions"       # zero-sized or otherwise unusable geometry
+    EMPTY = "empty_image"  # zero bytes
+    TOO_LARGE = "too_large"  # more bytes than images.max_bytes
+    TOO_MANY_PIXELS = "too_many_pixels"  # width × height above images.max_pixels (checked before decoding)
+    BAD_DIMENSIONS = "bad_dimensions"  # zero-sized or otherwise unusable geometry
     UNSUPPORTED_FORMAT = "unsupported_format"  # not an allowed image format (SVG, PDF, EPS, HTML, archives, …)
-    CORRUPT = "corrupt_image"               # an allowed format that fails to decode (truncated, damaged)
-    UNREADABLE = "unreadable"               # the input could not be read at all (missing file, …)
-    BAD_LABELS = "bad_labels"               # the label set breaks the label rules
-    BAD_REQUEST = "bad_request"             # malformed request (wrong version, bad top_k, …)
-    QUEUE_FULL = "queue_full"               # the worker's bounded queue is full: busy, try again
+    CORRUPT = "corrupt_image"  # an allowed format that fails to decode (truncated, damaged)
+    UNREADABLE = "unreadable"  # the input could not be read at all (missing file, …)
+    BAD_LABELS = "bad_labels"  # the label set breaks the label rules
+    BAD_REQUEST = "bad_request"  # malformed request (wrong version, bad top_k, …)
+    QUEUE_FULL = "queue_full"  # the worker's bounded queue is full: busy, try again
     DEADLINE_EXCEEDED = "deadline_exceeded"  # the request's deadline passed before it ran
-    UNAVAILABLE = "unavailable"             # no model loaded (loading, failed, shutting down)
-    INTERNAL = "internal_error"             # a bug or a device failure; the worker keeps running
-    CRASHED = "worker_crashed"              # the worker died twice while holding this request; not retried again
+    UNAVAILABLE = "unavailable"  # no model loaded (loading, failed, shutting down)
+    INTERNAL = "internal_error"  # a bug or a device failure; the worker keeps running
+    CRASHED = "worker_crashed"  # the worker died twice while holding this request; not retried again
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +62,25 @@ class ClassifyRequest:
 
     def to_dict(self) -> dict[str, Any]:
         # the image stays bytes: a queue pickles it as is; a networked transport encodes it
-        return {"id": self.id, "image": self.image, "labels": list(self.labels), "top_k": self.top_k,
-                "deadline": self.deadline, "version": self.version}
+        return {
+            "id": self.id,
+            "image": self.image,
+            "labels": list(self.labels),
+            "top_k": self.top_k,
+            "deadline": self.deadline,
+            "version": self.version,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ClassifyRequest":
-        return cls(id=d["id"], image=d["image"], labels=tuple(d["labels"]), top_k=d.get("top_k", 3),
-                   deadline=d.get("deadline"), version=d.get("version", PROTOCOL_VERSION))
+    def from_dict(cls, d: dict[str, Any]) -> ClassifyRequest:
+        return cls(
+            id=d["id"],
+            image=d["image"],
+            labels=tuple(d["labels"]),
+            top_k=d.get("top_k", 3),
+            deadline=d.get("deadline"),
+            version=d.get("version", PROTOCOL_VERSION),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,20 +89,20 @@ class LabelScore:
     whether the label describes the picture at all, whatever the other labels are."""
 
     label: str
-    score: float                  # share among the given labels, in [0, 1]; the shares of all labels sum to 1
+    score: float  # share among the given labels, in [0, 1]; the shares of all labels sum to 1
     # Independent of the other labels, in [0, 1]. SigLIP family: the model's own sigmoid match
     # probability. CLIP family: the probability that the label fits better than a neutral
     # description (model.reference_label). None: the model gives none.
     match: float | None = None
-    fits: bool | None = None      # match >= the model's match threshold (model.match_threshold)
+    fits: bool | None = None  # match >= the model's match threshold (model.match_threshold)
 
 
 @dataclass(frozen=True, slots=True)
 class Timings:
-    queue_ms: float = 0.0    # submit → its batch started
-    decode_ms: float = 0.0   # decode + preprocess of this image
-    model_ms: float = 0.0    # forward pass of the batch it ran in
-    total_ms: float = 0.0    # submit → result
+    queue_ms: float = 0.0  # submit → its batch started
+    decode_ms: float = 0.0  # decode + preprocess of this image
+    model_ms: float = 0.0  # forward pass of the batch it ran in
+    total_ms: float = 0.0  # submit → result
     batch_size: int = 0
 
 
@@ -113,7 +125,7 @@ class ClassifyResult:
         return self.ok and bool(self.top) and self.top[0].fits is False
 
     @classmethod
-    def failure(cls, request_id: str, code: ErrorCode, message: str, timings: Timings | None = None) -> "ClassifyResult":
+    def failure(cls, request_id: str, code: ErrorCode, message: str, timings: Timings | None = None) -> ClassifyResult:
         return cls(id=request_id, error=code, message=message, timings=timings or Timings())
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,7 +134,7 @@ class ClassifyResult:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ClassifyResult":
+    def from_dict(cls, d: dict[str, Any]) -> ClassifyResult:
         return cls(
             id=d["id"],
             top=tuple(LabelScore(s["label"], s["score"], s.get("match"), s.get("fits")) for s in d.get("top", ())),
@@ -153,30 +165,37 @@ def _field(d: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
 class WorkerInfo:
     """What a worker says about itself once its model is loaded."""
 
-    model: str             # model.id it loaded (a hub id or a local path)
-    family: str            # "clip", "siglip" or "japanese-stable-clip"
-    device: str            # "cpu", "cuda:0", …
-    dtype: str             # "float32", "bfloat16", …
-    input_size: int        # the model's input side in pixels: the bot downloads renditions about this big
-    embedding_size: int    # length of its image and text embeddings (what an image index stores)
+    model: str  # model.id it loaded (a hub id or a local path)
+    family: str  # "clip", "siglip" or "japanese-stable-clip"
+    device: str  # "cpu", "cuda:0", …
+    dtype: str  # "float32", "bfloat16", …
+    input_size: int  # the model's input side in pixels: the bot downloads renditions about this big
+    embedding_size: int  # length of its image and text embeddings (what an image index stores)
     pid: int
-    name: str = ""         # Redis workers: the consumer name; "" for the local worker
-    host: str = ""         # Redis workers: the host it runs on
+    name: str = ""  # Redis workers: the consumer name; "" for the local worker
+    host: str = ""  # Redis workers: the host it runs on
     version: int = PROTOCOL_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Any) -> "WorkerInfo":
+    def from_dict(cls, d: Any) -> WorkerInfo:
         """Strict on the fields it needs, tolerant of extra ones (a heartbeat adds its counters)."""
         if not isinstance(d, dict):
             raise ProtocolError(f"worker info must be an object, not {type(d).__name__}")
-        return cls(model=_field(d, "model", str), family=_field(d, "family", str), device=_field(d, "device", str),
-                   dtype=_field(d, "dtype", str), input_size=_field(d, "input_size", int),
-                   embedding_size=_field(d, "embedding_size", int), pid=_field(d, "pid", int),
-                   name=d.get("name") or "", host=d.get("host") or "",
-                   version=_field(d, "version", int) if "version" in d else PROTOCOL_VERSION)
+        return cls(
+            model=_field(d, "model", str),
+            family=_field(d, "family", str),
+            device=_field(d, "device", str),
+            dtype=_field(d, "dtype", str),
+            input_size=_field(d, "input_size", int),
+            embedding_size=_field(d, "embedding_size", int),
+            pid=_field(d, "pid", int),
+            name=d.get("name") or "",
+            host=d.get("host") or "",
+            version=_field(d, "version", int) if "version" in d else PROTOCOL_VERSION,
+        )
 
 
 # ---- the local transport's pipe messages ---------------------------------------------------
@@ -258,8 +277,8 @@ class Cancelled:
         return self.request_id
 
 
-ToWorker = Union[Classify, Cancel, Stop]
-FromWorker = Union[Ready, Failed, Result, Cancelled]
+ToWorker = Classify | Cancel | Stop
+FromWorker = Ready | Failed | Result | Cancelled
 
 
 def encode(message: ToWorker | FromWorker) -> tuple[str, Any]:
@@ -294,8 +313,12 @@ def decode_to_worker(raw: Any) -> ToWorker:
         request = ClassifyRequest.from_dict(payload)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ProtocolError(f"malformed classify request: {e!r:.200}", request_id) from None
-    if not (isinstance(request.id, str) and isinstance(request.image, (bytes, bytearray))
-            and all(isinstance(label, str) for label in request.labels) and isinstance(request.top_k, int)):
+    if not (
+        isinstance(request.id, str)
+        and isinstance(request.image, (bytes, bytearray))
+        and all(isinstance(label, str) for label in request.labels)
+        and isinstance(request.top_k, int)
+    ):
         raise ProtocolError("malformed classify request: wrong field types", request_id)
     return Classify(request)
 
@@ -338,9 +361,15 @@ def heartbeat_key(prefix: str, worker_name: str) -> str:
 
 
 def request_fields(request: ClassifyRequest, reply_to: str) -> dict[str, bytes | str]:
-    return {"v": str(request.version), "id": request.id, "reply": reply_to,
-            "labels": json.dumps(list(request.labels), ensure_ascii=False), "top_k": str(request.top_k),
-            "deadline": "" if request.deadline is None else repr(request.deadline), "image": request.image}
+    return {
+        "v": str(request.version),
+        "id": request.id,
+        "reply": reply_to,
+        "labels": json.dumps(list(request.labels), ensure_ascii=False),
+        "top_k": str(request.top_k),
+        "deadline": "" if request.deadline is None else repr(request.deadline),
+        "image": request.image,
+    }
 
 
 def parse_request_fields(fields: dict[bytes, bytes]) -> tuple[ClassifyRequest, str]:
@@ -348,9 +377,14 @@ def parse_request_fields(fields: dict[bytes, bytes]) -> tuple[ClassifyRequest, s
     `request_reply_of` to still answer it)."""
     text = {k.decode(): v for k, v in fields.items()}
     deadline = text["deadline"].decode()
-    request = ClassifyRequest(id=text["id"].decode(), image=bytes(text["image"]),
-                              labels=tuple(json.loads(text["labels"].decode())), top_k=int(text["top_k"]),
-                              deadline=float(deadline) if deadline else None, version=int(text["v"]))
+    request = ClassifyRequest(
+        id=text["id"].decode(),
+        image=bytes(text["image"]),
+        labels=tuple(json.loads(text["labels"].decode())),
+        top_k=int(text["top_k"]),
+        deadline=float(deadline) if deadline else None,
+        version=int(text["v"]),
+    )
     return request, text["reply"].decode()
 
 

@@ -1,16 +1,31 @@
-"""Who may change label sets: checked at run time on every mutating command.
+"""Who may change label sets: `app_commands.check` predicates, checked by discord.py before a
+command runs; a failure is answered privately by the tree's one error handler (tree.py).
 
-`default_permissions` on the command group only hides commands by default and
-server admins can change it, so it is never relied on.
+`default_permissions` on the command group only hides commands by default and server admins
+can change it, so it is never relied on: these checks run on every call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import discord
+from discord import app_commands
+
+T = TypeVar("T")
+
+
+class NotModerator(app_commands.CheckFailure):
+    """The member may not change this scope; `key` is the text that tells them why."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
 
 
 def refusal_key(interaction: discord.Interaction, scope: str, moderator_role_ids: tuple[int, ...]) -> str | None:
-    """None if the user may change `scope` ("channel" | "server"), else the i18n key of the refusal."""
+    """None if the user may change `scope` ("channel" | "server"), else the text key of the refusal."""
     perms = interaction.permissions  # resolved for this channel by Discord (overwrites included)
     if perms.administrator:
         return None
@@ -21,3 +36,23 @@ def refusal_key(interaction: discord.Interaction, scope: str, moderator_role_ids
     if scope == "server":
         return None if perms.manage_guild else "denied.server"
     return None if perms.manage_channels else "denied.channel"
+
+
+def requested_scope(interaction: discord.Interaction) -> str:
+    """The `scope` option of the command being run: "server" or (the default) "channel"."""
+    scope: Any = getattr(interaction.namespace, "scope", None)
+    value = getattr(scope, "value", scope)  # a Choice, or its raw value
+    return "server" if value == "server" else "channel"
+
+
+def moderator_only(moderator_role_ids: Callable[[discord.Interaction], tuple[int, ...]]) -> Callable[[T], T]:
+    """Only administrators, members with discord.moderator_role_ids, and members who may manage the
+    scope the command changes (Manage Channels for a channel, Manage Server for the server)."""
+
+    def predicate(interaction: discord.Interaction) -> bool:
+        key = refusal_key(interaction, requested_scope(interaction), moderator_role_ids(interaction))
+        if key is not None:
+            raise NotModerator(key)
+        return True
+
+    return app_commands.check(predicate)

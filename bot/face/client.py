@@ -1,22 +1,23 @@
-"""The discord.py client: intents, allowed mentions, the command tree and its error handler."""
+"""The discord.py client: intents, allowed mentions, the cogs, sharding.
+
+A `commands.Bot` only for its cogs: Wakeru has no prefix commands (on_message does nothing
+itself; the posts cog listens for images)."""
 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import discord
-from discord import app_commands
+from discord.ext import commands
 
-from wakeru.config import Config
-from wakeru.logs import bind_request_id, new_event_id
-
-from bot.services import metrics
 from bot.app import App
-from bot.face.cogs import add_commands, refuse
-from bot.face.events import on_image_post
-from bot.face.texts import CommandTranslator, text
+from bot.face.cogs import make_cogs
+from bot.face.texts import CommandTranslator
+from bot.face.tree import WakeruTree
+from bot.services import metrics
+from wakeru.config import Config
 
 log = logging.getLogger("wakeru.client")
 
@@ -29,56 +30,27 @@ def intents(message_content: bool) -> discord.Intents:
     return wanted
 
 
-class WakeruTree(app_commands.CommandTree):
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        app = self.client.app
-        if app is None:
-            return True
-        if app.draining:  # SIGTERM: no new work; say so rather than leave the command spinning
-            if interaction.type is discord.InteractionType.application_command:
-                await refuse(interaction, text(interaction.locale, "shutting_down"))
-            return False
-        app.track()  # this task runs the command: shutdown waits for it
-        bind_request_id(new_event_id())
-        if interaction.type is discord.InteractionType.application_command:
-            log.info("command %s from user %s in channel %s", interaction.data.get("name"), interaction.user.id,
-                     interaction.channel_id)
-        return True
-
-    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        ref = uuid.uuid4().hex[:8]
-        if isinstance(error, (app_commands.CommandNotFound, app_commands.CommandSignatureMismatch)):
-            # Discord still has an older definition of the commands than this code
-            log.error("command %r does not match this version of Wakeru (ref %s): run `python -m bot sync` "
-                      "(with --guild ID if you synced to one server)", interaction.data.get("name"), ref)
-        elif isinstance(getattr(error, "original", None), discord.NotFound) and error.original.code == 10062:
-            # Unknown interaction: the 3-second window to answer had passed (a stalled loop or network)
-            log.warning("interaction %s expired before Wakeru could answer it (ref %s)", interaction.id, ref)
-            return
-        else:
-            log.error("command %s failed (ref %s)", getattr(interaction.command, "qualified_name", "?"), ref,
-                      exc_info=error)
-        try:
-            await refuse(interaction, text(interaction.locale, "internal", ref=ref))
-        except discord.HTTPException:
-            pass  # the interaction expired; the log has it
-
-
 class WakeruBehaviour:
     """What every Wakeru client does, sharded or not (mixed in before the discord.py client class)."""
 
     app: App | None
-    tree: WakeruTree
 
-    def __init__(self, app: App | None, *, message_content: bool = True, **options) -> None:
-        super().__init__(intents=intents(message_content), allowed_mentions=discord.AllowedMentions.none(),
-                         chunk_guilds_at_startup=False, **options)
+    def __init__(self, app: App | None, *, message_content: bool = True, **options: Any) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            help_command=None,
+            tree_cls=WakeruTree,
+            intents=intents(message_content),
+            allowed_mentions=discord.AllowedMentions.none(),
+            chunk_guilds_at_startup=False,
+            **options,
+        )
         self.app = app  # None when only syncing commands
-        self.tree = WakeruTree(self)
 
     async def setup_hook(self) -> None:
         await self.tree.set_translator(CommandTranslator())
-        add_commands(self.tree)
+        for cog in make_cogs(self.app, self):
+            await self.add_cog(cog)
         if self.app is not None:
             await self.app.start()
 
@@ -91,11 +63,10 @@ class WakeruBehaviour:
         log.info("gateway session resumed")
 
     async def on_message(self, message: discord.Message) -> None:
-        if self.app is not None:
-            await on_image_post(self.app, message)
+        pass  # no prefix commands; image posts go to the posts cog's listener
 
 
-class WakeruClient(WakeruBehaviour, discord.Client):
+class WakeruClient(WakeruBehaviour, commands.Bot):
     """One gateway connection (discord.shard_count null): enough for up to 2,500 servers."""
 
     def __init__(self, app: App | None, *, message_content: bool = True):
@@ -113,16 +84,26 @@ def describe_shards(shard_ids: Sequence[int] | None, shard_count: int | None) ->
     return f"shard{'s' if len(ids) != 1 else ''} {','.join(map(str, ids))} of {total}"
 
 
-class WakeruShardedClient(WakeruBehaviour, discord.AutoShardedClient):
+class WakeruShardedClient(WakeruBehaviour, commands.AutoShardedBot):
     """Several gateway connections in one process (discord.shard_count set): the shards in
     ``shard_ids`` (None: all) out of ``shard_count`` (None: Discord's recommendation, asked from
     GET /gateway/bot). Each server's events arrive on shard ``(guild_id >> 22) % shard_count`` only,
     so several processes, each with its own ``shard_ids``, split the servers between them."""
 
-    def __init__(self, app: App | None, *, shard_count: int | None, shard_ids: Sequence[int] | None = None,
-                 message_content: bool = True):
-        super().__init__(app, message_content=message_content, shard_count=shard_count,
-                         shard_ids=list(shard_ids) if shard_ids is not None else None)
+    def __init__(
+        self,
+        app: App | None,
+        *,
+        shard_count: int | None,
+        shard_ids: Sequence[int] | None = None,
+        message_content: bool = True,
+    ):
+        super().__init__(
+            app,
+            message_content=message_content,
+            shard_count=shard_count,
+            shard_ids=list(shard_ids) if shard_ids is not None else None,
+        )
 
     def describe_shards(self) -> str:
         return describe_shards(self.shard_ids, self.shard_count)
@@ -133,16 +114,25 @@ class WakeruShardedClient(WakeruBehaviour, discord.AutoShardedClient):
             # gateway URL from the answer and ignore discord.gateway_url (a proxy, the tests' fake)
             count, _url, limits = await self.http.get_bot_gateway()
             self.shard_count = count
-            log.info("sharding: Discord recommends %d shard(s) (identify concurrency %s, %s session starts left)",
-                     count, limits.get("max_concurrency"), limits.get("remaining"))
+            log.info(
+                "sharding: Discord recommends %d shard(s) (identify concurrency %s, %s session starts left)",
+                count,
+                limits.get("max_concurrency"),
+                limits.get("remaining"),
+            )
         log.info("sharding: this process runs %s", self.describe_shards())
         await super().launch_shards()
 
     # discord.py fires on_ready once every shard of this process is ready, and on_shard_ready /
     # on_shard_resumed for each shard (on_resumed too): count the sessions per shard.
     async def on_ready(self) -> None:
-        log.info("connected as %s (id %s) to %d server(s) on %s", self.user, self.user.id, len(self.guilds),
-                 self.describe_shards())
+        log.info(
+            "connected as %s (id %s) to %d server(s) on %s",
+            self.user,
+            self.user.id,
+            len(self.guilds),
+            self.describe_shards(),
+        )
 
     async def on_shard_ready(self, shard_id: int) -> None:
         metrics.GATEWAY_SESSIONS.labels("ready").inc()
@@ -163,5 +153,9 @@ def make_client(app: App | None, config: Config, *, message_content: bool = True
     count = config.discord.shard_count
     if count is None:
         return WakeruClient(app, message_content=message_content)
-    return WakeruShardedClient(app, message_content=message_content, shard_count=None if count == "auto" else count,
-                               shard_ids=config.discord.shard_ids)
+    return WakeruShardedClient(
+        app,
+        message_content=message_content,
+        shard_count=None if count == "auto" else count,
+        shard_ids=config.discord.shard_ids,
+    )

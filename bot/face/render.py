@@ -11,16 +11,18 @@ from bot.services.labelsets import LabelSource
 OK_COLOUR = discord.Colour(0x4E9A06)
 WEAK_COLOUR = discord.Colour(0xC4A000)
 ERROR_COLOUR = discord.Colour(0xCC0000)
-MAX_EMBEDS = 10          # per message (Discord's limit)
-_TITLE_CHARS = 80        # 10 embeds must stay under 6,000 characters in all
+MAX_EMBEDS = 10  # per message (Discord's limit)
+_TITLE_CHARS = 80  # 10 embeds must stay under 6,000 characters in all
 _LABEL_CHARS = 60
 _BAR_CELLS = 10
 
 
 def escape(value: str, limit: int) -> str:
     """Markdown- and mention-escaped, at most `limit` characters *after* escaping (which can double the length)."""
+
     def esc(v: str) -> str:
         return discord.utils.escape_markdown(discord.utils.escape_mentions(v))
+
     out = esc(value)
     keep = len(value)
     while len(out) > limit:  # cut the raw text, never an escape sequence in half
@@ -31,8 +33,13 @@ def escape(value: str, limit: int) -> str:
 
 def describe_source(source: LabelSource, locale) -> str:
     """Where the labels came from, in words: 「このチャンネルのラベル (v3)」, …"""
-    return text(locale, f"source.{source.kind}", count=len(source.labels), version=source.version,
-                channel=f"<#{source.channel_id}>" if source.channel_id else "")
+    return text(
+        locale,
+        f"source.{source.kind}",
+        count=len(source.labels),
+        version=source.version,
+        channel=f"<#{source.channel_id}>" if source.channel_id else "",
+    )
 
 
 def percent(score: float) -> str:
@@ -50,8 +57,9 @@ def result_embed(answer: ImageAnswer, source: LabelSource, locale) -> discord.Em
     title = escape(answer.filename, _TITLE_CHARS)
     if not result.ok:
         detail = f"\n-# {escape(result.message, 300)}" if result.message else ""
-        embed = discord.Embed(title=title, colour=ERROR_COLOUR,
-                              description=f"{error_text(locale, result.error)}{detail}")
+        embed = discord.Embed(
+            title=title, colour=ERROR_COLOUR, description=f"{error_text(locale, result.error)}{detail}"
+        )
         embed.set_footer(text=f"{text(locale, 'image_failed')} · {result.error.value}")
         return embed
     lines = [f"`{bar(s.score)}` **{escape(s.label, _LABEL_CHARS)}** {percent(s.score)}" for s in result.top]
@@ -66,7 +74,9 @@ def result_embeds(answers: list[ImageAnswer], source: LabelSource, locale) -> li
     return [result_embed(a, source, locale) for a in answers[:MAX_EMBEDS]]
 
 
-def reply(answers: list[ImageAnswer], source: LabelSource, locale, total: int) -> tuple[str | None, list[discord.Embed]]:
+def reply(
+    answers: list[ImageAnswer], source: LabelSource, locale, total: int
+) -> tuple[str | None, list[discord.Embed]]:
     """(content, embeds) of one answer message; `total` images were offered, at most MAX_EMBEDS answered."""
     content = text(locale, "more_images", limit=MAX_EMBEDS) if total > MAX_EMBEDS else None
     return content, result_embeds(answers, source, locale)
@@ -74,5 +84,9 @@ def reply(answers: list[ImageAnswer], source: LabelSource, locale, total: int) -
 
 def summary_line(answers: list[ImageAnswer]) -> str:
     """「犬 92%・狼 5%・猫 1%」 for logs."""
-    return " | ".join("・".join(f"{s.label} {percent(s.score)}" for s in a.result.top) if a.result.ok
-                      else f"{a.filename}: {a.result.error.value}" for a in answers)
+    return " | ".join(
+        "・".join(f"{s.label} {percent(s.score)}" for s in a.result.top)
+        if a.result.ok
+        else f"{a.filename}: {a.result.error.value}"
+        for a in answers
+    )

@@ -26,10 +26,30 @@ _CHUNK = 64 * 1024
 # Downloads at once: a burst of posts must not hold hundreds of 25 MiB bodies in memory.
 _PARALLEL_DOWNLOADS = 8
 # content types and extensions that are worth sending to the worker (which sniffs the bytes anyway)
-_TYPE_NAMES = {"jpeg": "jpeg", "jpg": "jpeg", "pjpeg": "jpeg", "png": "png", "apng": "png", "gif": "gif",
-               "webp": "webp", "bmp": "bmp", "x-ms-bmp": "bmp", "tiff": "tiff"}
-_EXTENSIONS = {".jpg": "jpeg", ".jpeg": "jpeg", ".jfif": "jpeg", ".png": "png", ".apng": "png", ".gif": "gif",
-               ".webp": "webp", ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff"}
+_TYPE_NAMES = {
+    "jpeg": "jpeg",
+    "jpg": "jpeg",
+    "pjpeg": "jpeg",
+    "png": "png",
+    "apng": "png",
+    "gif": "gif",
+    "webp": "webp",
+    "bmp": "bmp",
+    "x-ms-bmp": "bmp",
+    "tiff": "tiff",
+}
+_EXTENSIONS = {
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".jfif": "jpeg",
+    ".png": "png",
+    ".apng": "png",
+    ".gif": "gif",
+    ".webp": "webp",
+    ".bmp": "bmp",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+}
 
 
 class AttachmentError(Exception):
@@ -111,8 +131,9 @@ class Downloader:
                 if response.status != 200:
                     raise AttachmentError(ErrorCode.UNREADABLE, f"HTTP {response.status}")
                 if response.content_length is not None and response.content_length > self.max_bytes:
-                    raise AttachmentError(ErrorCode.TOO_LARGE,
-                                          f"{_mib(response.content_length)}; the limit is {_mib(self.max_bytes)}")
+                    raise AttachmentError(
+                        ErrorCode.TOO_LARGE, f"{_mib(response.content_length)}; the limit is {_mib(self.max_bytes)}"
+                    )
                 body = bytearray()
                 async for chunk in response.content.iter_chunked(_CHUNK):
                     body += chunk

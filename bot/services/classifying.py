@@ -8,13 +8,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-from wakeru.config import Config
-from wakeru.logs import current_request_id, new_event_id
-from wakeru.protocol import ClassifyRequest, ClassifyResult
-
 from bot.services import metrics
 from bot.services.attachments import AttachmentError, Downloader
 from bot.transport import Reservation, WorkerTransport
+from wakeru.config import Config
+from wakeru.logs import current_request_id, new_event_id
+from wakeru.protocol import ClassifyRequest, ClassifyResult
 
 log = logging.getLogger("wakeru.classify")
 
@@ -25,6 +24,7 @@ class ImageAnswer:
 
     filename: str
     result: ClassifyResult
+
 
 # Before the worker reports its model's input size: enough for every supported model.
 _UNKNOWN_INPUT_SIDE = 512
@@ -45,16 +45,34 @@ class Classifier:
         result, elapsed = answer.result, time.monotonic() - started
         metrics.observe_result(source, result, elapsed)
         outcome = result.error.value if result.error else "ok"
-        log.info("image %s: %s in %.0f ms", answer.filename, outcome, elapsed * 1000,
-                 extra={"request_id": result.id, "outcome": outcome})
+        log.info(
+            "image %s: %s in %.0f ms",
+            answer.filename,
+            outcome,
+            elapsed * 1000,
+            extra={"request_id": result.id, "outcome": outcome},
+        )
         return answer
 
-    async def classify_bytes(self, filename: str, data: bytes, labels: tuple[str, ...], *,
-                             source: str = "command", request_id: str | None = None,
-                             started: float | None = None, reservation: Reservation | None = None) -> ImageAnswer:
+    async def classify_bytes(
+        self,
+        filename: str,
+        data: bytes,
+        labels: tuple[str, ...],
+        *,
+        source: str = "command",
+        request_id: str | None = None,
+        started: float | None = None,
+        reservation: Reservation | None = None,
+    ) -> ImageAnswer:
         started = time.monotonic() if started is None else started
-        request = ClassifyRequest(id=request_id or self._request_id(), image=data, labels=labels, top_k=3,
-                                  deadline=time.time() + self.config.worker.request_timeout_s)
+        request = ClassifyRequest(
+            id=request_id or self._request_id(),
+            image=data,
+            labels=labels,
+            top_k=3,
+            deadline=time.time() + self.config.worker.request_timeout_s,
+        )
         result = await self.transport.classify(request, reservation=reservation)
         return self._answered(ImageAnswer(filename, result), source, started)
 
@@ -77,9 +95,17 @@ class Classifier:
             except AttachmentError as e:
                 failed = ClassifyResult.failure(request_id, e.code, e.detail)
                 return self._answered(ImageAnswer(attachment.filename, failed), source, started)
-            return await self.classify_bytes(attachment.filename, data, labels, source=source, request_id=request_id,
-                                             started=started, reservation=place)
+            return await self.classify_bytes(
+                attachment.filename,
+                data,
+                labels,
+                source=source,
+                request_id=request_id,
+                started=started,
+                reservation=place,
+            )
 
-    async def classify_attachments(self, attachments, labels: tuple[str, ...], *,
-                                   source: str = "command") -> list[ImageAnswer]:
+    async def classify_attachments(
+        self, attachments, labels: tuple[str, ...], *, source: str = "command"
+    ) -> list[ImageAnswer]:
         return list(await asyncio.gather(*(self.classify_attachment(a, labels, source=source) for a in attachments)))

@@ -67,6 +67,8 @@ def check_endpoint(host: str, port: int, timeout: float = 5.0) -> tuple[bool, st
         return False, f"unhealthy ({e.code}): worker {data.get('worker')}: {data.get('failure') or 'stopping'}"
     except (OSError, ValueError) as e:
         return False, f"no answer from {url}: {e}"
-    return True, (f"{data.get('status')}: gateway {'connected' if data.get('connected') else 'connecting'}, "
-                  f"worker {data.get('worker')}, {data.get('in_flight', 0)} in flight, "
-                  f"{data.get('restarts', 0)} restart(s)")
+    return True, (
+        f"{data.get('status')}: gateway {'connected' if data.get('connected') else 'connecting'}, "
+        f"worker {data.get('worker')}, {data.get('in_flight', 0)} in flight, "
+        f"{data.get('restarts', 0)} restart(s)"
+    )

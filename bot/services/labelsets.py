@@ -9,9 +9,8 @@ from dataclasses import dataclass
 
 import discord
 
-from wakeru.config import Config
-
 from bot.store import LabelStore
+from wakeru.config import Config
 
 
 def parent_id(channel) -> int | None:
@@ -23,14 +22,15 @@ def parent_id(channel) -> int | None:
 class LabelSource:
     """A label set and where it came from (rendering says it in words, for the reply's footer)."""
 
-    kind: str                 # "channel" | "parent" | "server" | "default" | "adhoc"
+    kind: str  # "channel" | "parent" | "server" | "default" | "adhoc"
     labels: tuple[str, ...]
     channel_id: int | None = None
     version: int | None = None
 
 
-async def resolve(store: LabelStore, config: Config, guild_id: int | None, channel_id: int | None,
-                  parent_id: int | None = None) -> LabelSource:
+async def resolve(
+    store: LabelStore, config: Config, guild_id: int | None, channel_id: int | None, parent_id: int | None = None
+) -> LabelSource:
     if guild_id is not None:
         chain = [(channel_id, "channel"), (parent_id, "parent")]
         for scope_id, kind in chain:
@@ -44,16 +44,18 @@ async def resolve(store: LabelStore, config: Config, guild_id: int | None, chann
     return LabelSource("default", config.labels.default)
 
 
-async def inherited(store: LabelStore, config: Config, guild_id: int, channel_id: int | None,
-                    parent_id: int | None) -> LabelSource:
+async def inherited(
+    store: LabelStore, config: Config, guild_id: int, channel_id: int | None, parent_id: int | None
+) -> LabelSource:
     """What a scope falls back to without its own set (the base for /labels add on a new scope)."""
     if channel_id is None:  # the server default falls back to the config default
         return LabelSource("default", config.labels.default)
     return await resolve(store, config, guild_id, None, parent_id)
 
 
-async def auto_classify_enabled(store: LabelStore, config: Config, guild_id: int, channel_id: int,
-                                parent_id: int | None) -> bool:
+async def auto_classify_enabled(
+    store: LabelStore, config: Config, guild_id: int, channel_id: int, parent_id: int | None
+) -> bool:
     """A channel's own /labels auto switch wins (a thread inherits its parent's); else the config mode."""
     for scope_id in (channel_id, parent_id):
         if scope_id is not None:

@@ -23,27 +23,49 @@ WORKER_STATES = ["stopped", "starting", "ready", "restarting", "failed", "no_wor
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 QUEUE_DEPTH = Gauge("wakeru_queue_depth", "Images sent to the model worker and not answered yet", registry=REGISTRY)
-QUEUE_BYTES = Gauge("wakeru_queue_bytes", "Image bytes this bot process holds (downloading, waiting for an answer, "
-                    "kept to send again after a crash); bounded by worker.queue_max_bytes", registry=REGISTRY)
-BATCH_SIZE = Histogram("wakeru_batch_size", "Size of the batch each image was classified in",
-                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=REGISTRY)
-LATENCY = Histogram("wakeru_latency_seconds",
-                    "Time per image by stage: queue (waiting for a batch), decode, model (the batch's forward pass), "
-                    "worker (worker submit to result), total (download start to answer, seen by the bot)",
-                    ["stage"], buckets=_SECONDS, registry=REGISTRY)
-REQUESTS = Counter("wakeru_requests", "Images answered, by where they came from and the outcome (ok or an error code)",
-                   ["source", "outcome"], registry=REGISTRY)
-RATE_LIMITED = Counter("wakeru_rate_limited", "Images refused by the per-user or per-channel rate limit",
-                       ["scope"], registry=REGISTRY)
+QUEUE_BYTES = Gauge(
+    "wakeru_queue_bytes",
+    "Image bytes this bot process holds (downloading, waiting for an answer, "
+    "kept to send again after a crash); bounded by worker.queue_max_bytes",
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "wakeru_batch_size",
+    "Size of the batch each image was classified in",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "wakeru_latency_seconds",
+    "Time per image by stage: queue (waiting for a batch), decode, model (the batch's forward pass), "
+    "worker (worker submit to result), total (download start to answer, seen by the bot)",
+    ["stage"],
+    buckets=_SECONDS,
+    registry=REGISTRY,
+)
+REQUESTS = Counter(
+    "wakeru_requests",
+    "Images answered, by where they came from and the outcome (ok or an error code)",
+    ["source", "outcome"],
+    registry=REGISTRY,
+)
+RATE_LIMITED = Counter(
+    "wakeru_rate_limited", "Images refused by the per-user or per-channel rate limit", ["scope"], registry=REGISTRY
+)
 WORKER_RESTARTS = Counter("wakeru_worker_restarts", "Model worker restarts after a crash", registry=REGISTRY)
 WORKER_STATE = Enum("wakeru_worker_state", "State of the model worker", states=WORKER_STATES, registry=REGISTRY)
 LABEL_CHANGES = Counter("wakeru_label_set_changes", "Label-set changes saved, by action", ["action"], registry=REGISTRY)
-LIVE_WORKERS = Gauge("wakeru_live_workers", "Model workers whose heartbeat is fresh (worker.transport redis)",
-                     registry=REGISTRY)
-DUPLICATE_RESULTS = Counter("wakeru_duplicate_results", "Answers dropped because their request was already "
-                            "answered or given up (a worker taken over after going silent)", registry=REGISTRY)
-GATEWAY_SESSIONS = Counter("wakeru_gateway_sessions", "Gateway sessions started (READY) or resumed (RESUMED)",
-                           ["kind"], registry=REGISTRY)
+LIVE_WORKERS = Gauge(
+    "wakeru_live_workers", "Model workers whose heartbeat is fresh (worker.transport redis)", registry=REGISTRY
+)
+DUPLICATE_RESULTS = Counter(
+    "wakeru_duplicate_results",
+    "Answers dropped because their request was already answered or given up (a worker taken over after going silent)",
+    registry=REGISTRY,
+)
+GATEWAY_SESSIONS = Counter(
+    "wakeru_gateway_sessions", "Gateway sessions started (READY) or resumed (RESUMED)", ["kind"], registry=REGISTRY
+)
 
 
 def set_worker_state(state: str) -> None:
@@ -56,8 +78,12 @@ def observe_result(source: str, result, total_s: float | None = None) -> None:
     t = result.timings
     if result.ok:
         BATCH_SIZE.observe(t.batch_size)
-        for stage, ms in (("queue", t.queue_ms), ("decode", t.decode_ms), ("model", t.model_ms),
-                          ("worker", t.total_ms)):
+        for stage, ms in (
+            ("queue", t.queue_ms),
+            ("decode", t.decode_ms),
+            ("model", t.model_ms),
+            ("worker", t.total_ms),
+        ):
             LATENCY.labels(stage).observe(ms / 1000)
     if total_s is not None:
         LATENCY.labels("total").observe(total_s)
@@ -90,8 +116,12 @@ class MetricsServer:
     async def _healthz(self, request: web.Request) -> web.Response:
         state = self._health()
         # no_workers / unreachable recover by themselves once a worker or Redis is back: degraded, not down
-        healthy = (state.get("worker") in ("starting", "ready", "restarting", "no_workers", "unreachable")
-                   and not state.get("stopping"))
+        healthy = state.get("worker") in (
+            "starting",
+            "ready",
+            "restarting",
+            "no_workers",
+            "unreachable",
+        ) and not state.get("stopping")
         state["status"] = "ok" if healthy and state.get("worker") == "ready" else ("degraded" if healthy else "down")
-        return web.Response(status=200 if healthy else 503, text=json.dumps(state),
-                            content_type="application/json")
+        return web.Response(status=200 if healthy else 503, text=json.dumps(state), content_type="application/json")

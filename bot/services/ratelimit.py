@@ -10,9 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from wakeru.config import LimitsSection
-
 from bot.services import metrics
+from wakeru.config import LimitsSection
 
 
 class TokenBuckets:
@@ -59,8 +58,8 @@ class TokenBuckets:
 
 @dataclass(frozen=True)
 class Refusal:
-    scope: str           # "user" | "channel"
-    retry_after: float   # seconds
+    scope: str  # "user" | "channel"
+    retry_after: float  # seconds
     per_minute: float
 
 

@@ -13,8 +13,11 @@ def sample_names(directory: str | Path, formats: tuple[str, ...]) -> tuple[str, 
     root = Path(directory)
     if not root.is_dir():
         return ()
-    return tuple(sorted(p.name for p in root.iterdir()
-                        if p.is_file() and len(p.name) <= 100 and image_format(None, p.name, formats)))
+    return tuple(
+        sorted(
+            p.name for p in root.iterdir() if p.is_file() and len(p.name) <= 100 and image_format(None, p.name, formats)
+        )
+    )
 
 
 async def read_sample(directory: str | Path, name: str, listed: tuple[str, ...]) -> bytes | None:

@@ -6,12 +6,33 @@ only the plumbing of their database.
 
 from __future__ import annotations
 
-from bot.store.base import (ACTIONS, SCHEMA_VERSION, HistoryEntry, LabelSet, LabelStore, NothingToUndo, StorageError,
-                   VersionConflict, url_scheme, POSTGRES_SCHEMES)
+from bot.store.base import (
+    ACTIONS,
+    POSTGRES_SCHEMES,
+    SCHEMA_VERSION,
+    HistoryEntry,
+    LabelSet,
+    LabelStore,
+    NothingToUndo,
+    StorageError,
+    VersionConflict,
+    url_scheme,
+)
 from bot.store.sqlite import SQLiteLabelStore, parse_storage_url
 
-__all__ = ["ACTIONS", "SCHEMA_VERSION", "HistoryEntry", "LabelSet", "LabelStore", "NothingToUndo", "SQLiteLabelStore",
-           "StorageError", "VersionConflict", "open_store", "parse_storage_url"]
+__all__ = [
+    "ACTIONS",
+    "SCHEMA_VERSION",
+    "HistoryEntry",
+    "LabelSet",
+    "LabelStore",
+    "NothingToUndo",
+    "SQLiteLabelStore",
+    "StorageError",
+    "VersionConflict",
+    "open_store",
+    "parse_storage_url",
+]
 
 
 async def open_store(url: str) -> LabelStore:

@@ -100,6 +100,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
+
 class StorageError(Exception):
     """Database unusable (bad url, newer schema, read-only/full disk…); the message says what to do.
 
@@ -144,6 +145,7 @@ class HistoryEntry:
     at: float
     detail: str | None  # e.g. the preset name; for undo: the version it reverted
     reverted: bool  # undone by a later undo
+
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 

@@ -44,7 +44,7 @@ from bot.store.base import BUSY_TIMEOUT_MS, LabelStore, StorageError
 
 log = logging.getLogger("wakeru.storage")
 
-__all__ = ["CONNECT_RETRY_S", "PostgresLabelStore", "SCHEMA_TABLE", "WRITE_LOCK"]
+__all__ = ["CONNECT_RETRY_S", "SCHEMA_TABLE", "WRITE_LOCK", "PostgresLabelStore"]
 
 CONNECT_RETRY_S = 10.0  # open(): how long to keep retrying a server that cannot be reached (yet)
 CONNECT_TIMEOUT_S = 5.0  # one connection attempt
@@ -112,8 +112,17 @@ def _reason(exc: BaseException) -> str:
         return "full"
     if isinstance(exc, (asyncpg.LockNotAvailableError, asyncpg.TooManyConnectionsError)):
         return "busy"
-    if isinstance(exc, (OSError, asyncpg.CannotConnectNowError, asyncpg.PostgresConnectionError,
-                        asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, asyncpg.InterfaceError)):
+    if isinstance(
+        exc,
+        (
+            OSError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.AdminShutdownError,
+            asyncpg.CrashShutdownError,
+            asyncpg.InterfaceError,
+        ),
+    ):
         return "unreachable"
     return "broken"
 
@@ -122,24 +131,31 @@ def _describe(exc: BaseException, server: _Server) -> str | None:
     """The operator's view of a driver error; None = not an operator's problem (a bug): let it propagate."""
     where = server.where
     if isinstance(exc, asyncpg.InvalidPasswordError):
-        return (f"{where} refused the password of user {server.user!r}: check the user name and password in "
-                f"storage.url")
+        return f"{where} refused the password of user {server.user!r}: check the user name and password in storage.url"
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):  # no such role, no pg_hba.conf entry
         return f"{where} refused the login ({exc}): check the user in storage.url and the server's pg_hba.conf"
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
-        return (f"{where} does not exist: create it (createdb -O {server.user} {server.database}) or fix the "
-                f"database name in storage.url")
+        return (
+            f"{where} does not exist: create it (createdb -O {server.user} {server.database}) or fix the "
+            f"database name in storage.url"
+        )
     if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
-        return (f"{where} is read-only (a hot standby, or default_transaction_read_only is on): label sets can be "
-                f"used but not changed; point storage.url at the primary server or turn read-only off")
+        return (
+            f"{where} is read-only (a hot standby, or default_transaction_read_only is on): label sets can be "
+            f"used but not changed; point storage.url at the primary server or turn read-only off"
+        )
     if isinstance(exc, asyncpg.DiskFullError):
         return f"cannot write {where}: the server's disk is full; free some space and retry"
     if isinstance(exc, asyncpg.LockNotAvailableError):
-        return (f"{where} stayed locked by another bot process for more than {BUSY_TIMEOUT_MS / 1000:g} s; "
-                f"retry, and check that no other program holds a long transaction open")
+        return (
+            f"{where} stayed locked by another bot process for more than {BUSY_TIMEOUT_MS / 1000:g} s; "
+            f"retry, and check that no other program holds a long transaction open"
+        )
     if isinstance(exc, asyncpg.InsufficientPrivilegeError):
-        return (f"user {server.user!r} lacks a permission in {where} ({exc}): grant it, or connect as the owner of "
-                f"the label tables")
+        return (
+            f"user {server.user!r} lacks a permission in {where} ({exc}): grant it, or connect as the owner of "
+            f"the label tables"
+        )
     if isinstance(exc, asyncpg.TooManyConnectionsError):
         return f"{where} has no free connection slot ({exc}); retry later, or raise the server's max_connections"
     if isinstance(exc, asyncpg.CannotConnectNowError):  # starting up, shutting down, in recovery
@@ -149,11 +165,13 @@ def _describe(exc: BaseException, server: _Server) -> str | None:
     if isinstance(exc, TimeoutError):
         return f"{where} did not answer in time; check the server and the network, then retry"
     if isinstance(exc, ConnectionRefusedError) or (isinstance(exc, OSError) and not isinstance(exc, ConnectionError)):
-        return (f"cannot reach {where} ({exc.strerror or exc}): check that the server is running and that "
-                f"storage.url names the right host and port")
-    if (isinstance(exc, (ConnectionError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError,
-                         asyncpg.CrashShutdownError))
-            or (isinstance(exc, asyncpg.InterfaceError) and "connection" in str(exc) and "closed" in str(exc))):
+        return (
+            f"cannot reach {where} ({exc.strerror or exc}): check that the server is running and that "
+            f"storage.url names the right host and port"
+        )
+    if isinstance(
+        exc, (ConnectionError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+    ) or (isinstance(exc, asyncpg.InterfaceError) and "connection" in str(exc) and "closed" in str(exc)):
         return f"lost the connection to {where} (the server restarted, or the network failed); retry"
     return None
 
@@ -216,14 +234,17 @@ class PostgresLabelStore(LabelStore):
         while True:
             try:
                 return await asyncpg.create_pool(
-                    server.dsn, min_size=POOL_MIN, max_size=POOL_MAX, timeout=CONNECT_TIMEOUT_S,
+                    server.dsn,
+                    min_size=POOL_MIN,
+                    max_size=POOL_MAX,
+                    timeout=CONNECT_TIMEOUT_S,
                     command_timeout=COMMAND_TIMEOUT_S,
-                    server_settings={"application_name": "wakeru",
-                                     "lock_timeout": f"{int(BUSY_TIMEOUT_MS)}ms"},
+                    server_settings={"application_name": "wakeru", "lock_timeout": f"{int(BUSY_TIMEOUT_MS)}ms"},
                 )
             except ValueError as exc:  # asyncpg could not parse the URL; its words, without the password
-                raise StorageError(server.redact(f"storage.url is not a valid PostgreSQL URL ({exc}); {_FORM}")) \
-                    from None
+                raise StorageError(
+                    server.redact(f"storage.url is not a valid PostgreSQL URL ({exc}); {_FORM}")
+                ) from None
             except _ERRORS as exc:
                 error = _translate(exc, server)
                 if error is None:
@@ -234,8 +255,9 @@ class PostgresLabelStore(LabelStore):
                         error = StorageError(f"{error} (kept trying for {waited:.0f} s)", reason=error.reason)
                     raise error from exc
                 if delay == 0.1:
-                    log.warning("%s; retrying for up to %g s (the server may still be starting)", error,
-                                CONNECT_RETRY_S)
+                    log.warning(
+                        "%s; retrying for up to %g s (the server may still be starting)", error, CONNECT_RETRY_S
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 

@@ -24,8 +24,11 @@ from bot.store.base import BUSY_TIMEOUT_MS, POSTGRES_SCHEMES, LabelStore, Storag
 log = logging.getLogger("wakeru.storage")
 
 
-_SUPPORTED = ("use sqlite:///relative/path.db (relative to the working directory) or sqlite:////absolute/path.db, "
-              "or postgresql://user:password@host:5432/dbname")
+_SUPPORTED = (
+    "use sqlite:///relative/path.db (relative to the working directory) or sqlite:////absolute/path.db, "
+    "or postgresql://user:password@host:5432/dbname"
+)
+
 
 def parse_storage_url(url: str) -> str:
     """storage.url → SQLite path: "sqlite:///data/wakeru.db" → "data/wakeru.db", "sqlite:////abs/x.db" → "/abs/x.db",
@@ -41,8 +44,10 @@ def parse_storage_url(url: str) -> str:
     if not sep:
         raise StorageError(f"storage.url is not a URL; {_SUPPORTED}")
     if scheme in POSTGRES_SCHEMES:
-        raise StorageError(f"storage.url {scheme}:// names a PostgreSQL database, not a SQLite file: open it with "
-                           f"open_store(); {_SUPPORTED}")
+        raise StorageError(
+            f"storage.url {scheme}:// names a PostgreSQL database, not a SQLite file: open it with "
+            f"open_store(); {_SUPPORTED}"
+        )
     if scheme.startswith("postgresql+"):
         raise StorageError(f"storage.url scheme {scheme!r} is not supported: write postgresql:// instead; {_SUPPORTED}")
     if scheme != "sqlite":
@@ -87,6 +92,7 @@ def _storage_error(exc: sqlite3.Error, path: str) -> StorageError | None:
         return StorageError(f"disk I/O error on {where}; check the disk and the file's permissions")
     return None
 
+
 class SQLiteLabelStore(LabelStore):
     """The label store in one SQLite file. Create with `await SQLiteLabelStore.open(url)` (or `bot.store.open_store`)."""
 
@@ -123,7 +129,8 @@ class SQLiteLabelStore(LabelStore):
         if os.path.isfile(wal) and os.path.getsize(wal) > 0:
             raise StorageError(
                 f"the database file {path!r} is on a read-only file system and its last changes are still in "
-                f"{wal!r} (the bot was stopped abruptly); mount it writable once so SQLite can merge them")
+                f"{wal!r} (the bot was stopped abruptly); mount it writable once so SQLite can merge them"
+            )
         store = await cls._connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro&immutable=1", path)
         log.warning("the database %s is on a read-only file system: label sets can be used but not changed", path)
         return store
@@ -132,8 +139,9 @@ class SQLiteLabelStore(LabelStore):
     async def _connect(cls, target: str, path: str) -> SQLiteLabelStore:
         try:
             # isolation_level=None: no implicit transactions; we issue BEGIN/COMMIT ourselves.
-            db = await aiosqlite.connect(target, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
-                                         uri=target.startswith("file:"))
+            db = await aiosqlite.connect(
+                target, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, uri=target.startswith("file:")
+            )
         except sqlite3.Error as exc:
             raise (_storage_error(exc, path) or StorageError(f"cannot open the database {path!r}: {exc}")) from exc
         store = cls(db, path)

@@ -25,10 +25,9 @@ import time
 import uuid
 from pathlib import Path
 
+from bot.transport import make_transport
 from wakeru.config import Config
 from wakeru.protocol import ClassifyRequest
-
-from bot.transport import make_transport
 
 
 async def _ready(transport, workers: int, processes: list[subprocess.Popen]) -> None:
@@ -37,8 +36,9 @@ async def _ready(transport, workers: int, processes: list[subprocess.Popen]) -> 
         raise RuntimeError(f"the worker did not start: {transport.failure}")
     while transport.live_workers < workers:  # redis: every worker announced
         if any(p.poll() is not None for p in processes):
-            raise RuntimeError("a model worker exited before it was ready; run `python -m model_worker serve` "
-                               "alone to see why")
+            raise RuntimeError(
+                "a model worker exited before it was ready; run `python -m model_worker serve` alone to see why"
+            )
         await asyncio.sleep(0.1)
 
 
@@ -51,8 +51,9 @@ async def bench_queue(config: Config, images: list[bytes], requests: int, concur
         labels = config.labels.default
 
         def request(i: int) -> ClassifyRequest:
-            return ClassifyRequest(id=uuid.uuid4().hex, image=images[i % len(images)], labels=labels,
-                                   deadline=time.time() + 600)
+            return ClassifyRequest(
+                id=uuid.uuid4().hex, image=images[i % len(images)], labels=labels, deadline=time.time() + 600
+            )
 
         await asyncio.gather(*(transport.classify(request(i)) for i in range(min(16, requests))))  # warm-up
         round_trip, worker = [], []
@@ -68,6 +69,7 @@ async def bench_queue(config: Config, images: list[bytes], requests: int, concur
         async def limited(i: int):
             async with slots:
                 return await transport.classify(request(i))
+
         started = time.perf_counter()
         results = await asyncio.gather(*(limited(i) for i in range(requests)))
         elapsed = time.perf_counter() - started
@@ -76,24 +78,40 @@ async def bench_queue(config: Config, images: list[bytes], requests: int, concur
         await transport.close()
         _stop(processes)
     p50 = statistics.median
-    return {"model": config.model.id, "device": transport.info and transport.info.device, "dtype": transport.info and transport.info.dtype,
-            "transport": config.worker.transport, "workers": workers, "requests": requests, "round_trip_p50_ms": round(p50(round_trip), 2),
-            "worker_p50_ms": round(p50(worker), 2),
-            "queue_overhead_p50_ms": round(p50([a - b for a, b in zip(round_trip, worker)]), 2),
-            "concurrency": concurrency, "img_s": round(requests / elapsed, 1), "failed": failed}
+    return {
+        "model": config.model.id,
+        "device": transport.info and transport.info.device,
+        "dtype": transport.info and transport.info.dtype,
+        "transport": config.worker.transport,
+        "workers": workers,
+        "requests": requests,
+        "round_trip_p50_ms": round(p50(round_trip), 2),
+        "worker_p50_ms": round(p50(worker), 2),
+        "queue_overhead_p50_ms": round(p50([a - b for a, b in zip(round_trip, worker)]), 2),
+        "concurrency": concurrency,
+        "img_s": round(requests / elapsed, 1),
+        "failed": failed,
+    }
 
 
 def _start_workers(config: Config, count: int) -> list[subprocess.Popen]:
-    env = {**os.environ, "WAKERU_MODEL__ID": config.model.id, "WAKERU_MODEL__DEVICE": config.model.device,
-           "WAKERU_MODEL__DTYPE": config.model.dtype, "WAKERU_WORKER__REDIS_URL": config.worker.redis_url,
-           "WAKERU_WORKER__REDIS_PREFIX": config.worker.redis_prefix,
-           "WAKERU_WORKER__MAX_BATCH": str(config.worker.max_batch)}
+    env = {
+        **os.environ,
+        "WAKERU_MODEL__ID": config.model.id,
+        "WAKERU_MODEL__DEVICE": config.model.device,
+        "WAKERU_MODEL__DTYPE": config.model.dtype,
+        "WAKERU_WORKER__REDIS_URL": config.worker.redis_url,
+        "WAKERU_WORKER__REDIS_PREFIX": config.worker.redis_prefix,
+        "WAKERU_WORKER__MAX_BATCH": str(config.worker.max_batch),
+    }
     # Workers sharing one machine's CPU must split its cores: with every worker's torch using all
     # of them, their spinning threads fight and two workers ran 2.6x SLOWER than one (base model).
     if count > 1 and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // count))
-    return [subprocess.Popen([sys.executable, "-m", "model_worker", "serve"], env=env, stdout=subprocess.DEVNULL)
-            for _ in range(count)]
+    return [
+        subprocess.Popen([sys.executable, "-m", "model_worker", "serve"], env=env, stdout=subprocess.DEVNULL)
+        for _ in range(count)
+    ]
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
@@ -116,8 +134,10 @@ def throwaway_redis():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as folder:
-        server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no", "--dir", folder], stdout=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", folder],
+            stdout=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 10
             while True:
@@ -132,8 +152,9 @@ def throwaway_redis():
             server.wait(10)
 
 
-def run(config: Config, requests: int, concurrency: int, as_json: bool, workers: int = 1,
-        start_redis: bool = False) -> int:
+def run(
+    config: Config, requests: int, concurrency: int, as_json: bool, workers: int = 1, start_redis: bool = False
+) -> int:
     folder = Path(config.discord.samples_dir)
     images = [p.read_bytes() for p in sorted(folder.glob("*.jpg"))]
     if not images:

@@ -7,9 +7,8 @@ Redis Streams.
 
 from __future__ import annotations
 
-from wakeru.config import Config
-
 from bot.transport.base import Reservation, TransportBase, WorkerTransport
+from wakeru.config import Config
 
 __all__ = ["Reservation", "TransportBase", "WorkerTransport", "make_transport"]
 

@@ -17,10 +17,9 @@ import logging
 import time
 from typing import Protocol
 
+from bot.services import metrics
 from wakeru.config import Config
 from wakeru.protocol import ClassifyRequest, ClassifyResult, ErrorCode, WorkerInfo
-
-from bot.services import metrics
 
 log = logging.getLogger("wakeru.transport")
 
@@ -32,12 +31,12 @@ _DEADLINE_GRACE_S = 2.0
 class WorkerTransport(Protocol):
     """Everything the rest of the bot may use of a transport."""
 
-    state: str                 # "stopped" | "starting" | "ready" | "restarting" | "failed" (local);
+    state: str  # "stopped" | "starting" | "ready" | "restarting" | "failed" (local);
     #                            "stopped" | "starting" | "ready" | "no_workers" | "unreachable" (redis)
-    failure: str | None        # why there is no model, for the operator (log, /healthz); None while there is one
-    info: WorkerInfo | None    # what the (first) live worker reported; None before any was ready
-    ready: asyncio.Event       # set once the first worker is ready, or there will be none
-    restarts: int              # worker restarts so far (local)
+    failure: str | None  # why there is no model, for the operator (log, /healthz); None while there is one
+    info: WorkerInfo | None  # what the (first) live worker reported; None before any was ready
+    ready: asyncio.Event  # set once the first worker is ready, or there will be none
+    restarts: int  # worker restarts so far (local)
 
     @property
     def in_flight(self) -> int:
@@ -56,8 +55,7 @@ class WorkerTransport(Protocol):
     def reserve(self, request_id: str, nbytes: int) -> Reservation | ClassifyResult:
         """A place for an image of about `nbytes`, or the answer that says why not."""
 
-    async def classify(self, request: ClassifyRequest, *,
-                       reservation: Reservation | None = None) -> ClassifyResult: ...
+    async def classify(self, request: ClassifyRequest, *, reservation: Reservation | None = None) -> ClassifyResult: ...
 
     def stop_accepting(self) -> None: ...
 
@@ -71,7 +69,7 @@ class Reservation:
     downloaded (so a burst is refused unfetched). `classify(..., reservation=...)` takes it
     over; used as a context manager it is given back unless that happened."""
 
-    def __init__(self, transport: "TransportBase", nbytes: int):
+    def __init__(self, transport: TransportBase, nbytes: int):
         self._transport = transport
         self.bytes = 0
         self.open = True
@@ -91,7 +89,7 @@ class Reservation:
             self.open = False
             self._transport._places -= 1
 
-    def __enter__(self) -> "Reservation":
+    def __enter__(self) -> Reservation:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -106,14 +104,14 @@ class TransportBase:
     def __init__(self, config: Config):
         self.config = config
         self.state = "stopped"
-        self.failure: str | None = None   # why there is no model (load failure, repeated crashes)
+        self.failure: str | None = None  # why there is no model (load failure, repeated crashes)
         self.info: WorkerInfo | None = None  # what the worker reported when ready
-        self.ready = asyncio.Event()      # set once the first worker is ready (or has failed for good)
+        self.ready = asyncio.Event()  # set once the first worker is ready (or has failed for good)
         self.restarts = 0
         self._capacity = config.worker.queue_size
         self._byte_budget = config.worker.queue_max_bytes
         self._accepting = True
-        self._places = 0      # reservations: images downloading or waiting for an answer
+        self._places = 0  # reservations: images downloading or waiting for an answer
         self._held_bytes = 0  # image bytes this process holds for them
         self._pending: dict = {}  # request id → an entry with .request, .future and .place
         metrics.QUEUE_DEPTH.set_function(lambda: len(self._pending))
@@ -166,9 +164,11 @@ class TransportBase:
         return None
 
     def _busy(self, request_id: str) -> ClassifyResult:
-        return ClassifyResult.failure(request_id, ErrorCode.QUEUE_FULL,
-                                      f"the model is busy ({self._places} images, {_mib(self._held_bytes)} "
-                                      "waiting); try again")
+        return ClassifyResult.failure(
+            request_id,
+            ErrorCode.QUEUE_FULL,
+            f"the model is busy ({self._places} images, {_mib(self._held_bytes)} waiting); try again",
+        )
 
     def _fail_all(self, code: ErrorCode, message: str, entries=None) -> None:
         for entry in list(self._pending.values()) if entries is None else entries:
@@ -204,5 +204,3 @@ def deadline_wait(request: ClassifyRequest) -> float | None:
 
 def timed_out(request: ClassifyRequest) -> ClassifyResult:
     return ClassifyResult.failure(request.id, ErrorCode.DEADLINE_EXCEEDED, "no answer from the model worker in time")
-
-

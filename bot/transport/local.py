@@ -31,13 +31,27 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from wakeru.config import Config
-from wakeru.protocol import (PROTOCOL_VERSION, Cancel, Cancelled, Classify, ClassifyRequest, ClassifyResult, ErrorCode,
-                             Failed, FromWorker, ProtocolError, Ready, Result, Stop, ToWorker, decode_from_worker,
-                             encode)
-
 from bot.services import metrics
 from bot.transport.base import Reservation, TransportBase, deadline_wait, timed_out
+from wakeru.config import Config
+from wakeru.protocol import (
+    PROTOCOL_VERSION,
+    Cancel,
+    Cancelled,
+    Classify,
+    ClassifyRequest,
+    ClassifyResult,
+    ErrorCode,
+    Failed,
+    FromWorker,
+    ProtocolError,
+    Ready,
+    Result,
+    Stop,
+    ToWorker,
+    decode_from_worker,
+    encode,
+)
 
 log = logging.getLogger("wakeru.transport")
 
@@ -67,8 +81,15 @@ class _WorkerProcess:
     """One incarnation of the worker: the process, its two pipes and the two threads that
     move messages between the pipes and the event loop (pipe I/O blocks; the loop must not)."""
 
-    def __init__(self, number: int, config: Config, loop: asyncio.AbstractEventLoop, on_message, on_exit,
-                 target: Callable[..., None] | None = None):
+    def __init__(
+        self,
+        number: int,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        on_message,
+        on_exit,
+        target: Callable[..., None] | None = None,
+    ):
         if target is None:
             from model_worker.serving.pipe import run_local_worker as target  # torch-free module: the spawn target
 
@@ -79,9 +100,17 @@ class _WorkerProcess:
         self._results, self._their_results = ctx.Pipe(duplex=False)
         root = logging.getLogger()
         self.process = ctx.Process(
-            target=target, name=f"wakeru-worker-{number}", daemon=True,
-            args=(config.model_dump(mode="python"), self._their_requests, self._their_results,
-                  config.service.log_format, root.level))
+            target=target,
+            name=f"wakeru-worker-{number}",
+            daemon=True,
+            args=(
+                config.model_dump(mode="python"),
+                self._their_requests,
+                self._their_results,
+                config.service.log_format,
+                root.level,
+            ),
+        )
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._started = threading.Event()  # stop() must not race a start still in progress
 
@@ -118,8 +147,11 @@ class _WorkerProcess:
             except (EOFError, OSError):
                 break
             except Exception as e:  # a garbled message: this worker cannot be trusted any more
-                log.error("unreadable message from the model worker (%s); killing it", e,
-                          exc_info=not isinstance(e, ProtocolError))
+                log.error(
+                    "unreadable message from the model worker (%s); killing it",
+                    e,
+                    exc_info=not isinstance(e, ProtocolError),
+                )
                 self.process.kill()
                 break
             self._post(self._on_message, self.number, message)
@@ -156,7 +188,7 @@ class _Pending:
     request: ClassifyRequest
     future: asyncio.Future
     place: Reservation
-    attempts: int = 0          # worker incarnations that have been sent this request
+    attempts: int = 0  # worker incarnations that have been sent this request
     worker: int | None = None  # the incarnation holding it now; None while waiting for a worker
 
 
@@ -170,12 +202,12 @@ class LocalWorkerTransport(TransportBase):
         super().__init__(config)
         self._worker_target = worker_target
         self._waiting: deque[str] = deque()  # ids of new requests waiting for a ready worker
-        self._resend: deque[str] = deque()   # ids to send again after a crash, one at a time
+        self._resend: deque[str] = deque()  # ids to send again after a crash, one at a time
         self._resend_in_flight: str | None = None
         self._worker: _WorkerProcess | None = None
         self._number = 0
-        self._crashes = 0              # consecutive deaths
-        self._loading_deaths = 0       # consecutive deaths before the model was loaded
+        self._crashes = 0  # consecutive deaths
+        self._loading_deaths = 0  # consecutive deaths before the model was loaded
         self._ready_at: float | None = None
         self._restart_at: float | None = None  # wall-clock time of the next start after a crash
         self._restart_task: asyncio.Task | None = None
@@ -196,12 +228,14 @@ class LocalWorkerTransport(TransportBase):
         self._number += 1
         self._ready_at = self._restart_at = None
         self._unanswered.clear()
-        worker = _WorkerProcess(self._number, self.config, asyncio.get_running_loop(),
-                                self._on_message, self._on_exit, self._worker_target)
+        worker = _WorkerProcess(
+            self._number, self.config, asyncio.get_running_loop(), self._on_message, self._on_exit, self._worker_target
+        )
         self._worker = worker
         await asyncio.to_thread(worker.start)
-        log.info("model worker %d started (pid %s), loading %s", worker.number, worker.process.pid,
-                 self.config.model.id)
+        log.info(
+            "model worker %d started (pid %s), loading %s", worker.number, worker.process.pid, self.config.model.id
+        )
 
     async def close(self, timeout: float = 15.0) -> None:
         if self.state == "stopped":
@@ -287,8 +321,12 @@ class LocalWorkerTransport(TransportBase):
             request_id, sent = next(iter(self._unanswered.items()))
             silent = time.monotonic() - sent
             if silent > limit:
-                log.error("model worker %d has not answered a request sent %.0f s ago; killing it "
-                          "(it will be restarted)", self._worker.number, silent, extra={"request_id": request_id})
+                log.error(
+                    "model worker %d has not answered a request sent %.0f s ago; killing it (it will be restarted)",
+                    self._worker.number,
+                    silent,
+                    extra={"request_id": request_id},
+                )
                 self._unanswered.clear()
                 await asyncio.to_thread(self._worker.kill)
 
@@ -307,8 +345,13 @@ class LocalWorkerTransport(TransportBase):
                 self._send_next_resend()
         elif isinstance(message, Ready):
             if message.info.version != PROTOCOL_VERSION:  # a stale install beside a new bot
-                self._on_message(number, Failed(f"the model worker speaks protocol v{message.info.version}, "
-                                                f"this bot v{PROTOCOL_VERSION}: reinstall Wakeru"))
+                self._on_message(
+                    number,
+                    Failed(
+                        f"the model worker speaks protocol v{message.info.version}, "
+                        f"this bot v{PROTOCOL_VERSION}: reinstall Wakeru"
+                    ),
+                )
                 return
             self.info, self._ready_at, self._loading_deaths = message.info, time.monotonic(), 0
             self._set_state("ready")
@@ -322,11 +365,14 @@ class LocalWorkerTransport(TransportBase):
             self.failure = message.message
             self._set_state("failed")
             self.ready.set()
-            log.error("the model could not be loaded, so images are answered \"unavailable\": %s "
-                      "(fix it, then restart the bot)", message.message)
+            log.error(
+                'the model could not be loaded, so images are answered "unavailable": %s '
+                "(fix it, then restart the bot)",
+                message.message,
+            )
             self._fail_all(ErrorCode.UNAVAILABLE, _NO_MODEL)
 
-    def _on_exit(self, number: int, exitcode: int | None) -> None:  # noqa: C901 - one decision, kept together
+    def _on_exit(self, number: int, exitcode: int | None) -> None:
         if number != self._number or self.state in ("stopped", "failed"):
             return  # an orderly stop, or a load failure already reported
         uptime = None if self._ready_at is None else time.monotonic() - self._ready_at
@@ -335,26 +381,42 @@ class LocalWorkerTransport(TransportBase):
         self._crashes += 1
         self._loading_deaths = 0 if uptime is not None else self._loading_deaths + 1
         held = [e for e in self._pending.values() if e.worker == number]
-        log.error("model worker %d died (%s) holding %d request(s)%s", number, describe_exit(exitcode), len(held),
-                  "" if uptime is None else f" after {uptime:.0f} s")
+        log.error(
+            "model worker %d died (%s) holding %d request(s)%s",
+            number,
+            describe_exit(exitcode),
+            len(held),
+            "" if uptime is None else f" after {uptime:.0f} s",
+        )
         self._resend_in_flight = None
         for entry in held:
             entry.worker = None
             if entry.future.done():
                 continue  # answered just before the death; its caller is about to collect it
             if entry.attempts >= 2:
-                log.warning("request was in the worker at two crashes; answering it as crashed",
-                            extra={"request_id": entry.request.id})
-                entry.future.set_result(ClassifyResult.failure(
-                    entry.request.id, ErrorCode.CRASHED,
-                    "the model worker died twice while handling this image; it was not tried again"))
+                log.warning(
+                    "request was in the worker at two crashes; answering it as crashed",
+                    extra={"request_id": entry.request.id},
+                )
+                entry.future.set_result(
+                    ClassifyResult.failure(
+                        entry.request.id,
+                        ErrorCode.CRASHED,
+                        "the model worker died twice while handling this image; it was not tried again",
+                    )
+                )
             else:
                 self._resend.append(entry.request.id)
         if self._loading_deaths >= _MAX_LOADING_DEATHS:
-            hint = ("; give it more memory or choose a smaller model" if exitcode == -signal.SIGKILL
-                    else "; its log above says why")
-            self.failure = (f"the model worker died {self._loading_deaths} times while loading {self.config.model.id} "
-                            f"(last: {describe_exit(exitcode)}){hint}")
+            hint = (
+                "; give it more memory or choose a smaller model"
+                if exitcode == -signal.SIGKILL
+                else "; its log above says why"
+            )
+            self.failure = (
+                f"the model worker died {self._loading_deaths} times while loading {self.config.model.id} "
+                f"(last: {describe_exit(exitcode)}){hint}"
+            )
             self._set_state("failed")
             self.ready.set()
             log.error("%s; not restarting it again", self.failure)
@@ -366,11 +428,17 @@ class LocalWorkerTransport(TransportBase):
         self._set_state("restarting")
         self._restart_at = time.time() + delay
         # images that would still be waiting for the restart at their deadline are told now
-        late = [e for e in self._pending.values() if e.worker is None and e.request.deadline is not None
-                and e.request.deadline < self._restart_at]
+        late = [
+            e
+            for e in self._pending.values()
+            if e.worker is None and e.request.deadline is not None and e.request.deadline < self._restart_at
+        ]
         if late:
-            self._fail_all(ErrorCode.UNAVAILABLE, f"temporarily unavailable: the model worker keeps crashing; "
-                                                  f"the next restart is in {delay:.0f} s", late)
+            self._fail_all(
+                ErrorCode.UNAVAILABLE,
+                f"temporarily unavailable: the model worker keeps crashing; the next restart is in {delay:.0f} s",
+                late,
+            )
         self._restart_task = asyncio.ensure_future(self._restart_after(delay))
 
     async def _restart_after(self, delay: float) -> None:

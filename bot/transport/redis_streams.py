@@ -35,12 +35,23 @@ from dataclasses import dataclass
 import redis
 import redis.asyncio as aioredis
 
-from wakeru.config import Config, redact_url as _safe_url
-from wakeru.protocol import (PROTOCOL_VERSION, REQUESTS_GROUP, WorkerInfo, ClassifyRequest, ClassifyResult, ErrorCode, heartbeat_key,
-                             parse_result_fields, replies_key, request_fields, requests_key)
-
 from bot.services import metrics
 from bot.transport.base import Reservation, TransportBase, deadline_wait, timed_out
+from wakeru.config import Config
+from wakeru.config import redact_url as _safe_url
+from wakeru.protocol import (
+    PROTOCOL_VERSION,
+    REQUESTS_GROUP,
+    ClassifyRequest,
+    ClassifyResult,
+    ErrorCode,
+    WorkerInfo,
+    heartbeat_key,
+    parse_result_fields,
+    replies_key,
+    request_fields,
+    requests_key,
+)
 
 log = logging.getLogger("wakeru.transport")
 
@@ -50,7 +61,7 @@ _READ_BLOCK_MS = 1000
 
 @dataclass(eq=False)
 class _Waiting:
-    request: ClassifyRequest       # without its image once the image is in Redis
+    request: ClassifyRequest  # without its image once the image is in Redis
     future: asyncio.Future
     place: Reservation
     entry_id: bytes | None = None  # the request's stream entry once added
@@ -67,9 +78,10 @@ class RedisWorkerTransport(TransportBase):
         self._replies = replies_key(cfg.redis_prefix, self.bot_id)
         self._redis: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task] = []
-        self.workers: dict[str, WorkerInfo] = {}   # live workers by name, as their heartbeats describe them
-        self.backlog = 0                     # entries in the request stream (waiting or being worked on)
-        self.duplicates = 0                  # answers dropped because the request was already answered
+        self._closing = asyncio.Event()  # set by close(): background pauses end at once
+        self.workers: dict[str, WorkerInfo] = {}  # live workers by name, as their heartbeats describe them
+        self.backlog = 0  # entries in the request stream (waiting or being worked on)
+        self.duplicates = 0  # answers dropped because the request was already answered
         self._workers_seen = time.monotonic()  # when a worker was last alive (or this bot started)
         self._withdrawals: set[asyncio.Task] = set()
 
@@ -80,24 +92,35 @@ class RedisWorkerTransport(TransportBase):
             return
         self._set_state("starting")
         self._accepting = True
+        self._closing = asyncio.Event()
         self._workers_seen = time.monotonic()
-        self._redis = aioredis.Redis.from_url(self.config.worker.redis_url, socket_connect_timeout=5,
-                                              socket_timeout=self.config.worker.redis_timeout_s,
-                                              health_check_interval=10)
-        self._tasks = [self._supervise("the worker watcher", self._watch_workers),
-                       self._supervise("the answer reader", self._read_replies)]
-        log.info("sending images through Redis at %s (stream %s, replies on %s)",
-                 _safe_url(self.config.worker.redis_url), self._requests, self._replies)
+        self._redis = aioredis.Redis.from_url(
+            self.config.worker.redis_url,
+            socket_connect_timeout=5,
+            socket_timeout=self.config.worker.redis_timeout_s,
+            health_check_interval=10,
+        )
+        self._tasks = [
+            self._supervise("the worker watcher", self._watch_workers),
+            self._supervise("the answer reader", self._read_replies),
+        ]
+        log.info(
+            "sending images through Redis at %s (stream %s, replies on %s)",
+            _safe_url(self.config.worker.redis_url),
+            self._requests,
+            self._replies,
+        )
 
     async def close(self, timeout: float = 15.0) -> None:
         if self.state == "stopped":
             return
         self._accepting = False
         self._set_state("stopped")
+        self._closing.set()  # cuts every _sleep short
         # The loops see the state and end after their current call (a blocking XREAD ends within
         # a second). Cancelling one inside redis-py's XREAD can leave it waiting forever after a
         # Redis restart, so cancellation is only the fallback, and is not waited for long.
-        done, left = await asyncio.wait(self._tasks, timeout=_READ_BLOCK_MS / 1000 + 2)
+        _, left = await asyncio.wait(self._tasks, timeout=_READ_BLOCK_MS / 1000 + 2)
         for task in left:
             task.cancel()
         if left:
@@ -123,13 +146,15 @@ class RedisWorkerTransport(TransportBase):
 
     async def _sleep(self, seconds: float) -> None:
         """A pause that close() cuts short."""
-        end = asyncio.get_running_loop().time() + seconds
-        while self.state != "stopped" and asyncio.get_running_loop().time() < end:
-            await asyncio.sleep(min(0.1, seconds))
+        try:
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
 
     def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> asyncio.Task:
         """Run a background loop until close(); a crash (a bug, a surprise from Redis) is logged
         and the loop started again after a backoff, instead of ending it silently."""
+
         async def run() -> None:
             delay = 0.2
             while self.state != "stopped":
@@ -141,6 +166,7 @@ class RedisWorkerTransport(TransportBase):
                     log.exception("%s crashed; starting it again in %.1f s", name, delay)
                     await self._sleep(delay)
                     delay = min(_RETRY_MAX_S, delay * 2)
+
         return asyncio.ensure_future(run())
 
     def _unavailable_because(self) -> str | None:
@@ -155,8 +181,11 @@ class RedisWorkerTransport(TransportBase):
 
     def _room_for(self, request_id: str, nbytes: int) -> ClassifyResult | None:
         if self.backlog >= self.config.worker.stream_max_len:
-            return ClassifyResult.failure(request_id, ErrorCode.QUEUE_FULL,
-                                          f"the model workers are busy ({self.backlog} images waiting); try again")
+            return ClassifyResult.failure(
+                request_id,
+                ErrorCode.QUEUE_FULL,
+                f"the model workers are busy ({self.backlog} images waiting); try again",
+            )
         return super()._room_for(request_id, nbytes)
 
     # ---- requests ----------------------------------------------------------------------
@@ -165,8 +194,9 @@ class RedisWorkerTransport(TransportBase):
         limit = self.config.images.max_bytes
         refused = None
         if len(request.image) > limit:  # never ship what every worker would refuse
-            refused = ClassifyResult.failure(request.id, ErrorCode.TOO_LARGE,
-                                             f"the image is {len(request.image):,} bytes; the limit is {limit:,}")
+            refused = ClassifyResult.failure(
+                request.id, ErrorCode.TOO_LARGE, f"the image is {len(request.image):,} bytes; the limit is {limit:,}"
+            )
         elif request.id in self._pending:
             refused = ClassifyResult.failure(request.id, ErrorCode.BAD_REQUEST, "duplicate request id")
         if refused is not None:
@@ -181,17 +211,22 @@ class RedisWorkerTransport(TransportBase):
         try:
             try:
                 # a hard cap well above the refusal threshold: trimming must never drop waiting work
-                entry.entry_id = await self._redis.xadd(self._requests, request_fields(request, self._replies),
-                                                        maxlen=2 * self.config.worker.stream_max_len + 1000,
-                                                        approximate=True)
+                entry.entry_id = await self._redis.xadd(
+                    self._requests,
+                    request_fields(request, self._replies),
+                    maxlen=2 * self.config.worker.stream_max_len + 1000,
+                    approximate=True,
+                )
             except redis.OutOfMemoryError as e:  # Redis at its maxmemory (noeviction): full, not gone
                 log.warning("Redis is out of memory; answering busy: %s", e, extra={"request_id": request.id})
-                return ClassifyResult.failure(request.id, ErrorCode.QUEUE_FULL,
-                                              "the queue is full; try again in a moment")
+                return ClassifyResult.failure(
+                    request.id, ErrorCode.QUEUE_FULL, "the queue is full; try again in a moment"
+                )
             except redis.RedisError as e:
                 log.warning("could not queue an image in Redis: %s", e, extra={"request_id": request.id})
-                return ClassifyResult.failure(request.id, ErrorCode.UNAVAILABLE,
-                                              "temporarily unavailable: the queue cannot be reached")
+                return ClassifyResult.failure(
+                    request.id, ErrorCode.UNAVAILABLE, "temporarily unavailable: the queue cannot be reached"
+                )
             # the image is Redis's now (failover happens there): this process keeps only the place
             entry.request = dataclasses.replace(request, image=b"")
             place.resize(0)
@@ -207,11 +242,13 @@ class RedisWorkerTransport(TransportBase):
 
     def _withdraw(self, entry_id: bytes) -> None:
         """The caller gave up: delete the request so a worker that has not read it never does."""
+
         async def withdraw() -> None:
             try:
                 await self._redis.xdel(self._requests, entry_id)
             except redis.RedisError:
                 pass  # the worker answers it anyway; the answer is dropped
+
         task = asyncio.ensure_future(withdraw())
         self._withdrawals.add(task)  # referenced until done, so it is neither collected nor forgotten at close
         task.add_done_callback(self._withdrawals.discard)
@@ -256,8 +293,7 @@ class RedisWorkerTransport(TransportBase):
         if entry is None or entry.future.done():
             self.duplicates += 1
             metrics.DUPLICATE_RESULTS.inc()
-            log.info("dropped an answer for a request already answered or given up",
-                     extra={"request_id": result.id})
+            log.info("dropped an answer for a request already answered or given up", extra={"request_id": result.id})
             return
         entry.future.set_result(result)
 
@@ -282,8 +318,11 @@ class RedisWorkerTransport(TransportBase):
                 raise
             except (redis.RedisError, OSError, ValueError) as e:
                 if self.state != "unreachable":  # said once, when it happens
-                    log.error("cannot reach Redis at %s: %s; images are answered \"unavailable\" until it is back",
-                              _safe_url(cfg.redis_url), e)
+                    log.error(
+                        'cannot reach Redis at %s: %s; images are answered "unavailable" until it is back',
+                        _safe_url(cfg.redis_url),
+                        e,
+                    )
                 group_ready = False
                 self._set_state("unreachable")
             await self._sleep(cfg.heartbeat_s)
@@ -297,8 +336,10 @@ class RedisWorkerTransport(TransportBase):
             log.info("model worker %s is alive: %s", name, workers[name])
         models = {w.model for w in workers.values()}
         if new and len(models) > 1:
-            log.warning("the live workers run different models (%s): answers will differ between them",
-                        ", ".join(sorted(map(str, models))))
+            log.warning(
+                "the live workers run different models (%s): answers will differ between them",
+                ", ".join(sorted(map(str, models))),
+            )
         self.workers = workers
         metrics.LIVE_WORKERS.set(len(workers))
         if workers:
@@ -310,9 +351,11 @@ class RedisWorkerTransport(TransportBase):
             self.ready.set()
         else:
             if self.state == "ready":
-                log.error("no model worker is alive: images wait in the queue for one for up to %g s, then are "
-                          "answered \"unavailable\" until one starts (python -m model_worker serve)",
-                          self.config.worker.request_timeout_s)
+                log.error(
+                    "no model worker is alive: images wait in the queue for one for up to %g s, then are "
+                    'answered "unavailable" until one starts (python -m model_worker serve)',
+                    self.config.worker.request_timeout_s,
+                )
             self._set_state("no_workers")
 
 
@@ -321,7 +364,7 @@ def _parse_heartbeats(keys: list, values: list) -> dict[str, WorkerInfo]:
     object (a stray key, another program's data, a worker of another protocol version) is
     skipped with a warning, never fatal to the watcher."""
     workers = {}
-    for key, value in zip(keys, values):
+    for key, value in zip(keys, values, strict=True):  # MGET answers one value per key
         if not value:
             continue  # expired between SCAN and MGET
         try:
@@ -330,8 +373,12 @@ def _parse_heartbeats(keys: list, values: list) -> dict[str, WorkerInfo]:
             log.warning("ignoring heartbeat key %r: its value is not a worker's JSON object", key)
             continue
         if info.version != PROTOCOL_VERSION:
-            log.warning("ignoring model worker %s: it speaks protocol v%d, this bot v%d (upgrade one of them)",
-                        info.name or key, info.version, PROTOCOL_VERSION)
+            log.warning(
+                "ignoring model worker %s: it speaks protocol v%d, this bot v%d (upgrade one of them)",
+                info.name or key,
+                info.version,
+                PROTOCOL_VERSION,
+            )
             continue
         workers[info.name or (key.decode(errors="replace") if isinstance(key, bytes) else str(key))] = info
     return workers
@@ -343,4 +390,3 @@ async def _ensure_group(client: aioredis.Redis, stream: str) -> None:
     except redis.ResponseError as e:
         if "BUSYGROUP" not in str(e):
             raise
-

@@ -28,14 +28,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from wakeru.config import Config
-from wakeru.labels import LabelError, parse_labels
-from wakeru.protocol import ClassifyRequest
-
 from model_worker.image.decode import DecodeLimits, decode_image
 from model_worker.model.label_cache import render
 from model_worker.serving.startup import load_engine
 from model_worker.settings import UsageError, resolve_config
+from wakeru.config import Config
+from wakeru.labels import LabelError, parse_labels
+from wakeru.protocol import ClassifyRequest
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
@@ -96,11 +95,16 @@ def run_naive(engine, jpegs: list[bytes], labels: tuple[str, ...]) -> float:
 def run_engine(engine, jpegs: list[bytes], labels: tuple[str, ...], warm: bool = True) -> tuple[float, list[float]]:
     window = 2 * engine.max_batch
     if warm:  # one full batch, which also caches the label set's embeddings
-        list(engine.stream((ClassifyRequest(id=f"w{i}", image=d, labels=labels)
-                            for i, d in enumerate(jpegs[:engine.max_batch])), window))
+        list(
+            engine.stream(
+                (ClassifyRequest(id=f"w{i}", image=d, labels=labels) for i, d in enumerate(jpegs[: engine.max_batch])),
+                window,
+            )
+        )
     start = time.perf_counter()
-    results = list(engine.stream((ClassifyRequest(id=str(i), image=d, labels=labels)
-                                  for i, d in enumerate(jpegs)), window))
+    results = list(
+        engine.stream((ClassifyRequest(id=str(i), image=d, labels=labels) for i, d in enumerate(jpegs)), window)
+    )
     elapsed = time.perf_counter() - start
     failed = [r for r in results if not r.ok]
     if failed:
@@ -128,17 +132,23 @@ def run_label_churn(engine, jpegs: list[bytes], labels: tuple[str, ...], sets: i
     finally:
         stop.set()
         thread.join()
-    return {"img_s": round(speed, 3), "p50_ms": round(float(np.percentile(latencies, 50)), 1),
-            "p99_ms": round(float(np.percentile(latencies, 99)), 1), "new_sets_answered": len(done),
-            "new_set_p50_ms": round(float(np.percentile(done, 50)), 1) if done else None}
+    return {
+        "img_s": round(speed, 3),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+        "new_sets_answered": len(done),
+        "new_set_p50_ms": round(float(np.percentile(done, 50)), 1) if done else None,
+    }
 
 
 def run_model_only(engine, jpegs: list[bytes], total_images: int) -> float:
     adapter = engine.adapter
     limits = DecodeLimits.from_config(engine.config.images)
     batch = engine.max_batch
-    prepared = [adapter.preprocessor.prepare(decode_image(jpegs[i % len(jpegs)], limits, adapter.preprocessor.draft_size))
-                for i in range(batch)]
+    prepared = [
+        adapter.preprocessor.prepare(decode_image(jpegs[i % len(jpegs)], limits, adapter.preprocessor.draft_size))
+        for i in range(batch)
+    ]
     inputs = adapter.preprocessor.collate(prepared, adapter.device, adapter.dtype)
     adapter.encode_images(inputs)  # warm-up
     _sync(adapter.device)
@@ -170,9 +180,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     churn = None
     try:
         model_only = run_model_only(engine, jpegs, args.images)
-        engine_speed, latencies = run_engine(engine, jpegs[:args.images], labels)
+        engine_speed, latencies = run_engine(engine, jpegs[: args.images], labels)
         if args.new_label_sets:
-            churn = run_label_churn(engine, jpegs[:args.images], labels, args.new_label_sets, args.new_set_size)
+            churn = run_label_churn(engine, jpegs[: args.images], labels, args.new_label_sets, args.new_set_size)
         naive = run_naive(engine, jpegs[:naive_count], labels)
     finally:
         engine.close()
@@ -203,17 +213,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:
-        print(f"model {report['model']} ({report['family']}) on {report['device']}, {report['dtype']}, "
-              f"batch {report['batch']}, {report['labels']} labels × {report['templates']} templates, "
-              f"{report['image_size']} JPEGs")
+        print(
+            f"model {report['model']} ({report['family']}) on {report['device']}, {report['dtype']}, "
+            f"batch {report['batch']}, {report['labels']} labels × {report['templates']} templates, "
+            f"{report['image_size']} JPEGs"
+        )
         print(f"  naive loop      {naive:9.2f} img/s   ({naive_count} images, batch 1, both towers per image)")
-        print(f"  engine          {engine_speed:9.2f} img/s   ({args.images} images from JPEG bytes)  "
-              f"= {report['engine_vs_naive']}× naive, {report['engine_vs_model_only']:.0%} of vision tower")
+        print(
+            f"  engine          {engine_speed:9.2f} img/s   ({args.images} images from JPEG bytes)  "
+            f"= {report['engine_vs_naive']}× naive, {report['engine_vs_model_only']:.0%} of vision tower"
+        )
         print(f"  vision tower    {model_only:9.2f} img/s   (preprocessed batch of {engine.max_batch})")
-        print(f"  latency         p50 {report['p50_ms']} ms, p99 {report['p99_ms']} ms "
-              f"(mean batch {report['mean_batch']})")
+        print(
+            f"  latency         p50 {report['p50_ms']} ms, p99 {report['p99_ms']} ms "
+            f"(mean batch {report['mean_batch']})"
+        )
         if churn is not None:
-            print(f"  with new sets   {churn['img_s']:9.2f} img/s, p50 {churn['p50_ms']} ms, p99 {churn['p99_ms']} ms "
-                  f"while {churn['new_sets_answered']} sets of {args.new_set_size} new labels arrived "
-                  f"(each answered in {churn['new_set_p50_ms']} ms, p50)")
+            print(
+                f"  with new sets   {churn['img_s']:9.2f} img/s, p50 {churn['p50_ms']} ms, p99 {churn['p99_ms']} ms "
+                f"while {churn['new_sets_answered']} sets of {args.new_set_size} new labels arrived "
+                f"(each answered in {churn['new_set_p50_ms']} ms, p50)"
+            )
     return 0

@@ -22,53 +22,231 @@ FAMILIES = ("siglip", "siglip2", "clip", "japanese-stable-clip")
 
 # Tower sizes. "base" is ViT-B/16 at 224 with a 12-layer text tower: the benchmark size.
 PRESETS = {
-    "tiny": dict(hidden=32, layers=2, heads=2, mlp=64, image=32, patch=8, proj=32, vocab=1000, text_hidden=32,
-                 text_layers=2, text_heads=2, text_mlp=64),
-    "small": dict(hidden=256, layers=4, heads=4, mlp=1024, image=224, patch=16, proj=256, vocab=8000,
-                  text_hidden=256, text_layers=4, text_heads=4, text_mlp=1024),
-    "base": dict(hidden=768, layers=12, heads=12, mlp=3072, image=224, patch=16, proj=768, vocab=32000,
-                 text_hidden=768, text_layers=12, text_heads=12, text_mlp=3072),
+    "tiny": dict(
+        hidden=32,
+        layers=2,
+        heads=2,
+        mlp=64,
+        image=32,
+        patch=8,
+        proj=32,
+        vocab=1000,
+        text_hidden=32,
+        text_layers=2,
+        text_heads=2,
+        text_mlp=64,
+    ),
+    "small": dict(
+        hidden=256,
+        layers=4,
+        heads=4,
+        mlp=1024,
+        image=224,
+        patch=16,
+        proj=256,
+        vocab=8000,
+        text_hidden=256,
+        text_layers=4,
+        text_heads=4,
+        text_mlp=1024,
+    ),
+    "base": dict(
+        hidden=768,
+        layers=12,
+        heads=12,
+        mlp=3072,
+        image=224,
+        patch=16,
+        proj=768,
+        vocab=32000,
+        text_hidden=768,
+        text_layers=12,
+        text_heads=12,
+        text_mlp=3072,
+    ),
+    # ViT-L/16 at 256 px, both towers (as google/siglip-large-patch16-256): the GPU benchmark's size
+    "large": dict(
+        hidden=1024,
+        layers=24,
+        heads=16,
+        mlp=4096,
+        image=256,
+        patch=16,
+        proj=1024,
+        vocab=32000,
+        text_hidden=1024,
+        text_layers=24,
+        text_heads=16,
+        text_mlp=4096,
+    ),
 }
 
-_JA_WORDS = (
-    "犬 猫 鳥 魚 馬 牛 羊 うさぎ 熊 象 キリン ライオン 虎 猿 パンダ 狐 狼 亀 蛇 人 食べ物 飲み物 花 車 乗り物 建物 風景 空 海 山 "
-    "街並み 室内 料理 動物 植物 文字 ラーメン 寿司 カレーライス 天ぷら ケーキ パン ピザ コーヒー お茶 ビール 果物 自転車 バイク バス "
-    "電車 新幹線 飛行機 船 ロケット 川 森 夜景 夕焼け 雪景色 桜 紅葉 神社 寺 城 公園 宇宙飛行士 カップ オートバイ "
-    "赤い 青い 緑の 黄色い 白い 黒い 丸 四角 三角 星 円 正方形 三角形"
-).split()
-_TEMPLATES = ("{}の写真", "{}の画像", "{}が写っている写真", "{}のイラスト", "a photo of a {}.", "this is a photo of {}.")
-_EN_WORDS = "dog cat bird fish horse car bus train plane ship rocket coffee cup astronaut motorcycle red blue green".split()
+_JA_WORDS = [
+    "犬",
+    "猫",
+    "鳥",
+    "魚",
+    "馬",
+    "牛",
+    "羊",
+    "うさぎ",
+    "熊",
+    "象",
+    "キリン",
+    "ライオン",
+    "虎",
+    "猿",
+    "パンダ",
+    "狐",
+    "狼",
+    "亀",
+    "蛇",
+    "人",
+    "食べ物",
+    "飲み物",
+    "花",
+    "車",
+    "乗り物",
+    "建物",
+    "風景",
+    "空",
+    "海",
+    "山",
+    "街並み",
+    "室内",
+    "料理",
+    "動物",
+    "植物",
+    "文字",
+    "ラーメン",
+    "寿司",
+    "カレーライス",
+    "天ぷら",
+    "ケーキ",
+    "パン",
+    "ピザ",
+    "コーヒー",
+    "お茶",
+    "ビール",
+    "果物",
+    "自転車",
+    "バイク",
+    "バス",
+    "電車",
+    "新幹線",
+    "飛行機",
+    "船",
+    "ロケット",
+    "川",
+    "森",
+    "夜景",
+    "夕焼け",
+    "雪景色",
+    "桜",
+    "紅葉",
+    "神社",
+    "寺",
+    "城",
+    "公園",
+    "宇宙飛行士",
+    "カップ",
+    "オートバイ",
+    "赤い",
+    "青い",
+    "緑の",
+    "黄色い",
+    "白い",
+    "黒い",
+    "丸",
+    "四角",
+    "三角",
+    "星",
+    "円",
+    "正方形",
+    "三角形",
+]
+_TEMPLATES = (
+    "{}の写真",
+    "{}の画像",
+    "{}が写っている写真",
+    "{}のイラスト",
+    "a photo of a {}.",
+    "this is a photo of {}.",
+)
+_EN_WORDS = [
+    "dog",
+    "cat",
+    "bird",
+    "fish",
+    "horse",
+    "car",
+    "bus",
+    "train",
+    "plane",
+    "ship",
+    "rocket",
+    "coffee",
+    "cup",
+    "astronaut",
+    "motorcycle",
+    "red",
+    "blue",
+    "green",
+]
 
 
 def corpus() -> list[str]:
     """Training text for the local tokenizers: every word under every template."""
     lines = [t.replace("{}", w) for w in _JA_WORDS + _EN_WORDS for t in _TEMPLATES]
-    lines += [" ".join(_JA_WORDS[i:i + 6]) for i in range(0, len(_JA_WORDS), 3)]
+    lines += [" ".join(_JA_WORDS[i : i + 6]) for i in range(0, len(_JA_WORDS), 3)]
     return lines * 3
 
 
-def _train_sentencepiece(path: Path, vocab_size: int, *, unk: int, bos: int, eos: int, pad: int,
-                         pieces: dict[str, str]) -> Path:
+def _train_sentencepiece(
+    path: Path, vocab_size: int, *, unk: int, bos: int, eos: int, pad: int, pieces: dict[str, str]
+) -> Path:
     import sentencepiece as spm
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus()), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
-        character_coverage=1.0, byte_fallback=True, hard_vocab_limit=False, minloglevel=2,
-        unk_id=unk, bos_id=bos, eos_id=eos, pad_id=pad, num_threads=1, **pieces)
+        sentence_iterator=iter(corpus()),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        character_coverage=1.0,
+        byte_fallback=True,
+        hard_vocab_limit=False,
+        minloglevel=2,
+        unk_id=unk,
+        bos_id=bos,
+        eos_id=eos,
+        pad_id=pad,
+        num_threads=1,
+        **pieces,
+    )
     path.write_bytes(buf.getvalue())
     return path
 
 
-def _sentencepiece_tokenizer(out: Path, tokenizer_class: str, filename: str, ids: dict[str, int],
-                             pieces: dict[str, str], extra: dict | None = None):
+def _sentencepiece_tokenizer(
+    out: Path,
+    tokenizer_class: str,
+    filename: str,
+    ids: dict[str, int],
+    pieces: dict[str, str],
+    extra: dict | None = None,
+):
     """Train a sentencepiece model, load it as `tokenizer_class`, save it into `out`."""
     from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         _train_sentencepiece(Path(tmp) / filename, 1000, **ids, pieces=pieces)
-        names = {"unk": pieces["unk_piece"], "bos": pieces["bos_piece"], "eos": pieces["eos_piece"],
-                 "pad": pieces["pad_piece"]}
+        names = {
+            "unk": pieces["unk_piece"],
+            "bos": pieces["bos_piece"],
+            "eos": pieces["eos_piece"],
+            "pad": pieces["pad_piece"],
+        }
         config = {"tokenizer_class": tokenizer_class, **{f"{k}_token": v for k, v in names.items()}, **(extra or {})}
         (Path(tmp) / "tokenizer_config.json").write_text(json.dumps(config))
         tok = AutoTokenizer.from_pretrained(tmp)
@@ -79,16 +257,24 @@ def _sentencepiece_tokenizer(out: Path, tokenizer_class: str, filename: str, ids
 def gemma_tokenizer(out: Path):
     # Gemma ids as in the SigLIP 2 checkpoints: <pad>=0, <eos>=1, <bos>=2, <unk>=3.
     return _sentencepiece_tokenizer(
-        out, "GemmaTokenizer", "tokenizer.model", dict(pad=0, eos=1, bos=2, unk=3),
-        dict(pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>"))
+        out,
+        "GemmaTokenizer",
+        "tokenizer.model",
+        dict(pad=0, eos=1, bos=2, unk=3),
+        dict(pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>"),
+    )
 
 
 def t5_tokenizer(out: Path):
     # As Japanese Stable CLIP's: <unk>=0, <s>=1, </s>=2, [PAD]=3.
     return _sentencepiece_tokenizer(
-        out, "T5Tokenizer", "spiece.model", dict(unk=0, bos=1, eos=2, pad=3),
+        out,
+        "T5Tokenizer",
+        "spiece.model",
+        dict(unk=0, bos=1, eos=2, pad=3),
         dict(unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>", pad_piece="[PAD]"),
-        extra={"extra_ids": 0, "model_max_length": 77})
+        extra={"extra_ids": 0, "model_max_length": 77},
+    )
 
 
 def clip_tokenizer(out: Path):
@@ -98,17 +284,26 @@ def clip_tokenizer(out: Path):
 
     special = ["<|startoftext|>", "<|endoftext|>"]
     tok = Tokenizer(models.BPE(unk_token=special[1], end_of_word_suffix="</w>", continuing_subword_prefix=""))
-    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
-                                           normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
-                             behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False),
-    ])
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(
+                Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""), behavior="removed", invert=True
+            ),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=special, initial_alphabet=alphabet,
-                                  end_of_word_suffix="</w>", show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=800,
+        special_tokens=special,
+        initial_alphabet=alphabet,
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
     tok.train_from_iterator(corpus(), trainer)
     with tempfile.TemporaryDirectory() as tmp:
         tok.model.save(tmp)
@@ -118,23 +313,43 @@ def clip_tokenizer(out: Path):
             for piece in (ch, ch + "</w>"):
                 vocab.setdefault(piece, len(vocab))
         (Path(tmp) / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-        (Path(tmp) / "tokenizer_config.json").write_text(json.dumps({
-            "tokenizer_class": "CLIPTokenizer", "bos_token": special[0], "eos_token": special[1],
-            "pad_token": special[1], "unk_token": special[1], "model_max_length": 77}))
+        (Path(tmp) / "tokenizer_config.json").write_text(
+            json.dumps(
+                {
+                    "tokenizer_class": "CLIPTokenizer",
+                    "bos_token": special[0],
+                    "eos_token": special[1],
+                    "pad_token": special[1],
+                    "unk_token": special[1],
+                    "model_max_length": 77,
+                }
+            )
+        )
         clip = AutoTokenizer.from_pretrained(tmp)
     clip.save_pretrained(out)
     return clip
 
 
 def _vision_kwargs(p: dict) -> dict:
-    return dict(hidden_size=p["hidden"], num_hidden_layers=p["layers"], num_attention_heads=p["heads"],
-                intermediate_size=p["mlp"], image_size=p["image"], patch_size=p["patch"])
+    return dict(
+        hidden_size=p["hidden"],
+        num_hidden_layers=p["layers"],
+        num_attention_heads=p["heads"],
+        intermediate_size=p["mlp"],
+        image_size=p["image"],
+        patch_size=p["patch"],
+    )
 
 
 def _text_kwargs(p: dict, vocab: int, max_pos: int) -> dict:
-    return dict(hidden_size=p["text_hidden"], num_hidden_layers=p["text_layers"],
-                num_attention_heads=p["text_heads"], intermediate_size=p["text_mlp"], vocab_size=vocab,
-                max_position_embeddings=max_pos)
+    return dict(
+        hidden_size=p["text_hidden"],
+        num_hidden_layers=p["text_layers"],
+        num_attention_heads=p["text_heads"],
+        intermediate_size=p["text_mlp"],
+        vocab_size=vocab,
+        max_position_embeddings=max_pos,
+    )
 
 
 def _save(model, out: Path) -> None:
@@ -164,8 +379,9 @@ def build_siglip(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = SiglipModel(SiglipConfig(text_config=text, vision_config=_vision_kwargs(p)))
     _save(model, out)
-    SiglipImageProcessor(size={"height": p["image"], "width": p["image"]}, resample=2,
-                         image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(out)
+    SiglipImageProcessor(
+        size={"height": p["image"], "width": p["image"]}, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(out)
     return out
 
 
@@ -183,10 +399,22 @@ def build_siglip2(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = Siglip2Model(Siglip2Config(text_config=text, vision_config=vision))
     _save(model, out)
-    (out / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "Siglip2ImageProcessor", "do_resize": True, "resample": 2, "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
-        "patch_size": p["patch"], "max_num_patches": max_patches}))
+    (out / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "Siglip2ImageProcessor",
+                "do_resize": True,
+                "resample": 2,
+                "do_rescale": True,
+                "rescale_factor": 1 / 255,
+                "do_normalize": True,
+                "image_mean": [0.5] * 3,
+                "image_std": [0.5] * 3,
+                "patch_size": p["patch"],
+                "max_num_patches": max_patches,
+            }
+        )
+    )
     AutoImageProcessor.from_pretrained(out)  # fail here, not in a test, if the layout is wrong
     return out
 
@@ -204,15 +432,16 @@ def build_clip(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=_vision_kwargs(p), projection_dim=p["proj"]))
     _save(model, out)
-    CLIPImageProcessor(size={"shortest_edge": p["image"]}, crop_size={"height": p["image"], "width": p["image"]},
-                       resample=3).save_pretrained(out)
+    CLIPImageProcessor(
+        size={"shortest_edge": p["image"]}, crop_size={"height": p["image"], "width": p["image"]}, resample=3
+    ).save_pretrained(out)
     return out
 
 
 # A remote-code stand-in for Japanese Stable CLIP: same model_type and call signatures,
 # tiny towers, and a record of every text batch it receives so tests can check the
 # exact ids, attention mask and position_ids.
-_JSC_CONFIG = '''
+_JSC_CONFIG = """
 from transformers import PretrainedConfig
 
 
@@ -228,9 +457,9 @@ class JapaneseStableCLIPConfig(PretrainedConfig):
         self.patch_size = patch_size
         self.max_position_embeddings = max_position_embeddings
         super().__init__(**kwargs)
-'''
+"""
 
-_JSC_MODEL = '''
+_JSC_MODEL = """
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -275,7 +504,7 @@ class JapaneseStableCLIPModel(PreTrainedModel):
         self.image_calls.append(tuple(pixel_values.shape))
         pooled = self.patch(pixel_values).flatten(2).mean(-1)
         return self.visual_projection(pooled)
-'''
+"""
 
 
 def build_japanese_stable_clip_standin(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
@@ -300,11 +529,17 @@ def build_japanese_stable_clip_standin(out: Path, preset: str = "tiny", seed: in
         conf_mod = importlib.import_module(f"{pkg}.configuration_japanese_stable_clip")
         model_mod = importlib.import_module(f"{pkg}.modeling_japanese_stable_clip")
         config = conf_mod.JapaneseStableCLIPConfig(
-            vocab_size=max(p["vocab"], len(tok)), hidden_size=p["hidden"], projection_dim=p["proj"],
-            image_size=p["image"], patch_size=p["patch"],
+            vocab_size=max(p["vocab"], len(tok)),
+            hidden_size=p["hidden"],
+            projection_dim=p["proj"],
+            image_size=p["image"],
+            patch_size=p["patch"],
             architectures=["JapaneseStableCLIPModel"],
-            auto_map={"AutoConfig": "configuration_japanese_stable_clip.JapaneseStableCLIPConfig",
-                      "AutoModel": "modeling_japanese_stable_clip.JapaneseStableCLIPModel"})
+            auto_map={
+                "AutoConfig": "configuration_japanese_stable_clip.JapaneseStableCLIPConfig",
+                "AutoModel": "modeling_japanese_stable_clip.JapaneseStableCLIPModel",
+            },
+        )
         torch.manual_seed(seed)
         model = model_mod.JapaneseStableCLIPModel(config)
         model.save_pretrained(out, safe_serialization=True)
@@ -314,12 +549,19 @@ def build_japanese_stable_clip_standin(out: Path, preset: str = "tiny", seed: in
         (out / "__init__.py").unlink(missing_ok=True)
     # config.json must name the auto classes relative to the repo, as on the hub
     cfg = json.loads((out / "config.json").read_text())
-    cfg["auto_map"] = {"AutoConfig": "configuration_japanese_stable_clip.JapaneseStableCLIPConfig",
-                       "AutoModel": "modeling_japanese_stable_clip.JapaneseStableCLIPModel"}
+    cfg["auto_map"] = {
+        "AutoConfig": "configuration_japanese_stable_clip.JapaneseStableCLIPConfig",
+        "AutoModel": "modeling_japanese_stable_clip.JapaneseStableCLIPModel",
+    }
     cfg["model_type"] = "japanese_stable_clip"
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    CLIPImageProcessor(size={"shortest_edge": p["image"]}, crop_size={"height": p["image"], "width": p["image"]},
-                       resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(out)
+    CLIPImageProcessor(
+        size={"shortest_edge": p["image"]},
+        crop_size={"height": p["image"], "width": p["image"]},
+        resample=3,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    ).save_pretrained(out)
     return out
 
 

@@ -38,20 +38,24 @@ class Faults:
     load_delay_ms: float = 0.0
 
     @classmethod
-    def from_env(cls, environ=os.environ) -> "Faults":
+    def from_env(cls, environ=os.environ) -> Faults:
         raw = environ.get(ENV, "").strip()
         if not raw:
             return cls()
         if environ.get(ALLOW_ENV, "").strip() != "1":
-            log.warning("%s is set but ignored: fault injection is for tests and drills and also needs %s=1",
-                        ENV, ALLOW_ENV)
+            log.warning(
+                "%s is set but ignored: fault injection is for tests and drills and also needs %s=1", ENV, ALLOW_ENV
+            )
             return cls()
         values = dict(part.split("=", 1) for part in raw.split(",") if "=" in part)
-        faults = cls(crash_label=values.get("crash_label") or None,
-                     batch_delay_ms=float(values.get("batch_delay_ms", 0) or 0),
-                     load_delay_ms=float(values.get("load_delay_ms", 0) or 0))
-        log.warning("fault injection is ON (%s=%s, allowed by %s=1): this worker will misbehave on purpose",
-                    ENV, raw, ALLOW_ENV)
+        faults = cls(
+            crash_label=values.get("crash_label") or None,
+            batch_delay_ms=float(values.get("batch_delay_ms", 0) or 0),
+            load_delay_ms=float(values.get("load_delay_ms", 0) or 0),
+        )
+        log.warning(
+            "fault injection is ON (%s=%s, allowed by %s=1): this worker will misbehave on purpose", ENV, raw, ALLOW_ENV
+        )
         return faults
 
     def check_request(self, labels) -> None:

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from wakeru.protocol import ErrorCode
-
 from model_worker.image.sniff import sniff
+from wakeru.protocol import ErrorCode
 
 # A truncated file is an error, not a half-grey picture.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -35,11 +34,11 @@ _WHITE = (255, 255, 255)
 # JPEG markers and PNG chunks in Python and libjpeg decodes every progressive scan over
 # the whole image, so a small file with millions of markers or thousands of scans would
 # hold a decode thread for seconds to hours. Real photos stay far below these.
-MAX_SIDE = 50_000              # px; a 1×40,000,000 strip costs gigabytes in Pillow's resamplers
-MAX_JPEG_SCANS = 100           # progressive JPEGs use about 10
+MAX_SIDE = 50_000  # px; a 1×40,000,000 strip costs gigabytes in Pillow's resamplers
+MAX_JPEG_SCANS = 100  # progressive JPEGs use about 10
 MAX_JPEG_HEADER_SEGMENTS = 1_000
-MAX_JPEG_JUNK_BYTES = 4_096    # stray bytes between markers, which Pillow skips one by one
-MAX_PNG_CHUNKS = 20_000        # a 25 MiB PNG with 8 KiB IDAT chunks has about 3,200
+MAX_JPEG_JUNK_BYTES = 4_096  # stray bytes between markers, which Pillow skips one by one
+MAX_PNG_CHUNKS = 20_000  # a 25 MiB PNG with 8 KiB IDAT chunks has about 3,200
 MAX_GIF_BLOCKS_BEFORE_IMAGE = 10_000  # extension blocks and sub-blocks before the first frame
 _NOT_FF = re.compile(rb"[^\xff]*")
 _FF_RUN = re.compile(rb"\xff+")
@@ -59,7 +58,7 @@ class DecodeLimits:
     formats: frozenset[str]
 
     @classmethod
-    def from_config(cls, images_cfg) -> "DecodeLimits":
+    def from_config(cls, images_cfg) -> DecodeLimits:
         return cls(images_cfg.max_bytes, images_cfg.max_pixels, frozenset(images_cfg.formats))
 
     def allowed_text(self) -> str:
@@ -79,9 +78,10 @@ def _open(data: bytes, pillow_format: str, description: str, limits: DecodeLimit
     try:
         return Image.open(io.BytesIO(data), formats=[pillow_format])
     except Image.DecompressionBombError:
-        raise ImageError(ErrorCode.TOO_MANY_PIXELS,
-                         f"the {description} declares far too many pixels; the limit is {limits.max_pixels / 1e6:.1f} MP"
-                         ) from None
+        raise ImageError(
+            ErrorCode.TOO_MANY_PIXELS,
+            f"the {description} declares far too many pixels; the limit is {limits.max_pixels / 1e6:.1f} MP",
+        ) from None
     except Exception as e:  # Pillow raises many types on hostile headers
         raise ImageError(ErrorCode.CORRUPT, f"the {description} is damaged and cannot be read ({_reason(e)})") from None
 
@@ -113,12 +113,13 @@ def _check_jpeg_structure(data: bytes) -> None:
             break
         segments += 1
         if segments > MAX_JPEG_HEADER_SEGMENTS:
-            raise ImageError(ErrorCode.CORRUPT,
-                             f"the JPEG image has more than {MAX_JPEG_HEADER_SEGMENTS} header segments")
+            raise ImageError(
+                ErrorCode.CORRUPT, f"the JPEG image has more than {MAX_JPEG_HEADER_SEGMENTS} header segments"
+            )
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
             pos += 2
         elif pos + 4 <= end:
-            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
         else:
             break
 
@@ -129,8 +130,8 @@ def _check_png_structure(data: bytes) -> None:
         chunks += 1
         if chunks > MAX_PNG_CHUNKS:
             raise ImageError(ErrorCode.CORRUPT, f"the PNG image has more than {MAX_PNG_CHUNKS} chunks")
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        if data[pos + 4:pos + 8] == b"IEND":
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        if data[pos + 4 : pos + 8] == b"IEND":
             break
         pos += 12 + length
 
@@ -148,8 +149,10 @@ def _check_gif_structure(data: bytes) -> None:
         while pos < end:
             blocks += 1
             if blocks > MAX_GIF_BLOCKS_BEFORE_IMAGE:
-                raise ImageError(ErrorCode.CORRUPT,
-                                 f"the GIF image has more than {MAX_GIF_BLOCKS_BEFORE_IMAGE} blocks before its first frame")
+                raise ImageError(
+                    ErrorCode.CORRUPT,
+                    f"the GIF image has more than {MAX_GIF_BLOCKS_BEFORE_IMAGE} blocks before its first frame",
+                )
             size = data[pos]
             pos += 1 + size
             if size == 0:
@@ -164,8 +167,10 @@ def _check_geometry(im: Image.Image, limits: DecodeLimits, description: str) -> 
     if width <= 0 or height <= 0:
         raise ImageError(ErrorCode.BAD_DIMENSIONS, f"the {description} has no pixels ({width}×{height})")
     if max(width, height) > MAX_SIDE:
-        raise ImageError(ErrorCode.BAD_DIMENSIONS,
-                         f"the {description} is {width}×{height} px; sides longer than {MAX_SIDE} px are not accepted")
+        raise ImageError(
+            ErrorCode.BAD_DIMENSIONS,
+            f"the {description} is {width}×{height} px; sides longer than {MAX_SIDE} px are not accepted",
+        )
     if width * height > limits.max_pixels:
         raise ImageError(
             ErrorCode.TOO_MANY_PIXELS,
@@ -203,7 +208,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
         return _scale_to_8bit(im).convert("RGB")
     # a tRNS colour (palette index, grey level or RGB triple) is transparency too
     has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
-        mode in ("P", "L", "RGB", "1") and "transparency" in im.info)
+        mode in ("P", "L", "RGB", "1") and "transparency" in im.info
+    )
     if has_alpha:
         rgba = im.convert("RGBA")
         background = Image.new("RGB", rgba.size, _WHITE)
@@ -222,9 +228,7 @@ def decode_image(data: bytes, limits: DecodeLimits, draft_size: tuple[int, int] 
     if not data:
         raise ImageError(ErrorCode.EMPTY, "the file is empty (0 bytes)")
     if len(data) > limits.max_bytes:
-        raise ImageError(
-            ErrorCode.TOO_LARGE, f"the file is {_size(len(data))}; the limit is {_size(limits.max_bytes)}"
-        )
+        raise ImageError(ErrorCode.TOO_LARGE, f"the file is {_size(len(data))}; the limit is {_size(limits.max_bytes)}")
     kind = sniff(data)
     if kind.pillow_format is None or kind.name not in limits.formats:
         raise ImageError(

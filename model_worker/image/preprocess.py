@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+
 def _resample(value: Any) -> Image.Resampling:
     """PIL resampling from a processor's `resample`: an int / PILImageResampling, or (in
     torchvision-backed processors) an InterpolationMode such as BICUBIC."""
@@ -36,8 +37,12 @@ def _resample(value: Any) -> Image.Resampling:
         raise UnsupportedProcessor(f"unsupported resample mode {value!r}") from None
 
 
-def _resize(im: Image.Image, size: tuple[int, int], resample: Image.Resampling,
-            box: tuple[float, float, float, float] | None = None) -> Image.Image:
+def _resize(
+    im: Image.Image,
+    size: tuple[int, int],
+    resample: Image.Resampling,
+    box: tuple[float, float, float, float] | None = None,
+) -> Image.Image:
     # Exact resampling, as transformers does (no reducing_gap): JPEGs are already
     # shrunk by draft decoding, so the remaining factor is small.
     return im.resize(size, resample, box=box)
@@ -56,8 +61,11 @@ def _size_dict(value: Any) -> dict[str, int]:
     if isinstance(value, dict):
         return {k: v for k, v in value.items() if v is not None}
     # transformers 5 SizeDict
-    return {k: getattr(value, k) for k in ("height", "width", "shortest_edge", "longest_edge")
-            if getattr(value, k, None) is not None}
+    return {
+        k: getattr(value, k)
+        for k in ("height", "width", "shortest_edge", "longest_edge")
+        if getattr(value, k, None) is not None
+    }
 
 
 class UnsupportedProcessor(ValueError):
@@ -71,7 +79,7 @@ class _Normalise:
     _per_device: dict = field(default_factory=dict, repr=False)  # the two, copied to each device once
 
     @classmethod
-    def from_processor(cls, proc: Any) -> "_Normalise":
+    def from_processor(cls, proc: Any) -> _Normalise:
         rescale = float(_get(proc, "rescale_factor", 1 / 255)) if _get(proc, "do_rescale", True) else 1.0
         if _get(proc, "do_normalize", True):
             mean = np.asarray(_get(proc, "image_mean", [0.0, 0.0, 0.0]), dtype=np.float64).reshape(-1)
@@ -115,8 +123,9 @@ class Preprocessor:
 
 
 class FixedResolution(Preprocessor):
-    def __init__(self, *, resize: dict[str, int], crop: tuple[int, int] | None, resample: Image.Resampling,
-                 normalise: _Normalise):
+    def __init__(
+        self, *, resize: dict[str, int], crop: tuple[int, int] | None, resample: Image.Resampling, normalise: _Normalise
+    ):
         self.resize, self.crop, self.resample, self.normalise = resize, crop, resample, normalise
         if "shortest_edge" in resize:
             if crop is None:
@@ -151,9 +160,9 @@ class FixedResolution(Preprocessor):
         resized = np.asarray(_resize(im, (new_w, new_h), self.resample))
         out = np.zeros((max(crop_h, new_h), max(crop_w, new_w), 3), dtype=np.uint8)
         pad_t, pad_l = math.ceil((out.shape[0] - new_h) / 2), math.ceil((out.shape[1] - new_w) / 2)
-        out[pad_t:pad_t + new_h, pad_l:pad_l + new_w] = resized
+        out[pad_t : pad_t + new_h, pad_l : pad_l + new_w] = resized
         t, l = top + pad_t, left + pad_l
-        return {"pixels": np.ascontiguousarray(out[max(0, t):t + crop_h, max(0, l):l + crop_w])}
+        return {"pixels": np.ascontiguousarray(out[max(0, t) : t + crop_h, max(0, l) : l + crop_w])}
 
     def collate(self, items, device, dtype):
         batch = _to_device(np.stack([it["pixels"] for it in items]), device)  # N, H, W, 3 uint8
@@ -216,8 +225,9 @@ def from_image_processor(proc: Any) -> Preprocessor:
     if _get(proc, "max_num_patches") and _get(proc, "patch_size"):
         patch = _get(proc, "patch_size")
         patch = patch if isinstance(patch, int) else _size_dict(patch).get("height")
-        return NaFlex(patch_size=int(patch), max_num_patches=int(proc.max_num_patches), resample=resample,
-                      normalise=normalise)
+        return NaFlex(
+            patch_size=int(patch), max_num_patches=int(proc.max_num_patches), resample=resample, normalise=normalise
+        )
     if not _get(proc, "do_resize", True):
         raise UnsupportedProcessor("image processors without a resize step are not supported")
     resize = _size_dict(_get(proc, "size"))

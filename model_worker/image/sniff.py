@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Sniffed:
-    name: str          # our name: jpeg, png, gif, webp, bmp, tiff, or a descriptive name of a refused kind
-    description: str   # for people: "JPEG image", "SVG drawing", "ZIP archive", …
+    name: str  # our name: jpeg, png, gif, webp, bmp, tiff, or a descriptive name of a refused kind
+    description: str  # for people: "JPEG image", "SVG drawing", "ZIP archive", …
     pillow_format: str | None = None  # the Pillow plugin that may decode it; None = never decodable
 
 
@@ -63,9 +63,15 @@ _REFUSED_MAGIC: tuple[tuple[bytes, int, str, str], ...] = (
 )
 
 _FTYP_IMAGE_BRANDS = {
-    b"heic": ("heic", "HEIC image"), b"heix": ("heic", "HEIC image"), b"hevc": ("heic", "HEIC image"),
-    b"heim": ("heic", "HEIC image"), b"heis": ("heic", "HEIC image"), b"mif1": ("heif", "HEIF image"),
-    b"msf1": ("heif", "HEIF image"), b"avif": ("avif", "AVIF image"), b"avis": ("avif", "AVIF image"),
+    b"heic": ("heic", "HEIC image"),
+    b"heix": ("heic", "HEIC image"),
+    b"hevc": ("heic", "HEIC image"),
+    b"heim": ("heic", "HEIC image"),
+    b"heis": ("heic", "HEIC image"),
+    b"mif1": ("heif", "HEIF image"),
+    b"msf1": ("heif", "HEIF image"),
+    b"avif": ("avif", "AVIF image"),
+    b"avis": ("avif", "AVIF image"),
 }
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -92,7 +98,7 @@ def _looks_like_text(head: bytes) -> bool:
     # a multi-byte character cut at the end of the sample is still text
     for cut in range(4):
         try:
-            text = head[:len(head) - cut].decode("utf-8")
+            text = head[: len(head) - cut].decode("utf-8")
             break
         except UnicodeDecodeError:
             continue
@@ -118,7 +124,7 @@ def sniff(data: bytes) -> Sniffed:
     if head[:4] in _TIFF_MAGIC:
         return _DECODABLE["tiff"]
     for magic, offset, name, description in _REFUSED_MAGIC:
-        if data[offset:offset + len(magic)] == magic:
+        if data[offset : offset + len(magic)] == magic:
             return Sniffed(name, description)
     if head[4:8] == b"ftyp":
         brand = head[8:12]

@@ -33,13 +33,12 @@ from typing import Any
 
 import torch
 
-from wakeru.config import Config
-from wakeru.labels import LabelError, normalise_labels
-from wakeru.protocol import PROTOCOL_VERSION, ClassifyRequest, ClassifyResult, ErrorCode, LabelScore, Timings
-
 from model_worker.image.decode import DecodeLimits, ImageError, decode_image
 from model_worker.model.adapters import Adapter
 from model_worker.model.label_cache import LabelEmbeddingCache
+from wakeru.config import Config
+from wakeru.labels import LabelError, normalise_labels
+from wakeru.protocol import PROTOCOL_VERSION, ClassifyRequest, ClassifyResult, ErrorCode, LabelScore, Timings
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ class _Job:
     prepared: dict[str, Any] | None = None
     error: tuple[ErrorCode, str] | None = None
     decode_ms: float = 0.0
-    finished: bool = False   # guarded by Engine._lock: each job is answered (and counted) once
+    finished: bool = False  # guarded by Engine._lock: each job is answered (and counted) once
 
 
 @dataclass(eq=False)
@@ -71,8 +70,8 @@ class _LabelWork:
     """A label set that decoded jobs wait for, encoded a step at a time between image batches."""
 
     labels: tuple[str, ...]
-    vectors: dict[str, torch.Tensor]   # embeddings gathered so far
-    todo: deque[str]                   # labels still to encode, in order
+    vectors: dict[str, torch.Tensor]  # embeddings gathered so far
+    todo: deque[str]  # labels still to encode, in order
     jobs: list[_Job]
 
 
@@ -83,7 +82,7 @@ class EngineStats:
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1000))  # the most recent ones
     refused_busy: int = 0
     cancelled: int = 0
-    text_steps: int = 0   # text-tower steps run for label sets that were not cached
+    text_steps: int = 0  # text-tower steps run for label sets that were not cached
 
 
 class Engine:
@@ -93,17 +92,17 @@ class Engine:
         self.limits = DecodeLimits.from_config(config.images)
         self.max_batch = config.worker.max_batch
         self.max_wait = config.worker.max_wait_ms / 1000.0
-        self.cache = LabelEmbeddingCache(adapter.encode_texts, model_key=adapter.cache_key,
-                                         templates=config.model.templates)
+        self.cache = LabelEmbeddingCache(
+            adapter.encode_texts, model_key=adapter.cache_key, templates=config.model.templates
+        )
         threshold = config.model.match_threshold
         self.match_threshold = adapter.default_match_threshold if threshold is None else threshold
         # CLIP family: `match` compares each label with this neutral description (encoded once, now)
-        self.reference = (None if adapter.has_match_probability()
-                          else self.cache.get((config.model.reference_label,)))
+        self.reference = None if adapter.has_match_probability() else self.cache.get((config.model.reference_label,))
         self.stats = EngineStats()
         self._label_work: dict[tuple[str, ...], _LabelWork] = {}  # batcher thread only; oldest first
         self._unparked: deque[_Job] = deque()  # decoded jobs whose label set just became known
-        self._text_s = self._image_s = 0.0     # batcher time spent on each while label work is pending
+        self._text_s = self._image_s = 0.0  # batcher time spent on each while label work is pending
         self._pool = ThreadPoolExecutor(config.worker.resolved_decode_threads(), thread_name_prefix="wakeru-decode")
         self._ready: queue.Queue[_Job | None] = queue.Queue()
         self._capacity = config.worker.queue_size
@@ -117,7 +116,7 @@ class Engine:
 
     # ---- public API -------------------------------------------------------------
 
-    def submit(self, request: ClassifyRequest) -> "Future[ClassifyResult]":
+    def submit(self, request: ClassifyRequest) -> Future[ClassifyResult]:
         """Queue one request; the future always resolves to a ClassifyResult (never raises).
 
         A caller may cancel the future (a timeout, a user gone): the request then gives
@@ -129,14 +128,19 @@ class Engine:
             return future
         with self._lock:
             if self._closed:
-                future.set_result(ClassifyResult.failure(request.id, ErrorCode.UNAVAILABLE,
-                                                         "the model worker is shutting down"))
+                future.set_result(
+                    ClassifyResult.failure(request.id, ErrorCode.UNAVAILABLE, "the model worker is shutting down")
+                )
                 return future
             if self._in_flight >= self._capacity:
                 self.stats.refused_busy += 1
-                future.set_result(ClassifyResult.failure(
-                    request.id, ErrorCode.QUEUE_FULL,
-                    f"the model is busy ({self._in_flight} images waiting); try again in a moment"))
+                future.set_result(
+                    ClassifyResult.failure(
+                        request.id,
+                        ErrorCode.QUEUE_FULL,
+                        f"the model is busy ({self._in_flight} images waiting); try again in a moment",
+                    )
+                )
                 return future
             self._in_flight += 1
             self._decoding += 1
@@ -191,7 +195,7 @@ class Engine:
         for job in leftovers:
             self._finish_error(job, ErrorCode.UNAVAILABLE, "the model worker shut down before this image was processed")
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -202,9 +206,12 @@ class Engine:
     def _validate(self, request: ClassifyRequest) -> ClassifyResult | tuple[str, ...]:
         rid = getattr(request, "id", "?")
         if getattr(request, "version", None) != PROTOCOL_VERSION:
-            return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST,
-                                          f"protocol version {getattr(request, 'version', None)!r} is not "
-                                          f"{PROTOCOL_VERSION}; update the bot and worker together")
+            return ClassifyResult.failure(
+                rid,
+                ErrorCode.BAD_REQUEST,
+                f"protocol version {getattr(request, 'version', None)!r} is not "
+                f"{PROTOCOL_VERSION}; update the bot and worker together",
+            )
         if not isinstance(request.image, (bytes, bytearray, memoryview)):
             return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST, "the image must be sent as bytes")
         if not isinstance(request.top_k, int) or request.top_k < 1:
@@ -397,10 +404,14 @@ class Engine:
             share, match = scored[i]
             k = min(job.request.top_k, len(job.labels))
             values, order = torch.topk(share, k)
-            top = tuple(self._label_score(job.labels[j], v, None if match is None else float(match[j]))
-                        for v, j in zip(values.tolist(), order.tolist()))
-            self._finish(job, ClassifyResult(id=job.request.id, top=top,
-                                             timings=self._timings(job, started, model_ms, len(jobs))))
+            top = tuple(
+                self._label_score(job.labels[j], v, None if match is None else float(match[j]))
+                for v, j in zip(values.tolist(), order.tolist())
+            )
+            self._finish(
+                job,
+                ClassifyResult(id=job.request.id, top=top, timings=self._timings(job, started, model_ms, len(jobs))),
+            )
 
     def _label_score(self, label: str, share: float, match: float | None) -> LabelScore:
         fits = None if match is None else match >= self.match_threshold
@@ -410,12 +421,18 @@ class Engine:
 
     def _timings(self, job: _Job, started: float, model_ms: float = 0.0, batch_size: int = 0) -> Timings:
         now = time.perf_counter()
-        return Timings(queue_ms=(started - job.submitted) * 1000, decode_ms=job.decode_ms, model_ms=model_ms,
-                       total_ms=(now - job.submitted) * 1000, batch_size=batch_size)
+        return Timings(
+            queue_ms=(started - job.submitted) * 1000,
+            decode_ms=job.decode_ms,
+            model_ms=model_ms,
+            total_ms=(now - job.submitted) * 1000,
+            batch_size=batch_size,
+        )
 
     def _finish_error(self, job: _Job, code: ErrorCode, message: str) -> None:
-        self._finish(job, ClassifyResult.failure(job.request.id, code, message,
-                                                 self._timings(job, time.perf_counter())))
+        self._finish(
+            job, ClassifyResult.failure(job.request.id, code, message, self._timings(job, time.perf_counter()))
+        )
 
     def _finish(self, job: _Job, result: ClassifyResult | None) -> None:
         """Answer a job exactly once (result None: the caller cancelled it) and free its place."""

@@ -43,15 +43,22 @@ class _LRU(OrderedDict):
 
 
 class LabelEmbeddingCache:
-    def __init__(self, encode_texts: Callable[[list[str]], torch.Tensor], *, model_key: str,
-                 templates: Sequence[str], max_labels: int = 8192, max_sets: int = 512):
+    def __init__(
+        self,
+        encode_texts: Callable[[list[str]], torch.Tensor],
+        *,
+        model_key: str,
+        templates: Sequence[str],
+        max_labels: int = 8192,
+        max_sets: int = 512,
+    ):
         self._encode = encode_texts
         self._key = (model_key, tuple(templates))
         self._templates = tuple(templates)
         self._labels = _LRU(max_labels)
         self._sets = _LRU(max_sets)
         self._lock = threading.Lock()
-        self.texts_encoded = 0   # how many prompt texts went through the text tower (for tests and stats)
+        self.texts_encoded = 0  # how many prompt texts went through the text tower (for tests and stats)
         self.set_hits = 0
         self.set_misses = 0
 

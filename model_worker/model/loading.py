@@ -82,7 +82,7 @@ def explain(model_id: str, exc: BaseException) -> ModelLoadError:
     names = {type(e).__name__ for e in _chain(exc)}
     text = " ".join(str(e) for e in _chain(exc)).lower()
     page = f"https://huggingface.co/{model_id}"
-    if "GatedRepoError" in names or "gated repo" in text or "restricted" in text and "access" in text:
+    if "GatedRepoError" in names or "gated repo" in text or ("restricted" in text and "access" in text):
         return ModelLoadError(
             f"{model_id} is a gated model: log in at {page}, accept its licence, create a read token at "
             "https://huggingface.co/settings/tokens and set HF_TOKEN=<token> (or run `huggingface-cli login`)"
@@ -94,7 +94,11 @@ def explain(model_id: str, exc: BaseException) -> ModelLoadError:
         )
     if "RevisionNotFoundError" in names:
         return ModelLoadError(f"{model_id} has no revision named as in model.revision; check the branch, tag or commit")
-    if "RepositoryNotFoundError" in names or "is not a valid model identifier" in text or "not a local folder and is not a valid model" in text:
+    if (
+        "RepositoryNotFoundError" in names
+        or "is not a valid model identifier" in text
+        or "not a local folder and is not a valid model" in text
+    ):
         return ModelLoadError(
             f"{model_id} is neither a local directory nor a model on the Hugging Face hub; check model.id "
             "(private repositories also need HF_TOKEN)"
@@ -103,8 +107,13 @@ def explain(model_id: str, exc: BaseException) -> ModelLoadError:
         return ModelLoadError(
             f"out of memory while loading {model_id}: choose a smaller model, model.dtype bfloat16, or free the GPU"
         )
-    if ("LocalEntryNotFoundError" in names or "offline" in text or "couldn't connect" in text
-            or "connection" in text or "cannot find the requested files" in text):
+    if (
+        "LocalEntryNotFoundError" in names
+        or "offline" in text
+        or "couldn't connect" in text
+        or "connection" in text
+        or "cannot find the requested files" in text
+    ):
         return ModelLoadError(
             f"{model_id} is not in the local Hugging Face cache and the hub cannot be reached: run once with network "
             "access (HF_HUB_OFFLINE unset) to download it, or set model.id to a local directory"
@@ -131,7 +140,9 @@ def model_source(model_id: str) -> str:
     if not path.exists():
         raise ModelLoadError(f"model directory {model_id} does not exist; check model.id")
     if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{model_id} is not a model directory (no config.json); point model.id at a save_pretrained folder")
+        raise ModelLoadError(
+            f"{model_id} is not a model directory (no config.json); point model.id at a save_pretrained folder"
+        )
     return str(path)
 
 

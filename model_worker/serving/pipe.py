@@ -25,8 +25,21 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
-from wakeru.protocol import (Cancel, Cancelled, Classify, ClassifyResult, ErrorCode, Failed, FromWorker, ProtocolError,
-                             Ready, Result, Stop, decode_to_worker, encode)
+from wakeru.protocol import (
+    Cancel,
+    Cancelled,
+    Classify,
+    ClassifyResult,
+    ErrorCode,
+    Failed,
+    FromWorker,
+    ProtocolError,
+    Ready,
+    Result,
+    Stop,
+    decode_to_worker,
+    encode,
+)
 
 if TYPE_CHECKING:
     from model_worker.devtools.faults import Faults
@@ -55,12 +68,25 @@ class _Results:
 def _log_result(result: ClassifyResult) -> None:
     t = result.timings
     if result.ok:
-        log.debug("answered", extra={"request_id": result.id, "outcome": "ok", "queue_ms": round(t.queue_ms, 1),
-                                     "decode_ms": round(t.decode_ms, 1), "model_ms": round(t.model_ms, 1),
-                                     "total_ms": round(t.total_ms, 1), "batch_size": t.batch_size})
+        log.debug(
+            "answered",
+            extra={
+                "request_id": result.id,
+                "outcome": "ok",
+                "queue_ms": round(t.queue_ms, 1),
+                "decode_ms": round(t.decode_ms, 1),
+                "model_ms": round(t.model_ms, 1),
+                "total_ms": round(t.total_ms, 1),
+                "batch_size": t.batch_size,
+            },
+        )
     else:
-        log.info("answered with %s: %s", result.error.value, result.message,
-                 extra={"request_id": result.id, "outcome": result.error.value})
+        log.info(
+            "answered with %s: %s",
+            result.error.value,
+            result.message,
+            extra={"request_id": result.id, "outcome": result.error.value},
+        )
 
 
 def serve(engine, requests, results, faults: Faults | None = None) -> None:
@@ -109,8 +135,9 @@ def serve(engine, requests, results, faults: Faults | None = None) -> None:
         future.add_done_callback(lambda f, rid=request.id: answer(rid, f))
 
 
-def run_local_worker(config_data: dict, requests, results_conn, log_format: str = "text",
-                     log_level: int = logging.INFO) -> None:
+def run_local_worker(
+    config_data: dict, requests, results_conn, log_format: str = "text", log_level: int = logging.INFO
+) -> None:
     """Child-process entry: load the model, report ready/failed, then serve."""
     # Ctrl-C, and SIGTERM from systemd (which signals the whole group), reach the worker as
     # well as the bot; the bot decides when the worker stops, after its grace period. A SIGTERM
@@ -137,10 +164,9 @@ def _load_and_serve(config_data: dict, requests, results: _Results, log_format: 
     setup_logging(log_format, log_level, process="worker")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from wakeru.config import Config
-
     from model_worker.model.loading import ModelLoadError
     from model_worker.serving.startup import armed_faults, load_engine, quiet_libraries, worker_info
+    from wakeru.config import Config
 
     config = Config.model_validate(config_data)
     quiet_libraries(verbose=False)
@@ -154,8 +180,10 @@ def _load_and_serve(config_data: dict, requests, results: _Results, log_format: 
         results.send(Failed(str(e)))
         return
     except MemoryError:
-        why = (f"out of memory while loading {config.model.id}: give the worker more RAM, or choose a smaller "
-               "model or model.dtype bfloat16")
+        why = (
+            f"out of memory while loading {config.model.id}: give the worker more RAM, or choose a smaller "
+            "model or model.dtype bfloat16"
+        )
         log.error("model could not be loaded: %s", why)
         results.send(Failed(why))
         return

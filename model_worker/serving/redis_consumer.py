@@ -27,6 +27,7 @@ stays held by a worker that cannot deliver it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -36,17 +37,25 @@ import socket
 import threading
 import time
 import uuid
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import redis
 
-from wakeru.config import Config, redact_url as _safe_url
-from wakeru.protocol import (REQUESTS_GROUP, WorkerInfo, ClassifyResult, ErrorCode, heartbeat_key, parse_request_fields,
-                             request_reply_of, requests_key, result_fields)
-
 from model_worker.serving.startup import worker_info
+from wakeru.config import Config
+from wakeru.config import redact_url as _safe_url
+from wakeru.protocol import (
+    REQUESTS_GROUP,
+    ClassifyResult,
+    ErrorCode,
+    WorkerInfo,
+    heartbeat_key,
+    parse_request_fields,
+    request_reply_of,
+    requests_key,
+    result_fields,
+)
 
 if TYPE_CHECKING:
     from model_worker.devtools.faults import Faults
@@ -97,8 +106,15 @@ def ensure_group(client, prefix: str) -> None:
 class RedisWorker:
     """Serves the request stream with one engine until `stop()`."""
 
-    def __init__(self, engine, config: Config, client: redis.Redis | None = None, name: str | None = None,
-                 info: WorkerInfo | None = None, faults: Faults | None = None):
+    def __init__(
+        self,
+        engine,
+        config: Config,
+        client: redis.Redis | None = None,
+        name: str | None = None,
+        info: WorkerInfo | None = None,
+        faults: Faults | None = None,
+    ):
         self.engine = engine
         self.config = config
         self.name = name or worker_name()
@@ -110,7 +126,7 @@ class RedisWorker:
         self.faults = faults
         self.served = 0
         self.taken_over = 0
-        self.given_up = 0   # answers that could not be written to Redis before their deadline
+        self.given_up = 0  # answers that could not be written to Redis before their deadline
         self._held: dict[bytes, _Held] = {}
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
@@ -155,8 +171,11 @@ class RedisWorker:
                     self._room.wait(0.1)
                 left = len(self._held)
             if left:
-                log.warning("stopping with %d request(s) unanswered; another worker takes them over after %g s",
-                            left, self.config.worker.claim_idle_s)
+                log.warning(
+                    "stopping with %d request(s) unanswered; another worker takes them over after %g s",
+                    left,
+                    self.config.worker.claim_idle_s,
+                )
             self._outbox.put(None)
             sender.join(1 if self._hurry.is_set() else 10)
             try:
@@ -172,8 +191,12 @@ class RedisWorker:
                 ensure_group(self.redis, self.prefix)
                 return
             except redis.RedisError as e:  # unreachable, paused, out of memory: wait, never die
-                log.warning("cannot reach Redis at %s (%s); retrying in %.1f s",
-                            _safe_url(self.config.worker.redis_url), e, delay)
+                log.warning(
+                    "cannot reach Redis at %s (%s); retrying in %.1f s",
+                    _safe_url(self.config.worker.redis_url),
+                    e,
+                    delay,
+                )
                 self._stopping.wait(delay)
                 delay = min(_RETRY_MAX_S, delay * 2)
 
@@ -233,15 +256,24 @@ class RedisWorker:
     def _take_over(self, room: int) -> int:
         """XAUTOCLAIM entries left idle by a dead or hung worker; returns how many were taken."""
         idle_ms = int(self.config.worker.claim_idle_s * 1000)
-        cursor, claimed, _deleted = self.redis.xautoclaim(self.stream, REQUESTS_GROUP, self.name, idle_ms,
-                                                          start_id=self._claim_cursor, count=max(1, room))[:3]
+        cursor, claimed, _deleted = self.redis.xautoclaim(
+            self.stream, REQUESTS_GROUP, self.name, idle_ms, start_id=self._claim_cursor, count=max(1, room)
+        )[:3]
         self._claim_cursor = cursor
         claimed = [(entry_id, fields) for entry_id, fields in claimed if fields]  # None: deleted meanwhile
         if not claimed:
             return 0
-        deliveries = {p["message_id"]: p["times_delivered"] for p in self.redis.xpending_range(
-            self.stream, REQUESTS_GROUP, min=claimed[0][0], max=claimed[-1][0], count=len(claimed) + 100,
-            consumername=self.name)}
+        deliveries = {
+            p["message_id"]: p["times_delivered"]
+            for p in self.redis.xpending_range(
+                self.stream,
+                REQUESTS_GROUP,
+                min=claimed[0][0],
+                max=claimed[-1][0],
+                count=len(claimed) + 100,
+                consumername=self.name,
+            )
+        }
         log.warning("took over %d request(s) left by a worker that went silent", len(claimed))
         self.taken_over += len(claimed)
         for entry_id, fields in claimed:
@@ -257,15 +289,27 @@ class RedisWorker:
                 log.warning("dropping a malformed stream entry %s without a request id or reply stream", entry_id)
                 self._outbox.put((entry_id, None, None))
                 return
-            self._outbox.put((entry_id, ids[1], ClassifyResult.failure(ids[0], ErrorCode.BAD_REQUEST,
-                                                                       "malformed request")))
+            self._outbox.put(
+                (entry_id, ids[1], ClassifyResult.failure(ids[0], ErrorCode.BAD_REQUEST, "malformed request"))
+            )
             return
         if deliveries >= _POISON_DELIVERIES:
-            log.warning("request was held by %d workers that went silent; answering it as crashed",
-                        deliveries - 1, extra={"request_id": request.id})
-            self._outbox.put((entry_id, reply_to, ClassifyResult.failure(
-                request.id, ErrorCode.CRASHED,
-                "the model workers holding this image died twice; it was not tried again")))
+            log.warning(
+                "request was held by %d workers that went silent; answering it as crashed",
+                deliveries - 1,
+                extra={"request_id": request.id},
+            )
+            self._outbox.put(
+                (
+                    entry_id,
+                    reply_to,
+                    ClassifyResult.failure(
+                        request.id,
+                        ErrorCode.CRASHED,
+                        "the model workers holding this image died twice; it was not tried again",
+                    ),
+                )
+            )
             return
         held = _Held(entry_id, request.id, reply_to, request.deadline)
         with self._lock:
@@ -309,7 +353,7 @@ class RedisWorker:
                 batch.append(item)
             try:
                 self._write(batch)
-            except Exception as e:  # noqa: BLE001 - RedisError above all; a bug must not end the answering
+            except Exception as e:
                 if not isinstance(e, redis.RedisError):
                     log.exception("writing %d answer(s) failed", len(batch))
                 give_up_all = stopping and time.monotonic() >= stop_trying_at
@@ -340,8 +384,12 @@ class RedisWorker:
                 if self._held.pop(entry_id, None) is not None:
                     self.served += 1
                     if result is not None and not result.ok:
-                        log.info("answered with %s: %s", result.error.value, result.message,
-                                 extra={"request_id": result.id, "outcome": result.error.value})
+                        log.info(
+                            "answered with %s: %s",
+                            result.error.value,
+                            result.message,
+                            extra={"request_id": result.id, "outcome": result.error.value},
+                        )
             self._room.notify_all()
 
     def _give_up(self, batch: list, error: Exception, *, everything: bool = False) -> list:
@@ -362,8 +410,12 @@ class RedisWorker:
                 (drop if everything or now >= limit else keep).append(item)
         if not drop:
             return keep
-        log.error("giving up %d answer(s) that could not be written to Redis in time (%s); their bots have "
-                  "stopped waiting for them", len(drop), error)
+        log.error(
+            "giving up %d answer(s) that could not be written to Redis in time (%s); their bots have "
+            "stopped waiting for them",
+            len(drop),
+            error,
+        )
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 for entry_id, _reply_to, _result in drop:
@@ -391,8 +443,12 @@ class RedisWorker:
         while not self._stopping.is_set():
             with self._lock:
                 held = list(self._held)
-            info = {**(self.info.to_dict() if self.info else {"name": self.name}), "in_flight": len(held),
-                    "served": self.served, "at": time.time()}
+            info = {
+                **(self.info.to_dict() if self.info else {"name": self.name}),
+                "in_flight": len(held),
+                "served": self.served,
+                "at": time.time(),
+            }
             try:
                 with self.redis.pipeline(transaction=False) as pipe:
                     pipe.set(key, json.dumps(info), px=int(cfg.heartbeat_s * 3000))
@@ -401,7 +457,7 @@ class RedisWorker:
                     pipe.execute()
             except redis.RedisError as e:
                 log.debug("heartbeat failed: %s", e)
-            except Exception:  # noqa: BLE001 - the heartbeat must outlive any surprise
+            except Exception:
                 log.exception("heartbeat failed")
             self._stopping.wait(every)
 
@@ -426,8 +482,10 @@ def install_signal_handlers(worker: RedisWorker, signals=None) -> None:
         while os.read(read_end, 1):
             count += 1
             if count == 1:
-                log.info("stop requested: finishing the requests held (up to service.shutdown_grace_s); "
-                         "signal again to stop at once")
+                log.info(
+                    "stop requested: finishing the requests held (up to service.shutdown_grace_s); "
+                    "signal again to stop at once"
+                )
                 worker.stop()
             else:
                 log.warning("second stop signal: stopping now; another worker takes over what is held")
@@ -440,7 +498,6 @@ def install_signal_handlers(worker: RedisWorker, signals=None) -> None:
 
 def serve_forever(config: Config, engine, faults: Faults | None) -> int:
     """`python -m model_worker serve`: serve until SIGTERM or Ctrl-C."""
-    adapter = engine.adapter
     worker = RedisWorker(engine, config, faults=faults, info=worker_info(config, engine))
     install_signal_handlers(worker)
     try:

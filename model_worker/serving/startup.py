@@ -17,8 +17,11 @@ if TYPE_CHECKING:
 
 
 def quiet_libraries(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         import transformers
@@ -43,9 +46,17 @@ def load_engine(config: Config) -> Engine:
 
 def worker_info(config: Config, engine: Engine, *, name: str = "", host: str = "") -> WorkerInfo:
     adapter = engine.adapter
-    return WorkerInfo(model=config.model.id, family=adapter.family, device=str(adapter.device),
-                      dtype=str(adapter.dtype).replace("torch.", ""), input_size=adapter.preprocessor.draft_size[0],
-                      embedding_size=adapter.embedding_size, pid=os.getpid(), name=name, host=host)
+    return WorkerInfo(
+        model=config.model.id,
+        family=adapter.family,
+        device=str(adapter.device),
+        dtype=str(adapter.dtype).replace("torch.", ""),
+        input_size=adapter.preprocessor.draft_size[0],
+        embedding_size=adapter.embedding_size,
+        pid=os.getpid(),
+        name=name,
+        host=host,
+    )
 
 
 def armed_faults() -> Faults | None:

@@ -1,17 +1,19 @@
-"""Application commands: /classify, the "Classify image" context menu and the /labels group."""
+"""The commands and listeners, as discord.py cogs: classify (/classify and the "Classify image"
+menu), labels (/labels …) and posts (auto-classify of image posts)."""
 
 from __future__ import annotations
 
-from discord import app_commands
+from discord.ext import commands
 
-from bot.face.cogs.classify import classify_command, classify_message_menu, refuse
-from bot.face.cogs.labels import LabelsGroup
-
-
-def add_commands(tree: app_commands.CommandTree) -> None:
-    tree.add_command(classify_command)
-    tree.add_command(classify_message_menu)
-    tree.add_command(LabelsGroup())
+from bot.app import App
+from bot.face.cogs.classify import ClassifyCog
+from bot.face.cogs.labels import LabelsCog
+from bot.face.cogs.posts import PostsCog
 
 
-__all__ = ["add_commands", "refuse"]
+def make_cogs(app: App | None, bot: commands.Bot) -> list[commands.Cog]:
+    """Every cog of the bot; app None registers the commands only (`python -m bot sync`)."""
+    return [ClassifyCog(app, bot.tree), LabelsCog(app), PostsCog(app)]
+
+
+__all__ = ["ClassifyCog", "LabelsCog", "PostsCog", "make_cogs"]

@@ -1,4 +1,4 @@
-"""/classify and the "Classify image" message context menu.
+"""The classify cog: /classify and the "Classify image" message context menu.
 
 Cheap checks answer at once (ephemeral); anything that downloads, reads the
 database or waits for the model runs after a deferral, so the 3-second window
@@ -13,12 +13,15 @@ import discord
 from discord import app_commands
 from discord.app_commands import locale_str as _T
 
-from wakeru.labels import LabelError, parse_labels
-
-from bot.face.texts import label_error, rate_limit_text, text
-from bot.services.labelsets import LabelSource, parent_id, resolve
+from bot.app import App
+from bot.face.cogs.base import WakeruCog
 from bot.face.render import MAX_EMBEDS, reply
+from bot.face.respond import code_text, refuse
+from bot.face.texts import label_error, rate_limit_text, text
+from bot.services.classifying import ImageAnswer
+from bot.services.labelsets import LabelSource, parent_id, resolve
 from bot.services.samples import read_sample
+from wakeru.labels import LabelError, parse_labels
 
 log = logging.getLogger("wakeru.commands")
 
@@ -26,29 +29,14 @@ log = logging.getLogger("wakeru.commands")
 _EXPIRED_TOKEN_CODES = {10015, 10062, 50027}  # Unknown Webhook, Unknown Interaction, Invalid Webhook Token
 
 
-async def refuse(interaction: discord.Interaction, message: str) -> None:
-    """An ephemeral answer that works whether or not the interaction was already answered.
-
-    After a public deferral Discord makes the first followup public whatever its flag."""
-    message = message if len(message) <= 2000 else message[:1999] + "…"
-    if interaction.response.is_done():
-        await interaction.followup.send(message, ephemeral=True)
-    else:
-        await interaction.response.send_message(message, ephemeral=True)
-
-
-def code_text(value: str) -> str:
-    """User text shown inside `code`: no backticks, no escaping (it would show as backslashes)."""
-    return value.replace("`", "'")[:100]
-
-
-async def channel_source(interaction: discord.Interaction, channel) -> LabelSource:
-    app = interaction.client.app
+async def channel_source(app: App, interaction: discord.Interaction, channel) -> LabelSource:
     channel_id = getattr(channel, "id", None) or interaction.channel_id
     return await resolve(app.store, app.config, interaction.guild_id, channel_id, parent_id(channel))
 
 
-async def _send_answers(interaction: discord.Interaction, answers, source: LabelSource, total: int) -> None:
+async def _send_answers(
+    interaction: discord.Interaction, answers: list[ImageAnswer], source: LabelSource, total: int
+) -> None:
     content, embeds = reply(answers, source, interaction.locale, total)
     try:
         await interaction.followup.send(content=content, embeds=embeds)
@@ -65,72 +53,91 @@ async def _send_answers(interaction: discord.Interaction, answers, source: Label
             log.warning("could not post the answer in the channel either: %s", e2)
 
 
-def rate_limited(interaction: discord.Interaction, images: int) -> str | None:
+def rate_limited(app: App, interaction: discord.Interaction, images: int) -> str | None:
     """The refusal text when the member or channel is over its rate limit, else None (and counted)."""
-    app = interaction.client.app
     refusal = app.limiter.check(interaction.user.id, interaction.channel_id or 0, images)
     if refusal is None:
         return None
     return rate_limit_text(interaction.locale, refusal)
 
 
-@app_commands.command(name=_T("classify"),
-                      description=_T("Classify an image against this channel's labels (or labels you give)"))
-@app_commands.rename(image=_T("image"), labels=_T("labels"), sample=_T("sample"))
-@app_commands.describe(image=_T("The image to classify"),
-                       labels=_T("Labels to use instead of the channel's, separated by commas or 、"),
-                       sample=_T("Classify one of the bot's sample images instead"))
-async def classify_command(interaction: discord.Interaction, image: discord.Attachment | None = None,
-                           labels: str | None = None, sample: str | None = None) -> None:
-    app = interaction.client.app
-    config, locale = app.config, interaction.locale
-    if image is not None and sample:
-        return await refuse(interaction, text(locale, "classify.both"))
-    if image is None and not sample:
-        return await refuse(interaction, text(locale, "classify.need_image"))
-    if image is not None and not app.is_image(image):
-        return await refuse(interaction, text(locale, "classify.not_image", name=code_text(image.filename)))
-    if sample and sample not in app.samples:
-        return await refuse(interaction, text(locale, "classify.unknown_sample", name=code_text(sample)))
-    adhoc = None
-    if labels is not None:
-        try:
-            adhoc = parse_labels(labels, max_count=config.labels.max_count, max_length=config.labels.max_length,
-                                 min_count=2)
-        except LabelError as e:
-            return await refuse(interaction, label_error(locale, e))
-    if (limited := rate_limited(interaction, 1)) is not None:
-        return await refuse(interaction, limited)
-    await interaction.response.defer(thinking=True)
-    source = LabelSource("adhoc", adhoc) if adhoc else await channel_source(interaction, interaction.channel)
-    if image is not None:
-        answer = await app.classifier.classify_attachment(image, source.labels, source="command")
-    else:
-        data = await read_sample(config.discord.samples_dir, sample, app.samples)
-        if data is None:  # deleted since start-up
+class ClassifyCog(WakeruCog):
+    """Anyone may classify: an attachment, a sample image, or a message's images (context menu)."""
+
+    def __init__(self, app: App | None, tree: app_commands.CommandTree):
+        super().__init__(app)
+        self._tree = tree
+        # discord.py cannot declare a context menu inside a cog: it is made here, bound to this cog
+        self.menu = app_commands.ContextMenu(name=_T("Classify image"), callback=self.classify_message)
+
+    async def cog_load(self) -> None:
+        self._tree.add_command(self.menu)
+
+    async def cog_unload(self) -> None:
+        self._tree.remove_command(self.menu.name, type=self.menu.type)
+
+    @app_commands.command(
+        name=_T("classify"), description=_T("Classify an image against this channel's labels (or labels you give)")
+    )
+    @app_commands.rename(image=_T("image"), labels=_T("labels"), sample=_T("sample"))
+    @app_commands.describe(
+        image=_T("The image to classify"),
+        labels=_T("Labels to use instead of the channel's, separated by commas or 、"),
+        sample=_T("Classify one of the bot's sample images instead"),
+    )
+    async def classify(
+        self,
+        interaction: discord.Interaction,
+        image: discord.Attachment | None = None,
+        labels: str | None = None,
+        sample: str | None = None,
+    ) -> None:
+        app = self.app
+        config, locale = app.config, interaction.locale
+        if image is not None and sample:
+            return await refuse(interaction, text(locale, "classify.both"))
+        if image is None and not sample:
+            return await refuse(interaction, text(locale, "classify.need_image"))
+        if image is not None and not app.is_image(image):
+            return await refuse(interaction, text(locale, "classify.not_image", name=code_text(image.filename)))
+        if sample and sample not in app.samples:
             return await refuse(interaction, text(locale, "classify.unknown_sample", name=code_text(sample)))
-        answer = await app.classifier.classify_bytes(sample, data, source.labels, source="command")
-    await _send_answers(interaction, [answer], source, 1)
+        adhoc = None
+        if labels is not None:
+            try:
+                adhoc = parse_labels(
+                    labels, max_count=config.labels.max_count, max_length=config.labels.max_length, min_count=2
+                )
+            except LabelError as e:
+                return await refuse(interaction, label_error(locale, e))
+        if (limited := rate_limited(app, interaction, 1)) is not None:
+            return await refuse(interaction, limited)
+        await interaction.response.defer(thinking=True)
+        source = LabelSource("adhoc", adhoc) if adhoc else await channel_source(app, interaction, interaction.channel)
+        if image is not None:
+            answer = await app.classifier.classify_attachment(image, source.labels, source="command")
+        else:
+            assert sample is not None
+            data = await read_sample(config.discord.samples_dir, sample, app.samples)
+            if data is None:  # deleted since start-up
+                return await refuse(interaction, text(locale, "classify.unknown_sample", name=code_text(sample)))
+            answer = await app.classifier.classify_bytes(sample, data, source.labels, source="command")
+        await _send_answers(interaction, [answer], source, 1)
 
+    @classify.autocomplete("sample")
+    async def _sample_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        needle = current.lower()
+        names = [n for n in self.app.samples if needle in n.lower()]
+        return [app_commands.Choice(name=n, value=n) for n in names[:25]]
 
-@classify_command.autocomplete("sample")
-async def _sample_choices(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-    needle = current.lower()
-    names = [n for n in interaction.client.app.samples if needle in n.lower()]
-    return [app_commands.Choice(name=n, value=n) for n in names[:25]]
-
-
-async def _classify_message(interaction: discord.Interaction, message: discord.Message) -> None:
-    app = interaction.client.app
-    images = [a for a in message.attachments if app.is_image(a)]
-    if not images:
-        return await refuse(interaction, text(interaction.locale, "classify.no_images"))
-    if (limited := rate_limited(interaction, min(len(images), MAX_EMBEDS))) is not None:
-        return await refuse(interaction, limited)
-    await interaction.response.defer(thinking=True)
-    source = await channel_source(interaction, message.channel)
-    answers = await app.classifier.classify_attachments(images[:MAX_EMBEDS], source.labels, source="menu")
-    await _send_answers(interaction, answers, source, len(images))
-
-
-classify_message_menu = app_commands.ContextMenu(name=_T("Classify image"), callback=_classify_message)
+    async def classify_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        app = self.app
+        images = [a for a in message.attachments if app.is_image(a)]
+        if not images:
+            return await refuse(interaction, text(interaction.locale, "classify.no_images"))
+        if (limited := rate_limited(app, interaction, min(len(images), MAX_EMBEDS))) is not None:
+            return await refuse(interaction, limited)
+        await interaction.response.defer(thinking=True)
+        source = await channel_source(app, interaction, message.channel)
+        answers = await app.classifier.classify_attachments(images[:MAX_EMBEDS], source.labels, source="menu")
+        await _send_answers(interaction, answers, source, len(images))

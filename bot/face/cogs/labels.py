@@ -1,7 +1,8 @@
-"""/labels: show and manage the label set of a channel (or thread) or of the whole server.
+"""The labels cog, /labels: show and manage the label set of a channel (or thread) or of the whole server.
 
-Every mutating subcommand checks permissions at run time (permissions.py), reads
-the current version and writes with it, so two moderators cannot overwrite each
+Every subcommand that changes a set (and /labels history) carries the `moderator_only` check
+(checks.py), which discord.py runs before the command; a refusal is answered by the tree's error
+handler. A change reads the current version and writes with it, so two moderators cannot overwrite each
 other unnoticed (VersionConflict).
 
 Answers: everything that can go wrong is said to the moderator alone. Cheap checks
@@ -22,14 +23,14 @@ from discord import app_commands
 from discord.app_commands import Choice
 from discord.app_commands import locale_str as _T
 
-from wakeru.labels import LabelError, parse_labels
-
+from bot.face.checks import moderator_only
+from bot.face.cogs.base import WakeruCog
+from bot.face.render import describe_source, escape
+from bot.face.respond import code_text, refuse
 from bot.face.texts import label_error, text
 from bot.services.labelsets import auto_classify_enabled, inherited, parent_id, resolve
-from bot.face.checks import refusal_key
-from bot.face.render import describe_source, escape
 from bot.store import HistoryEntry, NothingToUndo, StorageError, VersionConflict
-from bot.face.cogs.classify import code_text, refuse
+from wakeru.labels import LabelError, parse_labels
 
 log = logging.getLogger("wakeru.labels")
 
@@ -80,8 +81,9 @@ async def announce(interaction: discord.Interaction, content: str) -> None:
         await interaction.channel.send(content)
     except (discord.HTTPException, AttributeError) as e:
         log.warning("could not post a label change in channel %s: %s", interaction.channel_id, e)
-        await interaction.followup.send(f"{content}\n-# {text(interaction.locale, 'announce.failed')}"[:2000],
-                                        ephemeral=True)
+        await interaction.followup.send(
+            f"{content}\n-# {text(interaction.locale, 'announce.failed')}"[:2000], ephemeral=True
+        )
         return
     try:
         await interaction.delete_original_response()
@@ -95,19 +97,32 @@ def _quoted(locale, labels, shown: int = 10) -> str:
     return quoted + (" " + text(locale, "more", count=len(labels) - shown) if len(labels) > shown else "")
 
 
-class LabelsGroup(app_commands.Group):
-    def __init__(self):
-        super().__init__(name=_T("labels"), description=_T("Show and manage the label sets used to classify images"),
-                         guild_only=True, default_permissions=discord.Permissions(manage_channels=True))
+def _moderator_roles(interaction: discord.Interaction) -> tuple[int, ...]:
+    cog = interaction.command.binding if isinstance(interaction.command, app_commands.Command) else None
+    return cog.app.config.discord.moderator_role_ids if isinstance(cog, LabelsCog) else ()
+
+
+_moderators = moderator_only(_moderator_roles)
+
+
+class LabelsCog(WakeruCog):
+    """The /labels group: anyone may look; moderators change (and see the history)."""
+
+    labels = app_commands.Group(
+        name=_T("labels"),
+        description=_T("Show and manage the label sets used to classify images"),
+        guild_only=True,
+        default_permissions=discord.Permissions(manage_channels=True),
+    )
 
     # ---- reading ---------------------------------------------------------------------
 
-    @app_commands.command(name=_T("show"), description=_T("Show the labels used here"))
+    @labels.command(name=_T("show"), description=_T("Show the labels used here"))
     @app_commands.rename(scope=_T("scope"))
     @app_commands.describe(scope=_SCOPE_HELP)
     @app_commands.choices(scope=_SCOPES)
     async def show(self, interaction: discord.Interaction, scope: Choice[str] | None = None) -> None:
-        app, locale = interaction.client.app, interaction.locale
+        app, locale = self.app, interaction.locale
         target = await self._target_or_refuse(interaction, scope)
         if target is None:
             return
@@ -115,8 +130,11 @@ class LabelsGroup(app_commands.Group):
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             source = await resolve(app.store, app.config, interaction.guild_id, channel_id, parent_id)
-            enabled = None if channel_id is None else await auto_classify_enabled(
-                app.store, app.config, interaction.guild_id, channel_id, parent_id)
+            enabled = (
+                None
+                if channel_id is None
+                else await auto_classify_enabled(app.store, app.config, interaction.guild_id, channel_id, parent_id)
+            )
         except StorageError as e:
             return await refuse(interaction, storage_error(locale, e))
         lines = [f"-# {describe_source(source, locale)}"]
@@ -124,18 +142,21 @@ class LabelsGroup(app_commands.Group):
             lines.insert(0, text(locale, "show.inherited", source=describe_source(source, locale)))
         if enabled is not None:
             lines.append(text(locale, "show.auto", state=text(locale, "state.on" if enabled else "state.off")))
-        embed = discord.Embed(title=text(locale, "show.title", where=_title_where(interaction, channel_id))[:256],
-                              description=_label_list(source.labels) + "\n\n" + "\n".join(lines))
+        embed = discord.Embed(
+            title=text(locale, "show.title", where=_title_where(interaction, channel_id))[:256],
+            description=_label_list(source.labels) + "\n\n" + "\n".join(lines),
+        )
         await interaction.followup.send(embed=embed, ephemeral=True)
 
-    @app_commands.command(name=_T("history"), description=_T("Show the latest changes to the label set"))
+    @_moderators
+    @labels.command(name=_T("history"), description=_T("Show the latest changes to the label set"))
     @app_commands.rename(scope=_T("scope"))
     @app_commands.describe(scope=_SCOPE_HELP)
     @app_commands.choices(scope=_SCOPES)
     async def history(self, interaction: discord.Interaction, scope: Choice[str] | None = None) -> None:
-        app, locale = interaction.client.app, interaction.locale
+        app, locale = self.app, interaction.locale
         target = await self._target_or_refuse(interaction, scope)
-        if target is None or not await self._allowed(interaction, target[0]):  # who changed what: moderators
+        if target is None:
             return
         channel_id = target[0]
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -147,27 +168,38 @@ class LabelsGroup(app_commands.Group):
             return await refuse(interaction, text(locale, "history.empty", where=_where(locale, channel_id)))
         lines = []
         for e in entries:
-            line = text(locale, "history.line", version=e.version, action=text(locale, f"action.{e.action}"),
-                        user=f"<@{e.user_id}>" if e.user_id else "?", when=f"<t:{int(e.at)}:R>")
+            line = text(
+                locale,
+                "history.line",
+                version=e.version,
+                action=text(locale, f"action.{e.action}"),
+                user=f"<@{e.user_id}>" if e.user_id else "?",
+                when=f"<t:{int(e.at)}:R>",
+            )
             if e.reverted:
                 line += " " + text(locale, "history.reverted")
             labels = _label_list(e.labels, 300) if e.labels is not None else "—"
             lines.append(f"**{line}**\n{labels}")
-        embed = discord.Embed(title=text(locale, "history.title", where=_title_where(interaction, channel_id))[:256],
-                              description="\n".join(lines))
+        embed = discord.Embed(
+            title=text(locale, "history.title", where=_title_where(interaction, channel_id))[:256],
+            description="\n".join(lines),
+        )
         await interaction.followup.send(embed=embed, ephemeral=True)
 
     # ---- changing --------------------------------------------------------------------
 
-    @app_commands.command(name=_T("set"), description=_T("Replace the label set"))
+    @_moderators
+    @labels.command(name=_T("set"), description=_T("Replace the label set"))
     @app_commands.rename(labels=_T("labels"), scope=_T("scope"))
     @app_commands.describe(labels=_T("New labels, separated by commas, 、 or new lines"), scope=_SCOPE_HELP)
     @app_commands.choices(scope=_SCOPES)
     async def set_(self, interaction: discord.Interaction, labels: str, scope: Choice[str] | None = None) -> None:
-        await self._change(interaction, scope, "set", lambda: self._parse(interaction, labels),
-                           lambda base, new: (new, None))
+        await self._change(
+            interaction, scope, "set", lambda: self._parse(interaction, labels), lambda base, new: (new, None)
+        )
 
-    @app_commands.command(name=_T("add"), description=_T("Add labels to the set"))
+    @_moderators
+    @labels.command(name=_T("add"), description=_T("Add labels to the set"))
     @app_commands.rename(labels=_T("labels"), scope=_T("scope"))
     @app_commands.describe(labels=_T("Labels to add"), scope=_SCOPE_HELP)
     @app_commands.choices(scope=_SCOPES)
@@ -176,13 +208,15 @@ class LabelsGroup(app_commands.Group):
             added = [label for label in new if label not in base]
             if not added:
                 raise _Refusal(text(interaction.locale, "add.nothing_new"))
-            limit = interaction.client.app.config.labels.max_count
+            limit = self.app.config.labels.max_count
             if len(base) + len(added) > limit:
                 raise _Refusal(text(interaction.locale, "add.too_many", count=len(base) + len(added), limit=limit))
             return base + tuple(added), _quoted(interaction.locale, added)
+
         await self._change(interaction, scope, "add", lambda: self._parse(interaction, labels, min_count=1), compute)
 
-    @app_commands.command(name=_T("remove"), description=_T("Remove labels from the set"))
+    @_moderators
+    @labels.command(name=_T("remove"), description=_T("Remove labels from the set"))
     @app_commands.rename(labels=_T("labels"), scope=_T("scope"))
     @app_commands.describe(labels=_T("Labels to remove"), scope=_SCOPE_HELP)
     @app_commands.choices(scope=_SCOPES)
@@ -190,49 +224,64 @@ class LabelsGroup(app_commands.Group):
         def compute(base, gone):
             missing = [label for label in gone if label not in base]
             if missing:
-                raise _Refusal(text(interaction.locale, "labels.not_in_set", labels=_quoted(interaction.locale, missing)))
+                raise _Refusal(
+                    text(interaction.locale, "labels.not_in_set", labels=_quoted(interaction.locale, missing))
+                )
             left = tuple(label for label in base if label not in gone)
             if len(left) < 2:
                 raise _Refusal(text(interaction.locale, "remove.too_few", count=len(left)))
             return left, _quoted(interaction.locale, gone)
-        await self._change(interaction, scope, "remove", lambda: self._parse(interaction, labels, min_count=1),
-                           compute)
 
-    @app_commands.command(name=_T("preset"), description=_T("Replace the label set with a preset"))
+        await self._change(interaction, scope, "remove", lambda: self._parse(interaction, labels, min_count=1), compute)
+
+    @_moderators
+    @labels.command(name=_T("preset"), description=_T("Replace the label set with a preset"))
     @app_commands.rename(name=_T("name"), scope=_T("scope"))
     @app_commands.describe(name=_T("The preset to use"), scope=_SCOPE_HELP)
     @app_commands.choices(scope=_SCOPES)
     async def preset(self, interaction: discord.Interaction, name: str, scope: Choice[str] | None = None) -> None:
-        presets = interaction.client.app.config.labels.presets
+        presets = self.app.config.labels.presets
 
         def check():
             if name not in presets:
-                raise _Refusal(text(interaction.locale, "preset.unknown", name=code_text(name),
-                                    names=", ".join(f"`{n}`" for n in presets) or "—"))
+                raise _Refusal(
+                    text(
+                        interaction.locale,
+                        "preset.unknown",
+                        name=code_text(name),
+                        names=", ".join(f"`{n}`" for n in presets) or "—",
+                    )
+                )
             return presets[name]
+
         await self._change(interaction, scope, "preset", check, lambda base, labels: (labels, name))
 
     @preset.autocomplete("name")
     async def _preset_choices(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
-        presets = interaction.client.app.config.labels.presets
-        return [Choice(name=f"{n} ({'、'.join(labels[:4])}…)"[:100], value=n)
-                for n, labels in presets.items() if current.lower() in n.lower() and len(n) <= 100][:25]
+        presets = self.app.config.labels.presets
+        return [
+            Choice(name=f"{n} ({'、'.join(labels[:4])}…)"[:100], value=n)
+            for n, labels in presets.items()
+            if current.lower() in n.lower() and len(n) <= 100
+        ][:25]
 
-    @app_commands.command(name=_T("reset"), description=_T("Drop this scope's own set and fall back to the inherited one"))
+    @_moderators
+    @labels.command(name=_T("reset"), description=_T("Drop this scope's own set and fall back to the inherited one"))
     @app_commands.rename(scope=_T("scope"))
     @app_commands.describe(scope=_SCOPE_HELP)
     @app_commands.choices(scope=_SCOPES)
     async def reset(self, interaction: discord.Interaction, scope: Choice[str] | None = None) -> None:
         await self._change(interaction, scope, "reset", lambda: None, lambda base, _: (None, None))
 
-    @app_commands.command(name=_T("undo"), description=_T("Undo the latest change to the label set"))
+    @_moderators
+    @labels.command(name=_T("undo"), description=_T("Undo the latest change to the label set"))
     @app_commands.rename(scope=_T("scope"))
     @app_commands.describe(scope=_SCOPE_HELP)
     @app_commands.choices(scope=_SCOPES)
     async def undo(self, interaction: discord.Interaction, scope: Choice[str] | None = None) -> None:
-        app, locale = interaction.client.app, interaction.locale
+        app, locale = self.app, interaction.locale
         target = await self._target_or_refuse(interaction, scope)
-        if target is None or not await self._allowed(interaction, target[0]):
+        if target is None:
             return
         channel_id, parent_id = target
         where = _where(locale, channel_id)
@@ -246,15 +295,17 @@ class LabelsGroup(app_commands.Group):
         app.label_changed("undo")
         await announce(interaction, await self._confirmation(interaction, "undo", change, channel_id, parent_id))
 
-    @app_commands.command(name=_T("auto"),
-                          description=_T("Turn automatic classification of posted images in this channel on or off"))
+    @_moderators
+    @labels.command(
+        name=_T("auto"), description=_T("Turn automatic classification of posted images in this channel on or off")
+    )
     @app_commands.rename(state=_T("state"))
     @app_commands.describe(state=_T("On or off"))
     @app_commands.choices(state=[Choice(name=_T("on"), value="on"), Choice(name=_T("off"), value="off")])
     async def auto(self, interaction: discord.Interaction, state: Choice[str]) -> None:
-        app, locale = interaction.client.app, interaction.locale
+        app, locale = self.app, interaction.locale
         target = await self._target_or_refuse(interaction, None)
-        if target is None or not await self._allowed(interaction, target[0]):
+        if target is None:
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
@@ -262,20 +313,23 @@ class LabelsGroup(app_commands.Group):
         except StorageError as e:
             return await refuse(interaction, storage_error(locale, e))
         shown = text(locale, f"state.{state.value}")
-        await announce(interaction, text(locale, "auto.changed", user=interaction.user.mention,
-                                         channel=f"<#{target[0]}>", state=shown))
+        await announce(
+            interaction,
+            text(locale, "auto.changed", user=interaction.user.mention, channel=f"<#{target[0]}>", state=shown),
+        )
 
     # ---- helpers ---------------------------------------------------------------------
 
     def _parse(self, interaction: discord.Interaction, raw: str, min_count: int = 2) -> tuple[str, ...]:
-        limits = interaction.client.app.config.labels
+        limits = self.app.config.labels
         try:
             return parse_labels(raw, max_count=limits.max_count, max_length=limits.max_length, min_count=min_count)
         except LabelError as e:
             raise _Refusal(label_error(interaction.locale, e)) from None
 
-    async def _target_or_refuse(self, interaction: discord.Interaction,
-                                scope: Choice[str] | None) -> tuple[int | None, int | None] | None:
+    async def _target_or_refuse(
+        self, interaction: discord.Interaction, scope: Choice[str] | None
+    ) -> tuple[int | None, int | None] | None:
         """(scope channel id or None for the server, its parent for threads); None after refusing."""
         if scope is not None and scope.value == "server":
             return None, None
@@ -284,21 +338,26 @@ class LabelsGroup(app_commands.Group):
             return None
         return interaction.channel_id, parent_id(interaction.channel)
 
-    async def _allowed(self, interaction: discord.Interaction, channel_id: int | None) -> bool:
-        key = refusal_key(interaction, "channel" if channel_id else "server",
-                          interaction.client.app.config.discord.moderator_role_ids)
-        if key is not None:
-            await refuse(interaction, text(interaction.locale, key))
-            return False
-        return True
-
-    async def _confirmation(self, interaction: discord.Interaction, action: str, change: HistoryEntry,
-                            channel_id: int | None, parent_id: int | None, changed: str | None = None) -> str:
+    async def _confirmation(
+        self,
+        interaction: discord.Interaction,
+        action: str,
+        change: HistoryEntry,
+        channel_id: int | None,
+        parent_id: int | None,
+        changed: str | None = None,
+    ) -> str:
         """The public announcement of a change that is already committed: who, what, the version this
         command wrote, and the labels posts are now ranked against. It must not fail."""
-        app, locale = interaction.client.app, interaction.locale
-        fields = dict(user=interaction.user.mention, where=_where(locale, channel_id), version=change.version,
-                      reverted=change.detail or "?", changed=changed or "", preset=code_text(changed or ""))
+        app, locale = self.app, interaction.locale
+        fields = dict(
+            user=interaction.user.mention,
+            where=_where(locale, channel_id),
+            version=change.version,
+            reverted=change.detail or "?",
+            changed=changed or "",
+            preset=code_text(changed or ""),
+        )
         labels, source = change.labels, None
         if labels is None:  # no set of its own now: say what it falls back to
             try:
@@ -313,15 +372,20 @@ class LabelsGroup(app_commands.Group):
         head = text(locale, key, count=len(labels), source=describe_source(source, locale) if source else "—", **fields)
         return f"{head}\n{_label_list(labels, _MESSAGE_CHARS - len(head) - 1)}" if labels else head
 
-    async def _change(self, interaction: discord.Interaction, scope: Choice[str] | None, action: str,
-                      prepare: Callable[[], Any],
-                      compute: Callable[[tuple[str, ...], Any], tuple[tuple[str, ...] | None, str | None]]) -> None:
+    async def _change(
+        self,
+        interaction: discord.Interaction,
+        scope: Choice[str] | None,
+        action: str,
+        prepare: Callable[[], Any],
+        compute: Callable[[tuple[str, ...], Any], tuple[tuple[str, ...] | None, str | None]],
+    ) -> None:
         """Cheap checks (permission, label text) answered at once and privately; then defer, read,
         compute the new set from the current one, write it with the version read, confirm."""
-        app, locale = interaction.client.app, interaction.locale
+        app, locale = self.app, interaction.locale
         guild_id = interaction.guild_id
         target = await self._target_or_refuse(interaction, scope)
-        if target is None or not await self._allowed(interaction, target[0]):
+        if target is None:
             return
         channel_id, parent_id = target
         try:
@@ -334,12 +398,19 @@ class LabelsGroup(app_commands.Group):
             own = await app.store.get(guild_id, channel_id)
             if own is None and action == "reset":
                 return await refuse(interaction, text(locale, "reset.nothing", where=_where(locale, channel_id)))
-            base = own.labels if own else (await inherited(app.store, app.config, guild_id, channel_id,
-                                                           parent_id)).labels
+            base = (
+                own.labels if own else (await inherited(app.store, app.config, guild_id, channel_id, parent_id)).labels
+            )
             labels, changed = compute(base, prepared)  # the new set (None = drop it) and what changed
-            change = await app.store.write(guild_id, channel_id, labels, user_id=interaction.user.id, action=action,
-                                           detail=changed if action == "preset" else None,
-                                           expected_version=own.version if own else 0)
+            change = await app.store.write(
+                guild_id,
+                channel_id,
+                labels,
+                user_id=interaction.user.id,
+                action=action,
+                detail=changed if action == "preset" else None,
+                expected_version=own.version if own else 0,
+            )
         except _Refusal as e:
             return await refuse(interaction, str(e))
         except VersionConflict:
@@ -347,7 +418,14 @@ class LabelsGroup(app_commands.Group):
         except StorageError as e:
             return await refuse(interaction, storage_error(locale, e))
         app.label_changed(action)
-        log.info("labels %s in guild %s scope %s by %s → v%s", action, guild_id, channel_id or "server",
-                 interaction.user.id, change.version)
-        await announce(interaction, await self._confirmation(interaction, action, change, channel_id, parent_id,
-                                                             changed))
+        log.info(
+            "labels %s in guild %s scope %s by %s → v%s",
+            action,
+            guild_id,
+            channel_id or "server",
+            interaction.user.id,
+            change.version,
+        )
+        await announce(
+            interaction, await self._confirmation(interaction, action, change, channel_id, parent_id, changed)
+        )

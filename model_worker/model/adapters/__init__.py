@@ -7,21 +7,27 @@ from typing import Any
 
 import torch
 
-from model_worker.model.loading import ModelLoadError, dtype_kwargs, explain, model_source, resolve_device, resolve_dtype
 from model_worker.image.preprocess import UnsupportedProcessor
 from model_worker.model.adapters.base import Adapter
 from model_worker.model.adapters.dual_encoder import DualEncoderAdapter
 from model_worker.model.adapters.japanese_stable_clip import JapaneseStableClipAdapter
+from model_worker.model.loading import (
+    ModelLoadError,
+    dtype_kwargs,
+    explain,
+    model_source,
+    resolve_device,
+    resolve_dtype,
+)
 
-__all__ = ["Adapter", "load_adapter", "ModelLoadError", "is_japanese_stable_clip"]
+__all__ = ["Adapter", "ModelLoadError", "is_japanese_stable_clip", "load_adapter"]
 
 log = logging.getLogger(__name__)
 
 
 def is_japanese_stable_clip(config: Any) -> bool:
     archs = getattr(config, "architectures", None) or []
-    return getattr(config, "model_type", "") == "japanese_stable_clip" or any(
-        "JapaneseStableCLIP" in a for a in archs)
+    return getattr(config, "model_type", "") == "japanese_stable_clip" or any("JapaneseStableCLIP" in a for a in archs)
 
 
 def _load_model(auto_cls: Any, model_id: str, common: dict[str, Any], dtype: torch.dtype) -> Any:
@@ -52,13 +58,21 @@ def load_adapter(model_cfg: Any) -> Adapter:
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
             raise ModelLoadError(
                 f"{model_id} ({type(model).__name__}) is not an image–text dual encoder: it has no "
-                "get_image_features/get_text_features; choose a CLIP, SigLIP or SigLIP 2 checkpoint")
+                "get_image_features/get_text_features; choose a CLIP, SigLIP or SigLIP 2 checkpoint"
+            )
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
         image_processor = AutoImageProcessor.from_pretrained(source, **common)
         model.eval().to(device)
         cls = JapaneseStableClipAdapter if jsc else DualEncoderAdapter
-        adapter = cls(model=model, tokenizer=tokenizer, image_processor=image_processor, model_id=model_id,
-                      revision=model_cfg.revision, device=device, dtype=dtype)
+        adapter = cls(
+            model=model,
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            model_id=model_id,
+            revision=model_cfg.revision,
+            device=device,
+            dtype=dtype,
+        )
     except UnsupportedProcessor as e:
         raise ModelLoadError(f"{model_id}: its image processor is not supported ({e})") from None
     except Exception as e:

@@ -25,8 +25,8 @@ REFERENCE_MATCH_THRESHOLD = 0.5
 class Adapter(ABC):
     """Encode images and texts into L2-normalised embeddings, and turn similarities into scores."""
 
-    family: str          # "clip", "siglip" or "japanese-stable-clip"
-    score_meaning: str   # one line for the README/CLI: what `score` means for this family
+    family: str  # "clip", "siglip" or "japanese-stable-clip"
+    score_meaning: str  # one line for the README/CLI: what `score` means for this family
     model_id: str
     device: torch.device
     dtype: torch.dtype
@@ -68,12 +68,13 @@ class Adapter(ABC):
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        parts = [self._text_features(texts[i:i + TEXT_CHUNK]) for i in range(0, len(texts), TEXT_CHUNK)]
+        parts = [self._text_features(texts[i : i + TEXT_CHUNK]) for i in range(0, len(texts), TEXT_CHUNK)]
         return _normalise(torch.cat(parts))
 
     @torch.inference_mode()
-    def score(self, image_emb: torch.Tensor, label_emb: torch.Tensor,
-              reference_emb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def score(
+        self, image_emb: torch.Tensor, label_emb: torch.Tensor, reference_emb: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(share over the labels, match), both N × L in [0, 1].
 
         The share depends on which other labels are in the set; the match does not. SigLIP: the

@@ -8,13 +8,23 @@ from typing import Any
 import torch
 from PIL import Image
 
-from model_worker.model.loading import unwrap_features
 from model_worker.image.preprocess import from_image_processor
 from model_worker.model.adapters.base import Adapter
+from model_worker.model.loading import unwrap_features
 
 
 class DualEncoderAdapter(Adapter):
-    def __init__(self, *, model: Any, tokenizer: Any, image_processor: Any, model_id: str, revision: str | None, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        *,
+        model: Any,
+        tokenizer: Any,
+        image_processor: Any,
+        model_id: str,
+        revision: str | None,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
         self.model, self.tokenizer, self.image_processor = model, tokenizer, image_processor
         self.model_id, self.revision, self.device, self.dtype = model_id, revision, device, dtype
         self.preprocessor = from_image_processor(image_processor)
@@ -61,7 +71,11 @@ class DualEncoderAdapter(Adapter):
         text = self.tokenizer(self._prepare_texts(texts), return_tensors="pt", **self.text_kwargs)
         pixels = self.image_processor(images=[image], return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in text.items() if k in self._input_names}
-        inputs.update({k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                       for k, v in pixels.items()})
+        inputs.update(
+            {
+                k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                for k, v in pixels.items()
+            }
+        )
         out = self.model(**inputs)
         return out.logits_per_image.float().softmax(dim=-1)[0]

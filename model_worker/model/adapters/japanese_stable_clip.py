@@ -16,9 +16,9 @@ import ftfy
 import torch
 from PIL import Image
 
-from model_worker.model.loading import unwrap_features
 from model_worker.image.preprocess import from_image_processor
 from model_worker.model.adapters.base import Adapter
+from model_worker.model.loading import unwrap_features
 
 MAX_SEQ_LEN = 77
 LOGIT_SCALE = 100.0
@@ -32,8 +32,7 @@ def clean_text(text: str) -> str:
 
 def tokenize(tokenizer: Any, texts: list[str], max_seq_len: int = MAX_SEQ_LEN) -> dict[str, torch.Tensor]:
     texts = [clean_text(t) for t in texts]
-    enc = tokenizer(texts, max_length=max_seq_len - 1, padding="max_length", truncation=True,
-                    add_special_tokens=False)
+    enc = tokenizer(texts, max_length=max_seq_len - 1, padding="max_length", truncation=True, add_special_tokens=False)
     bos = tokenizer.bos_token_id
     input_ids = [[bos] + list(ids) for ids in enc["input_ids"]]
     attention_mask = [[1] + list(m) for m in enc["attention_mask"]]
@@ -49,8 +48,17 @@ class JapaneseStableClipAdapter(Adapter):
     family = "japanese-stable-clip"
     score_meaning = "share among the given labels: softmax of 100 × cosine (as in the model card)"
 
-    def __init__(self, *, model: Any, tokenizer: Any, image_processor: Any, model_id: str, revision: str | None,
-                 device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        *,
+        model: Any,
+        tokenizer: Any,
+        image_processor: Any,
+        model_id: str,
+        revision: str | None,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
         if tokenizer.bos_token_id is None:
             raise ValueError("the tokenizer has no BOS token, which Japanese Stable CLIP prepends")
         self.model, self.tokenizer, self.image_processor = model, tokenizer, image_processor
@@ -71,8 +79,9 @@ class JapaneseStableClipAdapter(Adapter):
     def reference_share(self, image: Image.Image, texts: list[str]) -> torch.Tensor:
         pixels = self.image_processor(images=image, return_tensors="pt")["pixel_values"]
         img = unwrap_features(self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)))
-        txt = unwrap_features(self.model.get_text_features(
-            **{k: v.to(self.device) for k, v in tokenize(self.tokenizer, texts).items()}))
+        txt = unwrap_features(
+            self.model.get_text_features(**{k: v.to(self.device) for k, v in tokenize(self.tokenizer, texts).items()})
+        )
         img = img.float() / img.float().norm(dim=-1, keepdim=True)
         txt = txt.float() / txt.float().norm(dim=-1, keepdim=True)
         return (LOGIT_SCALE * img @ txt.T).softmax(dim=-1)[0]

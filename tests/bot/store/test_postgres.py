@@ -21,7 +21,7 @@ import pytest
 from bot.store import base as storage, postgres as storage_postgres
 from bot.store import SCHEMA_VERSION, HistoryEntry, SQLiteLabelStore, StorageError, open_store
 from bot.store.postgres import WRITE_LOCK, PostgresLabelStore
-from tests.bot.test_storage_crash import Lines, close_pipes
+from tests.bot.store.test_crash import Lines, close_pipes
 from tests.conftest import REPO
 from tests.support.postgres_server import start_server
 from tests.support.storage_writer import CHANNEL, GUILD

@@ -14,7 +14,7 @@ import time
 import redis
 
 from bot.transport.redis_streams import RedisWorkerTransport
-from tests.bot.test_redis_transport import PREFIX, STREAM, _config, _consumer_of, _held_by, _request, _shape, _until
+from tests.bot.transport.test_redis_streams import PREFIX, STREAM, _config, _consumer_of, _held_by, _request, _shape, _until
 from tests.conftest import REPO
 from tests.support.redis_server import WorkerProcess, redis_server, redis_url, wait_for_workers  # noqa: F401
 from wakeru.protocol import REQUESTS_GROUP, ErrorCode, heartbeat_key

@@ -1,4 +1,4 @@
-"""Gateway events: image posts in channels where auto-classify is on get a reply."""
+"""The posts cog: image posts in channels where auto-classify is on get a reply (a gateway listener)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,23 @@ import logging
 from contextlib import AsyncExitStack
 
 import discord
-
-from wakeru.logs import new_event_id, request_context
+from discord.ext import commands
 
 from bot.app import App
+from bot.face.cogs.base import WakeruCog
+from bot.face.render import MAX_EMBEDS, reply, summary_line
 from bot.face.texts import rate_limit_text
 from bot.services.labelsets import auto_classify_enabled, parent_id, resolve
-from bot.face.render import MAX_EMBEDS, reply, summary_line
+from wakeru.logs import new_event_id, request_context
 
 log = logging.getLogger("wakeru.events")
+
+
+class PostsCog(WakeruCog):
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        if self._app is not None:
+            await on_image_post(self._app, message)
 
 
 async def on_image_post(app: App, message: discord.Message) -> None:
@@ -47,7 +55,7 @@ async def _classify_post(app: App, message: discord.Message, images: list) -> No
     async with AsyncExitStack() as stack:
         try:  # typing is a courtesy: a missing permission must not stop the answer
             await stack.enter_async_context(channel.typing())
-        except Exception as e:  # noqa: BLE001 - Forbidden, a network error: the answer matters more
+        except Exception as e:
             log.debug("typing indicator failed in %s: %s", channel.id, e)
         answers = await app.classifier.classify_attachments(images[:MAX_EMBEDS], source.labels, source="post")
     content, embeds = reply(answers, source, locale, len(images))
@@ -60,8 +68,9 @@ async def _send(channel, message: discord.Message, **fields) -> bool:
     discord.py retries a send that Discord did process but answered with a 5xx."""
     try:
         # fail_if_not_exists=False: if the post was deleted meanwhile, still answer in the channel
-        await channel.send(**fields, mention_author=False, nonce=message.id,
-                           reference=message.to_reference(fail_if_not_exists=False))
+        await channel.send(
+            **fields, mention_author=False, nonce=message.id, reference=message.to_reference(fail_if_not_exists=False)
+        )
     except discord.HTTPException as e:
         log.warning("could not reply in channel %s: %s", channel.id, e)
         return False
