@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import aiohttp
 
 from bot.services import metrics
-from bot.services.attachments import Downloader, is_image
+from bot.services.attachments import AttachmentLike, Downloader, is_image
 from bot.services.classifying import Classifier
 from bot.services.ratelimit import RateLimiter
 from bot.services.samples import sample_names
@@ -30,7 +31,7 @@ class App:
         self.samples = sample_names(config.discord.samples_dir, config.images.formats)
         self.limiter = RateLimiter(config.limits)
         self.draining = False  # SIGTERM received: no new work
-        self._work: set[asyncio.Task] = set()  # handlers that are classifying or replying
+        self._work: set[asyncio.Task[Any]] = set()  # handlers that are classifying or replying
 
     @classmethod
     async def open(cls, config: Config, transport: WorkerTransport | None = None) -> App:
@@ -45,7 +46,7 @@ class App:
     def label_changed(self, action: str) -> None:
         metrics.LABEL_CHANGES.labels(action).inc()
 
-    def track(self, task: asyncio.Task | None = None) -> None:
+    def track(self, task: asyncio.Task[Any] | None = None) -> None:
         """Count the current handler as in-flight work until it ends (shutdown waits for it)."""
         task = task or asyncio.current_task()
         if task is not None and task not in self._work:
@@ -76,5 +77,5 @@ class App:
         await self.session.close()
         await self.store.close()
 
-    def is_image(self, attachment) -> bool:
+    def is_image(self, attachment: AttachmentLike) -> bool:
         return is_image(attachment, self.config)

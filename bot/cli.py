@@ -17,6 +17,7 @@ import yarl
 from bot.app import App
 from bot.face.client import WakeruClient, WakeruShardedClient, make_client
 from bot.services import health
+from bot.services.health import HealthState
 from bot.services.metrics import MetricsServer
 from bot.store import StorageError
 from wakeru.config import Config, ConfigError, load_config
@@ -94,7 +95,7 @@ async def run(config: Config, token: str) -> int:
     message_content = True
     client: WakeruClient | WakeruShardedClient | None = None
     stopping = asyncio.Event()
-    shutdown: asyncio.Task | None = None
+    shutdown: asyncio.Task[None] | None = None
 
     async def graceful_stop() -> None:
         # the gateway stays up while in-flight work finishes, so its answers can still be sent
@@ -113,7 +114,7 @@ async def run(config: Config, token: str) -> int:
         )
         shutdown = asyncio.ensure_future(graceful_stop())
 
-    def state() -> dict:
+    def state() -> HealthState:
         transport = app.transport
         return {
             "connected": client is not None and client.is_ready() and not client.is_closed(),

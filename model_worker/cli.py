@@ -14,6 +14,7 @@ import sys
 import unicodedata
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from model_worker.serving.startup import load_engine, quiet_libraries
 from model_worker.settings import UsageError, resolve_config
@@ -25,7 +26,7 @@ log = logging.getLogger("model_worker")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of argparse's usage block
+    def error(self, message: str) -> NoReturn:  # one line instead of argparse's usage block
         raise UsageError(f"{message} (see `python -m model_worker {self.prog.split()[-1]} --help`)")
 
 
@@ -146,6 +147,7 @@ def _classify_stream(
             emitted += 1
             break
     for path, ready in order[emitted:]:
+        assert ready is not None  # every engine result has filled its input's place by now
         yield path, ready
 
 
@@ -162,7 +164,7 @@ NONE_FITS = "(none of the labels fits: even the best one is below model.match_th
 
 def format_table(path: str, result: ClassifyResult) -> str:
     """Share and bar per label; `match` where the model gives one, and a mark on labels that do not fit."""
-    if not result.ok:
+    if result.error is not None:  # not result.ok
         return f"{path}\n  error {result.error.value}: {result.message}"
     width = max((_width(s.label) for s in result.top), default=0)
     lines = [path]
@@ -176,7 +178,7 @@ def format_table(path: str, result: ClassifyResult) -> str:
 
 
 def result_json(path: str, result: ClassifyResult) -> dict:
-    if not result.ok:
+    if result.error is not None:  # not result.ok
         return {"image": path, "error": result.error.value, "message": result.message}
     top = []
     for s in result.top:

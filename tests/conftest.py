@@ -50,22 +50,28 @@ def _quiet_transformers():
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """family → directory of a tiny random-weight checkpoint saved with save_pretrained."""
-    from model_worker.devtools.checkpoints import FAMILIES, build
+    """family → directory of a tiny random-weight checkpoint saved with save_pretrained (built once per
+    version of the code that builds them, then copied from the cache: see tests/support/model_cache.py)."""
+    from tests.support.model_cache import cached_checkpoints
 
-    root = tmp_path_factory.mktemp("checkpoints")
-    return {family: build(family, root / family, "tiny") for family in FAMILIES}
+    return cached_checkpoints(tmp_path_factory.mktemp("checkpoints"))
 
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory) -> Path:
-    """A tiny SiglipModel trained for under a minute on coloured shapes (tests/support/shapes.py)."""
-    from tests.support.train_tiny import train
+    """A tiny SiglipModel trained for under a minute on coloured shapes (tests/support/shapes.py); trained
+    once per version of the code that trains it, then copied from the cache (tests/support/model_cache.py)."""
+    from tests.support.model_cache import cached_trained_model
 
-    out = tmp_path_factory.mktemp("trained") / "siglip-shapes"
-    info = train(out)
-    assert info["steps"] >= 1500, info  # stopped by the time guard far too early: the machine is overloaded
-    return out
+    return cached_trained_model(tmp_path_factory.mktemp("trained") / "siglip-shapes")
+
+
+@pytest.fixture(scope="session")
+def stub_model(tmp_path_factory) -> Path:
+    """A model directory for the torch-free stand-in worker (tests/support/stub_worker.py)."""
+    from tests.support.stub_worker import make_model_dir
+
+    return make_model_dir(tmp_path_factory.mktemp("stub") / "stub-model")
 
 
 def make_config(model_path: Path | str | None = None, **sections) -> Config:

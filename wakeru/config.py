@@ -53,7 +53,7 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    id: str = Field("google/siglip2-base-patch16-256", min_length=1)
+    id: str = Field(default="google/siglip2-base-patch16-256", min_length=1)
     revision: str | None = None
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -62,9 +62,9 @@ class ModelSection(_Section):
     # "Does this label fit at all?", independent of how many labels there are: a label fits when
     # its `match` reaches this. SigLIP family: the model's own sigmoid probability (default 0.01).
     # CLIP family: the probability that it beats `reference_label` (default 0.5). null = the default.
-    match_threshold: float | None = Field(None, ge=0, le=1)
+    match_threshold: float | None = Field(default=None, ge=0, le=1)
     # The neutral description CLIP-family labels are compared with (put through the templates).
-    reference_label: str = Field("何か", min_length=1, max_length=50)
+    reference_label: str = Field(default="何か", min_length=1, max_length=50)
 
     @field_validator("device")
     @classmethod
@@ -86,37 +86,37 @@ class ModelSection(_Section):
 
 class WorkerSection(_Section):
     # strict: `true` or "8" is an error, not 1 or 8
-    max_batch: StrictInt = Field(32, ge=1, le=1024)
-    max_wait_ms: StrictFloat = Field(5.0, ge=0, le=10_000)
-    queue_size: StrictInt = Field(256, ge=1, le=1_000_000)
-    decode_threads: StrictInt = Field(0, ge=0, le=256)
+    max_batch: StrictInt = Field(default=32, ge=1, le=1024)
+    max_wait_ms: StrictFloat = Field(default=5.0, ge=0, le=10_000)
+    queue_size: StrictInt = Field(default=256, ge=1, le=1_000_000)
+    decode_threads: StrictInt = Field(default=0, ge=0, le=256)
     # How long the bot waits for one image's answer (queue + decode + model) before
     # telling the user it timed out; also the deadline the worker enforces.
-    request_timeout_s: StrictFloat = Field(60.0, gt=0, le=900)
+    request_timeout_s: StrictFloat = Field(default=60.0, gt=0, le=900)
     # A worker that dies is restarted after this delay, doubled for every crash in a
     # row (a crash within restart_reset_s of the last start counts as "in a row").
-    restart_backoff_s: StrictFloat = Field(1.0, ge=0, le=600)
-    restart_backoff_max_s: StrictFloat = Field(60.0, ge=0, le=3600)
-    restart_reset_s: StrictFloat = Field(120.0, ge=0, le=86_400)
+    restart_backoff_s: StrictFloat = Field(default=1.0, ge=0, le=600)
+    restart_backoff_max_s: StrictFloat = Field(default=60.0, ge=0, le=3600)
+    restart_reset_s: StrictFloat = Field(default=120.0, ge=0, le=86_400)
     # local: the bot runs its own worker as a child process. redis: the bot sends images to
     # a Redis (or Valkey) stream served by `python -m model_worker serve` processes, anywhere.
     transport: Literal["local", "redis"] = "local"
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Key prefix of the streams and heartbeats, so several deployments can share one Redis.
-    redis_prefix: str = Field("wakeru", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    redis_prefix: str = Field(default="wakeru", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     # Requests held by a worker that stays silent this long are taken over by another worker.
     # A live worker renews its claim while it works, so only a dead or hung one loses requests.
-    claim_idle_s: StrictFloat = Field(30.0, ge=0.5, le=3600)
+    claim_idle_s: StrictFloat = Field(default=30.0, ge=0.5, le=3600)
     # Workers announce themselves this often; one not heard from for 3 beats counts as gone.
-    heartbeat_s: StrictFloat = Field(2.0, ge=0.1, le=60)
+    heartbeat_s: StrictFloat = Field(default=2.0, ge=0.1, le=60)
     # Requests waiting in the stream (all bots together); beyond this new images get "busy".
-    stream_max_len: StrictInt = Field(10_000, ge=1, le=10_000_000)
+    stream_max_len: StrictInt = Field(default=10_000, ge=1, le=10_000_000)
     # How long either end waits for an answer from Redis (a server paused by a slow disk, a dead
     # link) before it counts the call as failed and retries; above the 1 s blocking reads.
-    redis_timeout_s: StrictFloat = Field(15.0, ge=2, le=300)
+    redis_timeout_s: StrictFloat = Field(default=15.0, ge=2, le=300)
     # Image bytes one bot process holds at once (downloads, images waiting for a worker or kept
     # to be sent again after a crash); beyond this new images get "busy". At least images.max_bytes.
-    queue_max_bytes: StrictInt = Field(256 * 1024 * 1024, ge=1)
+    queue_max_bytes: StrictInt = Field(default=256 * 1024 * 1024, ge=1)
 
     @field_validator("redis_url")
     @classmethod
@@ -137,8 +137,8 @@ class WorkerSection(_Section):
 
 
 class ImagesSection(_Section):
-    max_bytes: StrictInt = Field(25 * 1024 * 1024, ge=1)
-    max_pixels: StrictInt = Field(40_000_000, ge=1)
+    max_bytes: StrictInt = Field(default=25 * 1024 * 1024, ge=1)
+    max_pixels: StrictInt = Field(default=40_000_000, ge=1)
     formats: tuple[str, ...] = ("jpeg", "png", "gif", "webp", "bmp")
 
     @field_validator("formats", mode="before")
@@ -239,8 +239,8 @@ _PRESETS: dict[str, tuple[str, ...]] = {
 
 
 class LabelsSection(_Section):
-    max_count: StrictInt = Field(100, ge=1, le=10_000)
-    max_length: StrictInt = Field(50, ge=1, le=1_000)
+    max_count: StrictInt = Field(default=100, ge=1, le=10_000)
+    max_length: StrictInt = Field(default=50, ge=1, le=1_000)
     default: tuple[str, ...] = (
         "犬",
         "猫",
@@ -385,10 +385,10 @@ class AttachmentsSection(_Section):
     allowed_hosts: tuple[str, ...] = ("cdn.discordapp.com", "media.discordapp.net")
     # Above this size (0: always), ask the media proxy for a rendition near the model's input size
     # first, for any picture bigger than that: fewer bytes to fetch, decode and hold.
-    resize_above_bytes: StrictInt = Field(0, ge=0)
+    resize_above_bytes: StrictInt = Field(default=0, ge=0)
     # Shortest side requested from the media proxy; 0 = the model's input size, as the worker reports it.
-    resize_to: StrictInt = Field(0, ge=0, le=8192)
-    timeout_s: StrictFloat = Field(20.0, gt=0, le=300)
+    resize_to: StrictInt = Field(default=0, ge=0, le=8192)
+    timeout_s: StrictFloat = Field(default=20.0, gt=0, le=300)
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -404,18 +404,18 @@ class LimitsSection(_Section):
     image posts alike): `*_per_minute` refills, `*_burst` is how many may come at once.
     0 per minute turns that limit off."""
 
-    user_per_minute: StrictFloat = Field(20.0, ge=0, le=100_000)
-    user_burst: StrictInt = Field(10, ge=1, le=100_000)
-    channel_per_minute: StrictFloat = Field(60.0, ge=0, le=100_000)
-    channel_burst: StrictInt = Field(30, ge=1, le=100_000)
+    user_per_minute: StrictFloat = Field(default=20.0, ge=0, le=100_000)
+    user_burst: StrictInt = Field(default=10, ge=1, le=100_000)
+    channel_per_minute: StrictFloat = Field(default=60.0, ge=0, le=100_000)
+    channel_burst: StrictInt = Field(default=30, ge=1, le=100_000)
 
 
 class ServiceSection(_Section):
     # On SIGTERM: stop taking new work, let in-flight images finish for this long,
     # answer what is left as "unavailable", then stop the worker and exit 0.
-    shutdown_grace_s: StrictFloat = Field(20.0, ge=0, le=600)
+    shutdown_grace_s: StrictFloat = Field(default=20.0, ge=0, le=600)
     # /metrics (Prometheus) and /healthz on this port; 0 = off.
-    metrics_port: StrictInt = Field(0, ge=0, le=65535)
+    metrics_port: StrictInt = Field(default=0, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
     log_format: Literal["text", "json"] = "text"
 

@@ -29,7 +29,7 @@ class LabelError(ValueError):
     too_many(count, limit, excess), not_text(type).
     """
 
-    def __init__(self, message: str, code: str = "invalid", **params):
+    def __init__(self, message: str, code: str = "invalid", **params: object) -> None:
         super().__init__(message)
         self.code = code
         self.params = params

@@ -15,7 +15,9 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("wakeru_request_id", default=None)
 
@@ -37,7 +39,7 @@ def bind_request_id(event_id: str) -> None:
 
 
 @contextmanager
-def request_context(event_id: str):
+def request_context(event_id: str) -> Iterator[str]:
     token = _request_id.set(event_id)
     try:
         yield event_id
@@ -46,7 +48,7 @@ def request_context(event_id: str):
 
 
 class _ContextFilter(logging.Filter):
-    def __init__(self, process: str):
+    def __init__(self, process: str) -> None:
         super().__init__()
         self.process = process
 
@@ -57,7 +59,7 @@ class _ContextFilter(logging.Filter):
         return True
 
 
-def _extras(record: logging.LogRecord) -> dict:
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and v is not None}
 
 
@@ -79,7 +81,7 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     """The usual one-line format, with the request id and any extras appended as key=value."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s [%(process_name)s] %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:

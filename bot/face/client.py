@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import discord
 from discord.ext import commands
@@ -30,7 +30,15 @@ def intents(message_content: bool) -> discord.Intents:
     return wanted
 
 
-class WakeruBehaviour:
+if TYPE_CHECKING:
+    # what the mixin is always combined with (Bot or AutoShardedBot), so that its methods are checked
+    # against the client they run in; at run time it stays a plain mixin in front of that class
+    _ClientBase = commands.Bot
+else:
+    _ClientBase = object
+
+
+class WakeruBehaviour(_ClientBase):
     """What every Wakeru client does, sharded or not (mixed in before the discord.py client class)."""
 
     app: App | None
@@ -56,6 +64,7 @@ class WakeruBehaviour:
 
     async def on_ready(self) -> None:
         metrics.GATEWAY_SESSIONS.labels("ready").inc()
+        assert self.user is not None  # on_ready follows READY, which sets the bot's own user
         log.info("connected as %s (id %s) to %d server(s)", self.user, self.user.id, len(self.guilds))
 
     async def on_resumed(self) -> None:
@@ -109,7 +118,9 @@ class WakeruShardedClient(WakeruBehaviour, commands.AutoShardedBot):
         return describe_shards(self.shard_ids, self.shard_count)
 
     async def launch_shards(self) -> None:
-        if self.shard_count is None and not self.is_closed():
+        # discord.py declares AutoShardedClient.shard_count an int, but it is None until Discord is asked ("auto")
+        shard_count = cast("int | None", self.shard_count)
+        if shard_count is None and not self.is_closed():
             # "auto": ask Discord here rather than in discord.py, which would then also take the
             # gateway URL from the answer and ignore discord.gateway_url (a proxy, the tests' fake)
             count, _url, limits = await self.http.get_bot_gateway()
@@ -126,6 +137,7 @@ class WakeruShardedClient(WakeruBehaviour, commands.AutoShardedBot):
     # discord.py fires on_ready once every shard of this process is ready, and on_shard_ready /
     # on_shard_resumed for each shard (on_resumed too): count the sessions per shard.
     async def on_ready(self) -> None:
+        assert self.user is not None  # on_ready follows READY, which sets the bot's own user
         log.info(
             "connected as %s (id %s) to %d server(s) on %s",
             self.user,

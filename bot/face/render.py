@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import discord
 
-from bot.face.texts import error_text, text
+from bot.face.texts import LocaleLike, error_text, text
 from bot.services.classifying import ImageAnswer
 from bot.services.labelsets import LabelSource
 
@@ -31,7 +31,7 @@ def escape(value: str, limit: int) -> str:
     return out
 
 
-def describe_source(source: LabelSource, locale) -> str:
+def describe_source(source: LabelSource, locale: LocaleLike) -> str:
     """Where the labels came from, in words: 「このチャンネルのラベル (v3)」, …"""
     return text(
         locale,
@@ -52,10 +52,11 @@ def bar(score: float) -> str:
     return "█" * filled + "░" * (_BAR_CELLS - filled)
 
 
-def result_embed(answer: ImageAnswer, source: LabelSource, locale) -> discord.Embed:
+def result_embed(answer: ImageAnswer, source: LabelSource, locale: LocaleLike) -> discord.Embed:
     result = answer.result
     title = escape(answer.filename, _TITLE_CHARS)
     if not result.ok:
+        assert result.error is not None  # ClassifyResult.ok is "error is None"
         detail = f"\n-# {escape(result.message, 300)}" if result.message else ""
         embed = discord.Embed(
             title=title, colour=ERROR_COLOUR, description=f"{error_text(locale, result.error)}{detail}"
@@ -70,12 +71,12 @@ def result_embed(answer: ImageAnswer, source: LabelSource, locale) -> discord.Em
     return discord.Embed(title=title, description="\n".join(lines), colour=WEAK_COLOUR if weak else OK_COLOUR)
 
 
-def result_embeds(answers: list[ImageAnswer], source: LabelSource, locale) -> list[discord.Embed]:
+def result_embeds(answers: list[ImageAnswer], source: LabelSource, locale: LocaleLike) -> list[discord.Embed]:
     return [result_embed(a, source, locale) for a in answers[:MAX_EMBEDS]]
 
 
 def reply(
-    answers: list[ImageAnswer], source: LabelSource, locale, total: int
+    answers: list[ImageAnswer], source: LabelSource, locale: LocaleLike, total: int
 ) -> tuple[str | None, list[discord.Embed]]:
     """(content, embeds) of one answer message; `total` images were offered, at most MAX_EMBEDS answered."""
     content = text(locale, "more_images", limit=MAX_EMBEDS) if total > MAX_EMBEDS else None
@@ -86,7 +87,7 @@ def summary_line(answers: list[ImageAnswer]) -> str:
     """「犬 92%・狼 5%・猫 1%」 for logs."""
     return " | ".join(
         "・".join(f"{s.label} {percent(s.score)}" for s in a.result.top)
-        if a.result.ok
+        if a.result.error is None  # a.result.ok
         else f"{a.filename}: {a.result.error.value}"
         for a in answers
     )

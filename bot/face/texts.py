@@ -18,6 +18,7 @@ import string
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING, TypeAlias
 
 import discord
 from babel.messages.pofile import read_po
@@ -26,12 +27,18 @@ from discord import app_commands
 from wakeru.labels import LabelError
 from wakeru.protocol import ErrorCode
 
+if TYPE_CHECKING:
+    from bot.services.ratelimit import Refusal
+
 log = logging.getLogger("wakeru.texts")
 
 LOCALE_DIR = Path(__file__).with_name("locales")
 DOMAIN = "wakeru"
 SOURCE_LANGUAGE = "en"  # the texts in the code (command names) and the fallback for everything
 COMMAND_CONTEXT = "command"  # msgctxt of command names, descriptions and choice names
+
+# what a reply's language is chosen from: a Discord locale, a tag ("ja", "en-US"), or None (English)
+LocaleLike: TypeAlias = "discord.Locale | str | None"
 
 
 def placeholders(template: str) -> frozenset[str] | None:
@@ -50,7 +57,13 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     texts: dict[str, str] = {}
     commands: dict[str, str] = {}
     for message in catalog:
-        if not message.id or not isinstance(message.id, str) or not message.string or message.fuzzy:
+        if (
+            not message.id
+            or not isinstance(message.id, str)
+            or not message.string
+            or not isinstance(message.string, str)  # a plural's translations (its id is not a str either)
+            or message.fuzzy
+        ):
             continue  # the header, plural entries (Wakeru has none), untranslated or fuzzy
         if message.context is None:
             texts[message.id] = message.string
@@ -81,12 +94,19 @@ class Catalogues:
         for language, (texts, _) in found.items():
             for key, template in list(texts.items()):
                 fields, source = placeholders(template), english.get(key)
-                if source is not None and (fields is None or not fields <= placeholders(source)):
-                    # a broken translation would fail in .format(); English is better than an error
-                    log.warning(
-                        "ignoring the %s text of %r: its {fields} do not match the English %r", language, key, source
-                    )
-                    del texts[key]
+                if source is None:
+                    continue
+                if fields is not None:
+                    english_fields = placeholders(source)
+                    if english_fields is None:  # English's own braces are broken: no translation can match
+                        raise TypeError(f"the English text of {key!r} has broken {{fields}}: {source!r}")
+                    if fields <= english_fields:
+                        continue
+                # a broken translation would fail in .format(); English is better than an error
+                log.warning(
+                    "ignoring the %s text of %r: its {fields} do not match the English %r", language, key, source
+                )
+                del texts[key]
         self._texts = {language: texts for language, (texts, _) in found.items()}
         self._commands = {language: commands for language, (_, commands) in found.items()}
         self._by_tag = {_tag(language): language for language in found}
@@ -105,7 +125,7 @@ class Catalogues:
         """What one catalogue has for the commands, English text → its text."""
         return MappingProxyType(self._commands[language])
 
-    def language_for(self, locale: discord.Locale | str | None) -> str:
+    def language_for(self, locale: LocaleLike) -> str:
         """The best catalogue for a Discord locale ("ja", "en-US", "pt-BR", "es-419"): the same tag,
         else its language ("es" for "es-ES"), else another region of it ("pt_BR" for "pt-PT"),
         else English."""
@@ -141,13 +161,13 @@ CATALOGUES = Catalogues()
 TEXTS: Mapping[str, str] = CATALOGUES.english
 
 
-def language(locale: discord.Locale | str | None) -> str:
+def language(locale: LocaleLike) -> str:
     """The catalogue that answers a locale: "ja" for Japanese, "en" (the fallback) for English and
     any language without a catalogue."""
     return CATALOGUES.language_for(locale)
 
 
-def text(locale: discord.Locale | str | None, key: str, **fields) -> str:
+def text(locale: LocaleLike, key: str, **fields: object) -> str:
     return CATALOGUES.text(language(locale), key).format(**fields)
 
 
@@ -155,7 +175,7 @@ def _has(key: str) -> bool:
     return key in CATALOGUES.english
 
 
-def label_error(locale, error: LabelError) -> str:
+def label_error(locale: LocaleLike, error: LabelError) -> str:
     key = f"labels.{error.code}"
     if not _has(key):
         return text(locale, "labels.invalid", detail=str(error))
@@ -166,14 +186,14 @@ def label_error(locale, error: LabelError) -> str:
     return text(locale, key, **fields)
 
 
-def rate_limit_text(locale, refusal) -> str:
+def rate_limit_text(locale: LocaleLike, refusal: Refusal) -> str:
     """「画像の送信が多すぎます（1分あたり20枚まで）。N秒後に…」 for a bot.ratelimit.Refusal."""
     return text(
         locale, f"rate.{refusal.scope}", rate=f"{refusal.per_minute:g}", seconds=max(1, round(refusal.retry_after))
     )
 
 
-def error_text(locale, code: ErrorCode | str) -> str:
+def error_text(locale: LocaleLike, code: ErrorCode | str) -> str:
     code = code.value if isinstance(code, ErrorCode) else code
     key = f"error.{code}"
     return text(locale, key if _has(key) else "error.internal_error")

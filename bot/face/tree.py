@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import discord
@@ -19,6 +20,12 @@ if TYPE_CHECKING:
     from bot.app import App
 
 log = logging.getLogger("wakeru.client")
+
+
+def _command_name(interaction: discord.Interaction) -> object:
+    """The command name Discord sent (for logs); None for interactions without one."""
+    data: Mapping[str, object] = interaction.data or {}
+    return data.get("name")
 
 
 class WakeruTree(app_commands.CommandTree):
@@ -39,7 +46,7 @@ class WakeruTree(app_commands.CommandTree):
         if interaction.type is discord.InteractionType.application_command:
             log.info(
                 "command %s from user %s in channel %s",
-                (interaction.data or {}).get("name"),
+                _command_name(interaction),
                 interaction.user.id,
                 interaction.channel_id,
             )
@@ -59,7 +66,7 @@ class WakeruTree(app_commands.CommandTree):
             log.error(
                 "command %r does not match this version of Wakeru (ref %s): run `python -m bot sync` "
                 "(with --guild ID if you synced to one server)",
-                (interaction.data or {}).get("name"),
+                _command_name(interaction),
                 ref,
             )
         elif isinstance(original, discord.NotFound) and original.code == 10062:

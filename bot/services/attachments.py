@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 from pathlib import PurePosixPath
+from typing import Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -52,6 +53,25 @@ _EXTENSIONS = {
 }
 
 
+class AttachmentLike(Protocol):
+    """What is read of a discord.Attachment (anything with these fields will do)."""
+
+    @property
+    def filename(self) -> str: ...
+    @property
+    def content_type(self) -> str | None: ...
+    @property
+    def size(self) -> int | None: ...
+    @property
+    def width(self) -> int | None: ...
+    @property
+    def height(self) -> int | None: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def proxy_url(self) -> str | None: ...
+
+
 class AttachmentError(Exception):
     def __init__(self, code: ErrorCode, detail: str):
         super().__init__(detail)
@@ -71,7 +91,7 @@ def image_format(content_type: str | None, filename: str, allowed: tuple[str, ..
     return name if name in allowed else None
 
 
-def is_image(attachment, config: Config) -> bool:
+def is_image(attachment: AttachmentLike, config: Config) -> bool:
     return image_format(attachment.content_type, attachment.filename, config.images.formats) is not None
 
 
@@ -100,7 +120,7 @@ class Downloader:
         self.session = session
         self._slots = asyncio.Semaphore(_PARALLEL_DOWNLOADS)
 
-    async def fetch(self, attachment, shortest: int) -> bytes:
+    async def fetch(self, attachment: AttachmentLike, shortest: int) -> bytes:
         """The image bytes of a discord.Attachment (or anything with its fields); AttachmentError otherwise.
 
         `shortest`: the side a media-proxy rendition needs at least (the model's input size)."""

@@ -6,10 +6,11 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bot.services import metrics
-from bot.services.attachments import AttachmentError, Downloader
+from bot.services.attachments import AttachmentError, AttachmentLike, Downloader
 from bot.transport import Reservation, WorkerTransport
 from wakeru.config import Config
 from wakeru.logs import current_request_id, new_event_id
@@ -81,7 +82,9 @@ class Classifier:
         info = self.transport.info
         return self.config.attachments.resize_to or (info.input_size if info else _UNKNOWN_INPUT_SIDE)
 
-    async def classify_attachment(self, attachment, labels: tuple[str, ...], *, source: str = "command") -> ImageAnswer:
+    async def classify_attachment(
+        self, attachment: AttachmentLike, labels: tuple[str, ...], *, source: str = "command"
+    ) -> ImageAnswer:
         started, request_id = time.monotonic(), self._request_id()
         # busy, failed or shutting down: say so now rather than download what nobody can classify;
         # the place holds the bytes the download may bring (the rendition is smaller: resized after)
@@ -106,6 +109,6 @@ class Classifier:
             )
 
     async def classify_attachments(
-        self, attachments, labels: tuple[str, ...], *, source: str = "command"
+        self, attachments: Iterable[AttachmentLike], labels: tuple[str, ...], *, source: str = "command"
     ) -> list[ImageAnswer]:
         return list(await asyncio.gather(*(self.classify_attachment(a, labels, source=source) for a in attachments)))

@@ -14,22 +14,43 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, NotRequired, TypedDict
+
+if TYPE_CHECKING:
+    from wakeru.config import ServiceSection
 
 INTERVAL_S = 15.0
 
 
-def write(path: Path, **state) -> None:
+class HealthState(TypedDict):
+    """What the running bot says about itself, in the heartbeat file and on /healthz."""
+
+    connected: bool  # the gateway is connected and ready
+    worker: str  # the transport's state: "ready", "failed", "no_workers", …
+    failure: str | None
+    worker_pid: int | None
+    restarts: int
+    in_flight: int
+    stopping: bool
+    transport: str  # worker.transport
+    workers: int  # live workers
+    status: NotRequired[str]  # /healthz only: "ok" | "degraded" | "down"
+
+
+def write(path: Path, **state: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"time": time.time(), **state}))
     os.replace(tmp, path)  # atomic: a reader never sees half a file
 
 
-async def heartbeat(path: Path, state) -> None:
+async def heartbeat(path: Path, state: Callable[[], HealthState]) -> None:
     """Runs until cancelled; `state()` returns the dict to record. A change is written
     within a second (so "worker ready" shows at once), an unchanged state every INTERVAL_S."""
-    last, written = None, 0.0
+    last: HealthState | None = None
+    written = 0.0
     while True:
         current = state()
         if current != last or time.monotonic() - written >= INTERVAL_S:
@@ -38,7 +59,7 @@ async def heartbeat(path: Path, state) -> None:
         await asyncio.sleep(1.0)
 
 
-def check(path: Path, service=None, max_age_s: float = 4 * INTERVAL_S) -> tuple[bool, str]:
+def check(path: Path, service: ServiceSection | None = None, max_age_s: float = 4 * INTERVAL_S) -> tuple[bool, str]:
     if service is not None and service.metrics_port:
         return check_endpoint(service.metrics_host, service.metrics_port)
     try:

@@ -13,7 +13,7 @@ from bot.store import LabelStore
 from wakeru.config import Config
 
 
-def parent_id(channel) -> int | None:
+def parent_id(channel: object) -> int | None:
     """The channel a thread belongs to (its labels and auto switch are inherited); None otherwise."""
     return channel.parent_id if isinstance(channel, discord.Thread) else None
 

@@ -10,9 +10,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from bot.services.health import HealthState
+    from wakeru.protocol import ClassifyResult
 
 log = logging.getLogger("wakeru.metrics")
 
@@ -72,7 +77,7 @@ def set_worker_state(state: str) -> None:
     WORKER_STATE.state(state if state in WORKER_STATES else "stopped")
 
 
-def observe_result(source: str, result, total_s: float | None = None) -> None:
+def observe_result(source: str, result: ClassifyResult, total_s: float | None = None) -> None:
     outcome = result.error.value if result.error else "ok"
     REQUESTS.labels(source, outcome).inc()
     t = result.timings
@@ -93,7 +98,7 @@ class MetricsServer:
     """GET /metrics (Prometheus text format) and GET /healthz (JSON; 200 while the bot can
     serve or is recovering, 503 when the model failed for good or the bot is stopping)."""
 
-    def __init__(self, host: str, port: int, health: Callable[[], dict]):
+    def __init__(self, host: str, port: int, health: Callable[[], HealthState]) -> None:
         self.host, self.port, self._health = host, port, health
         self._runner: web.AppRunner | None = None
 

@@ -8,6 +8,7 @@ carry no information and are dropped, so at most `max_keys` are ever kept.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.services import metrics
@@ -15,7 +16,9 @@ from wakeru.config import LimitsSection
 
 
 class TokenBuckets:
-    def __init__(self, per_minute: float, burst: int, *, max_keys: int = 50_000, clock=time.monotonic):
+    def __init__(
+        self, per_minute: float, burst: int, *, max_keys: int = 50_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate = per_minute / 60.0  # tokens per second
         self.burst = burst
         self.max_keys = max_keys

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 log = logging.getLogger("wakeru.storage")
 
@@ -170,8 +170,12 @@ def _encode(labels: tuple[str, ...]) -> str:
     return json.dumps(list(labels), ensure_ascii=False)  # readable in the file, and exact for any Unicode
 
 
+def _decode_set(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
 def _decode(text: str | None) -> tuple[str, ...] | None:
-    return None if text is None else tuple(json.loads(text))
+    return None if text is None else _decode_set(text)
 
 
 def _check_labels(labels: Iterable[str] | None) -> tuple[str, ...] | None:
@@ -198,7 +202,7 @@ class LabelStore(abc.ABC):
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def _start(self) -> LabelStore:
+    async def _start(self) -> Self:
         """Set the fresh connection up and migrate; closes the store again if that fails."""
         try:
             await self._setup()
@@ -252,7 +256,7 @@ class LabelStore(abc.ABC):
     async def close(self) -> None:
         """Close the connection(s); safe to call more than once."""
 
-    async def __aenter__(self) -> LabelStore:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -319,7 +323,7 @@ class LabelStore(abc.ABC):
         if not rows:
             return None
         labels, version, updated_by, updated_at = rows[0]
-        return LabelSet(guild_id, _channel(scope), _decode(labels), version, updated_by, updated_at)
+        return LabelSet(guild_id, _channel(scope), _decode_set(labels), version, updated_by, updated_at)
 
     async def write(
         self,

@@ -194,18 +194,19 @@ def _numbered(sql: str) -> str:
 class _Connection:
     """An asyncpg connection with the aiosqlite calls LabelStore's query methods make."""
 
-    def __init__(self, con: asyncpg.Connection) -> None:
+    def __init__(self, con: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> None:
         self.con = con
 
     @property
     def in_transaction(self) -> bool:
-        return self.con.is_in_transaction()
+        return bool(self.con.is_in_transaction())
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         await self.con.execute(_numbered(sql), *params)
 
     async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[asyncpg.Record]:
-        return await self.con.fetch(_numbered(sql), *params)
+        rows: list[asyncpg.Record] = await self.con.fetch(_numbered(sql), *params)
+        return rows
 
 
 class PostgresLabelStore(LabelStore):

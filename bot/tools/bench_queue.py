@@ -23,14 +23,33 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
-from bot.transport import make_transport
+from bot.transport import WorkerTransport, make_transport
 from wakeru.config import Config
-from wakeru.protocol import ClassifyRequest
+from wakeru.protocol import ClassifyRequest, ClassifyResult
 
 
-async def _ready(transport, workers: int, processes: list[subprocess.Popen]) -> None:
+class BenchFigures(TypedDict):
+    """What bench_queue measured (printed, or written as JSON with --json)."""
+
+    model: str
+    device: str | None
+    dtype: str | None
+    transport: str
+    workers: int
+    requests: int
+    round_trip_p50_ms: float
+    worker_p50_ms: float
+    queue_overhead_p50_ms: float
+    concurrency: int
+    img_s: float
+    failed: int
+
+
+async def _ready(transport: WorkerTransport, workers: int, processes: list[subprocess.Popen[bytes]]) -> None:
     await transport.ready.wait()
     if transport.state != "ready":
         raise RuntimeError(f"the worker did not start: {transport.failure}")
@@ -42,7 +61,9 @@ async def _ready(transport, workers: int, processes: list[subprocess.Popen]) -> 
         await asyncio.sleep(0.1)
 
 
-async def bench_queue(config: Config, images: list[bytes], requests: int, concurrency: int, workers: int = 1) -> dict:
+async def bench_queue(
+    config: Config, images: list[bytes], requests: int, concurrency: int, workers: int = 1
+) -> BenchFigures:
     transport = make_transport(config)
     await transport.start()
     processes = _start_workers(config, workers) if config.worker.transport == "redis" else []
@@ -60,13 +81,13 @@ async def bench_queue(config: Config, images: list[bytes], requests: int, concur
         for i in range(requests):  # one at a time: latency without queueing
             started = time.perf_counter()
             result = await transport.classify(request(i))
-            if not result.ok:
+            if result.error is not None:  # i.e. not result.ok
                 raise RuntimeError(f"{result.error.value}: {result.message}")
             round_trip.append((time.perf_counter() - started) * 1000)
             worker.append(result.timings.total_ms)
         slots = asyncio.Semaphore(concurrency)
 
-        async def limited(i: int):
+        async def limited(i: int) -> ClassifyResult:
             async with slots:
                 return await transport.classify(request(i))
 
@@ -80,8 +101,8 @@ async def bench_queue(config: Config, images: list[bytes], requests: int, concur
     p50 = statistics.median
     return {
         "model": config.model.id,
-        "device": transport.info and transport.info.device,
-        "dtype": transport.info and transport.info.dtype,
+        "device": transport.info.device if transport.info else None,
+        "dtype": transport.info.dtype if transport.info else None,
         "transport": config.worker.transport,
         "workers": workers,
         "requests": requests,
@@ -94,7 +115,7 @@ async def bench_queue(config: Config, images: list[bytes], requests: int, concur
     }
 
 
-def _start_workers(config: Config, count: int) -> list[subprocess.Popen]:
+def _start_workers(config: Config, count: int) -> list[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
         "WAKERU_MODEL__ID": config.model.id,
@@ -114,7 +135,7 @@ def _start_workers(config: Config, count: int) -> list[subprocess.Popen]:
     ]
 
 
-def _stop(processes: list[subprocess.Popen]) -> None:
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
     for p in processes:
         p.terminate()
     for p in processes:
@@ -125,7 +146,7 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 
 @contextlib.contextmanager
-def throwaway_redis():
+def throwaway_redis() -> Iterator[str]:
     """A redis-server on a free loopback port with no persistence, for one benchmark run."""
     binary = shutil.which("redis-server") or shutil.which("valkey-server")
     if binary is None:

@@ -13,7 +13,7 @@ from wakeru.config import Config
 __all__ = ["Reservation", "TransportBase", "WorkerTransport", "make_transport"]
 
 
-def make_transport(config: Config) -> TransportBase:
+def make_transport(config: Config) -> WorkerTransport:
     """worker.transport: local (a child process) or redis (workers anywhere, through Redis Streams)."""
     if config.worker.transport == "redis":
         from bot.transport.redis_streams import RedisWorkerTransport

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Protocol
+from collections.abc import Iterable
+from typing import Any, Generic, Protocol, TypeVar
 
 from bot.services import metrics
 from wakeru.config import Config
@@ -64,12 +65,23 @@ class WorkerTransport(Protocol):
     async def close(self) -> None: ...
 
 
+class _PendingEntry(Protocol):
+    """What TransportBase needs of a transport's record of a request in flight."""
+
+    request: ClassifyRequest
+    future: asyncio.Future[ClassifyResult]
+    place: Reservation
+
+
+_E = TypeVar("_E", bound=_PendingEntry)  # a transport's own record of a request in flight
+
+
 class Reservation:
     """One place in this bot's queue and the bytes of its image, taken before the image is
     downloaded (so a burst is refused unfetched). `classify(..., reservation=...)` takes it
     over; used as a context manager it is given back unless that happened."""
 
-    def __init__(self, transport: TransportBase, nbytes: int):
+    def __init__(self, transport: TransportBase[Any], nbytes: int):
         self._transport = transport
         self.bytes = 0
         self.open = True
@@ -92,14 +104,14 @@ class Reservation:
     def __enter__(self) -> Reservation:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
-class TransportBase:
+class TransportBase(Generic[_E]):
     """What every transport shares: its state, the places and image bytes a bot may hold
     (downloads included), refusals while it cannot serve or is shutting down, and the
-    futures of the requests in flight."""
+    futures of the requests in flight (`_E`: the transport's record of one)."""
 
     def __init__(self, config: Config):
         self.config = config
@@ -113,7 +125,7 @@ class TransportBase:
         self._accepting = True
         self._places = 0  # reservations: images downloading or waiting for an answer
         self._held_bytes = 0  # image bytes this process holds for them
-        self._pending: dict = {}  # request id → an entry with .request, .future and .place
+        self._pending: dict[str, _E] = {}  # request id → an entry with .request, .future and .place
         metrics.QUEUE_DEPTH.set_function(lambda: len(self._pending))
         metrics.QUEUE_BYTES.set_function(lambda: self._held_bytes)
         metrics.set_worker_state(self.state)
@@ -170,7 +182,7 @@ class TransportBase:
             f"the model is busy ({self._places} images, {_mib(self._held_bytes)} waiting); try again",
         )
 
-    def _fail_all(self, code: ErrorCode, message: str, entries=None) -> None:
+    def _fail_all(self, code: ErrorCode, message: str, entries: Iterable[_E] | None = None) -> None:
         for entry in list(self._pending.values()) if entries is None else entries:
             if not entry.future.done():
                 entry.future.set_result(ClassifyResult.failure(entry.request.id, code, message))

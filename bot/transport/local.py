@@ -28,8 +28,9 @@ import signal
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from bot.services import metrics
 from bot.transport.base import Reservation, TransportBase, deadline_wait, timed_out
@@ -54,6 +55,8 @@ from wakeru.protocol import (
 )
 
 log = logging.getLogger("wakeru.transport")
+
+_T = TypeVar("_T")
 
 # A worker that dies this many times in a row before its model is loaded is not
 # started again: the cause (no memory for the model, a broken install) will not pass.
@@ -86,8 +89,8 @@ class _WorkerProcess:
         number: int,
         config: Config,
         loop: asyncio.AbstractEventLoop,
-        on_message,
-        on_exit,
+        on_message: Callable[[int, FromWorker], None],
+        on_exit: Callable[[int, int | None], None],
         target: Callable[..., None] | None = None,
     ):
         if target is None:
@@ -111,7 +114,7 @@ class _WorkerProcess:
                 root.level,
             ),
         )
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()  # encoded messages
         self._started = threading.Event()  # stop() must not race a start still in progress
 
     def start(self) -> None:
@@ -160,9 +163,9 @@ class _WorkerProcess:
         self._outbox.put(None)
         self._post(self._on_exit, self.number, self.process.exitcode)
 
-    def _post(self, fn, *args) -> None:
+    def _post(self, fn: Callable[[int, _T], None], number: int, arg: _T) -> None:
         try:
-            self._loop.call_soon_threadsafe(fn, *args)
+            self._loop.call_soon_threadsafe(fn, number, arg)
         except RuntimeError:  # loop already closed during shutdown
             pass
 
@@ -186,13 +189,13 @@ class _WorkerProcess:
 @dataclass(eq=False)
 class _Pending:
     request: ClassifyRequest
-    future: asyncio.Future
+    future: asyncio.Future[ClassifyResult]
     place: Reservation
     attempts: int = 0  # worker incarnations that have been sent this request
     worker: int | None = None  # the incarnation holding it now; None while waiting for a worker
 
 
-class LocalWorkerTransport(TransportBase):
+class LocalWorkerTransport(TransportBase[_Pending]):
     """The model worker as a supervised child process of the bot."""
 
     def __init__(self, config: Config, *, worker_target: Callable[..., None] | None = None):
@@ -210,10 +213,10 @@ class LocalWorkerTransport(TransportBase):
         self._loading_deaths = 0  # consecutive deaths before the model was loaded
         self._ready_at: float | None = None
         self._restart_at: float | None = None  # wall-clock time of the next start after a crash
-        self._restart_task: asyncio.Task | None = None
+        self._restart_task: asyncio.Task[None] | None = None
         # request id → when it was sent to the current worker, oldest first, until the worker answers it
         self._unanswered: OrderedDict[str, float] = OrderedDict()
-        self._watchdog: asyncio.Task | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -301,6 +304,7 @@ class LocalWorkerTransport(TransportBase):
         entry.attempts += 1
         entry.worker = self._number
         self._unanswered[entry.request.id] = time.monotonic()
+        assert self._worker is not None  # requests are sent only while a worker is ready
         self._worker.send(Classify(entry.request))
 
     # ---- messages from the worker (on the loop) ------------------------------------------
@@ -476,7 +480,7 @@ class LocalWorkerTransport(TransportBase):
             if entry is not None and not entry.future.done() and entry.worker is None:
                 self._send(entry)
 
-    def _fail_all(self, code: ErrorCode, message: str, entries=None) -> None:
+    def _fail_all(self, code: ErrorCode, message: str, entries: Iterable[_Pending] | None = None) -> None:
         if entries is None:
             self._waiting.clear()
             self._resend.clear()

@@ -29,8 +29,9 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -53,21 +54,28 @@ from wakeru.protocol import (
     requests_key,
 )
 
+if TYPE_CHECKING:
+    from redis.typing import StreamIdT
+
 log = logging.getLogger("wakeru.transport")
 
 _RETRY_MAX_S = 5.0
 _READ_BLOCK_MS = 1000
 
+# XREAD's reply as this client gets it (RESP2, responses not decoded): per stream a [name, entries]
+# pair, each entry an (entry id, fields) pair. redis-py types it as the union of every protocol's shapes.
+_XReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
+
 
 @dataclass(eq=False)
 class _Waiting:
     request: ClassifyRequest  # without its image once the image is in Redis
-    future: asyncio.Future
+    future: asyncio.Future[ClassifyResult]
     place: Reservation
-    entry_id: bytes | None = None  # the request's stream entry once added
+    entry_id: bytes | str | None = None  # the request's stream entry once added (bytes: responses are not decoded)
 
 
-class RedisWorkerTransport(TransportBase):
+class RedisWorkerTransport(TransportBase[_Waiting]):
     """Model workers anywhere, reached through Redis Streams."""
 
     def __init__(self, config: Config, bot_id: str | None = None):
@@ -77,13 +85,19 @@ class RedisWorkerTransport(TransportBase):
         self._requests = requests_key(cfg.redis_prefix)
         self._replies = replies_key(cfg.redis_prefix, self.bot_id)
         self._redis: aioredis.Redis | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._closing = asyncio.Event()  # set by close(): background pauses end at once
         self.workers: dict[str, WorkerInfo] = {}  # live workers by name, as their heartbeats describe them
         self.backlog = 0  # entries in the request stream (waiting or being worked on)
         self.duplicates = 0  # answers dropped because the request was already answered
         self._workers_seen = time.monotonic()  # when a worker was last alive (or this bot started)
-        self._withdrawals: set[asyncio.Task] = set()
+        self._withdrawals: set[asyncio.Task[None]] = set()
+
+    @property
+    def _client(self) -> aioredis.Redis:
+        """The connection start() made; nothing uses it before."""
+        assert self._redis is not None, "the transport is not started"
+        return self._redis
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -151,7 +165,7 @@ class RedisWorkerTransport(TransportBase):
         except asyncio.TimeoutError:
             pass
 
-    def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> asyncio.Task:
+    def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         """Run a background loop until close(); a crash (a bug, a surprise from Redis) is logged
         and the loop started again after a backoff, instead of ending it silently."""
 
@@ -211,9 +225,10 @@ class RedisWorkerTransport(TransportBase):
         try:
             try:
                 # a hard cap well above the refusal threshold: trimming must never drop waiting work
-                entry.entry_id = await self._redis.xadd(
+                # (ignored: redis-py's stubs type `fields` as an invariant Dict, refusing a dict[str, bytes | str])
+                entry.entry_id = await self._client.xadd(
                     self._requests,
-                    request_fields(request, self._replies),
+                    request_fields(request, self._replies),  # type: ignore[arg-type]
                     maxlen=2 * self.config.worker.stream_max_len + 1000,
                     approximate=True,
                 )
@@ -240,12 +255,12 @@ class RedisWorkerTransport(TransportBase):
             if not entry.future.done() and entry.entry_id is not None:
                 self._withdraw(entry.entry_id)
 
-    def _withdraw(self, entry_id: bytes) -> None:
+    def _withdraw(self, entry_id: bytes | str) -> None:
         """The caller gave up: delete the request so a worker that has not read it never does."""
 
         async def withdraw() -> None:
             try:
-                await self._redis.xdel(self._requests, entry_id)
+                await self._client.xdel(self._requests, entry_id)
             except redis.RedisError:
                 pass  # the worker answers it anyway; the answer is dropped
 
@@ -256,11 +271,14 @@ class RedisWorkerTransport(TransportBase):
     # ---- answers -----------------------------------------------------------------------
 
     async def _read_replies(self) -> None:
-        last = "0-0"  # the reply stream is this process's own and new
+        last: StreamIdT = "0-0"  # the reply stream is this process's own and new
         delay = 0.2
         while self.state != "stopped":
             try:
-                streams = await self._redis.xread({self._replies: last}, count=256, block=_READ_BLOCK_MS)
+                streams = cast(
+                    "_XReadReply | None",
+                    await self._client.xread({self._replies: last}, count=256, block=_READ_BLOCK_MS),
+                )
                 delay = 0.2
                 if self.state == "unreachable":  # Redis answers again: no need to wait for the next beat
                     self._set_state("ready" if self.workers else "no_workers")
@@ -271,7 +289,7 @@ class RedisWorkerTransport(TransportBase):
                 await self._sleep(delay)
                 delay = min(_RETRY_MAX_S, delay * 2)
                 continue
-            done = []
+            done: list[StreamIdT] = []
             for _stream, entries in streams or ():
                 for entry_id, fields in entries:
                     last = entry_id
@@ -279,11 +297,11 @@ class RedisWorkerTransport(TransportBase):
                     self._deliver(fields)
             if done:
                 try:
-                    await self._redis.xdel(self._replies, *done)
+                    await self._client.xdel(self._replies, *done)
                 except redis.RedisError:
                     pass  # the stream is trimmed and expires anyway
 
-    def _deliver(self, fields: dict) -> None:
+    def _deliver(self, fields: dict[bytes, bytes]) -> None:
         try:
             result = parse_result_fields(fields)
         except Exception:
@@ -307,12 +325,12 @@ class RedisWorkerTransport(TransportBase):
         while self.state != "stopped":
             try:
                 if not group_ready:  # a worker may not exist yet; its group must, for the first XADD
-                    await _ensure_group(self._redis, self._requests)
+                    await _ensure_group(self._client, self._requests)
                     group_ready = True
-                keys = [k async for k in self._redis.scan_iter(match=pattern, count=1000)]
-                values = await self._redis.mget(keys) if keys else []
-                self.backlog = await self._redis.xlen(self._requests)
-                await self._redis.expire(self._replies, 3600)  # a dead bot's reply stream goes away
+                keys: list[bytes] = [k async for k in self._client.scan_iter(match=pattern, count=1000)]
+                values = await self._client.mget(keys) if keys else []
+                self.backlog = await self._client.xlen(self._requests)
+                await self._client.expire(self._replies, 3600)  # a dead bot's reply stream goes away
                 self._update_workers(_parse_heartbeats(keys, values))
             except asyncio.CancelledError:
                 raise
@@ -359,7 +377,7 @@ class RedisWorkerTransport(TransportBase):
             self._set_state("no_workers")
 
 
-def _parse_heartbeats(keys: list, values: list) -> dict[str, WorkerInfo]:
+def _parse_heartbeats(keys: Sequence[bytes | str], values: Sequence[bytes | str | None]) -> dict[str, WorkerInfo]:
     """Live workers by name from their heartbeat values; a value that is not a worker's JSON
     object (a stray key, another program's data, a worker of another protocol version) is
     skipped with a warning, never fatal to the watcher."""

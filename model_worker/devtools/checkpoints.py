@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TypedDict
 
 FAMILIES = ("siglip", "siglip2", "clip", "japanese-stable-clip")
 
@@ -202,8 +203,17 @@ def corpus() -> list[str]:
     return lines * 3
 
 
+class _Pieces(TypedDict):
+    """The special tokens' pieces, as sentencepiece's trainer options name them."""
+
+    unk_piece: str
+    bos_piece: str
+    eos_piece: str
+    pad_piece: str
+
+
 def _train_sentencepiece(
-    path: Path, vocab_size: int, *, unk: int, bos: int, eos: int, pad: int, pieces: dict[str, str]
+    path: Path, vocab_size: int, *, unk: int, bos: int, eos: int, pad: int, pieces: _Pieces
 ) -> Path:
     import sentencepiece as spm
 
@@ -233,7 +243,7 @@ def _sentencepiece_tokenizer(
     tokenizer_class: str,
     filename: str,
     ids: dict[str, int],
-    pieces: dict[str, str],
+    pieces: _Pieces,
     extra: dict | None = None,
 ):
     """Train a sentencepiece model, load it as `tokenizer_class`, save it into `out`."""
@@ -522,6 +532,7 @@ def build_japanese_stable_clip_standin(out: Path, preset: str = "tiny", seed: in
     # Import the files as a throwaway package to instantiate and save the weights.
     pkg = f"_wakeru_jsc_{os.getpid()}_{abs(hash(str(out)))}"
     spec = importlib.util.spec_from_file_location(pkg, out / "__init__.py", submodule_search_locations=[str(out)])
+    assert spec is not None  # a .py file always has a loader
     (out / "__init__.py").write_text("")
     module = importlib.util.module_from_spec(spec)
     sys.modules[pkg] = module

@@ -98,11 +98,15 @@ def _check_jpeg_structure(data: bytes) -> None:
     # Walk the header segments up to the first scan: the part Pillow parses in Python.
     pos, segments, junk, end = 2, 0, 0, len(data)
     while pos < end:
-        nxt = _NOT_FF.match(data, pos).end()
+        not_ff = _NOT_FF.match(data, pos)
+        assert not_ff is not None  # `[^\xff]*` matches anywhere, if only the empty string
+        nxt = not_ff.end()
         junk += nxt - pos
         if nxt >= end:
             break
-        pos = _FF_RUN.match(data, nxt).end() - 1  # the last 0xFF before the marker code
+        ff_run = _FF_RUN.match(data, nxt)
+        assert ff_run is not None  # data[nxt] is 0xFF: what stopped the match above
+        pos = ff_run.end() - 1  # the last 0xFF before the marker code
         junk += pos - nxt
         if junk > MAX_JPEG_JUNK_BYTES:
             raise ImageError(ErrorCode.CORRUPT, "the JPEG image has too much junk between its markers")

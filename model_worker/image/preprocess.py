@@ -223,7 +223,7 @@ def from_image_processor(proc: Any) -> Preprocessor:
     normalise = _Normalise.from_processor(proc)
     resample = _resample(_get(proc, "resample"))
     if _get(proc, "max_num_patches") and _get(proc, "patch_size"):
-        patch = _get(proc, "patch_size")
+        patch: Any = _get(proc, "patch_size")  # an int, or a size naming the height
         patch = patch if isinstance(patch, int) else _size_dict(patch).get("height")
         return NaFlex(
             patch_size=int(patch), max_num_patches=int(proc.max_num_patches), resample=resample, normalise=normalise

@@ -50,14 +50,18 @@ _TEXT_STEP_LABELS = 8
 _TEXT_SHARE = 0.25
 
 
-_IDLE = object()  # the batcher found no new job: it has label work of its own to do
+class _Idle:
+    """The type of _IDLE, so a job or None can be told from it."""
+
+
+_IDLE = _Idle()  # the batcher found no new job: it has label work of its own to do
 
 
 @dataclass(eq=False)
 class _Job:
     request: ClassifyRequest
     labels: tuple[str, ...]
-    future: Future
+    future: Future[ClassifyResult]
     submitted: float
     prepared: dict[str, Any] | None = None
     error: tuple[ErrorCode, str] | None = None
@@ -121,7 +125,7 @@ class Engine:
 
         A caller may cancel the future (a timeout, a user gone): the request then gives
         its place back and, if it has not reached the model yet, costs no model time."""
-        future: Future = Future()
+        future: Future[ClassifyResult] = Future()
         rejection = self._validate(request)
         if isinstance(rejection, ClassifyResult):
             future.set_result(rejection)
@@ -147,7 +151,7 @@ class Engine:
             job = _Job(request, rejection, future, time.perf_counter())
             self._jobs.add(job)
             # a cancel frees the place at once, even while the model is busy
-            future.add_done_callback(lambda f, job=job: self._finish(job, None) if f.cancelled() else None)
+            future.add_done_callback(lambda f: self._finish(job, None) if f.cancelled() else None)
             # under the lock, so close() cannot shut the pool between the check and this
             self._pool.submit(self._prepare, job)
         return future
@@ -161,7 +165,7 @@ class Engine:
         """Results in input order, keeping at most `window` requests in flight (default:
         the queue size), so any number of inputs can be fed without a QUEUE_FULL."""
         window = max(1, min(window or self._capacity, self._capacity))
-        pending: deque[Future] = deque()
+        pending: deque[Future[ClassifyResult]] = deque()
         for request in requests:
             if len(pending) >= window:
                 yield pending.popleft().result()
@@ -212,11 +216,14 @@ class Engine:
                 f"protocol version {getattr(request, 'version', None)!r} is not "
                 f"{PROTOCOL_VERSION}; update the bot and worker together",
             )
-        if not isinstance(request.image, (bytes, bytearray, memoryview)):
+        # whatever the annotations say, a request from outside may hold anything
+        image: object = request.image
+        if not isinstance(image, (bytes, bytearray, memoryview)):
             return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST, "the image must be sent as bytes")
         if not isinstance(request.top_k, int) or request.top_k < 1:
             return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST, f"top_k must be ≥ 1, not {request.top_k!r}")
-        if isinstance(request.labels, str):
+        labels: object = request.labels
+        if isinstance(labels, str):
             return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST, "labels must be a list of strings")
         cfg = self.config.labels
         try:
@@ -249,7 +256,7 @@ class Engine:
             batch: list[_Job] = []
             while self._unparked and len(batch) < self.max_batch:
                 batch.append(self._unparked.popleft())
-            first = _IDLE
+            first: _Job | _Idle | None = _IDLE
             if len(batch) < self.max_batch:
                 try:  # with work of its own (labels to encode, jobs released), never sleep on the queue
                     first = self._ready.get(block=not (batch or self._label_work))
@@ -258,7 +265,7 @@ class Engine:
             image_started = time.perf_counter()  # idle waiting above is nobody's share
             stop = False
             try:
-                if first is not _IDLE:
+                if not isinstance(first, _Idle):  # i.e. first is not _IDLE
                     stop = self._collect(first, batch)
                 if batch:
                     self._process(batch)
@@ -316,7 +323,8 @@ class Engine:
     def _process(self, batch: list[_Job]) -> None:
         started = time.perf_counter()
         now = time.time()
-        live, embeddings = [], {}
+        live: list[_Job] = []
+        embeddings: dict[tuple[str, ...], torch.Tensor] = {}
         for job in batch:
             if job.future.cancelled():
                 self._finish(job, None)
@@ -363,7 +371,7 @@ class Engine:
     def _label_step(self) -> None:
         """Encode the next few labels of the oldest waiting set; release its jobs once it is whole."""
         work = next(iter(self._label_work.values()))
-        chunk = []
+        chunk: list[str] = []
         while work.todo and len(chunk) < _TEXT_STEP_LABELS:
             chunk.append(work.todo.popleft())
         try:
@@ -387,7 +395,7 @@ class Engine:
         for i, job in enumerate(jobs):
             groups[job.labels].append(i)
         adapter = self.adapter
-        inputs = adapter.preprocessor.collate([j.prepared for j in jobs], adapter.device, adapter.dtype)
+        inputs = adapter.preprocessor.collate([_prepared(j) for j in jobs], adapter.device, adapter.dtype)
         image_emb = adapter.encode_images(inputs)
         scored: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         for labels, idx in groups.items():
@@ -451,3 +459,8 @@ class Engine:
         except InvalidStateError:  # cancelled by the caller meanwhile: nobody is waiting
             with self._lock:
                 self.stats.cancelled += 1
+
+
+def _prepared(job: _Job) -> dict[str, Any]:
+    assert job.prepared is not None  # only jobs decoded without an error reach a batch
+    return job.prepared

@@ -67,7 +67,7 @@ class _Results:
 
 def _log_result(result: ClassifyResult) -> None:
     t = result.timings
-    if result.ok:
+    if result.error is None:  # result.ok
         log.debug(
             "answered",
             extra={

@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import redis
 
@@ -58,6 +58,8 @@ from wakeru.protocol import (
 )
 
 if TYPE_CHECKING:
+    from redis.typing import StreamIdT
+
     from model_worker.devtools.faults import Faults
 
 log = logging.getLogger("wakeru.worker")
@@ -74,6 +76,13 @@ _RETRY_MAX_S = 5.0
 _BOT_GRACE_S = 2.0
 # How long an answer without a deadline (a malformed entry's) is retried before it is given up.
 _UNDATED_GIVE_UP_S = 60.0
+
+# XREADGROUP's reply as this client gets it (RESP2, responses not decoded): per stream a [name, entries]
+# pair, each entry an (entry id, fields) pair. redis-py types it as the union of every protocol's shapes.
+_XReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
+# What the sender thread writes: (request entry, reply stream, answer); no answer (and no stream)
+# for an entry that is only released.
+_Answer = tuple[bytes, str | None, ClassifyResult | None]
 
 
 @dataclass(eq=False)
@@ -130,7 +139,7 @@ class RedisWorker:
         self._held: dict[bytes, _Held] = {}
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[_Answer | None] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._hurry = threading.Event()  # stop without waiting for what is held (a second Ctrl-C)
         self._failing: dict[bytes, float] = {}  # answers Redis refused, since when (the sender thread's)
@@ -226,7 +235,10 @@ class RedisWorker:
                     room -= self._take_over(room)
                 if room <= 0:
                     continue
-                reply = self.redis.xreadgroup(REQUESTS_GROUP, self.name, {self.stream: ">"}, count=room, block=1000)
+                reply = cast(
+                    "_XReadReply | None",
+                    self.redis.xreadgroup(REQUESTS_GROUP, self.name, {self.stream: ">"}, count=room, block=1000),
+                )
                 delay = 0.2
             except redis.ResponseError as e:
                 if "NOGROUP" in str(e):  # Redis restarted empty, or someone deleted the stream
@@ -264,7 +276,7 @@ class RedisWorker:
         if not claimed:
             return 0
         deliveries = {
-            p["message_id"]: p["times_delivered"]
+            p["message_id"]: cast(int, p["times_delivered"])  # XPENDING's count: an integer reply
             for p in self.redis.xpending_range(
                 self.stream,
                 REQUESTS_GROUP,
@@ -280,7 +292,7 @@ class RedisWorker:
             self._accept(entry_id, fields, deliveries.get(entry_id, 2))
         return len(claimed)
 
-    def _accept(self, entry_id: bytes, fields: dict, deliveries: int = 1) -> None:
+    def _accept(self, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int = 1) -> None:
         try:
             request, reply_to = parse_request_fields(fields)
         except Exception:
@@ -331,8 +343,8 @@ class RedisWorker:
         (and vice versa). Batches whatever is waiting. While Redis fails (any error: gone, paused,
         out of memory) it retries with a backoff, adding new answers to the batch, and gives up
         the answers whose bot has stopped waiting. Nothing ends this thread but stop."""
-        batch: list = []
-        stopping, delay, stop_trying_at = False, 0.2, None
+        batch: list[_Answer] = []
+        stopping, delay, stop_trying_at = False, 0.2, float("inf")  # stop_trying_at: set once stopping
         while True:
             if not batch:
                 if stopping:
@@ -366,24 +378,27 @@ class RedisWorker:
             self._settle(batch)
             batch, delay = [], 0.2
 
-    def _write(self, batch: list) -> None:
+    def _write(self, batch: list[_Answer]) -> None:
         with self.redis.pipeline(transaction=True) as pipe:
             for entry_id, reply_to, result in batch:
                 if result is not None:
-                    pipe.xadd(reply_to, result_fields(result), maxlen=REPLY_MAX_LEN, approximate=True)
+                    assert reply_to is not None  # an answer always comes with its bot's stream
+                    fields = result_fields(result)
+                    # ignored: redis-py's stubs type `fields` as an invariant Dict, refusing a dict[str, str]
+                    pipe.xadd(reply_to, fields, maxlen=REPLY_MAX_LEN, approximate=True)  # type: ignore[arg-type]
                     pipe.expire(reply_to, REPLY_TTL_S)
                 pipe.xack(self.stream, REQUESTS_GROUP, entry_id)
                 pipe.xdel(self.stream, entry_id)
             pipe.execute()
 
-    def _settle(self, batch: list) -> None:
+    def _settle(self, batch: list[_Answer]) -> None:
         """Delivered: the requests leave this worker's books."""
         with self._room:
             for entry_id, _reply_to, result in batch:
                 self._failing.pop(entry_id, None)
                 if self._held.pop(entry_id, None) is not None:
                     self.served += 1
-                    if result is not None and not result.ok:
+                    if result is not None and result.error is not None:  # not result.ok
                         log.info(
                             "answered with %s: %s",
                             result.error.value,
@@ -392,13 +407,14 @@ class RedisWorker:
                         )
             self._room.notify_all()
 
-    def _give_up(self, batch: list, error: Exception, *, everything: bool = False) -> list:
+    def _give_up(self, batch: list[_Answer], error: Exception, *, everything: bool = False) -> list[_Answer]:
         """Drop from `batch` the answers no bot waits for any more (deadline + the bot's grace
         passed, or all of them when stopping): release their requests if Redis lets us (XACK and
         XDEL free memory, so they work even when Redis is out of it), and stop renewing the
         claim on them either way. Returns the answers still worth retrying."""
         now = time.time()
-        keep, drop = [], []
+        keep: list[_Answer] = []
+        drop: list[_Answer] = []
         with self._lock:
             for item in batch:
                 held = self._held.get(item[0])
@@ -442,7 +458,7 @@ class RedisWorker:
         key = heartbeat_key(self.prefix, self.name)
         while not self._stopping.is_set():
             with self._lock:
-                held = list(self._held)
+                held: list[StreamIdT] = list(self._held)
             info = {
                 **(self.info.to_dict() if self.info else {"name": self.name}),
                 "in_flight": len(held),

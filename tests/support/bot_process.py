@@ -16,8 +16,13 @@ from tests.conftest import REPO
 
 
 class BotProcess:
-    def __init__(self, fake, model: Path, workdir: Path, **overrides: str):
+    def __init__(self, fake, model: Path, workdir: Path, *, worker: str = "real", **overrides: str):
+        """worker: "real" runs `python -m bot` with its model worker; "stub" runs the same bot with the
+        torch-free stand-in worker of tests/support/stub_worker.py (`model` then only has to be a
+        directory: see stub_worker.make_model_dir)."""
+        assert worker in ("real", "stub"), worker
         self.fake = fake
+        self.command = [sys.executable, "-m", "tests.support.stub_bot" if worker == "stub" else "bot"]
         self.workdir = workdir
         self.log_path = workdir / "bot.log"
         self.health = workdir / "health.json"
@@ -53,7 +58,7 @@ class BotProcess:
     def start(self, wait: bool = True) -> "BotProcess":
         self.health.unlink(missing_ok=True)
         log = open(self.log_path, "a")
-        self.process = subprocess.Popen([sys.executable, "-m", "bot"], cwd=self.workdir, env=self.env,
+        self.process = subprocess.Popen(self.command, cwd=self.workdir, env=self.env,
                                         stdout=log, stderr=subprocess.STDOUT)
         if wait:
             self.wait_ready()
@@ -154,7 +159,7 @@ def memory_kib(pid: int) -> dict[str, int]:
     return fields
 
 
-def sharded_bots(fake, model: Path, root: Path, shards=(0, 1), **overrides: str):
+def sharded_bots(fake, model: Path, root: Path, shards=(0, 1), *, worker: str = "real", **overrides: str):
     """One guild, one token and one (not yet started) `python -m bot` per shard of len(shards), each
     process running only its own shard. Returns (guilds, tokens, bots), each keyed by shard id."""
     count = len(shards)
@@ -163,6 +168,6 @@ def sharded_bots(fake, model: Path, root: Path, shards=(0, 1), **overrides: str)
     bots = {}
     for k in shards:
         (root / f"shard{k}").mkdir()
-        bots[k] = BotProcess(fake, model, root / f"shard{k}", DISCORD_TOKEN=tokens[k],
+        bots[k] = BotProcess(fake, model, root / f"shard{k}", worker=worker, DISCORD_TOKEN=tokens[k],
                              WAKERU_DISCORD__SHARD_COUNT=str(count), WAKERU_DISCORD__SHARD_IDS=f"[{k}]", **overrides)
     return guilds, tokens, bots

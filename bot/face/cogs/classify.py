@@ -8,6 +8,7 @@ for the first response always holds.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -23,13 +24,19 @@ from bot.services.labelsets import LabelSource, parent_id, resolve
 from bot.services.samples import read_sample
 from wakeru.labels import LabelError, parse_labels
 
+if TYPE_CHECKING:
+    from discord.abc import MessageableChannel
+    from discord.interactions import InteractionChannel
+
 log = logging.getLogger("wakeru.commands")
 
 # Discord's answers for an interaction token that is no longer valid (older than 15 minutes).
 _EXPIRED_TOKEN_CODES = {10015, 10062, 50027}  # Unknown Webhook, Unknown Interaction, Invalid Webhook Token
 
 
-async def channel_source(app: App, interaction: discord.Interaction, channel) -> LabelSource:
+async def channel_source(
+    app: App, interaction: discord.Interaction, channel: InteractionChannel | MessageableChannel | None
+) -> LabelSource:
     channel_id = getattr(channel, "id", None) or interaction.channel_id
     return await resolve(app.store, app.config, interaction.guild_id, channel_id, parent_id(channel))
 
@@ -39,7 +46,8 @@ async def _send_answers(
 ) -> None:
     content, embeds = reply(answers, source, interaction.locale, total)
     try:
-        await interaction.followup.send(content=content, embeds=embeds)
+        # content None (no text, only embeds) is what discord.py sends as null; its annotation says str only
+        await interaction.followup.send(content=content, embeds=embeds)  # type: ignore[arg-type]
     except discord.HTTPException as e:
         if e.code not in _EXPIRED_TOKEN_CODES and e.status != 401:
             raise
@@ -48,7 +56,10 @@ async def _send_answers(
         log.warning("interaction token expired before the answer was ready (%s); posting in the channel", e)
         note = text(interaction.locale, "expired.note", user=interaction.user.mention)
         try:
-            await interaction.channel.send(content=f"{note}\n{content or ''}"[:2000], embeds=embeds)
+            channel = interaction.channel
+            if not isinstance(channel, discord.abc.Messageable):  # None, a forum or a category: nowhere to post
+                raise AttributeError(f"{type(channel).__name__!r} object has no attribute 'send'")
+            await channel.send(content=f"{note}\n{content or ''}"[:2000], embeds=embeds)
         except (discord.HTTPException, AttributeError) as e2:
             log.warning("could not post the answer in the channel either: %s", e2)
 

@@ -15,8 +15,8 @@ ranked against, and the private "thinking…" response is removed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import discord
 from discord import app_commands
@@ -27,7 +27,7 @@ from bot.face.checks import moderator_only
 from bot.face.cogs.base import WakeruCog
 from bot.face.render import describe_source, escape
 from bot.face.respond import code_text, refuse
-from bot.face.texts import label_error, text
+from bot.face.texts import LocaleLike, label_error, text
 from bot.services.labelsets import auto_classify_enabled, inherited, parent_id, resolve
 from bot.store import HistoryEntry, NothingToUndo, StorageError, VersionConflict
 from wakeru.labels import LabelError, parse_labels
@@ -39,12 +39,14 @@ _SCOPE_HELP = _T("Which label set: this channel's or the server's")
 _LIST_CHARS = 3500  # an embed description holds 4,096
 _MESSAGE_CHARS = 2000  # a message's content
 
+P = TypeVar("P")  # what a change prepares before the deferral (the parsed labels, a preset…)
+
 
 class _Refusal(Exception):
     """A mutation that must not happen; the message is already localised."""
 
 
-def _where(locale, channel_id: int | None) -> str:
+def _where(locale: LocaleLike, channel_id: int | None) -> str:
     return text(locale, "where.channel", channel=f"<#{channel_id}>") if channel_id else text(locale, "where.server")
 
 
@@ -65,7 +67,7 @@ def _label_list(labels: tuple[str, ...], limit: int = _LIST_CHARS) -> str:
     return out
 
 
-def storage_error(locale, error: StorageError) -> str:
+def storage_error(locale: LocaleLike, error: StorageError) -> str:
     """The moderator's view of a storage failure: what kind, never the file, host or database (the
     operator's full message, which names them, goes to the log)."""
     log.warning("the label store failed: %s", error)
@@ -78,7 +80,10 @@ async def announce(interaction: discord.Interaction, content: str) -> None:
     followups would inherit the deferral's privacy), then the private "thinking…" goes away. Where the
     bot may not post, the moderator still gets the confirmation, privately."""
     try:
-        await interaction.channel.send(content)
+        channel = interaction.channel
+        if not isinstance(channel, discord.abc.Messageable):  # None, a forum or a category: nowhere to post
+            raise AttributeError(f"{type(channel).__name__!r} object has no attribute 'send'")
+        await channel.send(content)
     except (discord.HTTPException, AttributeError) as e:
         log.warning("could not post a label change in channel %s: %s", interaction.channel_id, e)
         await interaction.followup.send(
@@ -91,10 +96,18 @@ async def announce(interaction: discord.Interaction, content: str) -> None:
         pass  # the token expired meanwhile: the private "thinking…" just stays
 
 
-def _quoted(locale, labels, shown: int = 10) -> str:
+def _quoted(locale: LocaleLike, labels: Sequence[str], shown: int = 10) -> str:
     """「a」、「b」… for replies, at most `shown` of them so a reply stays far below 2,000 characters."""
     quoted = "、".join(f"「{escape(label, 60)}」" for label in labels[:shown])
     return quoted + (" " + text(locale, "more", count=len(labels) - shown) if len(labels) > shown else "")
+
+
+def _guild_id(interaction: discord.Interaction) -> int:
+    """The server a /labels command came from. The group is guild_only, so Discord sends it from
+    servers only; were one to come from elsewhere it is refused like a guild-only check would be."""
+    if interaction.guild_id is None:
+        raise app_commands.NoPrivateMessage()  # answered by the tree's error handler ("guild_only")
+    return interaction.guild_id
 
 
 def _moderator_roles(interaction: discord.Interaction) -> tuple[int, ...]:
@@ -123,17 +136,18 @@ class LabelsCog(WakeruCog):
     @app_commands.choices(scope=_SCOPES)
     async def show(self, interaction: discord.Interaction, scope: Choice[str] | None = None) -> None:
         app, locale = self.app, interaction.locale
+        guild_id = _guild_id(interaction)
         target = await self._target_or_refuse(interaction, scope)
         if target is None:
             return
         channel_id, parent_id = target
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            source = await resolve(app.store, app.config, interaction.guild_id, channel_id, parent_id)
+            source = await resolve(app.store, app.config, guild_id, channel_id, parent_id)
             enabled = (
                 None
                 if channel_id is None
-                else await auto_classify_enabled(app.store, app.config, interaction.guild_id, channel_id, parent_id)
+                else await auto_classify_enabled(app.store, app.config, guild_id, channel_id, parent_id)
             )
         except StorageError as e:
             return await refuse(interaction, storage_error(locale, e))
@@ -155,30 +169,31 @@ class LabelsCog(WakeruCog):
     @app_commands.choices(scope=_SCOPES)
     async def history(self, interaction: discord.Interaction, scope: Choice[str] | None = None) -> None:
         app, locale = self.app, interaction.locale
+        guild_id = _guild_id(interaction)
         target = await self._target_or_refuse(interaction, scope)
         if target is None:
             return
         channel_id = target[0]
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            entries = await app.store.history(interaction.guild_id, channel_id, limit=10)
+            entries = await app.store.history(guild_id, channel_id, limit=10)
         except StorageError as e:
             return await refuse(interaction, storage_error(locale, e))
         if not entries:
             return await refuse(interaction, text(locale, "history.empty", where=_where(locale, channel_id)))
         lines = []
-        for e in entries:
+        for entry in entries:
             line = text(
                 locale,
                 "history.line",
-                version=e.version,
-                action=text(locale, f"action.{e.action}"),
-                user=f"<@{e.user_id}>" if e.user_id else "?",
-                when=f"<t:{int(e.at)}:R>",
+                version=entry.version,
+                action=text(locale, f"action.{entry.action}"),
+                user=f"<@{entry.user_id}>" if entry.user_id else "?",
+                when=f"<t:{int(entry.at)}:R>",
             )
-            if e.reverted:
+            if entry.reverted:
                 line += " " + text(locale, "history.reverted")
-            labels = _label_list(e.labels, 300) if e.labels is not None else "—"
+            labels = _label_list(entry.labels, 300) if entry.labels is not None else "—"
             lines.append(f"**{line}**\n{labels}")
         embed = discord.Embed(
             title=text(locale, "history.title", where=_title_where(interaction, channel_id))[:256],
@@ -204,7 +219,7 @@ class LabelsCog(WakeruCog):
     @app_commands.describe(labels=_T("Labels to add"), scope=_SCOPE_HELP)
     @app_commands.choices(scope=_SCOPES)
     async def add(self, interaction: discord.Interaction, labels: str, scope: Choice[str] | None = None) -> None:
-        def compute(base, new):
+        def compute(base: tuple[str, ...], new: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
             added = [label for label in new if label not in base]
             if not added:
                 raise _Refusal(text(interaction.locale, "add.nothing_new"))
@@ -221,7 +236,7 @@ class LabelsCog(WakeruCog):
     @app_commands.describe(labels=_T("Labels to remove"), scope=_SCOPE_HELP)
     @app_commands.choices(scope=_SCOPES)
     async def remove(self, interaction: discord.Interaction, labels: str, scope: Choice[str] | None = None) -> None:
-        def compute(base, gone):
+        def compute(base: tuple[str, ...], gone: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
             missing = [label for label in gone if label not in base]
             if missing:
                 raise _Refusal(
@@ -242,7 +257,7 @@ class LabelsCog(WakeruCog):
     async def preset(self, interaction: discord.Interaction, name: str, scope: Choice[str] | None = None) -> None:
         presets = self.app.config.labels.presets
 
-        def check():
+        def check() -> tuple[str, ...]:
             if name not in presets:
                 raise _Refusal(
                     text(
@@ -280,6 +295,7 @@ class LabelsCog(WakeruCog):
     @app_commands.choices(scope=_SCOPES)
     async def undo(self, interaction: discord.Interaction, scope: Choice[str] | None = None) -> None:
         app, locale = self.app, interaction.locale
+        guild_id = _guild_id(interaction)
         target = await self._target_or_refuse(interaction, scope)
         if target is None:
             return
@@ -287,7 +303,7 @@ class LabelsCog(WakeruCog):
         where = _where(locale, channel_id)
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            change = await app.store.undo(interaction.guild_id, channel_id, user_id=interaction.user.id)
+            change = await app.store.undo(guild_id, channel_id, user_id=interaction.user.id)
         except NothingToUndo:
             return await refuse(interaction, text(locale, "undo.nothing", where=where))
         except StorageError as e:
@@ -304,12 +320,13 @@ class LabelsCog(WakeruCog):
     @app_commands.choices(state=[Choice(name=_T("on"), value="on"), Choice(name=_T("off"), value="off")])
     async def auto(self, interaction: discord.Interaction, state: Choice[str]) -> None:
         app, locale = self.app, interaction.locale
+        guild_id = _guild_id(interaction)
         target = await self._target_or_refuse(interaction, None)
         if target is None:
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            await app.store.set_auto(interaction.guild_id, target[0], state.value == "on", user_id=interaction.user.id)
+            await app.store.set_auto(guild_id, target[0], state.value == "on", user_id=interaction.user.id)
         except StorageError as e:
             return await refuse(interaction, storage_error(locale, e))
         shown = text(locale, f"state.{state.value}")
@@ -361,7 +378,7 @@ class LabelsCog(WakeruCog):
         labels, source = change.labels, None
         if labels is None:  # no set of its own now: say what it falls back to
             try:
-                source = await inherited(app.store, app.config, interaction.guild_id, channel_id, parent_id)
+                source = await inherited(app.store, app.config, _guild_id(interaction), channel_id, parent_id)
                 labels = source.labels
             except StorageError:  # the change is saved; only this detail is missing
                 labels = ()
@@ -377,13 +394,13 @@ class LabelsCog(WakeruCog):
         interaction: discord.Interaction,
         scope: Choice[str] | None,
         action: str,
-        prepare: Callable[[], Any],
-        compute: Callable[[tuple[str, ...], Any], tuple[tuple[str, ...] | None, str | None]],
+        prepare: Callable[[], P],
+        compute: Callable[[tuple[str, ...], P], tuple[tuple[str, ...] | None, str | None]],
     ) -> None:
         """Cheap checks (permission, label text) answered at once and privately; then defer, read,
         compute the new set from the current one, write it with the version read, confirm."""
         app, locale = self.app, interaction.locale
-        guild_id = interaction.guild_id
+        guild_id = _guild_id(interaction)
         target = await self._target_or_refuse(interaction, scope)
         if target is None:
             return

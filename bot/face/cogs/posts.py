@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.ext import commands
@@ -14,6 +15,9 @@ from bot.face.render import MAX_EMBEDS, reply, summary_line
 from bot.face.texts import rate_limit_text
 from bot.services.labelsets import auto_classify_enabled, parent_id, resolve
 from wakeru.logs import new_event_id, request_context
+
+if TYPE_CHECKING:
+    from discord.abc import MessageableChannel
 
 log = logging.getLogger("wakeru.events")
 
@@ -36,9 +40,11 @@ async def on_image_post(app: App, message: discord.Message) -> None:
         await _classify_post(app, message, images)
 
 
-async def _classify_post(app: App, message: discord.Message, images: list) -> None:
+async def _classify_post(app: App, message: discord.Message, images: list[discord.Attachment]) -> None:
+    assert message.guild is not None  # on_image_post answers posts in servers only
     # an uncached thread arrives as a PartialMessageable; the guild cache knows its parent
     channel = message.guild.get_channel_or_thread(message.channel.id) or message.channel
+    assert isinstance(channel, discord.abc.Messageable)  # a message's channel: never a forum or a category
     parent = parent_id(channel)
     guild_id = message.guild.id
     if not await auto_classify_enabled(app.store, app.config, guild_id, channel.id, parent):
@@ -63,7 +69,7 @@ async def _classify_post(app: App, message: discord.Message, images: list) -> No
         log.info("replied to message %s: %s", message.id, summary_line(answers))
 
 
-async def _send(channel, message: discord.Message, **fields) -> bool:
+async def _send(channel: MessageableChannel, message: discord.Message, **fields: Any) -> bool:
     """Reply to a post. The nonce (the post's id) lets Discord drop a duplicate when
     discord.py retries a send that Discord did process but answered with a 5xx."""
     try:

@@ -21,7 +21,7 @@ from tests.support import shapes
 from tests.support.redis_server import (RedisServer, WorkerProcess, redis_server, redis_url,  # noqa: F401
                                         wait_for_workers)
 from wakeru.protocol import (REQUESTS_GROUP, ClassifyRequest, ClassifyResult, ErrorCode, heartbeat_key,
-                             parse_result_fields, replies_key, request_fields, requests_key, result_fields)
+                             parse_result_fields, replies_key, request_fields, requests_key, result_fields, WorkerInfo)
 
 PREFIX = "wakeru"
 STREAM = requests_key(PREFIX)
@@ -42,8 +42,9 @@ def _config(model, url: str, **worker):
 
 def _fake_heartbeat(client, name: str = "fake", ttl_ms: int = 60_000, **info) -> None:
     """A worker announcement without a worker: the bot's side alone can then be driven by hand."""
-    client.set(heartbeat_key(PREFIX, name), json.dumps({"name": name, "model": "fake", "input_size": 224, **info}),
-               px=ttl_ms)
+    announced = WorkerInfo(model="fake", family="siglip", device="cpu", dtype="float32", input_size=224,
+                           embedding_size=64, pid=1, name=name)
+    client.set(heartbeat_key(PREFIX, name), json.dumps({**announced.to_dict(), **info}), px=ttl_ms)
 
 
 async def _until(condition, timeout: float = 30, what: str = "condition"):

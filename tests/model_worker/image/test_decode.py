@@ -98,7 +98,7 @@ def test_16bit_grayscale_png_is_scaled_not_clipped():
 def test_palette_with_transparency_is_composited_on_white():
     im = Image.new("P", (16, 16), 0)
     im.putpalette([0, 0, 0] + [255, 0, 0] * 255)
-    im.info.transparency = 0
+    im.info["transparency"] = 0
     assert _pixel(encoded(im, "PNG", transparency=0)) == (255, 255, 255)
     assert _pixel(encoded(im, "GIF", transparency=0)) == (255, 255, 255)
 
