@@ -8,7 +8,7 @@
 #       no torch, no model, no GPU).       docker build --target bot -t wakeru-bot .
 #   worker: the GPU model worker alone, `python -m model_worker serve` on the Redis stream.
 #                                          docker build --target worker -t wakeru-worker .
-# docker-compose.yml runs `bot` and `worker` as separate containers (README, "Scaling out").
+# docker-compose.yml runs `bot` and `worker` as separate containers (docs/operations.md, "Scaling out").
 
 # ---- bot: the Discord side only ------------------------------------------------------------
 FROM python:3.11-slim AS bot

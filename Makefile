@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run sync test bench bench-gpu lint classify clean
+.PHONY: install run sync test test-fast bench bench-gpu lint classify clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ classify: install
 
 test: install
 	$(PY) -m pytest
+
+# Everything but the slow end-to-end tests (bot and worker processes, real services): about a minute.
+test-fast: install
+	$(PY) -m pytest -m "not slow"
 
 bench: install
 	$(PY) -m model_worker bench

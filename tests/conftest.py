@@ -17,6 +17,31 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 for _name in [n for n in os.environ if n.startswith("WAKERU_") and ("__" in n or n == "WAKERU_CONFIG")]:
     del os.environ[_name]
 
+
+def _bytecode_cache() -> None:
+    """With PYTHONDONTWRITEBYTECODE set (as in the Dockerfile, and on machines configured like it)
+    nothing keeps compiled bytecode, so every process the tests start (dozens of bots and workers)
+    compiles the sources of torch, transformers and discord.py again: about 7 s more for each model
+    worker. Keep it in the test cache instead (tests/support/model_cache.py: outside the repository
+    and the virtual environment, which stay untouched), for this process and the processes it starts.
+    Nothing changes when bytecode is written as usual, when PYTHONPYCACHEPREFIX is set already, or
+    with WAKERU_TEST_CACHE=off."""
+    import sys
+
+    from tests.support.model_cache import cache_root
+
+    root = cache_root()
+    if not os.environ.get("PYTHONDONTWRITEBYTECODE") or os.environ.get("PYTHONPYCACHEPREFIX") or root is None:
+        return
+    prefix = str(root / "pycache")
+    os.environ["PYTHONPYCACHEPREFIX"] = prefix
+    del os.environ["PYTHONDONTWRITEBYTECODE"]
+    sys.pycache_prefix = prefix
+    sys.dont_write_bytecode = False
+
+
+_bytecode_cache()
+
 # Hypothesis keeps caches (Unicode tables, examples) under ./.hypothesis unless told otherwise:
 # a temporary home keeps the repository clean for every fuzz test at once.
 if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):

@@ -50,7 +50,7 @@ def cpu_has_fast_bf16() -> bool:
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
     if setting == "auto":
         # bf16 on GPUs that support it, and on CPUs with native bf16 (measured about 3×
-        # faster than fp32 for ViT-B/16 with AMX: see README); fp32 elsewhere.
+        # faster than fp32 for ViT-B/16 with AMX: see docs/performance.md); fp32 elsewhere.
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32

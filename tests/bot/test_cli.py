@@ -8,16 +8,21 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from bot.services import health
 from tests.conftest import REPO
 from tests.support.bot_process import BotProcess
 from tests.support.fake_discord import FakeDiscord
 
+pytestmark = pytest.mark.slow  # each test runs `python -m bot` as a process
 
-def _bot(*args, env=None, cwd=None):
+
+def _bot(*args, env=None, cwd=None, module="bot"):
+    """`python -m bot …`; module="tests.support.stub_bot": the same with the stand-in model worker."""
     full = {k: v for k, v in os.environ.items() if k != "DISCORD_TOKEN"}
     full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "bot", *args], cwd=cwd or REPO, env=full, capture_output=True,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full, capture_output=True,
                           text=True, timeout=60)
 
 
@@ -81,8 +86,10 @@ def test_health_reads_the_heartbeat(tmp_path):
     assert out.returncode == 1 and "old" in out.stderr
 
 
-def test_bench_queue_reports_the_transport_overhead(checkpoints):
-    out = _bot("bench-queue", "--model", str(checkpoints["siglip"]), "--requests", "6", "--concurrency", "3", "--json")
+def test_bench_queue_reports_the_transport_overhead(stub_model):
+    # the transport's own cost is measured around any worker: the stand-in (tests/support/stub_worker.py) starts at once
+    out = _bot("bench-queue", "--model", str(stub_model), "--requests", "6", "--concurrency", "3", "--json",
+               module="tests.support.stub_bot")
     assert out.returncode == 0, out.stderr[-2000:]
     figures = __import__("json").loads(out.stdout.strip().splitlines()[-1])
     assert figures["failed"] == 0 and figures["requests"] == 6

@@ -1,10 +1,17 @@
-"""Fault injection against the real processes: `python -m bot` (discord.py + a spawned worker
-with a tiny trained model) talking to the local fake Discord, with a real SQLite file.
+"""Fault injection against the real processes: `python -m bot` (discord.py + a spawned worker)
+talking to the local fake Discord, with a real SQLite file.
 
 Each test injects one fault (a killed worker, an image that crashes it, a model that cannot
 load, a deadline, a flood, a dropped or invalidated gateway, REST 5xx/429, SIGTERM, a killed
 bot mid-write, a full or read-only disk) and asserts what users see. Figures go to the file
 named by WAKERU_RELIABILITY_REPORT (JSON) when it is set; docs/reliability.md quotes one run.
+
+The model that cannot load runs the real model worker (its loader's own failure, end to end). The
+others run the same bot with the torch-free stand-in worker (tests/support/stub_worker.py: the real
+pipe end, decoder and fault injection around a rule-based "model"), which starts in a fraction of
+the time: what they test is the bot and its supervisor, and several of them start many workers
+(every kill restarts one) or many bots. The real worker classifies through the local transport in
+tests/bot/transport/test_local.py and through Redis in tests/bot/transport/test_redis_streams.py.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import pytest
 from tests.support import flows, shapes
 from tests.support.bot_process import BotProcess, memory_kib
 from tests.support.fake_discord import FakeDiscord, make_user
+
+pytestmark = pytest.mark.slow  # bot processes, each run for seconds
 
 FIGURES: dict[str, dict] = {}
 
@@ -90,15 +99,17 @@ def _json_logs(bot: BotProcess) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def faulty(trained_model, tmp_path_factory):
+def faulty(stub_model, tmp_path_factory):
     """One bot whose worker is slow (500 ms per batch, so kills land mid-batch) and dies on the
     label 💥; JSON logs; metrics and /healthz on a local port."""
     workdir = tmp_path_factory.mktemp("faulty")
     port = _free_port()
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, trained_model, workdir,
+        bot = BotProcess(fake, stub_model, workdir, worker="stub",
                          WAKERU_FAULTS="batch_delay_ms=500,crash_label=💥",
                          WAKERU_WORKER__MAX_BATCH="4", WAKERU_WORKER__RESTART_BACKOFF_S="0.2",
+                         # crashes in a row add up over the tests of this module: the doubling stops at 1 s
+                         WAKERU_WORKER__RESTART_BACKOFF_MAX_S="1.0",
                          WAKERU_SERVICE__LOG_FORMAT="json", WAKERU_SERVICE__METRICS_PORT=str(port))
         bot.port = port
         bot.start()
@@ -170,7 +181,7 @@ def test_repeated_kills_lose_nothing(faulty):
         for _ in range(3):
             try:  # a kill once the new worker has served for a while and holds images
                 bot.wait_state(lambda s: s["worker"] == "ready", timeout=60)
-                time.sleep(3.0)
+                time.sleep(1.5)
                 state = bot.wait_state(lambda s: s["worker"] == "ready" and s.get("in_flight", 0) >= 2, timeout=60)
             except AssertionError:
                 return
@@ -303,11 +314,11 @@ def test_an_answer_that_outlives_its_interaction_token_is_posted_in_the_channel(
 # ---------------------------------------------------------------- model loading
 
 
-def test_a_post_and_a_command_made_while_the_model_loads_are_classified_with_typing(trained_model, tmp_path):
+def test_a_post_and_a_command_made_while_the_model_loads_are_classified_with_typing(stub_model, tmp_path):
     """The bot is connected before its model is loaded (every start, every restart): images that
     arrive meanwhile wait for it, with the typing indicator running, instead of "unavailable"."""
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, trained_model, tmp_path, WAKERU_FAULTS="load_delay_ms=7000",
+        bot = BotProcess(fake, stub_model, tmp_path, worker="stub", WAKERU_FAULTS="load_delay_ms=7000",
                          WAKERU_SERVICE__METRICS_PORT=str(_free_port()))
         bot.start(wait=False)
         try:
@@ -336,9 +347,9 @@ def test_a_post_and_a_command_made_while_the_model_loads_are_classified_with_typ
 # ---------------------------------------------------------------- deadlines, load failure
 
 
-def test_a_deadline_answers_in_time_and_stops_typing(trained_model, tmp_path):
+def test_a_deadline_answers_in_time_and_stops_typing(stub_model, tmp_path):
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, trained_model, tmp_path, WAKERU_FAULTS="batch_delay_ms=4000",
+        bot = BotProcess(fake, stub_model, tmp_path, worker="stub", WAKERU_FAULTS="batch_delay_ms=4000",
                          WAKERU_WORKER__REQUEST_TIMEOUT_S="1.0")
         bot.start()
         try:
@@ -366,7 +377,8 @@ def test_a_deadline_answers_in_time_and_stops_typing(trained_model, tmp_path):
 
 def test_a_model_that_cannot_load_leaves_the_bot_up_answering_unavailable(tmp_path):
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, tmp_path / "no-such-model", tmp_path)
+        bot = BotProcess(fake, tmp_path / "no-such-model", tmp_path,
+                         WAKERU_SERVICE__METRICS_PORT="0")  # `health` reads the heartbeat file here
         bot.start(wait=False)
         try:
             bot.wait_state(lambda s: s.get("worker") == "failed", timeout=120, what="the load failure")
@@ -400,7 +412,7 @@ def _noisy_jpeg(label: str) -> bytes:
     return shapes.encode(Image.fromarray(np.clip(picture + noise, 0, 255).astype(np.uint8)), "JPEG", quality=98)
 
 
-def test_a_burst_of_ten_times_capacity_is_answered_busy_fast_and_memory_stays_bounded(trained_model, tmp_path):
+def test_a_burst_of_ten_times_capacity_is_answered_busy_fast_and_memory_stays_bounded(stub_model, tmp_path):
     """Queue of 32 places and 16 MiB of image bytes, a worker doing about 13 images/s (300 ms per
     batch of 4): 200 posts of a 0.9 MB photo (fetched whole: the media-proxy rendition is turned
     off here, the worst case) from 200 members at once, far beyond ten times what the worker can
@@ -408,7 +420,7 @@ def test_a_burst_of_ten_times_capacity_is_answered_busy_fast_and_memory_stays_bo
     binds before the count (18 × 0.9 MB fit in 16 MiB); memory of both processes stays bounded
     (200 × 0.9 MB would be 180 MB held); the backlog drains."""
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, trained_model, tmp_path, WAKERU_FAULTS="batch_delay_ms=300",
+        bot = BotProcess(fake, stub_model, tmp_path, worker="stub", WAKERU_FAULTS="batch_delay_ms=300",
                          WAKERU_WORKER__QUEUE_SIZE="32", WAKERU_WORKER__MAX_BATCH="4",
                          WAKERU_ATTACHMENTS__RESIZE_ABOVE_BYTES="100000000",
                          WAKERU_IMAGES__MAX_BYTES=str(8 * 1024 * 1024),
@@ -452,9 +464,9 @@ def test_a_burst_of_ten_times_capacity_is_answered_busy_fast_and_memory_stays_bo
             assert bot.stop() == 0
 
 
-def test_rate_limits_per_member_and_per_channel(trained_model, tmp_path):
+def test_rate_limits_per_member_and_per_channel(stub_model, tmp_path):
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, trained_model, tmp_path,
+        bot = BotProcess(fake, stub_model, tmp_path, worker="stub",
                          WAKERU_LIMITS__USER_PER_MINUTE="6", WAKERU_LIMITS__USER_BURST="3",
                          WAKERU_LIMITS__CHANNEL_PER_MINUTE="1", WAKERU_LIMITS__CHANNEL_BURST="5")
         bot.start()
@@ -497,9 +509,9 @@ def test_rate_limits_per_member_and_per_channel(trained_model, tmp_path):
 
 
 @pytest.mark.parametrize("grace", [30.0, 0.5])
-def test_sigterm_finishes_or_answers_in_flight_work_then_exits_zero(trained_model, tmp_path, grace):
+def test_sigterm_finishes_or_answers_in_flight_work_then_exits_zero(stub_model, tmp_path, grace):
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, trained_model, tmp_path, WAKERU_FAULTS="batch_delay_ms=1500",
+        bot = BotProcess(fake, stub_model, tmp_path, worker="stub", WAKERU_FAULTS="batch_delay_ms=1500",
                          WAKERU_WORKER__MAX_BATCH="2", WAKERU_SERVICE__SHUTDOWN_GRACE_S=str(grace),
                          WAKERU_SERVICE__METRICS_PORT=str(_free_port()))  # live state from /healthz
         bot.start()
@@ -539,17 +551,27 @@ def test_sigterm_finishes_or_answers_in_flight_work_then_exits_zero(trained_mode
 # ---------------------------------------------------------------- storage
 
 
-def test_bot_killed_during_label_writes_keeps_an_intact_database(trained_model, tmp_path):
+def test_bot_killed_during_label_writes_keeps_an_intact_database(stub_model, tmp_path):
     """SIGKILL the whole bot while a moderator keeps setting labels, 5 times; each restart finds
     a database that passes integrity_check and holds at least every confirmed version."""
     db = tmp_path / "wakeru.db"
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, trained_model, tmp_path)
+        bot = BotProcess(fake, stub_model, tmp_path, worker="stub")
         confirmed = last_confirmed = 0
         results = []
         for round_ in range(5):
             bot.start()
             stop = threading.Event()
+
+            def final_answer(rec, timeout: float = 5.0) -> dict:
+                """rec.wait_final(timeout), given up as soon as the bot is dead (stop), not at the timeout."""
+                end = time.monotonic() + timeout
+                while True:
+                    try:
+                        return rec.wait_final(timeout=0.2)
+                    except TimeoutError:
+                        if stop.is_set() or time.monotonic() >= end:
+                            raise
 
             def writer():
                 nonlocal confirmed
@@ -559,7 +581,7 @@ def test_bot_killed_during_label_writes_keeps_an_intact_database(trained_model, 
                     try:
                         rec = fake.interact("labels", user="moderator", timeout=3,
                                             options=flows.labels_cmd("set", labels=f"ラベル{round_}-{n}、固定"))
-                        final = rec.wait_final(timeout=5)
+                        final = final_answer(rec)
                     except Exception:  # noqa: BLE001 - the bot was killed under us
                         return
                     if "にしました" in (final.get("content") or ""):  # 「… のラベルセットを v12 にしました（2件）。」
@@ -567,7 +589,7 @@ def test_bot_killed_during_label_writes_keeps_an_intact_database(trained_model, 
 
             thread = threading.Thread(target=writer)
             thread.start()
-            time.sleep(1.5)
+            time.sleep(1.0)
             bot.process.kill()
             bot.process.wait()
             stop.set()
@@ -587,9 +609,9 @@ def test_bot_killed_during_label_writes_keeps_an_intact_database(trained_model, 
                                        "last_confirmed_version": confirmed}
 
 
-def test_two_moderators_at_once_never_lose_an_update(trained_model, tmp_path):
+def test_two_moderators_at_once_never_lose_an_update(stub_model, tmp_path):
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, trained_model, tmp_path)
+        bot = BotProcess(fake, stub_model, tmp_path, worker="stub")
         bot.start()
         try:
             flows.set_labels(fake, flows.LABELS)
@@ -623,13 +645,14 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
-def test_a_full_or_read_only_disk_gives_the_moderator_a_clear_error_and_changes_nothing(trained_model, tmp_path):
+def test_a_full_or_read_only_disk_gives_the_moderator_a_clear_error_and_changes_nothing(stub_model, tmp_path):
     data = tmp_path / "data"
     if not _mount_tmpfs(data, "2m"):
         pytest.skip("this machine does not allow mounting a tmpfs")
     try:
         with FakeDiscord() as fake:
-            bot = BotProcess(fake, trained_model, tmp_path, WAKERU_STORAGE__URL=f"sqlite:///{data}/wakeru.db")
+            bot = BotProcess(fake, stub_model, tmp_path, worker="stub",
+                             WAKERU_STORAGE__URL=f"sqlite:///{data}/wakeru.db")
             bot.start()
             try:
                 flows.set_labels(fake, "赤い丸、青い丸")

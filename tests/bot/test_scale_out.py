@@ -1,6 +1,8 @@
 """The scaled-out deployment on one machine: two `python -m bot` processes (shard 0 and shard 1
 of 2) and two `python -m model_worker serve` workers, talking through a real Redis and sharing
-label sets in a real PostgreSQL, against one fake Discord.
+label sets in a real PostgreSQL, against one fake Discord. The workers run the real command line
+and Redis consumer around the torch-free stand-in engine (tests/support/stub_worker.py); real
+model workers serve through Redis in tests/bot/transport/test_redis_streams.py.
 
 Every image is answered once, by the process owning its shard; a worker killed mid-stream
 leaves its pending requests to the other, and still nobody gets two answers.
@@ -20,6 +22,8 @@ from tests.support.postgres_server import postgres_server  # noqa: F401
 from tests.support.redis_server import WorkerProcess, redis_server, wait_for_workers  # noqa: F401
 from wakeru.protocol import REQUESTS_GROUP, requests_key
 
+pytestmark = pytest.mark.slow  # bot processes and real model workers
+
 SHARDS = (0, 1)
 PREFIX = "wakeru"
 STREAM = requests_key(PREFIX)
@@ -27,13 +31,14 @@ SHAPES = ["赤い丸", "青い四角", "緑の丸", "赤い四角", "青い丸",
 
 
 @pytest.fixture(scope="module")
-def cluster(trained_model, tmp_path_factory, redis_server, postgres_server):  # noqa: F811
+def cluster(stub_model, tmp_path_factory, redis_server, postgres_server):  # noqa: F811
     root = tmp_path_factory.mktemp("cluster")
     redis_server.client().flushall()
     store_url = postgres_server.create_database("scale_out")
-    workers = [WorkerProcess(trained_model, redis_server.url, root, name=f"worker{i}").start() for i in range(2)]
+    workers = [WorkerProcess(stub_model, redis_server.url, root, name=f"worker{i}", worker="stub").start()
+               for i in range(2)]
     with FakeDiscord() as fake:
-        guilds, tokens, bots = sharded_bots(fake, trained_model, root, SHARDS, WAKERU_STORAGE__URL=store_url,
+        guilds, tokens, bots = sharded_bots(fake, stub_model, root, SHARDS, WAKERU_STORAGE__URL=store_url,
                                             WAKERU_WORKER__TRANSPORT="redis", WAKERU_WORKER__REDIS_URL=redis_server.url,
                                             WAKERU_WORKER__HEARTBEAT_S="0.2")
         try:
@@ -46,6 +51,8 @@ def cluster(trained_model, tmp_path_factory, redis_server, postgres_server):  # 
             yield fake, guilds, tokens, bots, workers, redis_server, postgres_server
         finally:
             codes = {k: bots[k].stop() for k in SHARDS}
+            for w in workers:
+                w.terminate()  # all at once: each takes a moment to finish its blocking read
             for w in workers:
                 w.stop()
         assert codes == {0: 0, 1: 0}, {k: bots[k].log() for k in SHARDS}
@@ -100,7 +107,7 @@ def test_a_worker_killed_mid_stream_leaves_its_requests_to_the_other(cluster, tm
     of both bot processes; the others take them over after claim_idle_s and answer each once."""
     fake, guilds, tokens, bots, workers, redis_server, pg = cluster  # noqa: F811
     client = redis.Redis.from_url(redis_server.url)
-    slow = WorkerProcess(workers[0].env["WAKERU_MODEL__ID"], redis_server.url, tmp_path, name="slow",
+    slow = WorkerProcess(workers[0].env["WAKERU_MODEL__ID"], redis_server.url, tmp_path, name="slow", worker="stub",
                          WAKERU_FAULTS="batch_delay_ms=600000").start()
     try:
         wait_for_workers(client, PREFIX, 3, processes=(slow,))

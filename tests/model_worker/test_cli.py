@@ -100,6 +100,7 @@ def test_remote_code_model_classifies_when_trusted(checkpoints, capsys, monkeypa
     assert len(json.loads(out)["top"]) == 3
 
 
+@pytest.mark.slow
 def test_module_entry_point_runs_as_a_process(checkpoints):
     proc = subprocess.run([sys.executable, "-m", "model_worker", "classify", "--model", str(checkpoints["siglip2"]),
                            "--labels", "犬,猫", "--json", SAMPLE_FILES[0]], capture_output=True, text=True, cwd=REPO,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,8 +20,13 @@ class BotProcess:
     def __init__(self, fake, model: Path, workdir: Path, *, worker: str = "real", **overrides: str):
         """worker: "real" runs `python -m bot` with its model worker; "stub" runs the same bot with the
         torch-free stand-in worker of tests/support/stub_worker.py (`model` then only has to be a
-        directory: see stub_worker.make_model_dir)."""
+        directory: see stub_worker.make_model_dir).
+
+        The bot serves /healthz on a free loopback port (service.metrics_port), so `state()` sees a
+        change at once instead of at the heartbeat file's next write (up to a second later);
+        WAKERU_SERVICE__METRICS_PORT="0" keeps to the file (and `health` to the file's check)."""
         assert worker in ("real", "stub"), worker
+        overrides.setdefault("WAKERU_SERVICE__METRICS_PORT", str(free_port()))
         self.fake = fake
         self.command = [sys.executable, "-m", "tests.support.stub_bot" if worker == "stub" else "bot"]
         self.workdir = workdir
@@ -146,6 +152,12 @@ class BotProcess:
             return self.log_path.read_text()[-6000:]
         except OSError:
             return ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def memory_kib(pid: int) -> dict[str, int]:

@@ -96,7 +96,9 @@ class PostgresServer:
                 "\n# wakeru tests\n"
                 "listen_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.root}'\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                # fsync off: nothing waits for the disk. synchronous_commit stays on, so a commit has reached
+                # the WAL (the kernel's cache) before it returns and survives a crash of the server (kill()).
+                "fsync = off\nfull_page_writes = off\n"
                 "shared_buffers = 16MB\nmax_connections = 60\n"
             )
 

@@ -86,9 +86,14 @@ def redis_url(redis_server) -> str:
 
 
 class WorkerProcess:
-    """`python -m model_worker serve` as a real subprocess."""
+    """`python -m model_worker serve` as a real subprocess; with worker="stub", the same command line
+    and Redis consumer around the torch-free stand-in engine of tests/support/stub_worker.py."""
 
-    def __init__(self, model: Path, redis_url: str, workdir: Path, name: str = "worker", **overrides: str):
+    def __init__(self, model: Path, redis_url: str, workdir: Path, name: str = "worker", *, worker: str = "real",
+                 **overrides: str):
+        assert worker in ("real", "stub"), worker
+        self.command = [sys.executable, "-m", "tests.support.stub_worker" if worker == "stub" else "model_worker",
+                        "serve"]
         self.log_path = workdir / f"{name}.log"
         self.env = {**os.environ, "WAKERU_MODEL__ID": str(model), "WAKERU_MODEL__DTYPE": "float32",
                     "WAKERU_WORKER__REDIS_URL": redis_url, "WAKERU_WORKER__MAX_WAIT_MS": "2",
@@ -99,11 +104,13 @@ class WorkerProcess:
                     **({"WAKERU_ALLOW_FAULTS": "1"} if "WAKERU_FAULTS" in overrides else {})}
         self.workdir = workdir
         self.process: subprocess.Popen | None = None
+        self._terminated = False
 
     def start(self) -> "WorkerProcess":
+        self._terminated = False
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "model_worker", "serve"], cwd=self.workdir,
-                                        env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.command, cwd=self.workdir, env=self.env, stdout=self._log,
+                                        stderr=subprocess.STDOUT)
         return self
 
     @property
@@ -117,11 +124,18 @@ class WorkerProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 
+    def terminate(self) -> None:
+        """SIGTERM once (a second one would hurry its shutdown): stop several workers at once with
+        terminate() on each, then stop() on each."""
+        if self.process is not None and self.process.poll() is None and not self._terminated:
+            self._terminated = True
+            self.process.terminate()
+
     def stop(self, timeout: float = 30) -> int | None:
         if self.process is None:
             return None
         if self.process.poll() is None:
-            self.process.terminate()
+            self.terminate()
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:

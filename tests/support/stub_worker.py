@@ -2,10 +2,12 @@
 
 `run_stub_worker` has the signature of `model_worker.serving.pipe.run_local_worker` and is passed
 as `LocalWorkerTransport(config, worker_target=run_stub_worker)` (or, for `python -m bot`, through
-tests/support/stub_bot.py). It starts in well under a second where the real worker spends several
-seconds importing torch and transformers, so the supervisor's scenarios (crash restarts, resends
-one at a time, the hang watchdog, deadlines, queue bounds, shutdown) can each spawn as many
-workers as they need.
+tests/support/stub_bot.py). `python -m tests.support.stub_worker serve` stands in for
+`python -m model_worker serve` (tests/support/redis_server.py, WorkerProcess(..., worker="stub")):
+the real command line and Redis consumer with this engine. Either starts in well under a second
+where the real worker spends several seconds importing torch and transformers, so the supervisor's
+scenarios (crash restarts, resends one at a time, the hang watchdog, deadlines, queue bounds,
+shutdown, Redis failover) can each start as many workers as they need.
 
 Only the model is replaced. The child runs the real pipe end (`model_worker.serving.pipe.serve`:
 the typed messages of `wakeru.protocol`, exactly one Result or Cancelled per Classify, malformed
@@ -45,10 +47,12 @@ import os
 import queue
 import signal
 import threading
+import sys
 import time
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
@@ -126,6 +130,7 @@ class ShapeModel:
         size = processor.get("size") or {}
         side = size.get("shortest_edge") or max(size.get("height", 0), size.get("width", 0)) or 224
         self.input_size = int(side)
+        self.preprocessor = SimpleNamespace(draft_size=(self.input_size, self.input_size))  # for worker_info
         vision = config.get("vision_config") or {}
         self.embedding_size = int(config.get("projection_dim") or vision.get("hidden_size") or 32)
         self.match_threshold = _SIGMOID_THRESHOLD if self.family.startswith("siglip") else _REFERENCE_THRESHOLD
@@ -362,6 +367,15 @@ def _load_and_serve(config_data: dict, requests, results, log_format: str, log_l
         log.info("worker stopped")
 
 
+def serve_main(argv: list[str]) -> int:
+    """`python -m model_worker serve …` (model_worker.cli) with this engine instead of the model."""
+    from model_worker import cli
+
+    cli.load_engine = load  # type: ignore[assignment]
+    cli.quiet_libraries = lambda verbose: None  # it would import transformers
+    return cli.main(argv)
+
+
 def make_model_dir(path: Path, *, family: str = "siglip", input_size: int = 32) -> Path:
     """A directory the stub loads like a checkpoint: config.json, preprocessor_config.json and a
     small weights file (no real weights: the stub has no model)."""
@@ -371,3 +385,7 @@ def make_model_dir(path: Path, *, family: str = "siglip", input_size: int = 32) 
                                                                         "width": input_size}}))
     (path / "model.safetensors").write_bytes(b"\0" * 1024)
     return path
+
+
+if __name__ == "__main__":  # `python -m tests.support.stub_worker serve …`
+    sys.exit(serve_main(sys.argv[1:]))

@@ -142,6 +142,7 @@ def run(fn, *args, **kw):
         return e
 
 
+@pytest.mark.slow
 @examples(1500)
 @given(text=any_text, lim=limits())
 def test_parse_labels_either_valid_or_a_documented_error(text, lim):

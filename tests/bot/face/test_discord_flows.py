@@ -1,5 +1,10 @@
-"""End to end: the real `python -m bot` (discord.py + spawned worker with a tiny trained model)
-against the local fake Discord. Every user flow of the bot, as Discord would deliver it."""
+"""End to end: the real `python -m bot` (discord.py + a spawned local worker) against the local fake
+Discord. Every user flow of the bot, as Discord would deliver it.
+
+The worker is the torch-free stand-in of tests/support/stub_worker.py (the real pipe end and decoder
+around a rule that names the colour and shape of these pictures), so the bot and its restarts take
+seconds; the real model worker answers through the bot in tests/bot/test_reliability.py (a model
+that cannot load, the flood) and through the transports in tests/bot/transport/."""
 
 from __future__ import annotations
 
@@ -12,17 +17,19 @@ from tests.support import flows, shapes
 from tests.support.bot_process import BotProcess
 from tests.support.fake_discord import FakeDiscord, Perm
 
+pytestmark = pytest.mark.slow  # one `python -m bot`, restarted twice
+
 LABELS = flows.LABELS
 _png, _jpeg, _labels_cmd, _top_label = flows.png, flows.jpeg, flows.labels_cmd, flows.top_label
 _set_labels, _post_and_wait = flows.set_labels, flows.post_and_wait
 
 
 @pytest.fixture(scope="module")
-def world(trained_model, tmp_path_factory):
+def world(stub_model, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("bot")
     with FakeDiscord() as fake:
         fake.interaction_deadline = 3.0
-        bot = BotProcess(fake, trained_model, workdir,
+        bot = BotProcess(fake, stub_model, workdir, worker="stub",
                          WAKERU_DISCORD__MODERATOR_ROLE_IDS=f"[{fake.moderator_role_id}]",
                          WAKERU_ATTACHMENTS__RESIZE_ABOVE_BYTES="40000")
         bot.start()
@@ -297,7 +304,7 @@ def test_auto_switch_turns_a_channel_on_and_off(fake):
     assert ignored["id"] not in flows.replies(fake)
 
 
-def test_labels_survive_a_restart_and_without_message_content_mentions_are_still_classified(world, trained_model):
+def test_labels_survive_a_restart_and_without_message_content_mentions_are_still_classified(world):
     fake, bot = world
     _set_labels(fake, "緑の丸、赤い四角、青い丸")
     assert bot.stop() == 0

@@ -1,6 +1,7 @@
 """Sharding (discord.shard_count / discord.shard_ids): two real `python -m bot` processes, each
 running one shard of two against one fake Discord and one shared SQLite label store, each with its
-own local model worker; plus the client factory and `shard_count: auto` in process.
+own local model worker (the torch-free stand-in of tests/support/stub_worker.py: sharding is the
+bot's business); plus the client factory and `shard_count: auto` in process.
 
 Each process logs in with its own token (the fake accepts several for the same bot) so that every
 gateway session, REST call and reply tells which process it came from.
@@ -31,11 +32,12 @@ SHARDS = (0, 1)
 
 
 @pytest.fixture(scope="module")
-def world(trained_model, tmp_path_factory):
+def world(stub_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("sharded")
     db = root / "labels.db"
     with FakeDiscord() as fake:
-        guilds, tokens, bots = sharded_bots(fake, trained_model, root, SHARDS, WAKERU_STORAGE__URL=f"sqlite:///{db}")
+        guilds, tokens, bots = sharded_bots(fake, stub_model, root, SHARDS, worker="stub",
+                                            WAKERU_STORAGE__URL=f"sqlite:///{db}")
         try:
             for k in SHARDS:
                 bots[k].start(wait=False)
@@ -60,6 +62,7 @@ def sharded(world):
     assert not fake.refused_identifies, fake.refused_identifies
 
 
+@pytest.mark.slow
 def test_each_process_identifies_with_its_own_shard(sharded):
     fake, guilds, tokens, bots, _ = sharded
     assert {d["token"]: d["shard"] for d in fake.identify_payloads} == {tokens[0]: [0, 2], tokens[1]: [1, 2]}
@@ -72,6 +75,7 @@ def test_each_process_identifies_with_its_own_shard(sharded):
         assert re.search(rf"shard {k} of 2 ready: {1 + k} server\(s\)", log), log  # shard 1 has the first guild
 
 
+@pytest.mark.slow
 def test_image_posts_are_answered_once_each_by_the_process_owning_the_shard(sharded):
     fake, guilds, tokens, bots, _ = sharded
     channels = [guilds[0].channel_id, guilds[1].channel_id, fake.channel_id]  # the first guild: shard 1
@@ -96,6 +100,7 @@ def test_image_posts_are_answered_once_each_by_the_process_owning_the_shard(shar
         assert f"replied to message {post['id']}" not in logs[1 - shard]
 
 
+@pytest.mark.slow
 def test_classify_is_answered_once_in_each_shard(sharded):
     fake, guilds, tokens, bots, _ = sharded
     for k in SHARDS:
@@ -115,6 +120,7 @@ def test_classify_is_answered_once_in_each_shard(sharded):
         assert here in bots[k].full_log() and here not in bots[1 - k].full_log()
 
 
+@pytest.mark.slow
 def test_a_label_set_changed_in_shard_1_is_used_by_its_process(sharded):
     fake, guilds, tokens, bots, db = sharded
     channel = guilds[1].other_channel_id
@@ -215,13 +221,14 @@ def test_shard_count_auto_asks_discord_and_runs_every_recommended_shard():
         assert fake.unknown_requests == [] and fake.refused_identifies == []
 
 
-def test_an_invalid_shard_stops_the_bot_with_a_clear_error(tmp_path, trained_model):
+@pytest.mark.slow
+def test_an_invalid_shard_stops_the_bot_with_a_clear_error(tmp_path, stub_model):
     """Two processes disagreeing on shard_count: Discord (the fake) closes the second with 4010."""
     with FakeDiscord() as fake:
-        first = BotProcess(fake, trained_model, tmp_path, WAKERU_DISCORD__SHARD_COUNT="2",
+        first = BotProcess(fake, stub_model, tmp_path, worker="stub", WAKERU_DISCORD__SHARD_COUNT="2",
                            WAKERU_DISCORD__SHARD_IDS="[0]")
         (tmp_path / "other").mkdir()
-        other = BotProcess(fake, trained_model, tmp_path / "other", WAKERU_DISCORD__SHARD_COUNT="3",
+        other = BotProcess(fake, stub_model, tmp_path / "other", worker="stub", WAKERU_DISCORD__SHARD_COUNT="3",
                            WAKERU_DISCORD__SHARD_IDS="[1]")
         first.start(wait=False)
         try:

@@ -42,6 +42,7 @@ SEED = int(os.environ.get("WAKERU_CRASH_SEED", "20240611"))
 pytestmark = [
     pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals"),
     pytest.mark.timeout(240),
+    pytest.mark.slow,  # writer processes killed mid-write
 ]
 
 

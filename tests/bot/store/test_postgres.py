@@ -28,7 +28,7 @@ from tests.support.storage_writer import CHANNEL, GUILD
 
 G, C, U = GUILD, CHANNEL, 555_555_555_555_555_555
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]  # a real PostgreSQL server
 
 
 def database_of(url: str) -> str:
@@ -183,6 +183,7 @@ async def test_processes_opening_a_fresh_database_at_once_migrate_it_once(postgr
 async def test_a_write_waits_for_another_process_and_reads_do_not(postgres_url, monkeypatch):
     patient = await open_store(postgres_url)  # the default lock timeout (BUSY_TIMEOUT_MS)
     monkeypatch.setattr(storage, "BUSY_TIMEOUT_MS", 300)
+    monkeypatch.setattr(storage_postgres, "BUSY_TIMEOUT_MS", 300)  # the backend's own copy is the one it uses
     hasty = await open_store(postgres_url)
     other = await asyncpg.connect(postgres_url)  # another bot process, in the middle of a change
     try:

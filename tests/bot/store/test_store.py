@@ -607,6 +607,7 @@ async def test_failure_midway_rolls_back_the_history_row(sqlite_store):
 
 async def test_lock_held_too_long_is_a_storage_error(db_path, monkeypatch):
     monkeypatch.setattr(storage, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr("bot.store.sqlite.BUSY_TIMEOUT_MS", 100)  # the backend's own copy is the one it uses
     s = await SQLiteLabelStore.open(url_for(db_path))
     other = sqlite3.connect(db_path, isolation_level=None)
     try:

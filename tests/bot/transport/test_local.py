@@ -1,4 +1,12 @@
-"""The local transport against a real spawned worker process (tiny trained model)."""
+"""The local transport and its supervisor.
+
+The end-to-end runs (marked slow) spawn the real model worker with the tiny trained model: classify
+and survive bad input, a killed worker restarted with its requests sent again, a bot process that
+never imports torch. The supervisor's other scenarios (an image that kills the worker twice, deaths
+while loading, backoff past the deadline, the hang watchdog, close while loading, a model that
+cannot load) spawn the torch-free stand-in of tests/support/stub_worker.py, which runs the real pipe
+end, decoder and fault injection around a rule-based "model", and starts in a fraction of the time.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +19,13 @@ import sys
 import time
 import uuid
 
+import pytest
+
 from bot.transport import Reservation
 from bot.transport.local import LocalWorkerTransport
 from tests.conftest import REPO, make_config
 from tests.support import shapes
+from tests.support.stub_worker import run_stub_worker
 from wakeru.protocol import ClassifyRequest, ErrorCode
 
 
@@ -32,6 +43,12 @@ def _shape(label: str, seed: int = 0) -> bytes:
     return shapes.encode(shapes.draw(label, (160, 120), random.Random(seed)), "PNG")
 
 
+def _stub(config) -> LocalWorkerTransport:
+    """The transport with the torch-free stand-in worker (tests/support/stub_worker.py)."""
+    return LocalWorkerTransport(config, worker_target=run_stub_worker)
+
+
+@pytest.mark.slow
 async def test_worker_process_classifies_and_survives_bad_input(trained_model, monkeypatch):
     monkeypatch.setenv("WAKERU_FAULTS", "crash_label=💥")  # without WAKERU_ALLOW_FAULTS=1: ignored
     monkeypatch.delenv("WAKERU_ALLOW_FAULTS", raising=False)
@@ -64,7 +81,7 @@ async def test_worker_process_classifies_and_survives_bad_input(trained_model, m
 
 
 async def test_a_model_that_cannot_load_is_reported_and_answered_unavailable(tmp_path):
-    transport = LocalWorkerTransport(make_config(tmp_path / "no-such-model"))
+    transport = _stub(make_config(tmp_path / "no-such-model"))
     await transport.start()
     try:
         await asyncio.wait_for(transport.ready.wait(), 120)
@@ -76,6 +93,15 @@ async def test_a_model_that_cannot_load_is_reported_and_answered_unavailable(tmp
         assert "no-such-model" not in result.message and "/" not in result.message
     finally:
         await transport.close()
+
+
+def _shorter_hang_margin(monkeypatch) -> None:
+    """The watchdog's margin over worker.request_timeout_s is 5 s (bot.transport.local._HUNG_MARGIN_S);
+    2 s here (a worker is hung after 1 s + 2 s of silence) makes the hang tests quicker, while a 1 s
+    batch still fits well within it."""
+    from bot.transport import local
+
+    monkeypatch.setattr(local, "_HUNG_MARGIN_S", 2.0)
 
 
 async def _ready(transport) -> None:
@@ -91,6 +117,7 @@ async def _until(predicate, timeout: float = 30, step: float = 0.02) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.slow
 async def test_a_killed_worker_is_restarted_and_every_request_still_answered(trained_model, monkeypatch):
     _arm_faults(monkeypatch, "batch_delay_ms=400")  # each batch is slow: the kill lands mid-batch
     config = make_config(trained_model, worker={"restart_backoff_s": 0.2, "max_batch": 4})
@@ -117,10 +144,10 @@ async def test_a_killed_worker_is_restarted_and_every_request_still_answered(tra
         await transport.close()
 
 
-async def test_an_image_that_kills_the_worker_twice_is_refused_not_looped(trained_model, monkeypatch):
+async def test_an_image_that_kills_the_worker_twice_is_refused_not_looped(stub_model, monkeypatch):
     _arm_faults(monkeypatch, "crash_label=💥")
-    config = make_config(trained_model, worker={"restart_backoff_s": 0.1})
-    transport = LocalWorkerTransport(config)
+    config = make_config(stub_model, worker={"restart_backoff_s": 0.1})
+    transport = _stub(config)
     await transport.start()
     try:
         await _ready(transport)
@@ -136,16 +163,16 @@ async def test_an_image_that_kills_the_worker_twice_is_refused_not_looped(traine
         await transport.close()
 
 
-async def test_a_worker_that_dies_while_loading_is_given_up_after_three_tries(tmp_path, monkeypatch, checkpoints):
+async def test_a_worker_that_dies_while_loading_is_given_up_after_three_tries(tmp_path, monkeypatch, stub_model):
     # a model directory whose weights file is a named pipe nobody writes: loading blocks until killed
     model = tmp_path / "model"
     import shutil
-    shutil.copytree(checkpoints["siglip"], model)
+    shutil.copytree(stub_model, model)
     weights = next(model.glob("*.safetensors"))
     weights.unlink()
     os.mkfifo(weights)
     config = make_config(model, worker={"restart_backoff_s": 0.05})
-    transport = LocalWorkerTransport(config)
+    transport = _stub(config)
     await transport.start()
     try:
         waiting = asyncio.ensure_future(transport.classify(_request(_shape("赤い丸"))))  # waits for the load
@@ -166,10 +193,10 @@ async def test_a_worker_that_dies_while_loading_is_given_up_after_three_tries(tm
         await transport.close()
 
 
-async def test_a_worker_whose_next_restart_is_past_the_deadline_is_unavailable_at_once(trained_model):
+async def test_a_worker_whose_next_restart_is_past_the_deadline_is_unavailable_at_once(stub_model):
     """Backoff past the deadline: waiting would only end in a timeout, so the answer is given now."""
-    config = make_config(trained_model, worker={"restart_backoff_s": 120, "request_timeout_s": 30})
-    transport = LocalWorkerTransport(config)
+    config = make_config(stub_model, worker={"restart_backoff_s": 120, "request_timeout_s": 30})
+    transport = _stub(config)
     await transport.start()
     try:
         await _ready(transport)
@@ -183,23 +210,25 @@ async def test_a_worker_whose_next_restart_is_past_the_deadline_is_unavailable_a
         await transport.close()
 
 
-async def test_a_worker_that_answers_one_request_then_hangs_on_another_is_caught(trained_model, monkeypatch):
+@pytest.mark.slow
+async def test_a_worker_that_answers_one_request_then_hangs_on_another_is_caught(stub_model, monkeypatch):
     """Silence is measured from the oldest request the worker has not answered, not from its last
     message: an answer to one request must not hide that another, sent before it, is stuck."""
-    _arm_faults(monkeypatch, "batch_delay_ms=1500")
-    config = make_config(trained_model, worker={"request_timeout_s": 1.0, "restart_backoff_s": 0.1, "max_batch": 1})
-    transport = LocalWorkerTransport(config)
+    _arm_faults(monkeypatch, "batch_delay_ms=1000")
+    _shorter_hang_margin(monkeypatch)
+    config = make_config(stub_model, worker={"request_timeout_s": 1.0, "restart_backoff_s": 0.1, "max_batch": 1})
+    transport = _stub(config)
     await transport.start()
     try:
         await _ready(transport)
         pid = transport.info.pid
         first = asyncio.ensure_future(transport.classify(_request(_shape("緑の丸", 2), deadline_s=30)))
-        await asyncio.sleep(0.3)  # the first is in the model (1.5 s); the second waits behind it
+        await asyncio.sleep(0.3)  # the first is in the model (1 s); the second waits behind it
         second = asyncio.ensure_future(transport.classify(_request(_shape("赤い丸", 3), deadline_s=30)))
         assert (await first).ok
         os.kill(pid, signal.SIGSTOP)  # answered one, now stuck with the other: nothing more is sent
         waited = await _until(lambda: transport.restarts == 1 and transport.state == "ready", timeout=60)
-        assert transport.info.pid != pid and waited < 20  # limit: 1 s + 5 s after the second was sent
+        assert transport.info.pid != pid and waited < 20  # limit: 1 s + 2 s after the second was sent
         again = await second  # sent again to the new worker
         assert again.ok and again.top[0].label == "赤い丸"
     finally:
@@ -210,16 +239,17 @@ async def test_a_worker_that_answers_one_request_then_hangs_on_another_is_caught
         await transport.close()
 
 
-async def test_a_worker_that_hangs_is_killed_and_restarted(trained_model):
-    transport = LocalWorkerTransport(make_config(trained_model, worker={"request_timeout_s": 1.0,
-                                                                        "restart_backoff_s": 0.1}))
+@pytest.mark.slow
+async def test_a_worker_that_hangs_is_killed_and_restarted(stub_model, monkeypatch):
+    _shorter_hang_margin(monkeypatch)  # hung: silent for 1 s + 2 s
+    transport = _stub(make_config(stub_model, worker={"request_timeout_s": 1.0, "restart_backoff_s": 0.1}))
     await transport.start()
     try:
         await _ready(transport)
         pid = transport.info.pid
         idle = await transport.classify(_request(_shape("緑の丸", 2)))
         assert idle.ok
-        await asyncio.sleep(7)  # an idle worker (a cancelled request included) is not "hung"
+        await asyncio.sleep(4)  # longer than the limit: an idle worker (a cancelled request included) is not "hung"
         assert transport.restarts == 0
         os.kill(pid, signal.SIGSTOP)  # alive but silent, like a stuck GPU call
         stuck = await transport.classify(_request(_shape("赤い丸"), deadline_s=1.0))
@@ -232,11 +262,13 @@ async def test_a_worker_that_hangs_is_killed_and_restarted(trained_model):
         await transport.close()
 
 
-async def test_close_while_the_model_loads_stops_the_worker_and_never_restarts_it(trained_model):
-    transport = LocalWorkerTransport(make_config(trained_model, worker={"restart_backoff_s": 0.0}))
+@pytest.mark.slow
+async def test_close_while_the_model_loads_stops_the_worker_and_never_restarts_it(stub_model, monkeypatch):
+    _arm_faults(monkeypatch, "load_delay_ms=2000")  # still loading when close() comes; "ready" comes after it
+    transport = _stub(make_config(stub_model, worker={"restart_backoff_s": 0.0}))
     await transport.start()
     process = transport._worker.process
-    await asyncio.sleep(0.5)  # importing torch in the child
+    await asyncio.sleep(0.5)  # starting or loading in the child
     started = time.monotonic()
     await transport.close()
     assert time.monotonic() - started < 30
@@ -245,6 +277,7 @@ async def test_close_while_the_model_loads_stops_the_worker_and_never_restarts_i
     assert transport.state == "stopped" and transport._worker.process is process and transport.restarts == 0
 
 
+@pytest.mark.slow
 def test_the_bot_process_never_imports_torch(trained_model):
     """Start the transport from a fresh interpreter and classify: torch must load only in the child."""
     script = f"""

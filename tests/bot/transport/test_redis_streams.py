@@ -1,6 +1,8 @@
-"""The Redis Streams transport against a real redis-server and real `python -m model_worker serve`
-processes (tiny trained model): answers, failover by XAUTOCLAIM, at-most-once delivery,
-heartbeats, limits and hostile stream entries."""
+"""The Redis Streams transport against a real redis-server and `python -m model_worker serve`
+processes: answers, failover by XAUTOCLAIM, at-most-once delivery, heartbeats, limits and hostile
+stream entries. The first test runs real workers with the tiny trained model (marked slow); the
+failover and hostile-entry tests run the same command line and Redis consumer around the
+torch-free stand-in engine (tests/support/stub_worker.py), which starts in a fraction of the time."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from tests.support.redis_server import (RedisServer, WorkerProcess, redis_server
                                         wait_for_workers)
 from wakeru.protocol import (REQUESTS_GROUP, ClassifyRequest, ClassifyResult, ErrorCode, heartbeat_key,
                              parse_result_fields, replies_key, request_fields, requests_key, result_fields, WorkerInfo)
+
+pytestmark = pytest.mark.slow  # a real redis-server and worker processes
 
 PREFIX = "wakeru"
 STREAM = requests_key(PREFIX)
@@ -130,19 +134,19 @@ async def test_two_workers_answer_everything_and_the_stream_is_left_empty(traine
     assert not client.exists(replies_key(PREFIX, transport.bot_id))  # closing removes the reply stream
 
 
-async def test_a_killed_workers_pending_requests_are_answered_by_another(trained_model, redis_url, tmp_path):
+async def test_a_killed_workers_pending_requests_are_answered_by_another(stub_model, redis_url, tmp_path):
     """Failover: worker A reads a batch and is SIGKILLed mid-batch; after claim_idle_s worker B
     takes A's pending entries over (XAUTOCLAIM) and answers all of them, once each."""
     client = redis.Redis.from_url(redis_url)
-    transport = RedisWorkerTransport(_config(trained_model, redis_url))
-    slow = WorkerProcess(trained_model, redis_url, tmp_path, name="slow",
+    transport = RedisWorkerTransport(_config(stub_model, redis_url))
+    slow = WorkerProcess(stub_model, redis_url, tmp_path, name="slow", worker="stub",
                          WAKERU_FAULTS="batch_delay_ms=120000").start()
     other = None
     await transport.start()
     try:
         labels = list(shapes.CLASSES) * 2
         tasks = await _held_by_one_worker(transport, client, slow, labels)
-        other = WorkerProcess(trained_model, redis_url, tmp_path, name="other").start()
+        other = WorkerProcess(stub_model, redis_url, tmp_path, name="other", worker="stub").start()
         wait_for_workers(client, PREFIX, 2, processes=(other,))
         killed_at = time.monotonic()
         slow.kill()
@@ -163,12 +167,12 @@ async def test_a_killed_workers_pending_requests_are_answered_by_another(trained
         await transport.close()
 
 
-async def test_a_hung_worker_that_wakes_up_is_not_answered_twice(trained_model, redis_url, tmp_path):
+async def test_a_hung_worker_that_wakes_up_is_not_answered_twice(stub_model, redis_url, tmp_path):
     """Worker A is frozen (SIGSTOP) holding requests: B takes them over and answers. When A
     wakes up it answers them too; the bot passes on only the first answer of each."""
     client = redis.Redis.from_url(redis_url)
-    transport = RedisWorkerTransport(_config(trained_model, redis_url))
-    frozen = WorkerProcess(trained_model, redis_url, tmp_path, name="frozen",
+    transport = RedisWorkerTransport(_config(stub_model, redis_url))
+    frozen = WorkerProcess(stub_model, redis_url, tmp_path, name="frozen", worker="stub",
                            WAKERU_FAULTS="batch_delay_ms=4000").start()
     other = None
     await transport.start()
@@ -176,7 +180,7 @@ async def test_a_hung_worker_that_wakes_up_is_not_answered_twice(trained_model, 
         labels = list(shapes.CLASSES)
         tasks = await _held_by_one_worker(transport, client, frozen, labels)
         os.kill(frozen.pid, signal.SIGSTOP)
-        other = WorkerProcess(trained_model, redis_url, tmp_path, name="other2").start()
+        other = WorkerProcess(stub_model, redis_url, tmp_path, name="other2", worker="stub").start()
         results = await asyncio.wait_for(asyncio.gather(*tasks), 90)
         assert [r.top[0].label for r in results] == labels
         os.kill(frozen.pid, signal.SIGCONT)  # finishes its slow batch and answers again
@@ -194,7 +198,7 @@ async def test_a_hung_worker_that_wakes_up_is_not_answered_twice(trained_model, 
 
 
 async def test_the_worker_answers_hostile_entries_and_refuses_a_poison_image_a_third_time(
-        trained_model, redis_url, tmp_path):
+        stub_model, redis_url, tmp_path):
     client = redis.Redis.from_url(redis_url)
     client.xgroup_create(STREAM, REQUESTS_GROUP, id="0", mkstream=True)
     reply = replies_key(PREFIX, "test")
@@ -209,7 +213,7 @@ async def test_the_worker_answers_hostile_entries_and_refuses_a_poison_image_a_t
     client.xadd(STREAM, {**request_fields(_request(_shape("青い丸")), reply), "v": "99", "id": "old-bot"})
     good = _request(_shape("緑の丸"))
     client.xadd(STREAM, request_fields(good, reply))
-    worker = WorkerProcess(trained_model, redis_url, tmp_path, WAKERU_WORKER__CLAIM_IDLE_S="0.5").start()
+    worker = WorkerProcess(stub_model, redis_url, tmp_path, worker="stub", WAKERU_WORKER__CLAIM_IDLE_S="0.5").start()
     try:
         deadline = time.monotonic() + 120
         answers: dict[str, ClassifyResult] = {}

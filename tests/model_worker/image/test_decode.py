@@ -181,6 +181,7 @@ def test_trns_transparency_of_grey_rgb_and_16bit_pngs_shows_white():
     assert _pixel(encoded(grey16, "PNG", transparency=0)) == (255, 255, 255)
 
 
+@pytest.mark.slow
 def test_allowed_extreme_strips_stay_within_bounded_memory(tmp_path):
     """The longest allowed side (50,000 px) through decoding and every preprocessing rule,
     measured in a fresh process: peak memory must not balloon."""

@@ -475,12 +475,14 @@ def test_refused_formats_are_refused_whatever_follows(prefix, tail, limits):
 
 @examples(5000)
 @given(data=patched, limits=limits_st, draft=drafts_st)
+@pytest.mark.slow
 def test_header_fields_patched(data, limits, draft):
     check(data, limits, draft)
 
 
 @examples(5000)
 @given(data=damaged, limits=limits_st, draft=drafts_st)
+@pytest.mark.slow
 def test_mutated_images(data, limits, draft):
     check(data, limits, draft)
 

@@ -211,7 +211,7 @@ def test_cancelled_requests_give_their_place_back(adapter, monkeypatch):
 
 
 def test_close_does_not_hang_on_a_stuck_decode(adapter, monkeypatch):
-    import model_worker.engine as engine_module
+    import model_worker.model.engine as engine_module
 
     release = threading.Event()
     real_decode = engine_module.decode_image
@@ -237,7 +237,7 @@ def test_close_does_not_hang_on_a_stuck_decode(adapter, monkeypatch):
 def test_a_lone_request_is_not_delayed_by_its_own_decode(adapter, monkeypatch):
     """The job is counted as decoded before the batcher can see it, so the batcher never
     waits max_wait_ms for a decode that is already done."""
-    import model_worker.engine as engine_module
+    import model_worker.model.engine as engine_module
 
     real_put = engine_module.queue.Queue.put
 

@@ -35,7 +35,7 @@ def test_load_errors_are_explained(exc, expected):
 
 
 def test_device_and_dtype_resolution(monkeypatch):
-    import model_worker.loading as loading
+    import model_worker.model.loading as loading
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(loading, "cpu_has_fast_bf16", lambda: False)
@@ -64,7 +64,7 @@ def test_unwrap_features_handles_both_transformers_generations():
 def test_cpu_bf16_detection_reads_the_flags(monkeypatch, tmp_path):
     import builtins
 
-    import model_worker.loading as loading
+    import model_worker.model.loading as loading
 
     real_open = builtins.open
     cpuinfo = tmp_path / "cpuinfo"

@@ -71,6 +71,7 @@ def test_a_preprocessing_mistake_would_be_caught(engine, monkeypatch):
     assert accuracy(engine, images) < good - 0.25
 
 
+@pytest.mark.slow
 def test_right_label_wins_through_the_cli(trained_model, tmp_path):
     paths, truth = [], []
     for i, (label, fmt, data) in enumerate(fresh_images(seed=7, count=12)):

@@ -1,6 +1,7 @@
 """The worker's end of the Redis transport under a Redis that misbehaves (a real redis-server and
-real `python -m model_worker serve` processes): paused past the socket timeout in the middle of
-a delivery, out of memory, and the worker's own signal handling."""
+`python -m model_worker serve` processes: the real command line and Redis consumer around the
+torch-free stand-in engine of tests/support/stub_worker.py): paused past the socket timeout in the
+middle of a delivery, out of memory, and the worker's own signal handling."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import redis
 
 from bot.transport.redis_streams import RedisWorkerTransport
@@ -18,6 +20,8 @@ from tests.bot.transport.test_redis_streams import PREFIX, STREAM, _config, _con
 from tests.conftest import REPO
 from tests.support.redis_server import WorkerProcess, redis_server, redis_url, wait_for_workers  # noqa: F401
 from wakeru.protocol import REQUESTS_GROUP, ErrorCode, heartbeat_key
+
+pytestmark = pytest.mark.slow  # a real redis-server and worker processes
 
 
 def _heartbeat(client, worker: WorkerProcess) -> dict:
@@ -35,12 +39,12 @@ async def _one_held(transport, client, worker: WorkerProcess, label: str, deadli
 
 
 async def test_a_redis_paused_past_the_socket_timeout_mid_delivery_does_not_wedge_the_worker(
-        trained_model, redis_url, tmp_path):
+        stub_model, redis_url, tmp_path):
     """The answer is ready while Redis is paused (CLIENT PAUSE) longer than worker.redis_timeout_s:
     the write times out, is retried, and arrives once Redis is back; the worker then serves on."""
     client = redis.Redis.from_url(redis_url)
-    transport = RedisWorkerTransport(_config(trained_model, redis_url, redis_timeout_s=2))
-    worker = WorkerProcess(trained_model, redis_url, tmp_path, WAKERU_FAULTS="batch_delay_ms=1500",
+    transport = RedisWorkerTransport(_config(stub_model, redis_url, redis_timeout_s=2))
+    worker = WorkerProcess(stub_model, redis_url, tmp_path, worker="stub", WAKERU_FAULTS="batch_delay_ms=1500",
                            WAKERU_WORKER__REDIS_TIMEOUT_S="2").start()
     await transport.start()
     try:
@@ -62,10 +66,10 @@ async def test_a_redis_paused_past_the_socket_timeout_mid_delivery_does_not_wedg
 
 
 async def test_a_redis_out_of_memory_is_busy_for_the_bot_and_the_worker_releases_what_it_cannot_deliver(
-        trained_model, redis_url, tmp_path):
+        stub_model, redis_url, tmp_path):
     client = redis.Redis.from_url(redis_url)
-    transport = RedisWorkerTransport(_config(trained_model, redis_url))
-    worker = WorkerProcess(trained_model, redis_url, tmp_path, WAKERU_FAULTS="batch_delay_ms=1500").start()
+    transport = RedisWorkerTransport(_config(stub_model, redis_url))
+    worker = WorkerProcess(stub_model, redis_url, tmp_path, worker="stub", WAKERU_FAULTS="batch_delay_ms=1500").start()
     await transport.start()
     try:
         task = await _one_held(transport, client, worker, "赤い四角", deadline_s=3)
@@ -117,10 +121,10 @@ print("hurried", worker._hurry.wait(5), flush=True)
     assert out.stdout.split("\n")[:3] == ["handler returned", "stopping True", "hurried True"], out
 
 
-async def test_a_second_sigterm_stops_a_draining_worker_at_once(trained_model, redis_url, tmp_path):
+async def test_a_second_sigterm_stops_a_draining_worker_at_once(stub_model, redis_url, tmp_path):
     client = redis.Redis.from_url(redis_url)
-    transport = RedisWorkerTransport(_config(trained_model, redis_url))
-    worker = WorkerProcess(trained_model, redis_url, tmp_path, WAKERU_FAULTS="batch_delay_ms=120000",
+    transport = RedisWorkerTransport(_config(stub_model, redis_url))
+    worker = WorkerProcess(stub_model, redis_url, tmp_path, worker="stub", WAKERU_FAULTS="batch_delay_ms=120000",
                            WAKERU_SERVICE__SHUTDOWN_GRACE_S="60").start()
     await transport.start()
     try:

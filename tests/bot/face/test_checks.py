@@ -1,0 +1,51 @@
+"""The /labels permission rule is declared as an app_commands check on every command that changes a
+set (and on history), so discord.py refuses before the command body runs; the tree's one error handler
+answers it. The flows against the fake Discord (test_discord_flows.py) prove the refusals end to end."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import discord
+import pytest
+from discord import app_commands
+
+from bot.face.checks import NotModerator, moderator_only, refusal_key, requested_scope
+from bot.face.client import WakeruClient
+
+
+async def test_every_changing_labels_command_carries_the_moderator_check():
+    client = WakeruClient(None)
+    await client.setup_hook()
+    group = client.tree.get_command("labels")
+    assert isinstance(group, app_commands.Group)
+    checked = {c.name for c in group.commands if c.checks}
+    assert checked == {"history", "set", "add", "remove", "preset", "reset", "undo", "auto"}
+    assert {c.name for c in group.commands} - checked == {"show"}  # anyone may look
+    assert not client.tree.get_command("classify").checks  # anyone may classify
+
+
+def _interaction(*, scope=None, perms: discord.Permissions, roles=()):
+    return SimpleNamespace(namespace=SimpleNamespace(scope=scope), permissions=perms,
+                           user=SimpleNamespace(_roles=list(roles), roles=[]))
+
+
+@pytest.mark.parametrize(("scope", "perms", "roles", "refused"), [
+    (None, discord.Permissions(manage_channels=True), (), None),
+    (None, discord.Permissions.none(), (), "denied.channel"),
+    ("server", discord.Permissions(manage_channels=True), (), "denied.server"),  # the server needs Manage Server
+    (app_commands.Choice(name="server", value="server"), discord.Permissions(manage_guild=True), (), None),
+    ("server", discord.Permissions.none(), (42,), None),  # a moderator role
+    ("server", discord.Permissions(administrator=True), (), None),
+])
+def test_the_rule_follows_the_scope_the_command_changes(scope, perms, roles, refused):
+    interaction = _interaction(scope=scope, perms=perms, roles=roles)
+    assert requested_scope(interaction) == ("server" if getattr(scope, "value", scope) == "server" else "channel")
+    assert refusal_key(interaction, requested_scope(interaction), (42,)) == refused
+    predicate = moderator_only(lambda _: (42,))(lambda: None).__discord_app_commands_checks__[0]
+    if refused is None:
+        assert predicate(interaction) is True
+    else:
+        with pytest.raises(NotModerator) as caught:
+            predicate(interaction)
+        assert caught.value.key == refused
