@@ -3,10 +3,10 @@ about a minute of training) and the tiny random-weight checkpoints of every fami
 (model_worker/devtools/checkpoints.py).
 
 Each entry is keyed by a hash of everything that decides its content: the source of the code that
-builds it (checkpoints.py; train_tiny.py and shapes.py for the trained model; this file), the
-versions of the libraries that run that code (torch, transformers, tokenizers, sentencepiece,
-safetensors, Pillow, numpy) and the Python version. Changing any of them builds a new entry; a fresh
-clone or CI machine builds each once.
+builds it (checkpoints.py; train_tiny.py and shapes.py for the trained model), the versions of the
+libraries that run that code (torch, transformers, tokenizers, sentencepiece, safetensors, Pillow,
+numpy), the Python version and LAYOUT (bump it when this file changes what an entry holds).
+Changing any of them builds a new entry; a fresh clone or CI machine builds each once.
 
 Where: $WAKERU_TEST_CACHE, else $XDG_CACHE_HOME/wakeru-tests, else ~/.cache/wakeru-tests (never in
 the repository). WAKERU_TEST_CACHE=off builds everything afresh and stores nothing.
@@ -33,7 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 _LIBRARIES = ("torch", "transformers", "tokenizers", "sentencepiece", "safetensors", "pillow", "numpy")
-_CHECKPOINT_SOURCES = ("model_worker/devtools/checkpoints.py", "tests/support/model_cache.py")
+LAYOUT = 1  # what an entry holds and how it is built here
+_CHECKPOINT_SOURCES = ("model_worker/devtools/checkpoints.py",)
 _TRAINED_SOURCES = (*_CHECKPOINT_SOURCES, "tests/support/train_tiny.py", "tests/support/shapes.py")
 
 
@@ -49,7 +50,7 @@ def cache_root() -> Path | None:
 
 
 def key(kind: str, sources: tuple[str, ...]) -> str:
-    h = hashlib.sha256(kind.encode())
+    h = hashlib.sha256(f"{kind}\0layout={LAYOUT}\0".encode())
     for name in sources:
         h.update(name.encode() + b"\0" + (REPO / name).read_bytes() + b"\0")
     for library in _LIBRARIES:
@@ -103,6 +104,7 @@ def _train(directory: Path) -> dict:
 
 def cached_trained_model(out: Path) -> Path:
     """The trained model (tests/support/train_tiny.py), copied to `out`."""
+
     def build(directory: Path) -> None:
         info = _train(directory / "model")
         (directory / "info.json").write_text(json.dumps(info))
@@ -116,7 +118,8 @@ def cached_trained_model(out: Path) -> Path:
 
 def cached_checkpoints(out: Path) -> dict[str, Path]:
     """family → a tiny random-weight checkpoint (model_worker.devtools.checkpoints), copied under `out`."""
-    from model_worker.devtools.checkpoints import FAMILIES, build as build_checkpoint
+    from model_worker.devtools.checkpoints import FAMILIES
+    from model_worker.devtools.checkpoints import build as build_checkpoint
 
     def build(directory: Path) -> None:
         for family in FAMILIES:

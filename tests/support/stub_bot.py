@@ -12,7 +12,6 @@ import sys
 
 def use_stub_worker() -> None:
     from bot.transport import local
-
     from tests.support.stub_worker import run_stub_worker
 
     real_init = local.LocalWorkerTransport.__init__

@@ -46,8 +46,8 @@ import math
 import os
 import queue
 import signal
-import threading
 import sys
+import threading
 import time
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
@@ -62,17 +62,26 @@ from model_worker.image.decode import DecodeLimits, ImageError, decode_image
 from model_worker.serving import pipe
 from wakeru.config import Config
 from wakeru.labels import LabelError, normalise_labels
-from wakeru.protocol import (PROTOCOL_VERSION, ClassifyRequest, ClassifyResult, ErrorCode, Failed, LabelScore, Ready,
-                             Timings, WorkerInfo)
+from wakeru.protocol import (
+    PROTOCOL_VERSION,
+    ClassifyRequest,
+    ClassifyResult,
+    ErrorCode,
+    Failed,
+    LabelScore,
+    Ready,
+    Timings,
+    WorkerInfo,
+)
 
 log = logging.getLogger("wakeru.worker")
 
 COLOURS = {0: "赤い", 1: "緑の", 2: "青い"}  # strongest channel (R, G, B) → the colour word of shapes.py
 SQUARE, CIRCLE = "四角", "丸"
-_SATURATED = 80      # max − min channel above this: the shape's colour, not the grey background or clutter
+_SATURATED = 80  # max − min channel above this: the shape's colour, not the grey background or clutter
 _SQUARE_FILL = 0.88  # share of its bounding box a shape fills: square ≈ 1.0, circle ≈ π/4
-_MIN_SHAPE = 0.005   # share of the picture the coloured pixels must cover to count as a shape
-_WORK_SIDE = 128     # pictures are box-downscaled to at most this side first (fast; averages out noise)
+_MIN_SHAPE = 0.005  # share of the picture the coloured pixels must cover to count as a shape
+_WORK_SIDE = 128  # pictures are box-downscaled to at most this side first (fast; averages out noise)
 _SIGMOID_THRESHOLD, _REFERENCE_THRESHOLD = 0.01, 0.5  # the real adapters' default match thresholds
 
 
@@ -100,7 +109,7 @@ def score(predicted: str | None, label: str) -> int:
     if label == predicted:
         return 6
     shape = SQUARE if predicted.endswith(SQUARE) else CIRCLE
-    colour = predicted[:-len(shape)]
+    colour = predicted[: -len(shape)]
     return 2 * (colour in label) + (shape in label)
 
 
@@ -109,7 +118,7 @@ def rank(predicted: str | None, labels: tuple[str, ...], top_k: int, threshold: 
     top = max(scores)
     weights = [math.exp(s - top) for s in scores]
     total = sum(weights)
-    order = sorted(range(len(labels)), key=lambda i: (-scores[i], i))[:max(1, min(top_k, len(labels)))]
+    order = sorted(range(len(labels)), key=lambda i: (-scores[i], i))[: max(1, min(top_k, len(labels)))]
     out = []
     for i in order:
         match = 0.9 if scores[i] == 6 else 0.001 * (1 + scores[i])
@@ -124,8 +133,11 @@ class ShapeModel:
         config = _read_json(model_dir / "config.json")
         processor = _read_json(model_dir / "preprocessor_config.json")
         kind = str(config.get("model_type", "siglip"))
-        self.family = ("japanese-stable-clip" if "auto_map" in config
-                       else {"siglip2": "siglip2", "clip": "clip"}.get(kind, "siglip"))
+        self.family = (
+            "japanese-stable-clip"
+            if "auto_map" in config
+            else {"siglip2": "siglip2", "clip": "clip"}.get(kind, "siglip")
+        )
         self.device, self.dtype = "cpu", "float32"
         size = processor.get("size") or {}
         side = size.get("shortest_edge") or max(size.get("height", 0), size.get("width", 0)) or 224
@@ -191,13 +203,18 @@ class StubEngine:
             return future
         with self._lock:
             if self._closed:
-                future.set_result(ClassifyResult.failure(request.id, ErrorCode.UNAVAILABLE,
-                                                         "the model worker is shutting down"))
+                future.set_result(
+                    ClassifyResult.failure(request.id, ErrorCode.UNAVAILABLE, "the model worker is shutting down")
+                )
                 return future
             if self._in_flight >= self._capacity:
-                future.set_result(ClassifyResult.failure(
-                    request.id, ErrorCode.QUEUE_FULL,
-                    f"the model is busy ({self._in_flight} images waiting); try again in a moment"))
+                future.set_result(
+                    ClassifyResult.failure(
+                        request.id,
+                        ErrorCode.QUEUE_FULL,
+                        f"the model is busy ({self._in_flight} images waiting); try again in a moment",
+                    )
+                )
                 return future
             self._in_flight += 1
             job = _Job(request, labels, future, time.perf_counter())
@@ -222,9 +239,11 @@ class StubEngine:
     def _validate(self, request: ClassifyRequest) -> ClassifyResult | tuple[str, ...]:
         rid = request.id
         if request.version != PROTOCOL_VERSION:
-            return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST,
-                                          f"protocol version {request.version!r} is not {PROTOCOL_VERSION}; "
-                                          "update the bot and worker together")
+            return ClassifyResult.failure(
+                rid,
+                ErrorCode.BAD_REQUEST,
+                f"protocol version {request.version!r} is not {PROTOCOL_VERSION}; update the bot and worker together",
+            )
         if not isinstance(request.top_k, int) or request.top_k < 1:
             return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST, f"top_k must be ≥ 1, not {request.top_k!r}")
         cfg = self.config.labels
@@ -283,16 +302,24 @@ class StubEngine:
         model_ms = (time.perf_counter() - model_started) * 1000
         for job, predicted in zip(live, predictions):
             top = rank(predicted, job.labels, job.request.top_k, self.match_threshold)
-            self._finish(job, ClassifyResult(id=job.request.id, top=top,
-                                             timings=self._timings(job, started, model_ms, len(live))))
+            self._finish(
+                job,
+                ClassifyResult(id=job.request.id, top=top, timings=self._timings(job, started, model_ms, len(live))),
+            )
 
     def _timings(self, job: _Job, started: float, model_ms: float = 0.0, batch_size: int = 0) -> Timings:
-        return Timings(queue_ms=(started - job.submitted) * 1000, decode_ms=job.decode_ms, model_ms=model_ms,
-                       total_ms=(time.perf_counter() - job.submitted) * 1000, batch_size=batch_size)
+        return Timings(
+            queue_ms=(started - job.submitted) * 1000,
+            decode_ms=job.decode_ms,
+            model_ms=model_ms,
+            total_ms=(time.perf_counter() - job.submitted) * 1000,
+            batch_size=batch_size,
+        )
 
     def _fail(self, job: _Job, code: ErrorCode, message: str) -> None:
-        self._finish(job, ClassifyResult.failure(job.request.id, code, message,
-                                                 self._timings(job, time.perf_counter())))
+        self._finish(
+            job, ClassifyResult.failure(job.request.id, code, message, self._timings(job, time.perf_counter()))
+        )
 
     def _finish(self, job: _Job, result: ClassifyResult | None) -> None:
         """Answer a job once (None: it was cancelled) and give its place back."""
@@ -326,8 +353,9 @@ class _LoadError(Exception):
     pass
 
 
-def run_stub_worker(config_data: dict, requests, results_conn, log_format: str = "text",
-                    log_level: int = logging.INFO) -> None:
+def run_stub_worker(
+    config_data: dict, requests, results_conn, log_format: str = "text", log_level: int = logging.INFO
+) -> None:
     """Child-process entry, called as run_local_worker is: load, report Ready/Failed, then serve."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the bot decides when its worker stops
     signal.signal(signal.SIGTERM, pipe._exit_later)
@@ -355,9 +383,19 @@ def _load_and_serve(config_data: dict, requests, results, log_format: str, log_l
         return
     adapter = engine.adapter
     log.info("stub worker (tests only: colour and shape rules, no model) ready for %s", config.model.id)
-    results.send(Ready(WorkerInfo(model=config.model.id, family=adapter.family, device=adapter.device,
-                                  dtype=adapter.dtype, input_size=adapter.input_size,
-                                  embedding_size=adapter.embedding_size, pid=os.getpid())))
+    results.send(
+        Ready(
+            WorkerInfo(
+                model=config.model.id,
+                family=adapter.family,
+                device=adapter.device,
+                dtype=adapter.dtype,
+                input_size=adapter.input_size,
+                embedding_size=adapter.embedding_size,
+                pid=os.getpid(),
+            )
+        )
+    )
     if faults is not None:
         faults.install(engine)
     try:
@@ -381,8 +419,7 @@ def make_model_dir(path: Path, *, family: str = "siglip", input_size: int = 32) 
     small weights file (no real weights: the stub has no model)."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps({"model_type": family, "projection_dim": 32}))
-    (path / "preprocessor_config.json").write_text(json.dumps({"size": {"height": input_size,
-                                                                        "width": input_size}}))
+    (path / "preprocessor_config.json").write_text(json.dumps({"size": {"height": input_size, "width": input_size}}))
     (path / "model.safetensors").write_bytes(b"\0" * 1024)
     return path
 
