@@ -24,24 +24,26 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.support.redis_server import (RedisServer, WorkerProcess, redis_server, redis_url,  # noqa: F401
-                                        wait_for_workers)
+from tests.support.redis_server import RedisServer, WorkerProcess, redis_server, redis_url, wait_for_workers  # noqa: F401
 from wakeru.config import Config, load_config
 
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 ENV_EXAMPLE = REPO / ".env.example"
-IMAGE_SERVICES = ("bot", "worker")   # built from this repository's Dockerfile
+IMAGE_SERVICES = ("bot", "worker")  # built from this repository's Dockerfile
 
 
 # ---- Compose interpolation ------------------------------------------------------------------
 
-_VARIABLE = re.compile(r"""\$(?:
+_VARIABLE = re.compile(
+    r"""\$(?:
       (?P<escaped>\$)
     | \{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}
     | (?P<named>[A-Za-z_][A-Za-z0-9_]*)
     | (?P<invalid>)
-)""", re.VERBOSE)
+)""",
+    re.VERBOSE,
+)
 
 
 def dummy_value(name: str) -> str:
@@ -69,7 +71,7 @@ def interpolate(text: str, variables: Mapping[str, str], required: set[str] | No
         if op in (":-", "-"):
             return value if (is_full if op == ":-" else is_set) else arg
         if op in (":?", "?"):
-            if (is_full if op == ":?" else is_set):
+            if is_full if op == ":?" else is_set:
                 return value
             assert arg.strip(), f"${{{name}{op}}} in {text!r} should say what to set"
             if required is not None:
@@ -109,6 +111,7 @@ def test_interpolation_resolver():
 
 # ---- The files ------------------------------------------------------------------------------
 
+
 def _load(text: str, variables: Mapping[str, str] | None = None, required: set[str] | None = None) -> dict:
     raw = yaml.safe_load(text)
     return interpolate_tree(raw, variables or {}, required)
@@ -134,6 +137,7 @@ def compose(compose_text) -> dict:
 @dataclass(frozen=True)
 class Stage:
     """One FROM … [AS name] of the Dockerfile and its instructions, (KEYWORD, arguments) each."""
+
     name: str | None
     base: str
     instructions: tuple[tuple[str, str], ...]
@@ -218,7 +222,7 @@ def dockerfile_env(target: str | None = None) -> dict[str, str]:
     env: dict[str, str] = {}
     for args in stage_instructions(target, "ENV"):
         words = shlex.split(args, comments=False)
-        if "=" not in words[0]:        # legacy form: ENV NAME value
+        if "=" not in words[0]:  # legacy form: ENV NAME value
             env[words[0]] = " ".join(words[1:])
             continue
         for word in words:
@@ -241,9 +245,10 @@ def service_env(service: Mapping[str, Any]) -> dict[str, str]:
         environment = {name: (value if sep else None) for name, sep, value in pairs}
     env = {}
     for name, value in environment.items():
-        assert value is None or isinstance(value, str), \
+        assert value is None or isinstance(value, str), (
             f"{name}: write environment values as strings (YAML would turn {value!r} into {str(value)!r})"
-        if value is not None:       # a bare name would be taken from the host's environment
+        )
+        if value is not None:  # a bare name would be taken from the host's environment
             env[name] = value
     return env
 
@@ -289,6 +294,7 @@ def mounts(service: Mapping[str, Any]) -> list[str]:
 
 # ---- Structure ------------------------------------------------------------------------------
 
+
 def test_services_and_compose_v2_layout(raw):
     assert "version" not in raw, "Compose v2 ignores (and warns about) a top-level version:"
     assert {"redis", "postgres", "bot", "worker"} <= set(raw["services"])
@@ -328,7 +334,7 @@ def test_worker_command_is_model_worker_serve(compose):
     command = compose["services"]["worker"]["command"]
     assert isinstance(command, list), "exec form, so SIGTERM reaches Python rather than a shell"
     assert command[:3] == ["python", "-m", "model_worker"] and command[3] == "serve", command
-    args = build_parser().parse_args(command[3:])       # the real CLI accepts it
+    args = build_parser().parse_args(command[3:])  # the real CLI accepts it
     assert args.command == "serve"
     assert "command" not in compose["services"]["bot"], "the bot runs the image's CMD (python -m bot)"
     assert stage_exec_form("bot", "CMD") == ["python", "-m", "bot"]
@@ -352,12 +358,13 @@ def test_redis_memory_is_bounded_and_a_full_redis_refuses_rather_than_evicts(com
     command = command if isinstance(command, list) else shlex.split(command)
     flags = {command[i]: command[i + 1] for i in range(1, len(command) - 1, 2)}
     assert flags["--maxmemory-policy"] == "noeviction"
-    server = RedisServer(tmp_path / "redis", "--maxmemory", flags["--maxmemory"],
-                         "--maxmemory-policy", flags["--maxmemory-policy"]).start()
+    server = RedisServer(
+        tmp_path / "redis", "--maxmemory", flags["--maxmemory"], "--maxmemory-policy", flags["--maxmemory-policy"]
+    ).start()
     try:
         client = server.client()
         maxmemory = int(client.config_get("maxmemory")["maxmemory"])
-        assert 256 * 1024 ** 2 <= maxmemory <= 64 * 1024 ** 3, maxmemory  # set, and of a sensible size
+        assert 256 * 1024**2 <= maxmemory <= 64 * 1024**3, maxmemory  # set, and of a sensible size
         assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
     finally:
         server.stop()
@@ -434,16 +441,17 @@ def test_stop_grace_covers_the_shutdown_grace(compose):
 
 # ---- Configuration through the environment -------------------------------------------------
 
+
 @pytest.mark.parametrize("name", IMAGE_SERVICES)
 def test_every_wakeru_variable_is_a_valid_config_key(compose, name):
     env = service_env(compose["services"][name])
     assert any(key.startswith("WAKERU_") for key in env)
     for key in env:
         if key.startswith("WAKERU_"):
-            section, sep, field = key[len("WAKERU_"):].lower().partition("__")
+            section, sep, field = key[len("WAKERU_") :].lower().partition("__")
             assert sep and section in Config.model_fields, key
             assert field in Config.model_fields[section].annotation.model_fields, key
-    container_config(compose["services"][name])   # raises ConfigError on any bad value
+    container_config(compose["services"][name])  # raises ConfigError on any bad value
 
 
 def test_bot_uses_redis_and_postgres(compose):
@@ -478,8 +486,11 @@ def test_secrets_go_only_where_they_are_needed(raw):
 def test_env_example_lists_every_variable(compose_text):
     required: set[str] = set()
     _load(compose_text, {}, required)
-    referenced = {m.group("braced") or m.group("named") for m in _VARIABLE.finditer(compose_text)
-                  if m.group("braced") or m.group("named")}
+    referenced = {
+        m.group("braced") or m.group("named")
+        for m in _VARIABLE.finditer(compose_text)
+        if m.group("braced") or m.group("named")
+    }
     example = {}
     for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
@@ -496,6 +507,7 @@ def test_env_example_lists_every_variable(compose_text):
 
 
 # ---- The sharding example ------------------------------------------------------------------
+
 
 def uncomment_shard_example(text: str) -> str:
     """docker-compose.yml with the commented sharding example switched on, as its comments say:
@@ -540,6 +552,7 @@ def test_sharding_example_is_valid_when_uncommented(compose_text, compose):
 
 
 # ---- The Dockerfile ------------------------------------------------------------------------
+
 
 def test_dockerfile_copies_every_package_and_the_config():
     text = DOCKERFILE.read_text(encoding="utf-8")
@@ -586,7 +599,7 @@ def installed_extras(target: str | None) -> set[str]:
 def pyproject() -> dict:
     try:
         import tomllib
-    except ModuleNotFoundError:                # Python 3.10
+    except ModuleNotFoundError:  # Python 3.10
         tomllib = pytest.importorskip("tomli")
     with open(REPO / "pyproject.toml", "rb") as f:
         return tomllib.load(f)
@@ -613,8 +626,9 @@ def test_bot_stage_installs_the_bot_extra_and_never_torch():
     assert {"wakeru", "bot", "pyproject.toml", "config.yaml", "samples"} <= copied
     assert "model_worker" not in copied, "the bot image runs no model"
     env = dockerfile_env("bot")
-    assert load_config(path=REPO / "config.yaml", env=env).worker.transport == "redis", \
+    assert load_config(path=REPO / "config.yaml", env=env).worker.transport == "redis", (
         "without a model the bot image can only send its images to workers over Redis"
+    )
     assert "HF_HOME" not in env
 
 
@@ -669,11 +683,12 @@ def test_every_stage_runs_as_a_user_and_stops_on_sigterm(target):
     assert stage_instructions(target, "STOPSIGNAL")[-1:] == ["SIGTERM"], target
     assert stage_instructions(target, "WORKDIR")[-1:] == ["/app"], "load_config() reads ./config.yaml"
     env = dockerfile_env(target)
-    assert str(Path(load_config(path=REPO / "config.yaml", env=env).storage.health_file).parent) \
-        in stage_volumes(target), target
+    assert str(Path(load_config(path=REPO / "config.yaml", env=env).storage.health_file).parent) in stage_volumes(
+        target
+    ), target
     for key in env:
         if key.startswith("WAKERU_"):
-            section, sep, field = key[len("WAKERU_"):].lower().partition("__")
+            section, sep, field = key[len("WAKERU_") :].lower().partition("__")
             assert sep and section in Config.model_fields, key
             assert field in Config.model_fields[section].annotation.model_fields, key
 
@@ -702,6 +717,7 @@ def test_worker_stage_health_check_is_the_compose_one(compose):
 
 # ---- The worker's healthcheck, run for real ------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     from model_worker.devtools.checkpoints import build
@@ -720,8 +736,14 @@ def _healthcheck(compose: dict) -> tuple[list[str], float]:
 
 def _run_check(argv: list[str], env: Mapping[str, str], timeout: float) -> subprocess.CompletedProcess:
     started = time.monotonic()
-    done = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **env},
-                          capture_output=True, text=True, timeout=timeout + 30)
+    done = subprocess.run(
+        argv,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+    )
     assert time.monotonic() - started < timeout, f"the check took longer than its own timeout {timeout} s"
     return done
 

@@ -46,8 +46,12 @@ def make_bot() -> commands.Bot:
     intents.guilds = True
     intents.guild_messages = True
     intents.message_content = True
-    bot = commands.Bot(command_prefix="!", intents=intents, allowed_mentions=discord.AllowedMentions.none(),
-                       chunk_guilds_at_startup=False)
+    bot = commands.Bot(
+        command_prefix="!",
+        intents=intents,
+        allowed_mentions=discord.AllowedMentions.none(),
+        chunk_guilds_at_startup=False,
+    )
     bot.seen_interactions = []  # type: ignore[attr-defined]
 
     @bot.listen("on_interaction")
@@ -103,7 +107,8 @@ def make_bot() -> commands.Bot:
         data = await image.read()
         perms = interaction.permissions.manage_guild
         await interaction.response.send_message(
-            f"{labels}|{image.filename}|{len(data)}|{perms}|{interaction.channel_id}|{image.url}", ephemeral=True)
+            f"{labels}|{image.filename}|{len(data)}|{perms}|{interaction.channel_id}|{image.url}", ephemeral=True
+        )
 
     bot.tree.add_command(labels)
 
@@ -285,25 +290,44 @@ def test_without_the_message_content_intent_only_mentions_carry_content_and_atta
 def test_subcommand_with_attachment(fake, bot):
     png = _png((20, 10))
     rec = fake.interact(
-        "labels", user="moderator", channel_id=fake.thread_id,
+        "labels",
+        user="moderator",
+        channel_id=fake.thread_id,
         options=[{"type": 1, "name": "set", "options": [{"type": 3, "name": "labels", "value": "赤い丸,青い四角"}]}],
-        attachments={"image": ("shape.png", png, "image/png")})
+        attachments={"image": ("shape.png", png, "image/png")},
+    )
     final = rec.wait_final(timeout=10)
     labels, filename, size, manage_guild, channel, url = final["content"].split("|")
     assert (labels, filename, int(size), manage_guild, int(channel)) == (
-        "赤い丸,青い四角", "shape.png", len(png), "True", fake.thread_id)
+        "赤い丸,青い四角",
+        "shape.png",
+        len(png),
+        "True",
+        fake.thread_id,
+    )
     assert final["ephemeral"] and not rec.deferred
     assert _get(url) == png
     # A plain member lacks Manage Server in the computed permissions.
-    rec = fake.interact("labels", options=[{"type": 1, "name": "set", "options": [
-        {"type": 3, "name": "labels", "value": "a"},
-        fake.attachment_option("image", "x.png", png, "image/png")]}])
+    rec = fake.interact(
+        "labels",
+        options=[
+            {
+                "type": 1,
+                "name": "set",
+                "options": [
+                    {"type": 3, "name": "labels", "value": "a"},
+                    fake.attachment_option("image", "x.png", png, "image/png"),
+                ],
+            }
+        ],
+    )
     assert rec.wait_final(timeout=10)["content"].split("|")[3] == "False"
 
 
 def test_message_context_menu(fake, bot):
-    target = fake.post_message(author="member", bot=True, attachments=[
-        ("a.png", _png(), "image/png"), ("b.jpg", _jpeg(), None)])
+    target = fake.post_message(
+        author="member", bot=True, attachments=[("a.png", _png(), "image/png"), ("b.jpg", _jpeg(), None)]
+    )
     assert "content_type" not in target["attachments"][1]
     rec = fake.interact("分類する", target_message=target)
     final = rec.wait_final(timeout=10)
@@ -360,8 +384,10 @@ def test_sync_is_recorded(fake, bot):
 
 def test_media_proxy_resizes(fake, bot):
     png, jpeg = _png((64, 32)), _jpeg((40, 80))
-    posted = fake.post_message(bot=True, attachments=[("w.png", png, "image/png"), ("t.jpg", jpeg, "image/jpeg"),
-                                                      ("n.bin", b"not an image", None)])
+    posted = fake.post_message(
+        bot=True,
+        attachments=[("w.png", png, "image/png"), ("t.jpg", jpeg, "image/jpeg"), ("n.bin", b"not an image", None)],
+    )
     p, j, n = posted["attachments"]
     assert (p["width"], p["height"]) == (64, 32) and "width" not in n
     assert _get(p["url"]) == png
@@ -378,6 +404,7 @@ def test_media_proxy_resizes(fake, bot):
 @pytest.fixture
 def fast_reidentify(bot):
     """discord.py sleeps 5 s (``before_identify_hook``) before every IDENTIFY but the first."""
+
     async def quick(shard_id, *, initial=False):
         await asyncio.sleep(0.05)
 
@@ -436,8 +463,13 @@ def test_forgotten_session_resume_is_refused(fake, bot, fast_reidentify):
     fake.wait_reconnected(t0, timeout=15)
     assert (fake.identify_count(), fake.resume_count()) == (identifies + 1, resumes + 1)
     kinds = [(k, sid == old) for k, t, sid in fake.gateway_events if t >= t0]
-    assert kinds == [("disconnect", True), ("resume", True), ("invalidated", True), ("identify", False),
-                     ("ready", False)]
+    assert kinds == [
+        ("disconnect", True),
+        ("resume", True),
+        ("invalidated", True),
+        ("identify", False),
+        ("ready", False),
+    ]
     _reply_still_works(fake, "fresh.png")
 
 
@@ -504,8 +536,14 @@ def test_rate_limit_is_waited_out(fake, bot):
     fake.post_message(attachments=[("limited.png", _png(), "image/png")])
     assert fake.wait_for_message(since=mark, timeout=10)["embeds"][0]["title"] == "分類"
     assert len(fake.sent_messages[mark:]) == 1
-    posts = sorted((r for r in fake.requests if r["time"] >= t0 and r["method"] == "POST"
-                    and re.fullmatch("/" + messages, r["path"])), key=lambda r: r["time"])
+    posts = sorted(
+        (
+            r
+            for r in fake.requests
+            if r["time"] >= t0 and r["method"] == "POST" and re.fullmatch("/" + messages, r["path"])
+        ),
+        key=lambda r: r["time"],
+    )
     assert [(r["status"], bool(r.get("injected"))) for r in posts] == [(429, True), (200, False)]
     assert 0.29 <= posts[1]["time"] - posts[0]["time"] < 1.5  # waited retry_after, then retried
     assert fake.injected_faults[-1]["status"] == 429 and not fake.injected_faults[-1]["processed"]
@@ -529,9 +567,11 @@ def test_processed_502_duplicates_only_without_nonce(fake, bot):
         with handle_message_parameters(content=content) as params:
             return await bot.bot.http.send_message(fake.channel_id, params=params)
 
-    for content, send, copies in [("explicit nonce", lambda: channel.send("explicit nonce", nonce="n-502"), 1),
-                                  ("auto nonce", lambda: channel.send("auto nonce"), 1),
-                                  ("no nonce", lambda: raw_send("no nonce"), 2)]:
+    for content, send, copies in [
+        ("explicit nonce", lambda: channel.send("explicit nonce", nonce="n-502"), 1),
+        ("auto nonce", lambda: channel.send("auto nonce"), 1),
+        ("no nonce", lambda: raw_send("no nonce"), 2),
+    ]:
         fake.inject_rest_faults("POST", messages, [502], processed=True)
         mark = fake.mark()
         returned = bot.call(send())
@@ -590,8 +630,12 @@ def test_expired_interaction_token(fake, bot):
     fake.wait_for(lambda: slow.failed, 10, "the expired callback")
     assert slow.failed[0]["status"] == 404 and slow.responses == []
     # Tokens issued afterwards work.
-    assert fake.interact("pick", options=[{"type": 3, "name": "fruit", "value": "みかん"}]).wait_final(
-        timeout=10)["content"] == "みかん"
+    assert (
+        fake.interact("pick", options=[{"type": 3, "name": "fruit", "value": "みかん"}]).wait_final(timeout=10)[
+            "content"
+        ]
+        == "みかん"
+    )
 
 
 def test_raw_resume_replays_only_missed_dispatches():
@@ -612,8 +656,7 @@ def test_raw_resume_replays_only_missed_dispatches():
                 await ws.receive_json()
                 await ws.send_json({"op": 6, "d": {"token": other.token, "session_id": session_id, "seq": 2}})
                 replayed, resumed = await ws.receive_json(), await ws.receive_json()
-                assert (replayed["t"], replayed["s"], resumed["t"], resumed["s"]) == (
-                    "TYPING_START", 3, "RESUMED", 4)
+                assert (replayed["t"], replayed["s"], resumed["t"], resumed["s"]) == ("TYPING_START", 3, "RESUMED", 4)
             async with http.ws_connect(url) as ws:  # up to date: nothing replayed
                 await ws.receive_json()
                 await ws.send_json({"op": 6, "d": {"token": other.token, "session_id": session_id, "seq": 4}})
@@ -628,7 +671,15 @@ def test_raw_resume_replays_only_missed_dispatches():
         asyncio.run(main(other))
         assert (other.identify_count(), other.resume_count()) == (1, 3)
         assert [e[0] for e in other.gateway_events] == [
-            "identify", "ready", "resume", "ready", "resume", "ready", "resume", "invalidated"]
+            "identify",
+            "ready",
+            "resume",
+            "ready",
+            "resume",
+            "ready",
+            "resume",
+            "invalidated",
+        ]
 
 
 def test_no_unknown_or_invalid_requests(fake, bot):
@@ -637,10 +688,18 @@ def test_no_unknown_or_invalid_requests(fake, bot):
     # Only the deliberate failures: the wrong token, the over-long reply, the late callback, the
     # expired interaction tokens, the followup to a deleted deferral, the nonce of a deleted message, the
     # over-long nonce; injected faults aside.
-    failures = sorted((r["path"].split("/")[1], r["status"]) for r in fake.requests
-                      if r["status"] >= 400 and not r.get("injected"))
-    assert set(failures) <= {("interactions", 400), ("interactions", 404), ("users", 401), ("webhooks", 401),
-                             ("webhooks", 404), ("channels", 404), ("channels", 400)}, fake.describe()
+    failures = sorted(
+        (r["path"].split("/")[1], r["status"]) for r in fake.requests if r["status"] >= 400 and not r.get("injected")
+    )
+    assert set(failures) <= {
+        ("interactions", 400),
+        ("interactions", 404),
+        ("users", 401),
+        ("webhooks", 401),
+        ("webhooks", 404),
+        ("channels", 404),
+        ("channels", 400),
+    }, fake.describe()
 
 
 # ---------------------------------------------------------------- sharding
@@ -723,14 +782,21 @@ def test_raw_sharded_identify_routes_guilds_and_refuses_bad_shards():
             for guild, mine, others in ((g0, ws0, ws1), (g1, ws1, ws0)):
                 posted = await asyncio.to_thread(other.post_message, guild.channel_id, content="hi")
                 got = await mine.receive_json()
-                assert (got["t"], got["d"]["id"], got["d"]["guild_id"]) == ("MESSAGE_CREATE", posted["id"],
-                                                                             str(guild.id))
+                assert (got["t"], got["d"]["id"], got["d"]["guild_id"]) == (
+                    "MESSAGE_CREATE",
+                    posted["id"],
+                    str(guild.id),
+                )
                 rec = await asyncio.to_thread(other.interact, "ping", channel_id=guild.thread_id)
                 got = await mine.receive_json()
-                assert (got["t"], got["d"]["id"], got["d"]["guild_id"]) == ("INTERACTION_CREATE", str(rec.id),
-                                                                             str(guild.id))
+                assert (got["t"], got["d"]["id"], got["d"]["guild_id"]) == (
+                    "INTERACTION_CREATE",
+                    str(rec.id),
+                    str(guild.id),
+                )
                 assert [(d["shard"], d["event"]) for d in other.delivered(rec.id)] == [
-                    ((guild.shard(2), 2), "INTERACTION_CREATE")]
+                    ((guild.shard(2), 2), "INTERACTION_CREATE")
+                ]
                 with pytest.raises(asyncio.TimeoutError):
                     await asyncio.wait_for(others.receive_json(), 0.2)
             await asyncio.to_thread(other.dispatch, "TYPING_START", {"channel_id": "1", "user_id": "2"})
@@ -744,7 +810,7 @@ def test_raw_sharded_identify_routes_guilds_and_refuses_bad_shards():
             assert (got["t"], got["d"]["id"]) == ("GUILD_CREATE", str(late.id))
 
             # A RESUME keeps the session's shard.
-            session_id, seq = d1["session_id"], got["s"]
+            session_id = d1["session_id"]
             await ws1.close()
             ws1 = await http.ws_connect(other.gateway_url + "?v=10&encoding=json")
             await ws1.receive_json()
@@ -754,8 +820,9 @@ def test_raw_sharded_identify_routes_guilds_and_refuses_bad_shards():
             await ws1.close()
             ws1 = await http.ws_connect(other.gateway_url + "?v=10&encoding=json")
             await ws1.receive_json()
-            await ws1.send_json({"op": 6, "d": {"token": other.token, "session_id": session_id,
-                                                "seq": len(guilds1) + 1 + 2}})  # READY, GUILD_CREATEs, 2 events
+            await ws1.send_json(
+                {"op": 6, "d": {"token": other.token, "session_id": session_id, "seq": len(guilds1) + 1 + 2}}
+            )  # READY, GUILD_CREATEs, 2 events
             assert (await ws1.receive_json())["t"] == "RESUMED"
             expected = {(d0["session_id"], (0, 2)), (session_id, (1, 2))}
             for _ in range(100):  # the fake marks the session ready just after sending RESUMED

@@ -22,8 +22,9 @@ def _bot(*args, env=None, cwd=None, module="bot"):
     """`python -m bot …`; module="tests.support.stub_bot": the same with the stand-in model worker."""
     full = {k: v for k, v in os.environ.items() if k != "DISCORD_TOKEN"}
     full.update(env or {})
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_without_a_token_it_exits_at_once_and_says_where_to_get_one():
@@ -37,7 +38,9 @@ def test_without_a_token_it_exits_at_once_and_says_where_to_get_one():
 
 def test_an_invalid_config_names_the_key():
     out = _bot(env={"DISCORD_TOKEN": "x", "WAKERU_DISCORD__AUTO_CLASSIFY": "sometimes"})
-    assert out.returncode == 2 and "discord.auto_classify" in out.stderr and "WAKERU_DISCORD__AUTO_CLASSIFY" in out.stderr
+    assert (
+        out.returncode == 2 and "discord.auto_classify" in out.stderr and "WAKERU_DISCORD__AUTO_CLASSIFY" in out.stderr
+    )
 
 
 def test_an_invalid_token_exits_with_guidance_before_loading_a_model(tmp_path):
@@ -63,8 +66,17 @@ def test_sync_registers_localised_commands_in_one_guild_or_globally(tmp_path):
         labels = commands["labels"]
         assert int(labels["default_member_permissions"]) == 1 << 4  # Manage Channels, as a hint
         assert labels.get("contexts") in (None, [0]) or labels.get("dm_permission") is False
-        assert {o["name"] for o in labels["options"]} == {"show", "set", "add", "remove", "reset", "preset",
-                                                          "history", "undo", "auto"}
+        assert {o["name"] for o in labels["options"]} == {
+            "show",
+            "set",
+            "add",
+            "remove",
+            "reset",
+            "preset",
+            "history",
+            "undo",
+            "auto",
+        }
         assert None not in fake.synced_commands
         out = bot.run("sync")
         assert out.returncode == 0 and len(fake.synced_commands[None]) == 3
@@ -88,8 +100,17 @@ def test_health_reads_the_heartbeat(tmp_path):
 
 def test_bench_queue_reports_the_transport_overhead(stub_model):
     # the transport's own cost is measured around any worker: the stand-in (tests/support/stub_worker.py) starts at once
-    out = _bot("bench-queue", "--model", str(stub_model), "--requests", "6", "--concurrency", "3", "--json",
-               module="tests.support.stub_bot")
+    out = _bot(
+        "bench-queue",
+        "--model",
+        str(stub_model),
+        "--requests",
+        "6",
+        "--concurrency",
+        "3",
+        "--json",
+        module="tests.support.stub_bot",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     figures = __import__("json").loads(out.stdout.strip().splitlines()[-1])
     assert figures["failed"] == 0 and figures["requests"] == 6

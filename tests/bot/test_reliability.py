@@ -56,8 +56,9 @@ def _free_port() -> int:
 
 
 def _post(fake, channel_id, label: str, seed: int, author="member") -> dict:
-    return fake.post_message(channel_id, attachments=[(f"{label}-{seed}.png", flows.png(label, seed), "image/png")],
-                             author=author)
+    return fake.post_message(
+        channel_id, attachments=[(f"{label}-{seed}.png", flows.png(label, seed), "image/png")], author=author
+    )
 
 
 def _wait_replies(fake, posts: list[dict], since: int, timeout: float = 120) -> dict[str, dict]:
@@ -105,12 +106,19 @@ def faulty(stub_model, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("faulty")
     port = _free_port()
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, stub_model, workdir, worker="stub",
-                         WAKERU_FAULTS="batch_delay_ms=500,crash_label=💥",
-                         WAKERU_WORKER__MAX_BATCH="4", WAKERU_WORKER__RESTART_BACKOFF_S="0.2",
-                         # crashes in a row add up over the tests of this module: the doubling stops at 1 s
-                         WAKERU_WORKER__RESTART_BACKOFF_MAX_S="1.0",
-                         WAKERU_SERVICE__LOG_FORMAT="json", WAKERU_SERVICE__METRICS_PORT=str(port))
+        bot = BotProcess(
+            fake,
+            stub_model,
+            workdir,
+            worker="stub",
+            WAKERU_FAULTS="batch_delay_ms=500,crash_label=💥",
+            WAKERU_WORKER__MAX_BATCH="4",
+            WAKERU_WORKER__RESTART_BACKOFF_S="0.2",
+            # crashes in a row add up over the tests of this module: the doubling stops at 1 s
+            WAKERU_WORKER__RESTART_BACKOFF_MAX_S="1.0",
+            WAKERU_SERVICE__LOG_FORMAT="json",
+            WAKERU_SERVICE__METRICS_PORT=str(port),
+        )
         bot.port = port
         bot.start()
         flows.set_labels(fake, flows.LABELS)
@@ -144,8 +152,11 @@ def test_sigkill_mid_batch_restarts_the_worker_and_every_post_is_answered(faulty
         return sum(1 for m in fake.sent_messages[mark:] if m["message_reference"])
 
     # every post is either answered already or sent to the worker, and a batch is in the model
-    bot.wait_state(lambda s: s.get("in_flight", 0) >= 4 and s["in_flight"] + replied() == len(posts),
-                   timeout=30, what="every image in the worker or answered")
+    bot.wait_state(
+        lambda s: s.get("in_flight", 0) >= 4 and s["in_flight"] + replied() == len(posts),
+        timeout=30,
+        what="every image in the worker or answered",
+    )
     killed_at = time.monotonic()
     os.kill(first_pid, signal.SIGKILL)
     down = bot.wait_state(lambda s: s["worker"] != "ready", timeout=5, what="the crash noticed")
@@ -164,9 +175,15 @@ def test_sigkill_mid_batch_restarts_the_worker_and_every_post_is_answered(faulty
     assert _metric(text, "wakeru_worker_restarts_total") == before + 1
     assert _metric(text, "wakeru_requests_total", source="post", outcome="ok") >= len(posts)
     assert 'wakeru_worker_state{wakeru_worker_state="ready"} 1.0' in text
-    FIGURES["worker_kill"] = {"posts": len(posts), "answered": len(replies), "right_label": len(outcomes),
-                              "lost": len(posts) - len(replies), "noticed_s": round(noticed_s, 2),
-                              "ready_again_s": round(back_s, 2), "posted_during_restart": _outcome(during_reply)}
+    FIGURES["worker_kill"] = {
+        "posts": len(posts),
+        "answered": len(replies),
+        "right_label": len(outcomes),
+        "lost": len(posts) - len(replies),
+        "noticed_s": round(noticed_s, 2),
+        "ready_again_s": round(back_s, 2),
+        "posted_during_restart": _outcome(during_reply),
+    }
 
 
 def test_repeated_kills_lose_nothing(faulty):
@@ -201,25 +218,33 @@ def test_repeated_kills_lose_nothing(faulty):
     thread.join()
     replies = _wait_replies(fake, posts, mark, timeout=180)
     outcomes = [_outcome(replies[p["id"]]) for p in posts]
-    wrong = [(o, shapes.CLASSES[i % 6]) for i, o in enumerate(outcomes)
-             if o not in (shapes.CLASSES[i % 6], "worker_crashed")]
+    wrong = [
+        (o, shapes.CLASSES[i % 6]) for i, o in enumerate(outcomes) if o not in (shapes.CLASSES[i % 6], "worker_crashed")
+    ]
     assert kills == 3 and not wrong, wrong  # nothing "unavailable": posts made during restarts waited
     # images held at a kill are sent again, and posts made while a worker restarted wait for it, so
     # every post gets its label; only a resent image caught in the next kill as well may be refused
     right = sum(o == shapes.CLASSES[i % 6] for i, o in enumerate(outcomes))
     assert outcomes.count("worker_crashed") <= kills - 1 and right >= len(posts) - (kills - 1), outcomes
-    FIGURES["repeated_kills"] = {"kills": kills, "posts": len(posts), "answered": len(replies),
-                                 "lost": len(posts) - len(replies),
-                                 "right_label": sum(o == shapes.CLASSES[i % 6] for i, o in enumerate(outcomes)),
-                                 "unavailable": outcomes.count("unavailable"),
-                                 "crashed": outcomes.count("worker_crashed")}
+    FIGURES["repeated_kills"] = {
+        "kills": kills,
+        "posts": len(posts),
+        "answered": len(replies),
+        "lost": len(posts) - len(replies),
+        "right_label": sum(o == shapes.CLASSES[i % 6] for i, o in enumerate(outcomes)),
+        "unavailable": outcomes.count("unavailable"),
+        "crashed": outcomes.count("worker_crashed"),
+    }
 
 
 def test_an_image_that_crashes_the_worker_twice_gets_an_error_not_a_loop(faulty):
     fake, bot = faulty
     restarts = bot.state()["restarts"]
-    rec = fake.interact("classify", options=[{"type": 3, "name": "labels", "value": "赤い丸、青い丸、💥"}],
-                        attachments={"image": ("poison.png", flows.png("赤い丸", 5), "image/png")})
+    rec = fake.interact(
+        "classify",
+        options=[{"type": 3, "name": "labels", "value": "赤い丸、青い丸、💥"}],
+        attachments={"image": ("poison.png", flows.png("赤い丸", 5), "image/png")},
+    )
     final = rec.wait_final(timeout=90)
     assert flows.error_code(final["embeds"][0]) == "worker_crashed"
     assert "2回停止" in final["embeds"][0]["description"]  # the user's (ja) locale
@@ -251,9 +276,15 @@ def test_healthz_reports_the_worker_and_the_health_command_uses_it(faulty):
     out = bot.run("health")
     assert out.returncode == 0 and "worker ready" in out.stdout, out
     text = _metrics(bot)
-    for name in ("wakeru_queue_depth", "wakeru_batch_size_bucket", "wakeru_latency_seconds_bucket",
-                 "wakeru_requests_total", "wakeru_worker_restarts_total", "wakeru_label_set_changes_total",
-                 "wakeru_gateway_sessions_total"):
+    for name in (
+        "wakeru_queue_depth",
+        "wakeru_batch_size_bucket",
+        "wakeru_latency_seconds_bucket",
+        "wakeru_requests_total",
+        "wakeru_worker_restarts_total",
+        "wakeru_label_set_changes_total",
+        "wakeru_gateway_sessions_total",
+    ):
         assert name in text, name
     assert _metric(text, "wakeru_label_set_changes_total", action="set") >= 1
     assert 'stage="model"' in text and 'stage="decode"' in text and 'stage="queue"' in text
@@ -290,12 +321,21 @@ def test_rest_5xx_and_429_are_retried_without_duplicate_replies(faulty):
         reply = fake.wait_for_message(flows.replies_to(fake, posted, mark), since=mark, timeout=60)
         assert _outcome(reply) == "青い丸"
         # the sentinel: the bot logs the reply once its send (retries included) has returned
-        fake.wait_for(lambda: f"replied to message {posted['id']}" in bot.full_log(), timeout=30,
-                      what="the reply's send to finish")
-        to_post = [m for m in fake.sent_messages[mark:] if m["message_reference"]
-                   and str(m["message_reference"]["message_id"]) == posted["id"]]
-        stored = [m for m in list(fake.channel_messages.values())
-                  if str((m.get("message_reference") or {}).get("message_id")) == posted["id"]]
+        fake.wait_for(
+            lambda: f"replied to message {posted['id']}" in bot.full_log(),
+            timeout=30,
+            what="the reply's send to finish",
+        )
+        to_post = [
+            m
+            for m in fake.sent_messages[mark:]
+            if m["message_reference"] and str(m["message_reference"]["message_id"]) == posted["id"]
+        ]
+        stored = [
+            m
+            for m in list(fake.channel_messages.values())
+            if str((m.get("message_reference") or {}).get("message_id")) == posted["id"]
+        ]
         assert len(to_post) == 1 and len(stored) == 1, (statuses, processed, len(to_post), len(stored))
     assert len(fake.injected_faults) >= 4
 
@@ -318,8 +358,14 @@ def test_a_post_and_a_command_made_while_the_model_loads_are_classified_with_typ
     """The bot is connected before its model is loaded (every start, every restart): images that
     arrive meanwhile wait for it, with the typing indicator running, instead of "unavailable"."""
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, stub_model, tmp_path, worker="stub", WAKERU_FAULTS="load_delay_ms=7000",
-                         WAKERU_SERVICE__METRICS_PORT=str(_free_port()))
+        bot = BotProcess(
+            fake,
+            stub_model,
+            tmp_path,
+            worker="stub",
+            WAKERU_FAULTS="load_delay_ms=7000",
+            WAKERU_SERVICE__METRICS_PORT=str(_free_port()),
+        )
         bot.start(wait=False)
         try:
             fake.wait_ready(timeout=60)
@@ -327,9 +373,12 @@ def test_a_post_and_a_command_made_while_the_model_loads_are_classified_with_typ
             assert bot.state()["worker"] == "starting"
             mark, posted_at = fake.mark(), time.monotonic()
             post = _post(fake, fake.channel_id, "青い四角", 1)
-            command = fake.interact("classify", channel_id=fake.other_channel_id,
-                                    options=[{"type": 3, "name": "labels", "value": flows.LABELS}],
-                                    attachments={"image": ("c.png", flows.png("緑の丸", 2), "image/png")})
+            command = fake.interact(
+                "classify",
+                channel_id=fake.other_channel_id,
+                options=[{"type": 3, "name": "labels", "value": flows.LABELS}],
+                attachments={"image": ("c.png", flows.png("緑の丸", 2), "image/png")},
+            )
             assert command.wait_response()["type"] == 5  # deferred at once, as always
             reply = _wait_replies(fake, [post], mark, timeout=90)[post["id"]]
             waited_s = time.monotonic() - posted_at
@@ -338,8 +387,11 @@ def test_a_post_and_a_command_made_while_the_model_loads_are_classified_with_typ
             assert bot.state()["worker"] == "ready"
             # typing while it waited: discord.py re-sends it every 5 s, the wait was longer than that
             assert waited_s > 5 and fake.typing.count(fake.channel_id) >= 2, (waited_s, fake.typing)
-            FIGURES["posted_while_loading"] = {"post": _outcome(reply), "answered_after_s": round(waited_s, 1),
-                                               "typing_requests": fake.typing.count(fake.channel_id)}
+            FIGURES["posted_while_loading"] = {
+                "post": _outcome(reply),
+                "answered_after_s": round(waited_s, 1),
+                "typing_requests": fake.typing.count(fake.channel_id),
+            }
         finally:
             assert bot.stop() == 0
 
@@ -349,8 +401,14 @@ def test_a_post_and_a_command_made_while_the_model_loads_are_classified_with_typ
 
 def test_a_deadline_answers_in_time_and_stops_typing(stub_model, tmp_path):
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, stub_model, tmp_path, worker="stub", WAKERU_FAULTS="batch_delay_ms=4000",
-                         WAKERU_WORKER__REQUEST_TIMEOUT_S="1.0")
+        bot = BotProcess(
+            fake,
+            stub_model,
+            tmp_path,
+            worker="stub",
+            WAKERU_FAULTS="batch_delay_ms=4000",
+            WAKERU_WORKER__REQUEST_TIMEOUT_S="1.0",
+        )
         bot.start()
         try:
             flows.set_labels(fake, flows.LABELS)
@@ -362,8 +420,11 @@ def test_a_deadline_answers_in_time_and_stops_typing(stub_model, tmp_path):
             # A leaked typing context would type here again 5 s after it started (when the post came in).
             # The sentinels: a /classify and a post in the other channel, each answered at its deadline,
             # so more than one typing period has passed since the post by the time both are answered.
-            rec = fake.interact("classify", channel_id=fake.other_channel_id,
-                                attachments={"image": ("slow.png", flows.png("赤い丸"), "image/png")})
+            rec = fake.interact(
+                "classify",
+                channel_id=fake.other_channel_id,
+                attachments={"image": ("slow.png", flows.png("赤い丸"), "image/png")},
+            )
             final = rec.wait_final(timeout=30)
             assert flows.error_code(final["embeds"][0]) == "deadline_exceeded"
             flows.set_labels(fake, flows.LABELS, channel_id=fake.other_channel_id)
@@ -377,8 +438,9 @@ def test_a_deadline_answers_in_time_and_stops_typing(stub_model, tmp_path):
 
 def test_a_model_that_cannot_load_leaves_the_bot_up_answering_unavailable(tmp_path):
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, tmp_path / "no-such-model", tmp_path,
-                         WAKERU_SERVICE__METRICS_PORT="0")  # `health` reads the heartbeat file here
+        bot = BotProcess(
+            fake, tmp_path / "no-such-model", tmp_path, WAKERU_SERVICE__METRICS_PORT="0"
+        )  # `health` reads the heartbeat file here
         bot.start(wait=False)
         try:
             bot.wait_state(lambda s: s.get("worker") == "failed", timeout=120, what="the load failure")
@@ -420,11 +482,18 @@ def test_a_burst_of_ten_times_capacity_is_answered_busy_fast_and_memory_stays_bo
     binds before the count (18 × 0.9 MB fit in 16 MiB); memory of both processes stays bounded
     (200 × 0.9 MB would be 180 MB held); the backlog drains."""
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, stub_model, tmp_path, worker="stub", WAKERU_FAULTS="batch_delay_ms=300",
-                         WAKERU_WORKER__QUEUE_SIZE="32", WAKERU_WORKER__MAX_BATCH="4",
-                         WAKERU_ATTACHMENTS__RESIZE_ABOVE_BYTES="100000000",
-                         WAKERU_IMAGES__MAX_BYTES=str(8 * 1024 * 1024),
-                         WAKERU_WORKER__QUEUE_MAX_BYTES=str(16 * 1024 * 1024))
+        bot = BotProcess(
+            fake,
+            stub_model,
+            tmp_path,
+            worker="stub",
+            WAKERU_FAULTS="batch_delay_ms=300",
+            WAKERU_WORKER__QUEUE_SIZE="32",
+            WAKERU_WORKER__MAX_BATCH="4",
+            WAKERU_ATTACHMENTS__RESIZE_ABOVE_BYTES="100000000",
+            WAKERU_IMAGES__MAX_BYTES=str(8 * 1024 * 1024),
+            WAKERU_WORKER__QUEUE_MAX_BYTES=str(16 * 1024 * 1024),
+        )
         bot.start()
         try:
             flows.set_labels(fake, flows.LABELS)
@@ -436,8 +505,9 @@ def test_a_burst_of_ten_times_capacity_is_answered_busy_fast_and_memory_stays_bo
             mark, posts, started = fake.mark(), [], time.monotonic()
             for i in range(200):
                 user = make_user(5_000_000 + i, f"user{i}")
-                posts.append(fake.post_message(fake.channel_id, author=user,
-                                               attachments=[(f"{i}.jpg", image, "image/jpeg")]))
+                posts.append(
+                    fake.post_message(fake.channel_id, author=user, attachments=[(f"{i}.jpg", image, "image/jpeg")])
+                )
             burst_s = time.monotonic() - started
             replies = _wait_replies(fake, posts, mark, timeout=180)
             drained_s = time.monotonic() - started
@@ -445,8 +515,11 @@ def test_a_burst_of_ten_times_capacity_is_answered_busy_fast_and_memory_stays_bo
             peak = {"bot": memory_kib(bot.process.pid)["VmHWM"], "worker": memory_kib(worker)["VmHWM"]}
             assert set(outcomes) <= {"青い丸", "queue_full"}, set(outcomes)
             # the first 18 fill the byte budget (16 MiB / 0.9 MB): the rest of the burst is "busy" at once
-            busy_messages = [replies[p["id"]]["embeds"][0]["description"] for p in posts
-                             if _outcome(replies[p["id"]]) == "queue_full"]
+            busy_messages = [
+                replies[p["id"]]["embeds"][0]["description"]
+                for p in posts
+                if _outcome(replies[p["id"]]) == "queue_full"
+            ]
             assert outcomes.count("queue_full") >= 140 and 18 <= outcomes.count("青い丸") <= 60, outcomes
             assert any("MiB" in m for m in busy_messages)
             growth = {k: (peak[k] - before[k]) // 1024 for k in peak}
@@ -455,40 +528,60 @@ def test_a_burst_of_ten_times_capacity_is_answered_busy_fast_and_memory_stays_bo
             assert state["worker"] == "ready"
             after = flows.post_and_wait(fake, fake.channel_id, [("after.png", flows.png("赤い四角", 2), "image/png")])
             assert _outcome(after) == "赤い四角"
-            FIGURES["flood"] = {"posts": len(posts), "sent_in_s": round(burst_s, 2), "answered": len(replies),
-                                "lost": len(posts) - len(replies), "classified": outcomes.count("青い丸"),
-                                "busy": outcomes.count("queue_full"), "all_answered_after_s": round(drained_s, 1),
-                                "rss_before_mib": {k: v // 1024 for k, v in before.items()},
-                                "peak_rss_mib": {k: v // 1024 for k, v in peak.items()}}
+            FIGURES["flood"] = {
+                "posts": len(posts),
+                "sent_in_s": round(burst_s, 2),
+                "answered": len(replies),
+                "lost": len(posts) - len(replies),
+                "classified": outcomes.count("青い丸"),
+                "busy": outcomes.count("queue_full"),
+                "all_answered_after_s": round(drained_s, 1),
+                "rss_before_mib": {k: v // 1024 for k, v in before.items()},
+                "peak_rss_mib": {k: v // 1024 for k, v in peak.items()},
+            }
         finally:
             assert bot.stop() == 0
 
 
 def test_rate_limits_per_member_and_per_channel(stub_model, tmp_path):
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, stub_model, tmp_path, worker="stub",
-                         WAKERU_LIMITS__USER_PER_MINUTE="6", WAKERU_LIMITS__USER_BURST="3",
-                         WAKERU_LIMITS__CHANNEL_PER_MINUTE="1", WAKERU_LIMITS__CHANNEL_BURST="5")
+        bot = BotProcess(
+            fake,
+            stub_model,
+            tmp_path,
+            worker="stub",
+            WAKERU_LIMITS__USER_PER_MINUTE="6",
+            WAKERU_LIMITS__USER_BURST="3",
+            WAKERU_LIMITS__CHANNEL_PER_MINUTE="1",
+            WAKERU_LIMITS__CHANNEL_BURST="5",
+        )
         bot.start()
         try:
             flows.set_labels(fake, flows.LABELS)
             flows.set_labels(fake, flows.LABELS, channel_id=fake.other_channel_id)
             mark = fake.mark()
             posts = [_post(fake, fake.channel_id, "赤い丸", i) for i in range(5)]
-            fake.wait_for(lambda: len([m for m in fake.sent_messages[mark:] if m["kind"] == "channel"]) >= 4,
-                          timeout=60, what="3 answers and one slow-down note")
+            fake.wait_for(
+                lambda: len([m for m in fake.sent_messages[mark:] if m["kind"] == "channel"]) >= 4,
+                timeout=60,
+                what="3 answers and one slow-down note",
+            )
             # the sentinel: another member's post elsewhere, answered after the five were handled
-            other = flows.post_and_wait(fake, fake.other_channel_id, [("o.png", flows.png("緑の丸"), "image/png")],
-                                        author="owner")
+            other = flows.post_and_wait(
+                fake, fake.other_channel_id, [("o.png", flows.png("緑の丸"), "image/png")], author="owner"
+            )
             assert _outcome(other) == "緑の丸"  # another channel is not affected
-            sent = [m for m in fake.sent_messages[mark:] if m["kind"] == "channel" and m["channel_id"] == fake.channel_id]
+            sent = [
+                m for m in fake.sent_messages[mark:] if m["kind"] == "channel" and m["channel_id"] == fake.channel_id
+            ]
             answers = [m for m in sent if m["embeds"]]
             notes = [m for m in sent if not m["embeds"]]
             assert len(answers) == 3 and len(notes) == 1, sent  # told once, then quiet
             assert "1分あたり6枚まで" in notes[0]["content"]
             assert str(notes[0]["message_reference"]["message_id"]) in {p["id"] for p in posts}
-            rec = fake.interact("classify", attachments={"image": ("x.png", flows.png("赤い丸"), "image/png")},
-                                locale="en-US")
+            rec = fake.interact(
+                "classify", attachments={"image": ("x.png", flows.png("赤い丸"), "image/png")}, locale="en-US"
+            )
             response = rec.wait_response()
             assert response["type"] == 4 and response["ephemeral"]  # private, at once
             assert "faster than 6 a minute" in response["content"]
@@ -496,8 +589,11 @@ def test_rate_limits_per_member_and_per_channel(stub_model, tmp_path):
             mark = fake.mark()
             for i, who in enumerate(("moderator", "owner", "moderator")):
                 _post(fake, fake.channel_id, "青い丸", 50 + i, author=who)
-            fake.wait_for(lambda: len([m for m in fake.sent_messages[mark:] if m["kind"] == "channel"]) >= 3,
-                          timeout=60, what="two answers and a channel note")
+            fake.wait_for(
+                lambda: len([m for m in fake.sent_messages[mark:] if m["kind"] == "channel"]) >= 3,
+                timeout=60,
+                what="two answers and a channel note",
+            )
             sent = [m for m in fake.sent_messages[mark:] if m["kind"] == "channel"]
             assert sum(bool(m["embeds"]) for m in sent) == 2
             assert any("このチャンネルの画像が多すぎます" in (m["content"] or "") for m in sent)
@@ -511,17 +607,27 @@ def test_rate_limits_per_member_and_per_channel(stub_model, tmp_path):
 @pytest.mark.parametrize("grace", [30.0, 0.5])
 def test_sigterm_finishes_or_answers_in_flight_work_then_exits_zero(stub_model, tmp_path, grace):
     with FakeDiscord() as fake:
-        bot = BotProcess(fake, stub_model, tmp_path, worker="stub", WAKERU_FAULTS="batch_delay_ms=1500",
-                         WAKERU_WORKER__MAX_BATCH="2", WAKERU_SERVICE__SHUTDOWN_GRACE_S=str(grace),
-                         WAKERU_SERVICE__METRICS_PORT=str(_free_port()))  # live state from /healthz
+        bot = BotProcess(
+            fake,
+            stub_model,
+            tmp_path,
+            worker="stub",
+            WAKERU_FAULTS="batch_delay_ms=1500",
+            WAKERU_WORKER__MAX_BATCH="2",
+            WAKERU_SERVICE__SHUTDOWN_GRACE_S=str(grace),
+            WAKERU_SERVICE__METRICS_PORT=str(_free_port()),
+        )  # live state from /healthz
         bot.start()
         flows.set_labels(fake, flows.LABELS)
         worker = bot.worker_pid()
         mark = fake.mark()
         posts = [_post(fake, fake.channel_id, label, i) for i, label in enumerate(shapes.CLASSES[:4])]
         replied = lambda: sum(1 for m in fake.sent_messages[mark:] if m["message_reference"])  # noqa: E731
-        bot.wait_state(lambda s: s.get("in_flight", 0) >= 2 and s["in_flight"] + replied() == len(posts),
-                       timeout=30, what="every image in flight or answered")
+        bot.wait_state(
+            lambda s: s.get("in_flight", 0) >= 2 and s["in_flight"] + replied() == len(posts),
+            timeout=30,
+            what="every image in flight or answered",
+        )
         started = time.monotonic()
         bot.process.send_signal(signal.SIGTERM)
         refused = None
@@ -543,9 +649,13 @@ def test_sigterm_finishes_or_answers_in_flight_work_then_exits_zero(stub_model, 
         with pytest.raises(ProcessLookupError):
             os.kill(worker, 0)  # the worker is gone too
         assert sqlite3.connect(tmp_path / "wakeru.db").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        FIGURES[f"sigterm_grace_{grace:g}s"] = {"in_flight": len(posts), "answered": len(replies),
-                                                "classified": sum(o in shapes.CLASSES for o in outcomes),
-                                                "exit_code": code, "exit_after_s": round(took, 2)}
+        FIGURES[f"sigterm_grace_{grace:g}s"] = {
+            "in_flight": len(posts),
+            "answered": len(replies),
+            "classified": sum(o in shapes.CLASSES for o in outcomes),
+            "exit_code": code,
+            "exit_after_s": round(took, 2),
+        }
 
 
 # ---------------------------------------------------------------- storage
@@ -579,10 +689,14 @@ def test_bot_killed_during_label_writes_keeps_an_intact_database(stub_model, tmp
                 while not stop.is_set():
                     n += 1
                     try:
-                        rec = fake.interact("labels", user="moderator", timeout=3,
-                                            options=flows.labels_cmd("set", labels=f"ラベル{round_}-{n}、固定"))
+                        rec = fake.interact(
+                            "labels",
+                            user="moderator",
+                            timeout=3,
+                            options=flows.labels_cmd("set", labels=f"ラベル{round_}-{n}、固定"),
+                        )
                         final = final_answer(rec)
-                    except Exception:  # noqa: BLE001 - the bot was killed under us
+                    except Exception:
                         return
                     if "にしました" in (final.get("content") or ""):  # 「… のラベルセットを v12 にしました（2件）。」
                         confirmed = max(confirmed, int(re.search(r"v(\d+)", final["content"]).group(1)))
@@ -605,8 +719,12 @@ def test_bot_killed_during_label_writes_keeps_an_intact_database(stub_model, tmp
         shown = fake.interact("labels", options=flows.labels_cmd("show"), user="moderator").wait_final()
         assert f"v{version}" in shown["embeds"][0]["description"]
         assert bot.stop() == 0
-    FIGURES["bot_killed_mid_write"] = {"kills": 5, "integrity_ok": results.count("ok"), "last_version": version,
-                                       "last_confirmed_version": confirmed}
+    FIGURES["bot_killed_mid_write"] = {
+        "kills": 5,
+        "integrity_ok": results.count("ok"),
+        "last_version": version,
+        "last_confirmed_version": confirmed,
+    }
 
 
 def test_two_moderators_at_once_never_lose_an_update(stub_model, tmp_path):
@@ -616,9 +734,13 @@ def test_two_moderators_at_once_never_lose_an_update(stub_model, tmp_path):
         try:
             flows.set_labels(fake, flows.LABELS)
             second = make_user(7_000_001, "jiro_mod")  # another member with the moderator role
-            recs = [fake.interact("labels", user=who, roles=roles, options=flows.labels_cmd("add", labels=label))
-                    for who, roles, label in (("moderator", None, "黄色い星"),
-                                              (second, [fake.moderator_role_id], "紫の三角"))]
+            recs = [
+                fake.interact("labels", user=who, roles=roles, options=flows.labels_cmd("add", labels=label))
+                for who, roles, label in (
+                    ("moderator", None, "黄色い星"),
+                    (second, [fake.moderator_role_id], "紫の三角"),
+                )
+            ]
             finals = [r.wait_final() for r in recs]
             saved = [label for label, f in zip(("黄色い星", "紫の三角"), finals) if "追加しました" in f["content"]]
             conflicts = [f for f in finals if "同時に別の人" in f["content"]]
@@ -640,8 +762,12 @@ def test_two_moderators_at_once_never_lose_an_update(stub_model, tmp_path):
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
@@ -651,8 +777,9 @@ def test_a_full_or_read_only_disk_gives_the_moderator_a_clear_error_and_changes_
         pytest.skip("this machine does not allow mounting a tmpfs")
     try:
         with FakeDiscord() as fake:
-            bot = BotProcess(fake, stub_model, tmp_path, worker="stub",
-                             WAKERU_STORAGE__URL=f"sqlite:///{data}/wakeru.db")
+            bot = BotProcess(
+                fake, stub_model, tmp_path, worker="stub", WAKERU_STORAGE__URL=f"sqlite:///{data}/wakeru.db"
+            )
             bot.start()
             try:
                 flows.set_labels(fake, "赤い丸、青い丸")
@@ -664,19 +791,26 @@ def test_a_full_or_read_only_disk_gives_the_moderator_a_clear_error_and_changes_
                                 pass
                         except OSError:
                             pass
-                full = fake.interact("labels", user="moderator",
-                                     options=flows.labels_cmd("set", labels="x" * 40 + "、" + "y" * 40)).wait_final()
-                assert "データベースを使えませんでした" in full["content"] and "何も変更されていません" in full["content"]
+                full = fake.interact(
+                    "labels", user="moderator", options=flows.labels_cmd("set", labels="x" * 40 + "、" + "y" * 40)
+                ).wait_final()
+                assert (
+                    "データベースを使えませんでした" in full["content"] and "何も変更されていません" in full["content"]
+                )
                 assert "容量" in full["content"] and full["ephemeral"], full  # said privately
                 assert str(data) not in full["content"] and "wakeru.db" not in full["content"]  # no file named
                 filler.unlink()
                 shown = fake.interact("labels", options=flows.labels_cmd("show"), user="moderator").wait_final()
-                assert "赤い丸" in shown["embeds"][0]["description"] and "x" * 40 not in shown["embeds"][0]["description"]
+                assert (
+                    "赤い丸" in shown["embeds"][0]["description"] and "x" * 40 not in shown["embeds"][0]["description"]
+                )
                 # a volume mounted read-only (remounting needs the bot to let go of the file first)
                 assert bot.stop() == 0
                 assert subprocess.run(["mount", "-o", "remount,ro", str(data)]).returncode == 0
                 bot.start()
-                ro = fake.interact("labels", user="moderator", options=flows.labels_cmd("add", labels="緑の丸")).wait_final()
+                ro = fake.interact(
+                    "labels", user="moderator", options=flows.labels_cmd("add", labels="緑の丸")
+                ).wait_final()
                 assert "データベースを使えませんでした" in ro["content"] and ro["ephemeral"], ro
                 assert "read-only" in ro["content"] and "wakeru.db" not in ro["content"], ro["content"]
                 shown = fake.interact("labels", options=flows.labels_cmd("show"), user="moderator").wait_final()
@@ -684,7 +818,9 @@ def test_a_full_or_read_only_disk_gives_the_moderator_a_clear_error_and_changes_
                 assert bot.stop() == 0
                 assert subprocess.run(["mount", "-o", "remount,rw", str(data)]).returncode == 0
                 bot.start()
-                ok = fake.interact("labels", user="moderator", options=flows.labels_cmd("add", labels="緑の丸")).wait_final()
+                ok = fake.interact(
+                    "labels", user="moderator", options=flows.labels_cmd("add", labels="緑の丸")
+                ).wait_final()
                 assert "追加しました" in ok["content"], ok["content"]
             finally:
                 assert bot.stop() == 0

@@ -31,16 +31,24 @@ SHAPES = ["赤い丸", "青い四角", "緑の丸", "赤い四角", "青い丸",
 
 
 @pytest.fixture(scope="module")
-def cluster(stub_model, tmp_path_factory, redis_server, postgres_server):  # noqa: F811
+def cluster(stub_model, tmp_path_factory, redis_server, postgres_server):
     root = tmp_path_factory.mktemp("cluster")
     redis_server.client().flushall()
     store_url = postgres_server.create_database("scale_out")
-    workers = [WorkerProcess(stub_model, redis_server.url, root, name=f"worker{i}", worker="stub").start()
-               for i in range(2)]
+    workers = [
+        WorkerProcess(stub_model, redis_server.url, root, name=f"worker{i}", worker="stub").start() for i in range(2)
+    ]
     with FakeDiscord() as fake:
-        guilds, tokens, bots = sharded_bots(fake, stub_model, root, SHARDS, WAKERU_STORAGE__URL=store_url,
-                                            WAKERU_WORKER__TRANSPORT="redis", WAKERU_WORKER__REDIS_URL=redis_server.url,
-                                            WAKERU_WORKER__HEARTBEAT_S="0.2")
+        guilds, tokens, bots = sharded_bots(
+            fake,
+            stub_model,
+            root,
+            SHARDS,
+            WAKERU_STORAGE__URL=store_url,
+            WAKERU_WORKER__TRANSPORT="redis",
+            WAKERU_WORKER__REDIS_URL=redis_server.url,
+            WAKERU_WORKER__HEARTBEAT_S="0.2",
+        )
         try:
             wait_for_workers(redis_server.client(), PREFIX, 2, processes=tuple(workers))
             for k in SHARDS:
@@ -63,15 +71,20 @@ def _channels(fake, guilds) -> list[int]:
 
 
 def _post_all(fake, guilds, seeds) -> list[dict]:
-    return [flows.post_image(fake, channel, SHAPES[seed % 6], seed % 6)
-            for seed in seeds for channel in _channels(fake, guilds)]
+    return [
+        flows.post_image(fake, channel, SHAPES[seed % 6], seed % 6)
+        for seed in seeds
+        for channel in _channels(fake, guilds)
+    ]
 
 
 def _check_answered_once(fake, tokens, posts: list[dict], mark: int) -> dict[str, dict]:
     answers = flows.wait_replies(fake, posts, mark, timeout=120)
     flows.sentinel(fake, sorted({int(p["channel_id"]) for p in posts}))  # a second answer would come before these
     replies = flows.replies(fake, mark)
-    assert all(len(replies[str(p["id"])]) == 1 for p in posts), {str(p["id"]): len(replies[str(p["id"])]) for p in posts}
+    assert all(len(replies[str(p["id"])]) == 1 for p in posts), {
+        str(p["id"]): len(replies[str(p["id"])]) for p in posts
+    }
     for post in posts:
         reply = answers[str(post["id"])]
         assert reply["token"] == tokens[shard_of(int(post["guild_id"]), 2)]  # the process owning the shard
@@ -85,7 +98,7 @@ def _check_labels(posts: list[dict], answers: dict[str, dict]) -> None:
 
 
 def test_every_post_of_both_shards_is_answered_once_through_redis(cluster):
-    fake, guilds, tokens, bots, workers, redis_server, pg = cluster  # noqa: F811
+    fake, guilds, tokens, bots, workers, redis_server, pg = cluster
     for channel in _channels(fake, guilds):
         assert flows.set_labels(fake, flows.LABELS, channel_id=channel)["content"]
     # the label sets live in PostgreSQL, written by both processes (each for its own servers)
@@ -105,18 +118,28 @@ def test_every_post_of_both_shards_is_answered_once_through_redis(cluster):
 def test_a_worker_killed_mid_stream_leaves_its_requests_to_the_other(cluster, tmp_path):
     """A third worker, slowed down so it holds what it reads, is SIGKILLed while holding requests
     of both bot processes; the others take them over after claim_idle_s and answer each once."""
-    fake, guilds, tokens, bots, workers, redis_server, pg = cluster  # noqa: F811
+    fake, guilds, tokens, bots, workers, redis_server, pg = cluster
     client = redis.Redis.from_url(redis_server.url)
-    slow = WorkerProcess(workers[0].env["WAKERU_MODEL__ID"], redis_server.url, tmp_path, name="slow", worker="stub",
-                         WAKERU_FAULTS="batch_delay_ms=600000").start()
+    slow = WorkerProcess(
+        workers[0].env["WAKERU_MODEL__ID"],
+        redis_server.url,
+        tmp_path,
+        name="slow",
+        worker="stub",
+        WAKERU_FAULTS="batch_delay_ms=600000",
+    ).start()
     try:
         wait_for_workers(client, PREFIX, 3, processes=(slow,))
         mark = fake.mark()
         posts = _post_all(fake, guilds, range(8))
 
         def held() -> int:
-            return sum(c["pending"] for c in client.xinfo_consumers(STREAM, REQUESTS_GROUP)
-                       if f"-{slow.pid}-" in c["name"].decode())
+            return sum(
+                c["pending"]
+                for c in client.xinfo_consumers(STREAM, REQUESTS_GROUP)
+                if f"-{slow.pid}-" in c["name"].decode()
+            )
+
         deadline = time.monotonic() + 60
         while held() == 0:
             assert time.monotonic() < deadline, "the slow worker never took a request"

@@ -20,8 +20,21 @@ def test_json_output_one_object_per_input_in_order(checkpoints, capsys, tmp_path
     missing = str(tmp_path / "missing.jpg")
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
-    code, out, err = run(capsys, "classify", "--model", str(checkpoints["siglip"]), "--labels", "犬,猫、象\n鳥",
-                         "--top-k", "2", "--json", SAMPLE_FILES[0], missing, str(empty), SAMPLE_FILES[1])
+    code, out, err = run(
+        capsys,
+        "classify",
+        "--model",
+        str(checkpoints["siglip"]),
+        "--labels",
+        "犬,猫、象\n鳥",
+        "--top-k",
+        "2",
+        "--json",
+        SAMPLE_FILES[0],
+        missing,
+        str(empty),
+        SAMPLE_FILES[1],
+    )
     assert code == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
     assert [l["image"] for l in lines] == [SAMPLE_FILES[0], missing, str(empty), SAMPLE_FILES[1]]
@@ -35,8 +48,16 @@ def test_json_output_one_object_per_input_in_order(checkpoints, capsys, tmp_path
 def test_table_output(checkpoints, capsys, tmp_path):
     bad = tmp_path / "page.html"
     bad.write_text("<html><body>hi</body></html>")
-    code, out, _ = run(capsys, "classify", "--model", str(checkpoints["clip"]), "--labels", "犬,猫,宇宙飛行士",
-                       SAMPLE_FILES[0], str(bad))
+    code, out, _ = run(
+        capsys,
+        "classify",
+        "--model",
+        str(checkpoints["clip"]),
+        "--labels",
+        "犬,猫,宇宙飛行士",
+        SAMPLE_FILES[0],
+        str(bad),
+    )
     assert code == 0
     assert SAMPLE_FILES[0] in out and "%" in out and "1. " in out and "3. " in out
     assert "error unsupported_format: this file is not an accepted image (HTML page)" in out
@@ -49,8 +70,18 @@ def test_default_labels_and_label_file(checkpoints, capsys, tmp_path):
     assert code == 0 and {t["label"] for t in json.loads(out)["top"]} <= set(Config().labels.default)
     label_file = tmp_path / "labels.txt"
     label_file.write_text("ロケット\n宇宙飛行士\nコーヒー\n", encoding="utf-8")
-    code, out, _ = run(capsys, "classify", "--model", str(checkpoints["siglip"]), "--label-file", str(label_file),
-                       "--top-k", "5", "--json", SAMPLE_FILES[0])
+    code, out, _ = run(
+        capsys,
+        "classify",
+        "--model",
+        str(checkpoints["siglip"]),
+        "--label-file",
+        str(label_file),
+        "--top-k",
+        "5",
+        "--json",
+        SAMPLE_FILES[0],
+    )
     assert code == 0 and {t["label"] for t in json.loads(out)["top"]} == {"ロケット", "宇宙飛行士", "コーヒー"}
 
 
@@ -63,19 +94,26 @@ def test_more_images_than_the_queue_holds(checkpoints, capsys, monkeypatch):
     assert code == 0 and len(lines) == len(files) and all("top" in l for l in lines)
 
 
-@pytest.mark.parametrize("argv, env, expected", [
-    (["classify", "--model", "/nonexistent/model", "x.jpg"], {}, "model directory /nonexistent/model does not exist"),
-    (["classify", "--labels", " , ", "x.jpg"], {}, "labels: no labels given"),
-    (["classify", "--labels", "a" * 60, "x.jpg"], {}, "the limit is 50"),
-    (["classify", "--label-file", "/nonexistent.txt", "x.jpg"], {}, "cannot read label file"),
-    (["classify", "--top-k", "0", "x.jpg"], {}, "--top-k must be at least 1"),
-    (["classify"], {}, "the following arguments are required: IMAGE"),
-    (["classify", "--labels", "a", "--label-file", "f", "x.jpg"], {}, "not allowed with argument"),
-    (["frobnicate"], {}, "invalid choice"),
-    (["classify", "x.jpg"], {"WAKERU_WORKER__MAX_BATCH": "0"}, "invalid configuration: worker.max_batch"),
-    (["classify", "--device", "gpu", "x.jpg"], {}, "invalid configuration: model.device: must be auto, cpu, cuda"),
-    (["classify", "x.jpg"], {"WAKERU_CONFIG": "/nonexistent.yaml"}, "config file '/nonexistent.yaml' not found"),
-])
+@pytest.mark.parametrize(
+    "argv, env, expected",
+    [
+        (
+            ["classify", "--model", "/nonexistent/model", "x.jpg"],
+            {},
+            "model directory /nonexistent/model does not exist",
+        ),
+        (["classify", "--labels", " , ", "x.jpg"], {}, "labels: no labels given"),
+        (["classify", "--labels", "a" * 60, "x.jpg"], {}, "the limit is 50"),
+        (["classify", "--label-file", "/nonexistent.txt", "x.jpg"], {}, "cannot read label file"),
+        (["classify", "--top-k", "0", "x.jpg"], {}, "--top-k must be at least 1"),
+        (["classify"], {}, "the following arguments are required: IMAGE"),
+        (["classify", "--labels", "a", "--label-file", "f", "x.jpg"], {}, "not allowed with argument"),
+        (["frobnicate"], {}, "invalid choice"),
+        (["classify", "x.jpg"], {"WAKERU_WORKER__MAX_BATCH": "0"}, "invalid configuration: worker.max_batch"),
+        (["classify", "--device", "gpu", "x.jpg"], {}, "invalid configuration: model.device: must be auto, cpu, cuda"),
+        (["classify", "x.jpg"], {"WAKERU_CONFIG": "/nonexistent.yaml"}, "config file '/nonexistent.yaml' not found"),
+    ],
+)
 def test_usage_config_and_load_errors_exit_2_with_one_line(capsys, monkeypatch, argv, env, expected):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -94,27 +132,63 @@ def test_remote_code_and_offline_hub_errors(checkpoints, capsys):
 
 def test_remote_code_model_classifies_when_trusted(checkpoints, capsys, monkeypatch):
     monkeypatch.setenv("WAKERU_MODEL__TRUST_REMOTE_CODE", "true")
-    code, out, err = run(capsys, "classify", "--model", str(checkpoints["japanese-stable-clip"]), "--json",
-                         SAMPLE_FILES[0])
+    code, out, err = run(
+        capsys, "classify", "--model", str(checkpoints["japanese-stable-clip"]), "--json", SAMPLE_FILES[0]
+    )
     assert code == 0, err
     assert len(json.loads(out)["top"]) == 3
 
 
 @pytest.mark.slow
 def test_module_entry_point_runs_as_a_process(checkpoints):
-    proc = subprocess.run([sys.executable, "-m", "model_worker", "classify", "--model", str(checkpoints["siglip2"]),
-                           "--labels", "犬,猫", "--json", SAMPLE_FILES[0]], capture_output=True, text=True, cwd=REPO,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "model_worker",
+            "classify",
+            "--model",
+            str(checkpoints["siglip2"]),
+            "--labels",
+            "犬,猫",
+            "--json",
+            SAMPLE_FILES[0],
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["image"] == SAMPLE_FILES[0]
-    bad = subprocess.run([sys.executable, "-m", "model_worker", "classify", "--model", "/nope", "a.jpg"],
-                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "model_worker", "classify", "--model", "/nope", "a.jpg"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
 
 
 def test_bench_reports_the_three_speeds(checkpoints, capsys):
-    code, out, err = run(capsys, "bench", "--model", str(checkpoints["siglip"]), "--images", "6", "--naive-images", "2",
-                         "--labels", "5", "--batch", "3", "--image-size", "320x240", "--json")
+    code, out, err = run(
+        capsys,
+        "bench",
+        "--model",
+        str(checkpoints["siglip"]),
+        "--images",
+        "6",
+        "--naive-images",
+        "2",
+        "--labels",
+        "5",
+        "--batch",
+        "3",
+        "--image-size",
+        "320x240",
+        "--json",
+    )
     assert code == 0, err
     report = json.loads(out)
     for key in ("naive_img_s", "engine_img_s", "model_only_img_s", "p50_ms", "p99_ms"):
@@ -128,8 +202,24 @@ def test_bench_reports_the_three_speeds(checkpoints, capsys):
     assert report["model"] == str(checkpoints["siglip"]) and report["labels"] == 5 and report["batch"] == 3
     assert report["p99_ms"] >= report["p50_ms"]
     assert "with_new_label_sets" not in report  # only when asked for
-    code, out, _ = run(capsys, "bench", "--model", str(checkpoints["clip"]), "--images", "2", "--labels", "犬,猫",
-                       "--batch", "2", "--image-size", "200x150", "--new-label-sets", "2", "--new-set-size", "20")
+    code, out, _ = run(
+        capsys,
+        "bench",
+        "--model",
+        str(checkpoints["clip"]),
+        "--images",
+        "2",
+        "--labels",
+        "犬,猫",
+        "--batch",
+        "2",
+        "--image-size",
+        "200x150",
+        "--new-label-sets",
+        "2",
+        "--new-set-size",
+        "20",
+    )
     assert code == 0 and "naive loop" in out and "vision tower" in out and "engine" in out
     assert "while 2 sets of 20 new labels arrived" in out or "while 1 sets of 20 new labels arrived" in out, out
 

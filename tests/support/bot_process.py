@@ -58,14 +58,21 @@ class BotProcess:
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """A one-shot command (`sync`, `health`) with the same environment."""
-        return subprocess.run([sys.executable, "-m", "bot", *args], cwd=self.workdir, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "bot", *args],
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
-    def start(self, wait: bool = True) -> "BotProcess":
+    def start(self, wait: bool = True) -> BotProcess:
         self.health.unlink(missing_ok=True)
         log = open(self.log_path, "a")
-        self.process = subprocess.Popen(self.command, cwd=self.workdir, env=self.env,
-                                        stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            self.command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
         if wait:
             self.wait_ready()
         return self
@@ -180,6 +187,14 @@ def sharded_bots(fake, model: Path, root: Path, shards=(0, 1), *, worker: str = 
     bots = {}
     for k in shards:
         (root / f"shard{k}").mkdir()
-        bots[k] = BotProcess(fake, model, root / f"shard{k}", worker=worker, DISCORD_TOKEN=tokens[k],
-                             WAKERU_DISCORD__SHARD_COUNT=str(count), WAKERU_DISCORD__SHARD_IDS=f"[{k}]", **overrides)
+        bots[k] = BotProcess(
+            fake,
+            model,
+            root / f"shard{k}",
+            worker=worker,
+            DISCORD_TOKEN=tokens[k],
+            WAKERU_DISCORD__SHARD_COUNT=str(count),
+            WAKERU_DISCORD__SHARD_IDS=f"[{k}]",
+            **overrides,
+        )
     return guilds, tokens, bots

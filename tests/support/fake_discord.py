@@ -94,14 +94,15 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
-__all__ = ["FakeDiscord", "FakeGuild", "FakeInteraction", "CHAT_INPUT", "MESSAGE_CONTEXT", "Perm", "shard_of"]
+__all__ = ["CHAT_INPUT", "MESSAGE_CONTEXT", "FakeDiscord", "FakeGuild", "FakeInteraction", "Perm", "shard_of"]
 
 CHAT_INPUT = 2  # interact(type=...): a slash command (interaction type 2, data.type 1)
 MESSAGE_CONTEXT = 3  # interact(type=...): a message context menu (data.type 3)
@@ -129,13 +130,22 @@ class Perm:
     MANAGE_THREADS = 1 << 34
     SEND_MESSAGES_IN_THREADS = 1 << 38
 
-    MEMBER = (VIEW_CHANNEL | SEND_MESSAGES | READ_MESSAGE_HISTORY | ADD_REACTIONS | EMBED_LINKS
-              | ATTACH_FILES | USE_APPLICATION_COMMANDS | SEND_MESSAGES_IN_THREADS)
+    MEMBER = (
+        VIEW_CHANNEL
+        | SEND_MESSAGES
+        | READ_MESSAGE_HISTORY
+        | ADD_REACTIONS
+        | EMBED_LINKS
+        | ATTACH_FILES
+        | USE_APPLICATION_COMMANDS
+        | SEND_MESSAGES_IN_THREADS
+    )
     MODERATOR = MANAGE_CHANNELS | MANAGE_GUILD | MANAGE_MESSAGES | MANAGE_THREADS
     BOT = MEMBER | MANAGE_MESSAGES
 
 
 # ---------------------------------------------------------------------------- builders
+
 
 def shard_of(guild_id: int, shard_count: int) -> int:
     """The shard that carries a guild's events: ``(guild_id >> 22) % shard_count``."""
@@ -148,8 +158,7 @@ def _now_iso() -> str:
 
 def _json(data: Any, status: int = 200) -> web.Response:
     # Exactly "application/json": discord.py compares the header verbatim.
-    return web.Response(status=status, body=json.dumps(data).encode(),
-                        headers={"Content-Type": "application/json"})
+    return web.Response(status=status, body=json.dumps(data).encode(), headers={"Content-Type": "application/json"})
 
 
 def _error(status: int, message: str, code: int = 0, errors: dict | None = None) -> web.Response:
@@ -161,46 +170,101 @@ def _error(status: int, message: str, code: int = 0, errors: dict | None = None)
 
 def make_user(user_id: int, username: str, *, bot: bool = False, global_name: str | None = None) -> dict:
     """A user object as Discord sends it."""
-    return {"id": str(user_id), "username": username, "global_name": global_name,
-            "discriminator": "4242" if bot else "0", "avatar": None, "bot": bot,
-            "public_flags": 0, "flags": 0}
+    return {
+        "id": str(user_id),
+        "username": username,
+        "global_name": global_name,
+        "discriminator": "4242" if bot else "0",
+        "avatar": None,
+        "bot": bot,
+        "public_flags": 0,
+        "flags": 0,
+    }
 
 
 def make_member(user: dict, *, roles: Iterable[int] = (), permissions: int | None = None) -> dict:
     """A guild member object; ``permissions`` (interaction payloads only) as a string."""
-    member = {"user": user, "roles": [str(r) for r in roles], "nick": None, "avatar": None,
-              "joined_at": "2024-01-01T00:00:00+00:00", "premium_since": None, "deaf": False,
-              "mute": False, "flags": 0, "pending": False, "communication_disabled_until": None}
+    member = {
+        "user": user,
+        "roles": [str(r) for r in roles],
+        "nick": None,
+        "avatar": None,
+        "joined_at": "2024-01-01T00:00:00+00:00",
+        "premium_since": None,
+        "deaf": False,
+        "mute": False,
+        "flags": 0,
+        "pending": False,
+        "communication_disabled_until": None,
+    }
     if permissions is not None:
         member["permissions"] = str(permissions)
     return member
 
 
 def _role(role_id: int, name: str, permissions: int, position: int, **extra: Any) -> dict:
-    return {"id": str(role_id), "name": name, "permissions": str(permissions), "position": position,
-            "color": 0, "colors": {"primary_color": 0, "secondary_color": None, "tertiary_color": None},
-            "hoist": False, "managed": False, "mentionable": False, "icon": None,
-            "unicode_emoji": None, "flags": 0, **extra}
+    return {
+        "id": str(role_id),
+        "name": name,
+        "permissions": str(permissions),
+        "position": position,
+        "color": 0,
+        "colors": {"primary_color": 0, "secondary_color": None, "tertiary_color": None},
+        "hoist": False,
+        "managed": False,
+        "mentionable": False,
+        "icon": None,
+        "unicode_emoji": None,
+        "flags": 0,
+        **extra,
+    }
 
 
 def _text_channel(channel_id: int, guild_id: int, name: str, position: int) -> dict:
-    return {"id": str(channel_id), "type": 0, "guild_id": str(guild_id), "name": name,
-            "position": position, "permission_overwrites": [], "nsfw": False, "topic": None,
-            "last_message_id": None, "rate_limit_per_user": 0, "parent_id": None, "flags": 0}
+    return {
+        "id": str(channel_id),
+        "type": 0,
+        "guild_id": str(guild_id),
+        "name": name,
+        "position": position,
+        "permission_overwrites": [],
+        "nsfw": False,
+        "topic": None,
+        "last_message_id": None,
+        "rate_limit_per_user": 0,
+        "parent_id": None,
+        "flags": 0,
+    }
 
 
 def _thread(thread_id: int, guild_id: int, parent_id: int, owner_id: int, name: str) -> dict:
-    return {"id": str(thread_id), "type": 11, "guild_id": str(guild_id), "parent_id": str(parent_id),
-            "owner_id": str(owner_id), "name": name, "last_message_id": None, "message_count": 0,
-            "member_count": 1, "total_message_sent": 0, "rate_limit_per_user": 0, "flags": 0,
-            "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "locked": False,
-                                "archive_timestamp": "2024-01-01T00:00:00+00:00",
-                                "create_timestamp": "2024-01-01T00:00:00+00:00"}}
+    return {
+        "id": str(thread_id),
+        "type": 11,
+        "guild_id": str(guild_id),
+        "parent_id": str(parent_id),
+        "owner_id": str(owner_id),
+        "name": name,
+        "last_message_id": None,
+        "message_count": 0,
+        "member_count": 1,
+        "total_message_sent": 0,
+        "rate_limit_per_user": 0,
+        "flags": 0,
+        "thread_metadata": {
+            "archived": False,
+            "auto_archive_duration": 1440,
+            "locked": False,
+            "archive_timestamp": "2024-01-01T00:00:00+00:00",
+            "create_timestamp": "2024-01-01T00:00:00+00:00",
+        },
+    }
 
 
 def _image_size(data: bytes) -> tuple[int, int] | None:
     try:
         from PIL import Image
+
         with Image.open(io.BytesIO(data)) as im:
             return im.size
     except Exception:
@@ -211,6 +275,7 @@ def _resize(data: bytes, width: int | None, height: int | None) -> bytes:
     """Shrink to fit inside width×height keeping the aspect ratio; unreadable bytes come back as-is."""
     try:
         from PIL import Image
+
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format or "PNG"
             ow, oh = im.size
@@ -238,9 +303,12 @@ def _message_errors(payload: dict, files: list, *, partial: bool = False) -> dic
         errors["embeds"] = "Must be 10 or fewer in length."
     total = 0
     for i, e in enumerate(embeds):
-        limits = [("title", e.get("title"), 256), ("description", e.get("description"), 4096),
-                  ("footer.text", (e.get("footer") or {}).get("text"), 2048),
-                  ("author.name", (e.get("author") or {}).get("name"), 256)]
+        limits = [
+            ("title", e.get("title"), 256),
+            ("description", e.get("description"), 4096),
+            ("footer.text", (e.get("footer") or {}).get("text"), 2048),
+            ("author.name", (e.get("author") or {}).get("name"), 256),
+        ]
         fields = e.get("fields") or []
         if len(fields) > 25:
             errors[f"embeds.{i}.fields"] = "Must be 25 or fewer in length."
@@ -257,8 +325,9 @@ def _message_errors(payload: dict, files: list, *, partial: bool = False) -> dic
     for f in files:
         if len(f["data"]) > ATTACHMENT_SIZE_LIMIT:
             errors[f"files.{f['filename']}"] = "Request entity too large"
-    if not partial and not (content or embeds or files or payload.get("components")
-                            or payload.get("sticker_ids") or payload.get("poll")):
+    if not partial and not (
+        content or embeds or files or payload.get("components") or payload.get("sticker_ids") or payload.get("poll")
+    ):
         errors["content"] = "Cannot send an empty message"
     return errors
 
@@ -303,6 +372,7 @@ def _command_errors(commands: list[dict]) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------- records
 
+
 @dataclass
 class _Attachment:
     id: int
@@ -319,8 +389,9 @@ class _SessionState:
 
     It outlives the websocket it was created on; a RESUME attaches it to the new connection."""
 
-    def __init__(self, session_id: str, history: int = 1000, *, shard: tuple[int, int] | None = None,
-                 token: str | None = None):
+    def __init__(
+        self, session_id: str, history: int = 1000, *, shard: tuple[int, int] | None = None, token: str | None = None
+    ):
         self.session_id = session_id
         self.shard = shard  # (id, count) from IDENTIFY; None: an unsharded session (gets everything)
         self.token = token
@@ -388,8 +459,9 @@ class _FaultRule:
     retry_after: float
 
     def matches(self, method: str, tail: str) -> bool:
-        return (("*" in self.methods or method in self.methods)
-                and bool(self.pattern.fullmatch(tail) or self.pattern.fullmatch("/" + tail)))
+        return ("*" in self.methods or method in self.methods) and bool(
+            self.pattern.fullmatch(tail) or self.pattern.fullmatch("/" + tail)
+        )
 
 
 @dataclass
@@ -434,8 +506,10 @@ class FakeInteraction:
 
     def __repr__(self) -> str:
         kinds = [r.get("type") for r in self.responses]
-        return (f"<FakeInteraction {self.name!r} responses={kinds} followups={len(self.followups)} "
-                f"edits={len(self.edits)} late={self.late} failed={[r['status'] for r in self.failed]}>")
+        return (
+            f"<FakeInteraction {self.name!r} responses={kinds} followups={len(self.followups)} "
+            f"edits={len(self.edits)} late={self.late} failed={[r['status'] for r in self.failed]}>"
+        )
 
     @property
     def expired(self) -> bool:
@@ -456,8 +530,9 @@ class FakeInteraction:
 
     def wait_response(self, timeout: float = 20) -> dict:
         """The first callback the bot posted (``type`` 4 message, 5 deferral, 8 autocomplete, ...)."""
-        return self._fake.wait_for(lambda: self.responses[0] if self.responses else None,
-                                   timeout, f"a callback to {self!r}")
+        return self._fake.wait_for(
+            lambda: self.responses[0] if self.responses else None, timeout, f"a callback to {self!r}"
+        )
 
     def wait_final(self, timeout: float = 20) -> dict:
         """The answer the user sees: the callback message, or after a deferral the first
@@ -472,6 +547,7 @@ class FakeInteraction:
             if self.timeline:
                 return self.timeline[0]
             return self.announcement() if self.original_deleted else None
+
         return dict(self._fake.wait_for(answer, timeout, f"a followup, edit or announcement after {self!r}"))
 
     @property
@@ -484,13 +560,19 @@ class FakeInteraction:
         channel_id, mention = int(self.payload["channel_id"]), f"<@{self.user_id}>"
         with self._fake._cond:
             for m in self._fake.sent_messages:
-                if (m["kind"] == "channel" and m["channel_id"] == channel_id and m["time"] >= self.created
-                        and not m["message_reference"] and mention in (m["content"] or "")):
+                if (
+                    m["kind"] == "channel"
+                    and m["channel_id"] == channel_id
+                    and m["time"] >= self.created
+                    and not m["message_reference"]
+                    and mention in (m["content"] or "")
+                ):
                     return m
         return None
 
 
 # ---------------------------------------------------------------------------- the fake
+
 
 class FakeDiscord:
     """A fake Discord server in a background thread.  See the module docstring."""
@@ -518,21 +600,36 @@ class FakeDiscord:
         self.interaction_deadline: float | None = 3.0
         self.interaction_token_lifetime: float | None = 15 * 60  # then webhooks answer 401 (50027)
         self.nonce_window = 300.0  # seconds an enforce_nonce duplicate returns the first message
-        self.bot_user = {**make_user(self.application_id, "wakeru", bot=True),
-                         "verified": True, "mfa_enabled": False, "locale": "en-US"}
-        self.users = {"member": make_user(self.member_id, "taro", global_name="太郎"),
-                      "moderator": make_user(self.moderator_id, "hanako_mod", global_name="花子"),
-                      "owner": make_user(self.owner_id, "owner_sato")}
-        self.roles = {"everyone": _role(self.guild_id, "@everyone", Perm.MEMBER, 0),
-                      "moderator": _role(self.moderator_role_id, "モデレーター", Perm.MODERATOR, 1),
-                      "bot": _role(self.bot_role_id, "Wakeru", Perm.BOT, 2, managed=True,
-                                   tags={"bot_id": str(self.application_id)})}
-        self.channels = {self.channel_id: _text_channel(self.channel_id, self.guild_id, "写真", 0),
-                         self.other_channel_id: _text_channel(self.other_channel_id, self.guild_id, "雑談", 1)}
-        self.threads = {self.thread_id: _thread(self.thread_id, self.guild_id, self.channel_id,
-                                                self.member_id, "スレッド")}
-        self.guilds: dict[int, FakeGuild] = {self.guild_id: FakeGuild(
-            self.guild_id, "分けるテスト", guild_locale, self.channel_id, self.other_channel_id, self.thread_id)}
+        self.bot_user = {
+            **make_user(self.application_id, "wakeru", bot=True),
+            "verified": True,
+            "mfa_enabled": False,
+            "locale": "en-US",
+        }
+        self.users = {
+            "member": make_user(self.member_id, "taro", global_name="太郎"),
+            "moderator": make_user(self.moderator_id, "hanako_mod", global_name="花子"),
+            "owner": make_user(self.owner_id, "owner_sato"),
+        }
+        self.roles = {
+            "everyone": _role(self.guild_id, "@everyone", Perm.MEMBER, 0),
+            "moderator": _role(self.moderator_role_id, "モデレーター", Perm.MODERATOR, 1),
+            "bot": _role(
+                self.bot_role_id, "Wakeru", Perm.BOT, 2, managed=True, tags={"bot_id": str(self.application_id)}
+            ),
+        }
+        self.channels = {
+            self.channel_id: _text_channel(self.channel_id, self.guild_id, "写真", 0),
+            self.other_channel_id: _text_channel(self.other_channel_id, self.guild_id, "雑談", 1),
+        }
+        self.threads = {
+            self.thread_id: _thread(self.thread_id, self.guild_id, self.channel_id, self.member_id, "スレッド")
+        }
+        self.guilds: dict[int, FakeGuild] = {
+            self.guild_id: FakeGuild(
+                self.guild_id, "分けるテスト", guild_locale, self.channel_id, self.other_channel_id, self.thread_id
+            )
+        }
         # Recordings (appended by the server thread, read by tests).
         self.requests: list[dict] = []  # every REST request: method, path, query, status
         self.unknown_requests: list[dict] = []
@@ -671,17 +768,21 @@ class FakeDiscord:
     def describe(self) -> str:
         """A summary of what the fake received, for failure messages."""
         reqs = [f"{r['method']} {r['path']} → {r['status']}" for r in self.requests[-15:]]
-        msgs = [f"#{m['channel_id']}: {m['content']!r} embeds={[e.get('title') for e in m['embeds']]}"
-                for m in self.sent_messages[-10:]]
+        msgs = [
+            f"#{m['channel_id']}: {m['content']!r} embeds={[e.get('title') for e in m['embeds']]}"
+            for m in self.sent_messages[-10:]
+        ]
         events = [f"{k}@{t:.2f}" for k, t, _ in self.gateway_events[-8:]]
         shards = [(s["session_id"], s["shard"], s["ready"]) for s in self.sessions()]
-        return (f"sessions ready={self.connected_sessions} {shards} identifies={self.identify_count()} "
-                f"resumes={self.resume_count()} gateway events: {events}\n"
-                f"last requests: {reqs}\nsent messages: {msgs}\n"
-                f"injected faults: {[(f['method'], f['path'], f['status']) for f in self.injected_faults[-5:]]}\n"
-                f"interactions: {list(self.interactions.values())[-5:]}\n"
-                f"refused identifies: {self.refused_identifies[-5:]}\n"
-                f"unknown: {self.unknown_requests} invalid: {self.invalid_requests}")
+        return (
+            f"sessions ready={self.connected_sessions} {shards} identifies={self.identify_count()} "
+            f"resumes={self.resume_count()} gateway events: {events}\n"
+            f"last requests: {reqs}\nsent messages: {msgs}\n"
+            f"injected faults: {[(f['method'], f['path'], f['status']) for f in self.injected_faults[-5:]]}\n"
+            f"interactions: {list(self.interactions.values())[-5:]}\n"
+            f"refused identifies: {self.refused_identifies[-5:]}\n"
+            f"unknown: {self.unknown_requests} invalid: {self.invalid_requests}"
+        )
 
     def _notify(self) -> None:
         with self._cond:
@@ -697,24 +798,34 @@ class FakeDiscord:
         if guild_id is None:
             self.wait_for(lambda: self.connected_sessions > 0, timeout, "a gateway session to become ready")
         else:
-            self.wait_for(lambda: self._targets(guild_id), timeout,
-                          f"a ready gateway session for guild {guild_id} (shard of it)")
+            self.wait_for(
+                lambda: self._targets(guild_id), timeout, f"a ready gateway session for guild {guild_id} (shard of it)"
+            )
 
     def sessions(self) -> list[dict]:
         """The open gateway connections: session id, shard ((id, count) or None), token, ready."""
-        return [{"session_id": s.session_id, "shard": s.shard, "token": s.state.token if s.state else None,
-                 "ready": s.ready} for s in list(self._sessions)]
+        return [
+            {
+                "session_id": s.session_id,
+                "shard": s.shard,
+                "token": s.state.token if s.state else None,
+                "ready": s.ready,
+            }
+            for s in list(self._sessions)
+        ]
 
     def ready_shards(self, shard_count: int) -> set[int]:
         """Ids of the shards (of ``shard_count``) that have a ready session."""
         return {s.shard[0] for s in list(self._sessions) if s.ready and s.shard and s.shard[1] == shard_count}
 
-    def wait_shards_ready(self, shard_count: int, shard_ids: Iterable[int] | None = None,
-                          timeout: float = 20) -> None:
+    def wait_shards_ready(self, shard_count: int, shard_ids: Iterable[int] | None = None, timeout: float = 20) -> None:
         """Block until every shard in ``shard_ids`` (default: all ``shard_count``) has a ready session."""
         wanted = set(range(shard_count) if shard_ids is None else shard_ids)
-        self.wait_for(lambda: wanted <= self.ready_shards(shard_count), timeout,
-                      f"shards {sorted(wanted)} of {shard_count} to be ready")
+        self.wait_for(
+            lambda: wanted <= self.ready_shards(shard_count),
+            timeout,
+            f"shards {sorted(wanted)} of {shard_count} to be ready",
+        )
 
     def _targets(self, guild_id: int | None) -> list[_Session]:
         return [s for s in list(self._sessions) if s.ready and s.receives(guild_id)]
@@ -723,14 +834,22 @@ class FakeDiscord:
         """A position in ``sent_messages``, for ``wait_for_message(since=...)``."""
         return len(self.sent_messages)
 
-    def wait_for_message(self, predicate: Callable[[dict], bool] | None = None, *,
-                         channel_id: int | None = None, since: int = 0, timeout: float = 20) -> dict:
+    def wait_for_message(
+        self,
+        predicate: Callable[[dict], bool] | None = None,
+        *,
+        channel_id: int | None = None,
+        since: int = 0,
+        timeout: float = 20,
+    ) -> dict:
         """The first channel message the bot sent at or after index ``since`` that matches."""
+
         def find() -> dict | None:
             for m in self.sent_messages[since:]:
                 if (channel_id is None or m["channel_id"] == channel_id) and (predicate is None or predicate(m)):
                     return m
             return None
+
         return self.wait_for(find, timeout, f"a bot message (channel={channel_id}, since={since})")
 
     # ---------------------------------------------------------------- gateway control
@@ -749,7 +868,7 @@ class FakeDiscord:
             return int(data["id"])
         return None
 
-    def dispatch(self, event: str, data: dict, *, guild_id: int | None | str = "auto", timeout: float = 20) -> None:
+    def dispatch(self, event: str, data: dict, *, guild_id: int | str | None = "auto", timeout: float = 20) -> None:
         """Send a DISPATCH (op 0) to every ready session that gets it, waiting for one if none is ready.
 
         Sharded sessions only get the events of their shard's guilds (the guild is the payload's
@@ -762,21 +881,36 @@ class FakeDiscord:
             for s in self._targets(guild_id):  # type: ignore[arg-type]
                 await s.send(0, self._as_seen_by(s, event, data), event)
                 with self._cond:
-                    self.deliveries.append({
-                        "event": event, "id": data.get("id") if isinstance(data, dict) else None,
-                        "guild_id": guild_id, "session_id": s.session_id, "shard": s.shard,
-                        "token": s.state.token if s.state else None, "time": time.monotonic()})
+                    self.deliveries.append(
+                        {
+                            "event": event,
+                            "id": data.get("id") if isinstance(data, dict) else None,
+                            "guild_id": guild_id,
+                            "session_id": s.session_id,
+                            "shard": s.shard,
+                            "token": s.state.token if s.state else None,
+                            "time": time.monotonic(),
+                        }
+                    )
                     self._cond.notify_all()
+
         self._call(send(), timeout)
 
     def _as_seen_by(self, session: _Session, event: str, data: Any) -> Any:
         """Without the Message Content intent, a message's content, attachments, embeds and components
         arrive empty, unless it mentions the bot, the bot wrote it, or it is a DM."""
-        if (event not in ("MESSAGE_CREATE", "MESSAGE_UPDATE") or not isinstance(data, dict) or session.state is None
-                or session.state.intents & MESSAGE_CONTENT_INTENT or not data.get("guild_id")):
+        if (
+            event not in ("MESSAGE_CREATE", "MESSAGE_UPDATE")
+            or not isinstance(data, dict)
+            or session.state is None
+            or session.state.intents & MESSAGE_CONTENT_INTENT
+            or not data.get("guild_id")
+        ):
             return data
         bot_id = self.bot_user["id"]
-        if (data.get("author") or {}).get("id") == bot_id or any(u.get("id") == bot_id for u in data.get("mentions") or ()):
+        if (data.get("author") or {}).get("id") == bot_id or any(
+            u.get("id") == bot_id for u in data.get("mentions") or ()
+        ):
             return data
         return {**data, "content": "", "attachments": [], "embeds": [], "components": []}
 
@@ -806,6 +940,7 @@ class FakeDiscord:
 
         4000 (or any code but 1000/4004/4010-4014) makes discord.py RESUME straight away; the
         session stays known, so the RESUME gets RESUMED (after replaying missed dispatches)."""
+
         async def close() -> int:
             sessions = [s for s in self._sessions if shard is None or (s.shard and s.shard[0] == shard)]
             for s in sessions:
@@ -813,6 +948,7 @@ class FakeDiscord:
                 self._event("disconnect", s.session_id)
                 await s.ws.close(code=code, message=b"fake disconnect")
             return len(sessions)
+
         return self._call(close())
 
     def invalidate_sessions(self, resumable: bool = False, *, shard: int | None = None) -> int:
@@ -823,6 +959,7 @@ class FakeDiscord:
         session.  With ``d=false`` it forgets the session and IDENTIFYs anew, after the
         ``before_identify_hook`` (5 s by default for every IDENTIFY but the first); the fake also
         forgets those sessions, so even a RESUME would be refused."""
+
         async def invalidate() -> int:
             sessions = [s for s in self._sessions if s.ready and (shard is None or (s.shard and s.shard[0] == shard))]
             for s in sessions:
@@ -836,6 +973,7 @@ class FakeDiscord:
                     pass
             self._notify()
             return len(sessions)
+
         return self._call(invalidate())
 
     def forget_sessions(self) -> int:
@@ -844,10 +982,12 @@ class FakeDiscord:
         Open connections are left alone; the next RESUME of a forgotten session is answered op 9
         ``d=false`` instead of RESUMED, and discord.py then IDENTIFYs anew.  Usually followed by
         ``disconnect_all()``."""
+
         async def forget() -> int:
             n = len(self._session_states)
             self._session_states.clear()
             return n
+
         return self._call(forget())
 
     def wait_reconnected(self, since: float, timeout: float = 30) -> float:
@@ -856,12 +996,12 @@ class FakeDiscord:
 
         Ready means READY+GUILD_CREATE (after an IDENTIFY) or RESUMED was sent, so dispatches from
         then on reach the client."""
+
         def ready_at() -> float | None:
-            times = [s.ready_at for s in self._sessions if s.ready and s.ready_at is not None
-                     and s.ready_at >= since]
+            times = [s.ready_at for s in self._sessions if s.ready and s.ready_at is not None and s.ready_at >= since]
             return min(times) if times else None
-        at = self.wait_for(ready_at, timeout,
-                           f"a gateway session to be ready again after t={since:.3f}")
+
+        at = self.wait_for(ready_at, timeout, f"a gateway session to be ready again after t={since:.3f}")
         return at - since
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
@@ -900,14 +1040,18 @@ class FakeDiscord:
         """The close code and reason Discord would refuse this IDENTIFY's ``shard`` with, or None."""
         count = 1
         if shard is not None:
-            if (not isinstance(shard, (list, tuple)) or len(shard) != 2
-                    or not all(isinstance(x, int) and not isinstance(x, bool) for x in shard)):
+            if (
+                not isinstance(shard, (list, tuple))
+                or len(shard) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
+            ):
                 return 4010, b"Invalid shard."
             shard_id, count = shard
             if count < 1 or not 0 <= shard_id < count:
                 return 4010, b"Invalid shard."
-            live = {s.shard[1] for s in list(self._sessions)
-                    if s is not session and s.shard is not None and not s.ws.closed}
+            live = {
+                s.shard[1] for s in list(self._sessions) if s is not session and s.shard is not None and not s.ws.closed
+            }
             if live and count not in live:  # every sharded session of a bot uses the same count
                 return 4010, b"Invalid shard."
         if self.require_sharding and count < self.recommended_shards:
@@ -939,14 +1083,28 @@ class FakeDiscord:
         session.state = state
         guilds = [g for g in list(self.guilds) if session.receives(g)]
         self._event("identify", state.session_id)
-        await session.send(0, {
-            "v": 10, "user": self.bot_user, "guilds": [{"id": str(g), "unavailable": True} for g in guilds],
-            "session_id": state.session_id, "resume_gateway_url": self.gateway_url,
-            "session_type": "normal", "shard": list(shard) if shard else [0, 1], "private_channels": [],
-            "relationships": [], "presences": [], "guild_join_requests": [], "user_settings": {},
-            "geo_ordered_rtc_regions": [], "auth": {}, "_trace": ["fake"],
-            "application": {"id": str(self.application_id), "flags": 1 << 19},  # GATEWAY_MESSAGE_CONTENT_LIMITED
-        }, "READY")
+        await session.send(
+            0,
+            {
+                "v": 10,
+                "user": self.bot_user,
+                "guilds": [{"id": str(g), "unavailable": True} for g in guilds],
+                "session_id": state.session_id,
+                "resume_gateway_url": self.gateway_url,
+                "session_type": "normal",
+                "shard": list(shard) if shard else [0, 1],
+                "private_channels": [],
+                "relationships": [],
+                "presences": [],
+                "guild_join_requests": [],
+                "user_settings": {},
+                "geo_ordered_rtc_regions": [],
+                "auth": {},
+                "_trace": ["fake"],
+                "application": {"id": str(self.application_id), "flags": 1 << 19},  # GATEWAY_MESSAGE_CONTENT_LIMITED
+            },
+            "READY",
+        )
         for g in guilds:
             await session.send(0, self.guild_payload(g), "GUILD_CREATE")
         self._mark_ready(session)
@@ -982,28 +1140,60 @@ class FakeDiscord:
         """The GUILD_CREATE payload (a full guild) of ``guild_id`` (default: the first guild)."""
         guild = self.guilds[guild_id or self.guild_id]
         gid = str(guild.id)
-        members = [make_member(self.bot_user, roles=[self.bot_role_id]),
-                   make_member(self.users["moderator"], roles=[self.moderator_role_id]),
-                   make_member(self.users["member"]), make_member(self.users["owner"])]
+        members = [
+            make_member(self.bot_user, roles=[self.bot_role_id]),
+            make_member(self.users["moderator"], roles=[self.moderator_role_id]),
+            make_member(self.users["member"]),
+            make_member(self.users["owner"]),
+        ]
         # Every guild has the same moderator and bot roles; @everyone's id is the guild's.
         roles = [dict(r, id=gid) if key == "everyone" else r for key, r in self.roles.items()]
         channels = [c for c in list(self.channels.values()) if c["guild_id"] == gid]
         threads = [t for t in list(self.threads.values()) if t["guild_id"] == gid]
         locale = self.guild_locale if guild.id == self.guild_id else guild.locale
         return {
-            "id": gid, "name": guild.name, "icon": None, "splash": None,
-            "discovery_splash": None, "banner": None, "description": None, "owner_id": str(self.owner_id),
-            "afk_channel_id": None, "afk_timeout": 300, "verification_level": 1,
-            "default_message_notifications": 1, "explicit_content_filter": 2, "mfa_level": 0,
-            "nsfw_level": 0, "premium_tier": 0, "premium_subscription_count": 0,
-            "preferred_locale": locale, "system_channel_id": None, "system_channel_flags": 0,
-            "rules_channel_id": None, "public_updates_channel_id": None, "vanity_url_code": None,
-            "features": [], "emojis": [], "stickers": [], "roles": roles,
-            "channels": channels, "threads": threads,
-            "members": members, "member_count": len(members), "large": False, "unavailable": False,
-            "joined_at": "2024-01-01T00:00:00+00:00", "voice_states": [], "presences": [],
-            "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
-            "max_members": 500000, "premium_progress_bar_enabled": False, "application_id": None,
+            "id": gid,
+            "name": guild.name,
+            "icon": None,
+            "splash": None,
+            "discovery_splash": None,
+            "banner": None,
+            "description": None,
+            "owner_id": str(self.owner_id),
+            "afk_channel_id": None,
+            "afk_timeout": 300,
+            "verification_level": 1,
+            "default_message_notifications": 1,
+            "explicit_content_filter": 2,
+            "mfa_level": 0,
+            "nsfw_level": 0,
+            "premium_tier": 0,
+            "premium_subscription_count": 0,
+            "preferred_locale": locale,
+            "system_channel_id": None,
+            "system_channel_flags": 0,
+            "rules_channel_id": None,
+            "public_updates_channel_id": None,
+            "vanity_url_code": None,
+            "features": [],
+            "emojis": [],
+            "stickers": [],
+            "roles": roles,
+            "channels": channels,
+            "threads": threads,
+            "members": members,
+            "member_count": len(members),
+            "large": False,
+            "unavailable": False,
+            "joined_at": "2024-01-01T00:00:00+00:00",
+            "voice_states": [],
+            "presences": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "soundboard_sounds": [],
+            "max_members": 500000,
+            "premium_progress_bar_enabled": False,
+            "application_id": None,
         }
 
     def new_id(self) -> int:
@@ -1019,8 +1209,15 @@ class FakeDiscord:
         ms = raw >> 22
         return ((ms - ms % shard_count + shard) << 22) | (raw & 0x3FFFFF)
 
-    def add_guild(self, *, shard: int | None = None, shard_count: int | None = None, guild_id: int | None = None,
-                  name: str | None = None, locale: str | None = None) -> FakeGuild:
+    def add_guild(
+        self,
+        *,
+        shard: int | None = None,
+        shard_count: int | None = None,
+        guild_id: int | None = None,
+        name: str | None = None,
+        locale: str | None = None,
+    ) -> FakeGuild:
         """Add a guild the bot is in (two text channels and a thread, the same users and roles as
         the first guild); with ``shard``/``shard_count`` its id lands on that shard.  Ready sessions
         that own its shard get its GUILD_CREATE at once, as when a bot joins a server."""
@@ -1030,12 +1227,17 @@ class FakeDiscord:
             raise ValueError(f"guild {guild_id} is on shard {shard_of(guild_id, shard_count)}, not {shard}")
         if guild_id in self.guilds:
             raise ValueError(f"guild {guild_id} exists")
-        guild = FakeGuild(guild_id, name or f"サーバー{len(self.guilds) + 1}", locale or self.guild_locale,
-                          self.new_id(), self.new_id(), self.new_id())
+        guild = FakeGuild(
+            guild_id,
+            name or f"サーバー{len(self.guilds) + 1}",
+            locale or self.guild_locale,
+            self.new_id(),
+            self.new_id(),
+            self.new_id(),
+        )
         self.channels[guild.channel_id] = _text_channel(guild.channel_id, guild_id, "写真", 0)
         self.channels[guild.other_channel_id] = _text_channel(guild.other_channel_id, guild_id, "雑談", 1)
-        self.threads[guild.thread_id] = _thread(guild.thread_id, guild_id, guild.channel_id, self.member_id,
-                                                "スレッド")
+        self.threads[guild.thread_id] = _thread(guild.thread_id, guild_id, guild.channel_id, self.member_id, "スレッド")
         self.guilds[guild_id] = guild
         if self._loop is not None and self._targets(guild_id):
             self.dispatch("GUILD_CREATE", self.guild_payload(guild_id))
@@ -1084,8 +1286,13 @@ class FakeDiscord:
         ex, is_ = f"{now + 86400:x}", f"{now:x}"
         hm = hashlib.sha256(f"{att_id}:{ex}:{is_}".encode()).hexdigest()
         path = f"/attachments/{channel_id}/{att_id}/{quote(filename)}?ex={ex}&is={is_}&hm={hm}&"
-        att = {"id": str(att_id), "filename": filename, "size": len(data), "url": self.cdn_host + path,
-               "proxy_url": self.cdn_host + "/media" + path}
+        att = {
+            "id": str(att_id),
+            "filename": filename,
+            "size": len(data),
+            "url": self.cdn_host + path,
+            "proxy_url": self.cdn_host + "/media" + path,
+        }
         if content_type is not None:
             att["content_type"] = content_type
         size = _image_size(data)
@@ -1106,8 +1313,12 @@ class FakeDiscord:
             att = self._attachments.get(int(request.match_info["attachment"]))
         except ValueError:
             pass
-        if (att is None or att.id in self._expired or str(att.channel_id) != request.match_info["channel"]
-                or request.query.get("hm") != att.hm):
+        if (
+            att is None
+            or att.id in self._expired
+            or str(att.channel_id) != request.match_info["channel"]
+            or request.query.get("hm") != att.hm
+        ):
             record["status"] = 404
             response = web.Response(status=404, text="This content is no longer available.")
         else:
@@ -1120,8 +1331,7 @@ class FakeDiscord:
                     w = h = None
                 data = _resize(data, w, h)
             record["status"] = 200
-            response = web.Response(body=data, headers={
-                "Content-Type": att.content_type or "application/octet-stream"})
+            response = web.Response(body=data, headers={"Content-Type": att.content_type or "application/octet-stream"})
         with self._cond:
             self.attachment_requests.append(record)
             self._cond.notify_all()
@@ -1129,9 +1339,16 @@ class FakeDiscord:
 
     # ---------------------------------------------------------------- users posting
 
-    def post_message(self, channel_id: int | None = None, *, author: str | dict = "member", content: str = "",
-                     attachments: Iterable[tuple[str, bytes, str | None]] = (), bot: bool = False,
-                     timeout: float = 20) -> dict:
+    def post_message(
+        self,
+        channel_id: int | None = None,
+        *,
+        author: str | dict = "member",
+        content: str = "",
+        attachments: Iterable[tuple[str, bytes, str | None]] = (),
+        bot: bool = False,
+        timeout: float = 20,
+    ) -> dict:
         """A user posts a message: dispatch MESSAGE_CREATE and return its payload."""
         channel_id = channel_id or self.channel_id
         guild_id = self.guild_of(channel_id)
@@ -1141,15 +1358,31 @@ class FakeDiscord:
         roles = [self.moderator_role_id] if author == "moderator" else []
         member = {k: v for k, v in make_member(user, roles=roles).items() if k != "user"}
         known = {u["id"]: u for u in [self.bot_user, *self.users.values()]}
-        mentions = [{**known[i], "member": make_member(known[i])} for i in
-                    dict.fromkeys(re.findall(r"<@!?(\d+)>", content)) if i in known]
+        mentions = [
+            {**known[i], "member": make_member(known[i])}
+            for i in dict.fromkeys(re.findall(r"<@!?(\d+)>", content))
+            if i in known
+        ]
         message = {
-            "id": str(self.new_id()), "channel_id": str(channel_id), "guild_id": str(guild_id),
-            "author": user, "member": member, "content": content, "timestamp": _now_iso(),
-            "edited_timestamp": None, "tts": False, "mention_everyone": "@everyone" in content,
-            "mentions": mentions, "mention_roles": re.findall(r"<@&(\d+)>", content),
+            "id": str(self.new_id()),
+            "channel_id": str(channel_id),
+            "guild_id": str(guild_id),
+            "author": user,
+            "member": member,
+            "content": content,
+            "timestamp": _now_iso(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": "@everyone" in content,
+            "mentions": mentions,
+            "mention_roles": re.findall(r"<@&(\d+)>", content),
             "attachments": [self._store_attachment(channel_id, n, d, t) for n, d, t in attachments],
-            "embeds": [], "reactions": [], "pinned": False, "type": 0, "flags": 0, "components": [],
+            "embeds": [],
+            "reactions": [],
+            "pinned": False,
+            "type": 0,
+            "flags": 0,
+            "components": [],
             "nonce": str(self.new_id()),
         }
         self.channel_messages[int(message["id"])] = message
@@ -1158,19 +1391,38 @@ class FakeDiscord:
 
     # ---------------------------------------------------------------- interactions
 
-    def attachment_option(self, name: str, filename: str, data: bytes, content_type: str | None = "image/png",
-                          *, channel_id: int | None = None) -> dict:
+    def attachment_option(
+        self,
+        name: str,
+        filename: str,
+        data: bytes,
+        content_type: str | None = "image/png",
+        *,
+        channel_id: int | None = None,
+    ) -> dict:
         """An attachment option (type 11) for ``interact(options=...)``; resolved automatically."""
         att = self._store_attachment(channel_id or self.channel_id, filename, data, content_type)
         return {"type": 11, "name": name, "value": att["id"], "_attachment": att}
 
-    def interact(self, name: str, *, type: int | None = None, options: list[dict] | None = None,
-                 user: str | dict = "member", permissions: int | None = None, roles: list[int] | None = None,
-                 channel_id: int | None = None, locale: str = "ja", guild_locale: str | None = None,
-                 attachments: dict[str, tuple[str, bytes, str | None]] | None = None,
-                 target_message: dict | None = None, command_id: int | None = None,
-                 command_guild_id: int | None | str = "auto", _interaction_type: int = 2,
-                 timeout: float = 20) -> FakeInteraction:
+    def interact(
+        self,
+        name: str,
+        *,
+        type: int | None = None,
+        options: list[dict] | None = None,
+        user: str | dict = "member",
+        permissions: int | None = None,
+        roles: list[int] | None = None,
+        channel_id: int | None = None,
+        locale: str = "ja",
+        guild_locale: str | None = None,
+        attachments: dict[str, tuple[str, bytes, str | None]] | None = None,
+        target_message: dict | None = None,
+        command_id: int | None = None,
+        command_guild_id: int | str | None = "auto",
+        _interaction_type: int = 2,
+        timeout: float = 20,
+    ) -> FakeInteraction:
         """Dispatch an INTERACTION_CREATE for a slash command (``type=CHAT_INPUT``, 2) or a message
         context menu (``type=MESSAGE_CONTEXT``, 3; the default when ``target_message`` is given)."""
         channel_id = channel_id or self.channel_id
@@ -1196,14 +1448,18 @@ class FakeDiscord:
                     att = o.pop("_attachment", None) or self._resolved_attachment(o["value"])
                     resolved.setdefault("attachments", {})[str(o["value"])] = att
                 resolve(o.get("options") or [])
+
         resolve(options)
         if command_guild_id == "auto":
             # Registered globally → no data.guild_id; otherwise the guild (discord.py falls back to global).
             globally = any(c.get("name") == name for c in self.synced_commands.get(None, []))
             in_guild = any(c.get("name") == name for c in self.synced_commands.get(guild_id, []))
             command_guild_id = guild_id if in_guild or not globally else None
-        data: dict[str, Any] = {"id": str(command_id or self._command_id(name, data_type)), "name": name,
-                                "type": data_type}
+        data: dict[str, Any] = {
+            "id": str(command_id or self._command_id(name, data_type)),
+            "name": name,
+            "type": data_type,
+        }
         if command_guild_id:
             data["guild_id"] = str(command_guild_id)
         if data_type == 1:
@@ -1218,13 +1474,24 @@ class FakeDiscord:
         locale_of_guild = self.guild_locale if guild_id == self.guild_id else self.guilds[guild_id].locale
         channel = {**self._channel(channel_id), "permissions": member["permissions"]}
         payload = {
-            "id": str(self.new_id()), "application_id": str(self.application_id), "type": _interaction_type,
-            "token": f"itoken-{self.new_id()}", "version": 1, "guild_id": str(guild_id),
+            "id": str(self.new_id()),
+            "application_id": str(self.application_id),
+            "type": _interaction_type,
+            "token": f"itoken-{self.new_id()}",
+            "version": 1,
+            "guild_id": str(guild_id),
             "guild": {"id": str(guild_id), "locale": guild_locale or locale_of_guild, "features": []},
-            "channel": channel, "channel_id": str(channel_id), "member": member, "locale": locale,
-            "guild_locale": guild_locale or locale_of_guild, "app_permissions": str(app_perms),
-            "entitlements": [], "authorizing_integration_owners": {"0": str(guild_id)}, "context": 0,
-            "attachment_size_limit": ATTACHMENT_SIZE_LIMIT, "data": data,
+            "channel": channel,
+            "channel_id": str(channel_id),
+            "member": member,
+            "locale": locale,
+            "guild_locale": guild_locale or locale_of_guild,
+            "app_permissions": str(app_perms),
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(guild_id)},
+            "context": 0,
+            "attachment_size_limit": ATTACHMENT_SIZE_LIMIT,
+            "data": data,
         }
         record = FakeInteraction(self, payload)
         with self._cond:
@@ -1233,8 +1500,9 @@ class FakeDiscord:
         self.dispatch("INTERACTION_CREATE", payload, guild_id=guild_id, timeout=timeout)
         return record
 
-    def autocomplete(self, name: str, options: list[dict], *, user: str | dict = "member",
-                     timeout: float = 20, **kwargs: Any) -> list[dict]:
+    def autocomplete(
+        self, name: str, options: list[dict], *, user: str | dict = "member", timeout: float = 20, **kwargs: Any
+    ) -> list[dict]:
         """Send an autocomplete interaction (one option has ``"focused": True``); return the choices."""
         record = self.interact(name, options=options, user=user, _interaction_type=4, timeout=timeout, **kwargs)
         response = record.wait_response(timeout)
@@ -1265,19 +1533,24 @@ class FakeDiscord:
         ("POST", r"channels/(?P<channel>\d+)/messages", "_r_create_message"),
         ("POST", r"channels/(?P<channel>\d+)/typing", "_r_typing"),
         ("GET|PATCH|DELETE", r"channels/(?P<channel>\d+)/messages/(?P<message>\d+)", "_r_message"),
-        ("PUT|DELETE", r"channels/(?P<channel>\d+)/messages/(?P<message>\d+)/reactions/(?P<emoji>[^/]+)/@me",
-         "_r_reaction"),
+        (
+            "PUT|DELETE",
+            r"channels/(?P<channel>\d+)/messages/(?P<message>\d+)/reactions/(?P<emoji>[^/]+)/@me",
+            "_r_reaction",
+        ),
         ("POST", r"interactions/(?P<iid>\d+)/(?P<token>[^/]+)/callback", "_r_callback"),
         ("POST", r"webhooks/(?P<app>\d+)/(?P<token>[^/]+)", "_r_followup"),
-        ("GET|PATCH|DELETE", r"webhooks/(?P<app>\d+)/(?P<token>[^/]+)/messages/(?P<message>@original|\d+)",
-         "_r_webhook_message"),
+        (
+            "GET|PATCH|DELETE",
+            r"webhooks/(?P<app>\d+)/(?P<token>[^/]+)/messages/(?P<message>@original|\d+)",
+            "_r_webhook_message",
+        ),
         ("GET|PUT", r"applications/(?P<app>\d+)(?:/guilds/(?P<guild>\d+))?/commands", "_r_commands"),
     ]
 
     async def _api(self, request: web.Request) -> web.Response:
         tail = request.match_info["tail"]
-        record = {"method": request.method, "path": "/" + tail, "query": dict(request.query),
-                  "time": time.monotonic()}
+        record = {"method": request.method, "path": "/" + tail, "query": dict(request.query), "time": time.monotonic()}
         try:
             response = await self._route(request, tail, record)
         except Exception as exc:  # a bug in the fake: make it loud, not a hang
@@ -1322,8 +1595,15 @@ class FakeDiscord:
 
     # ---------------------------------------------------------------- REST faults
 
-    def inject_rest_faults(self, method: str, path_regex: str, statuses: Iterable[int], *,
-                           processed: bool = False, retry_after: float = 0.3) -> None:
+    def inject_rest_faults(
+        self,
+        method: str,
+        path_regex: str,
+        statuses: Iterable[int],
+        *,
+        processed: bool = False,
+        retry_after: float = 0.3,
+    ) -> None:
         """Answer the next ``len(statuses)`` matching REST requests with these statuses, in order.
 
         A request matches when its method is in ``method`` ("POST", "GET|PATCH", "*") and its path
@@ -1343,8 +1623,13 @@ class FakeDiscord:
         would raise, taking it for a Cloudflare ban); anything else → ``{"message": "502: Bad
         Gateway", "code": 0}`` and so on.  Each answer is recorded in ``injected_faults`` and its
         ``requests`` record gets ``"injected": True``."""
-        rule = _FaultRule({m.strip().upper() for m in method.split("|")}, re.compile(path_regex),
-                          deque(int(x) for x in statuses), processed, float(retry_after))
+        rule = _FaultRule(
+            {m.strip().upper() for m in method.split("|")},
+            re.compile(path_regex),
+            deque(int(x) for x in statuses),
+            processed,
+            float(retry_after),
+        )
         with self._cond:
             self._faults.append(rule)
 
@@ -1366,24 +1651,40 @@ class FakeDiscord:
                     return rule, status
         return None
 
-    def _fault_response(self, rule: _FaultRule, status: int, record: dict,
-                        handled: web.Response | None) -> web.Response:
+    def _fault_response(
+        self, rule: _FaultRule, status: int, record: dict, handled: web.Response | None
+    ) -> web.Response:
         headers = {"Content-Type": "application/json", "Via": "1.1 google"}
         if status == 429:
-            body: dict[str, Any] = {"message": "You are being rate limited.", "retry_after": rule.retry_after,
-                                    "global": False, "code": 0}
+            body: dict[str, Any] = {
+                "message": "You are being rate limited.",
+                "retry_after": rule.retry_after,
+                "global": False,
+                "code": 0,
+            }
             bucket = hashlib.sha1(f"{sorted(rule.methods)}{rule.pattern.pattern}".encode()).hexdigest()[:32]
-            headers.update({
-                "Retry-After": str(max(1, math.ceil(rule.retry_after))),
-                "X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
-                "X-RateLimit-Reset": f"{time.time() + rule.retry_after:.3f}",
-                "X-RateLimit-Reset-After": f"{rule.retry_after:.3f}",
-                "X-RateLimit-Bucket": bucket, "X-RateLimit-Scope": "user"})
+            headers.update(
+                {
+                    "Retry-After": str(max(1, math.ceil(rule.retry_after))),
+                    "X-RateLimit-Limit": "5",
+                    "X-RateLimit-Remaining": "0",
+                    "X-RateLimit-Reset": f"{time.time() + rule.retry_after:.3f}",
+                    "X-RateLimit-Reset-After": f"{rule.retry_after:.3f}",
+                    "X-RateLimit-Bucket": bucket,
+                    "X-RateLimit-Scope": "user",
+                }
+            )
         else:
             body = {"message": f"{status}: {web.Response(status=status).reason}", "code": 0}
-        fault = {"method": record["method"], "path": record["path"], "status": status,
-                 "processed": handled is not None, "handled_status": handled.status if handled else None,
-                 "time": record["time"], "json": record.get("json")}
+        fault = {
+            "method": record["method"],
+            "path": record["path"],
+            "status": status,
+            "processed": handled is not None,
+            "handled_status": handled.status if handled else None,
+            "time": record["time"],
+            "json": record.get("json"),
+        }
         record["injected"] = True
         with self._cond:
             self.injected_faults.append(fault)
@@ -1401,34 +1702,59 @@ class FakeDiscord:
                 if part.name == "payload_json":  # type: ignore[union-attr]
                     payload = json.loads(raw)
                 else:
-                    files.append({"field": part.name, "filename": part.filename, "data": bytes(raw),  # type: ignore
-                                  "content_type": part.headers.get("Content-Type")})  # type: ignore
+                    files.append(
+                        {
+                            "field": part.name,
+                            "filename": part.filename,
+                            "data": bytes(raw),  # type: ignore
+                            "content_type": part.headers.get("Content-Type"),
+                        }
+                    )  # type: ignore
             return payload, files
         raw = await request.read()
         return (json.loads(raw) if raw else None), files
 
     def _entry(self, kind: str, channel_id: int, payload: dict, files: list[dict], message: dict | None) -> dict:
         """A recorded bot message in an easy-to-assert shape."""
-        return {"kind": kind, "id": int(message["id"]) if message else None, "channel_id": channel_id,
-                "content": payload.get("content"), "embeds": payload.get("embeds") or [],
-                "allowed_mentions": payload.get("allowed_mentions"),
-                "message_reference": payload.get("message_reference"),
-                "flags": int(payload.get("flags") or 0), "ephemeral": bool(int(payload.get("flags") or 0) & 64),
-                "components": payload.get("components") or [],
-                "files": [{k: f[k] for k in ("filename", "content_type", "data")} for f in files],
-                "payload": payload, "message": message, "time": time.monotonic()}
+        return {
+            "kind": kind,
+            "id": int(message["id"]) if message else None,
+            "channel_id": channel_id,
+            "content": payload.get("content"),
+            "embeds": payload.get("embeds") or [],
+            "allowed_mentions": payload.get("allowed_mentions"),
+            "message_reference": payload.get("message_reference"),
+            "flags": int(payload.get("flags") or 0),
+            "ephemeral": bool(int(payload.get("flags") or 0) & 64),
+            "components": payload.get("components") or [],
+            "files": [{k: f[k] for k in ("filename", "content_type", "data")} for f in files],
+            "payload": payload,
+            "message": message,
+            "time": time.monotonic(),
+        }
 
     def _bot_message(self, channel_id: int, payload: dict, files: list[dict], *, webhook: bool = False) -> dict:
         """The message object Discord returns for something the bot sent."""
         message = {
-            "id": str(self.new_id()), "channel_id": str(channel_id), "guild_id": str(self.guild_of(channel_id)),
-            "author": self.bot_user, "content": payload.get("content") or "", "timestamp": _now_iso(),
-            "edited_timestamp": None, "tts": bool(payload.get("tts")), "mention_everyone": False,
-            "mentions": [], "mention_roles": [], "embeds": payload.get("embeds") or [],
-            "attachments": [self._store_attachment(channel_id, f["filename"], f["data"], f["content_type"])
-                            for f in files],
-            "components": payload.get("components") or [], "pinned": False,
-            "type": 19 if payload.get("message_reference") else 0, "flags": int(payload.get("flags") or 0),
+            "id": str(self.new_id()),
+            "channel_id": str(channel_id),
+            "guild_id": str(self.guild_of(channel_id)),
+            "author": self.bot_user,
+            "content": payload.get("content") or "",
+            "timestamp": _now_iso(),
+            "edited_timestamp": None,
+            "tts": bool(payload.get("tts")),
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "embeds": payload.get("embeds") or [],
+            "attachments": [
+                self._store_attachment(channel_id, f["filename"], f["data"], f["content_type"]) for f in files
+            ],
+            "components": payload.get("components") or [],
+            "pinned": False,
+            "type": 19 if payload.get("message_reference") else 0,
+            "flags": int(payload.get("flags") or 0),
         }
         if payload.get("message_reference"):
             ref = dict(payload["message_reference"])
@@ -1464,22 +1790,49 @@ class FakeDiscord:
         return _json(self.bot_user)
 
     async def _r_application(self, request, m, payload, files):
-        return _json({
-            "id": str(self.application_id), "name": "Wakeru", "icon": None, "description": "fake",
-            "rpc_origins": [], "bot_public": False, "bot_require_code_grant": False, "bot": self.bot_user,
-            "terms_of_service_url": None, "privacy_policy_url": None, "owner": self.users["owner"],
-            "summary": "", "verify_key": "0" * 64, "team": None, "guild_id": None, "flags": 1 << 19,
-            "interactions_endpoint_url": None, "tags": [], "install_params": None,
-            "custom_install_url": None, "redirect_uris": [], "approximate_guild_count": 1,
-        })
+        return _json(
+            {
+                "id": str(self.application_id),
+                "name": "Wakeru",
+                "icon": None,
+                "description": "fake",
+                "rpc_origins": [],
+                "bot_public": False,
+                "bot_require_code_grant": False,
+                "bot": self.bot_user,
+                "terms_of_service_url": None,
+                "privacy_policy_url": None,
+                "owner": self.users["owner"],
+                "summary": "",
+                "verify_key": "0" * 64,
+                "team": None,
+                "guild_id": None,
+                "flags": 1 << 19,
+                "interactions_endpoint_url": None,
+                "tags": [],
+                "install_params": None,
+                "custom_install_url": None,
+                "redirect_uris": [],
+                "approximate_guild_count": 1,
+            }
+        )
 
     async def _r_gateway(self, request, m, payload, files):
         if not request.path.endswith("/bot"):
             return _json({"url": self.gateway_url})  # GET /gateway: no auth, only the URL
         remaining = max(0, self.session_start_total - self.identify_count())
-        return _json({"url": self.gateway_url, "shards": self.recommended_shards, "session_start_limit": {
-            "total": self.session_start_total, "remaining": remaining, "reset_after": 86_400_000,
-            "max_concurrency": 1}})
+        return _json(
+            {
+                "url": self.gateway_url,
+                "shards": self.recommended_shards,
+                "session_start_limit": {
+                    "total": self.session_start_total,
+                    "remaining": remaining,
+                    "reset_after": 86_400_000,
+                    "max_concurrency": 1,
+                },
+            }
+        )
 
     async def _r_guild(self, request, m, payload, files):
         if int(m["guild"]) not in self.guilds:
@@ -1517,8 +1870,9 @@ class FakeDiscord:
             if seen is not None and time.monotonic() - seen[0] <= self.nonce_window:
                 first = self.channel_messages.get(seen[1])
                 with self._cond:
-                    self.deduplicated_messages.append({"channel_id": channel_id, "nonce": str(nonce),
-                                                       "id": seen[1], "deleted": first is None})
+                    self.deduplicated_messages.append(
+                        {"channel_id": channel_id, "nonce": str(nonce), "id": seen[1], "deleted": first is None}
+                    )
                     self._cond.notify_all()
                 return _json(first) if first is not None else _error(404, "Unknown Message", 10008)
         message = self._bot_message(channel_id, payload, files)
@@ -1571,7 +1925,8 @@ class FakeDiscord:
     def _token_expired(self, rec: FakeInteraction) -> bool:
         return rec.token in self._expired_tokens or (
             self.interaction_token_lifetime is not None
-            and time.monotonic() - rec.created > self.interaction_token_lifetime)
+            and time.monotonic() - rec.created > self.interaction_token_lifetime
+        )
 
     def expire_interactions(self) -> int:
         """Make every interaction token issued so far invalid, as 15 minutes after the interaction
@@ -1602,8 +1957,12 @@ class FakeDiscord:
             if len(choices) > 25 or any(not 1 <= len(c.get("name", "")) <= 100 for c in choices):
                 return self._invalid({"data.choices": "At most 25 choices, names 1-100 characters."})
         channel_id = int(rec.payload["channel_id"])
-        interaction = {"id": str(rec.id), "type": rec.type, "response_message_loading": rtype == 5,
-                       "response_message_ephemeral": bool(int(data.get("flags") or 0) & 64)}
+        interaction = {
+            "id": str(rec.id),
+            "type": rec.type,
+            "response_message_loading": rtype == 5,
+            "response_message_ephemeral": bool(int(data.get("flags") or 0) & 64),
+        }
         body: dict[str, Any] = {"interaction": interaction}
         message = None
         if rtype in (4, 5):
@@ -1698,10 +2057,12 @@ class FakeDiscord:
             return self._invalid(errors)
         echoed = []
         for c in payload:
-            c = {"type": 1, "description": "", "options": [], "default_member_permissions": None,
-                 "nsfw": False, **c}
-            c.update(id=str(self._command_id(c["name"], c["type"])), application_id=str(self.application_id),
-                     version=str(self.new_id()))
+            c = {"type": 1, "description": "", "options": [], "default_member_permissions": None, "nsfw": False, **c}
+            c.update(
+                id=str(self._command_id(c["name"], c["type"])),
+                application_id=str(self.application_id),
+                version=str(self.new_id()),
+            )
             if guild:
                 c["guild_id"] = str(guild)
             echoed.append(c)

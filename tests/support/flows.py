@@ -34,14 +34,16 @@ def error_code(embed: dict) -> str | None:
 
 
 def set_labels(fake, labels: str, channel_id=None, user="moderator", **extra) -> dict:
-    rec = fake.interact("labels", options=labels_cmd("set", labels=labels, **extra), user=user,
-                        channel_id=channel_id)
+    rec = fake.interact("labels", options=labels_cmd("set", labels=labels, **extra), user=user, channel_id=channel_id)
     return rec.wait_final()
 
 
 def replies_to(fake, posted: dict, since: int):
-    return lambda m: (m["kind"] == "channel" and m["message_reference"] is not None
-                      and int(m["message_reference"]["message_id"]) == int(posted["id"]))
+    return lambda m: (
+        m["kind"] == "channel"
+        and m["message_reference"] is not None
+        and int(m["message_reference"]["message_id"]) == int(posted["id"])
+    )
 
 
 def post_and_wait(fake, channel_id, attachments, timeout: float = 60, **kw) -> dict:

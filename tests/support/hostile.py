@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import struct
 import tarfile
 import zipfile
 import zlib
-import gzip
 
 from PIL import Image
 
@@ -53,9 +53,9 @@ def jpeg_with_size(width: int, height: int) -> bytes:
     i = 2
     while i < len(data):
         marker = data[i + 1]
-        length = struct.unpack(">H", data[i + 2:i + 4])[0]
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
         if marker in (0xC0, 0xC1, 0xC2):
-            data[i + 5:i + 9] = struct.pack(">HH", height, width)
+            data[i + 5 : i + 9] = struct.pack(">HH", height, width)
             break
         i += 2 + length
     return bytes(data)
@@ -92,7 +92,7 @@ def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
         if marker == 0xD9:
             out.append((marker, i, i + 2))
             break
-        end = i + 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+        end = i + 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
         if marker == 0xDA:
             while not (data[end] == 0xFF and data[end + 1] != 0 and not 0xD0 <= data[end + 1] <= 0xD7):
                 end += 1
@@ -140,7 +140,7 @@ def _without_global_palette(gif: bytes) -> bytes:
     """The same GIF with its global colour table cut out (the flag cleared)."""
     flags = gif[10]
     table = 3 << ((flags & 7) + 1) if flags & 0x80 else 0
-    return gif[:10] + bytes([flags & 0x7F]) + gif[11:13] + gif[13 + table:]
+    return gif[:10] + bytes([flags & 0x7F]) + gif[11:13] + gif[13 + table :]
 
 
 def corpus() -> dict[str, tuple[bytes, ErrorCode]]:
@@ -155,15 +155,27 @@ def corpus() -> dict[str, tuple[bytes, ErrorCode]]:
         "garbage": (bytes((i * 131 + 7) % 256 for i in range(4096)), ErrorCode.UNSUPPORTED_FORMAT),
         "plain-text": ("犬の写真です".encode(), ErrorCode.UNSUPPORTED_FORMAT),
         "text-starting-BM": (b"BMW is a car maker\n" * 4, ErrorCode.UNSUPPORTED_FORMAT),
-        "svg": (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>',
-                ErrorCode.UNSUPPORTED_FORMAT),
-        "svg-with-xml-decl-and-bom": (b'\xef\xbb\xbf<?xml version="1.0"?>\n<!-- x -->\n<svg xmlns="http://www.w3.org/2000/svg"/>',
-                                      ErrorCode.UNSUPPORTED_FORMAT),
-        "html": (b"<!DOCTYPE html><html><body><img src=x onerror=alert(1)></body></html>", ErrorCode.UNSUPPORTED_FORMAT),
+        "svg": (
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>',
+            ErrorCode.UNSUPPORTED_FORMAT,
+        ),
+        "svg-with-xml-decl-and-bom": (
+            b'\xef\xbb\xbf<?xml version="1.0"?>\n<!-- x -->\n<svg xmlns="http://www.w3.org/2000/svg"/>',
+            ErrorCode.UNSUPPORTED_FORMAT,
+        ),
+        "html": (
+            b"<!DOCTYPE html><html><body><img src=x onerror=alert(1)></body></html>",
+            ErrorCode.UNSUPPORTED_FORMAT,
+        ),
         "pdf": (b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\ntrailer << >>\n%%EOF", ErrorCode.UNSUPPORTED_FORMAT),
-        "eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n0 0 moveto 10 10 lineto stroke\nshowpage\n",
-                ErrorCode.UNSUPPORTED_FORMAT),
-        "eps-binary-header": (b"\xc5\xd0\xd3\xc6" + b"\x00" * 28 + b"%!PS-Adobe-3.0 EPSF-3.0\n", ErrorCode.UNSUPPORTED_FORMAT),
+        "eps": (
+            b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n0 0 moveto 10 10 lineto stroke\nshowpage\n",
+            ErrorCode.UNSUPPORTED_FORMAT,
+        ),
+        "eps-binary-header": (
+            b"\xc5\xd0\xd3\xc6" + b"\x00" * 28 + b"%!PS-Adobe-3.0 EPSF-3.0\n",
+            ErrorCode.UNSUPPORTED_FORMAT,
+        ),
         "tiff": (encoded(Image.new("RGB", (8, 8)), "TIFF"), ErrorCode.UNSUPPORTED_FORMAT),
         "tiff-bigendian-junk": (b"MM\x00*" + b"\xff" * 60, ErrorCode.UNSUPPORTED_FORMAT),
         "zip": (_archive_zip(), ErrorCode.UNSUPPORTED_FORMAT),
@@ -178,8 +190,10 @@ def corpus() -> dict[str, tuple[bytes, ErrorCode]]:
         "jpeg-magic-then-garbage": (b"\xff\xd8\xff\xe0" + b"\x13\x37" * 500, ErrorCode.CORRUPT),
         "gif-header-only": (b"GIF89a\x10\x00\x10\x00", ErrorCode.CORRUPT),
         "png-zero-width": (png_header_only(0, 10), ErrorCode.CORRUPT),
-        "png-declares-2.5-gigapixels": (png_header_only(50_000, 50_000, zlib.compress(b"\x00" * 100)),
-                                        ErrorCode.TOO_MANY_PIXELS),
+        "png-declares-2.5-gigapixels": (
+            png_header_only(50_000, 50_000, zlib.compress(b"\x00" * 100)),
+            ErrorCode.TOO_MANY_PIXELS,
+        ),
         "png-bomb-48mp": (png_bomb(), ErrorCode.TOO_MANY_PIXELS),
         "gif-screen-65535x65535": (gif_with_screen(65535, 65535), ErrorCode.TOO_MANY_PIXELS),
         "jpeg-declares-65000x65000": (jpeg_with_size(65000, 65000), ErrorCode.TOO_MANY_PIXELS),
@@ -191,8 +205,10 @@ def corpus() -> dict[str, tuple[bytes, ErrorCode]]:
         "gif-100k-extensions": (gif_extension_flood(), ErrorCode.CORRUPT),
         "gif-no-global-palette-100k-extensions": (_without_global_palette(gif_extension_flood()), ErrorCode.CORRUPT),
         "png-strip-1x60000": (encoded(Image.new("L", (1, 60_000)), "PNG"), ErrorCode.BAD_DIMENSIONS),
-        "png-strip-40000000x1": (png_header_only(40_000_000, 1, zlib.compress(b"\x00" * 1000)),
-                                 ErrorCode.BAD_DIMENSIONS),
+        "png-strip-40000000x1": (
+            png_header_only(40_000_000, 1, zlib.compress(b"\x00" * 1000)),
+            ErrorCode.BAD_DIMENSIONS,
+        ),
     }
 
 

@@ -70,8 +70,10 @@ class PostgresServer:
     def __init__(self, bindir: Path | None = None) -> None:
         bindir = bindir or find_binaries()
         if bindir is None:
-            raise FileNotFoundError("PostgreSQL is not installed (no initdb/pg_ctl/postgres/psql found under "
-                                    "/usr/lib/postgresql/*/bin or on PATH; Debian: apt-get install postgresql)")
+            raise FileNotFoundError(
+                "PostgreSQL is not installed (no initdb/pg_ctl/postgres/psql found under "
+                "/usr/lib/postgresql/*/bin or on PATH; Debian: apt-get install postgresql)"
+            )
         self.bindir = bindir
         self.as_postgres = hasattr(os, "geteuid") and os.geteuid() == 0
         # Under /tmp itself (not pytest's 0700 tmp_path): the postgres user must be able to reach it.
@@ -88,8 +90,20 @@ class PostgresServer:
         pwfile.write_text(ADMIN_PASSWORD + "\n")
         if self.as_postgres:
             shutil.chown(pwfile, "postgres", "postgres")
-        self._tool("initdb", "-D", str(self.data), "-U", ADMIN, f"--pwfile={pwfile}", "-E", "UTF8", "--no-locale",
-                   "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync")
+        self._tool(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            ADMIN,
+            f"--pwfile={pwfile}",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-sync",
+        )
         pwfile.unlink()
         with open(self.data / "postgresql.conf", "a", encoding="utf-8") as conf:
             conf.write(
@@ -110,8 +124,9 @@ class PostgresServer:
             command = ["runuser", "-u", "postgres", "--", *command]
         done = subprocess.run(command, cwd=self.root, capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:
-            raise RuntimeError(f"{name} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}"
-                               f"{self._log_tail()}")
+            raise RuntimeError(
+                f"{name} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}{self._log_tail()}"
+            )
         return done
 
     def _log_tail(self) -> str:
@@ -126,8 +141,21 @@ class PostgresServer:
             return
         for attempt in range(3):
             port = self.port or free_port()
-            done = self._tool("pg_ctl", "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
-                              "-o", f"-p {port}", check=False, timeout=90)
+            done = self._tool(
+                "pg_ctl",
+                "start",
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {port}",
+                check=False,
+                timeout=90,
+            )
             if done.returncode == 0:
                 break
             if self.port or attempt == 2:  # the port was taken meanwhile: try another (first start only)
@@ -163,8 +191,25 @@ class PostgresServer:
 
     def sql(self, statement: str, database: str = "postgres") -> str:
         """Run one statement as the superuser over the unix socket (trusted); its output, unaligned."""
-        command = [str(self.bindir / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                   "-h", str(self.root), "-p", str(self.port), "-U", ADMIN, "-d", database, "-c", statement]
+        command = [
+            str(self.bindir / "psql"),
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(self.root),
+            "-p",
+            str(self.port),
+            "-U",
+            ADMIN,
+            "-d",
+            database,
+            "-c",
+            statement,
+        ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
             raise RuntimeError(f"psql {statement!r} failed: {done.stderr.strip()}")

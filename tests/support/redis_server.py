@@ -43,15 +43,31 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         binary = shutil.which("redis-server") or shutil.which("valkey-server")
         if binary is None:
             _missing("redis-server")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), "--logfile", str(self.directory / "redis.log"), *self.extra_args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                str(self.directory / "redis.log"),
+                *self.extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -89,28 +105,49 @@ class WorkerProcess:
     """`python -m model_worker serve` as a real subprocess; with worker="stub", the same command line
     and Redis consumer around the torch-free stand-in engine of tests/support/stub_worker.py."""
 
-    def __init__(self, model: Path, redis_url: str, workdir: Path, name: str = "worker", *, worker: str = "real",
-                 **overrides: str):
+    def __init__(
+        self,
+        model: Path,
+        redis_url: str,
+        workdir: Path,
+        name: str = "worker",
+        *,
+        worker: str = "real",
+        **overrides: str,
+    ):
         assert worker in ("real", "stub"), worker
-        self.command = [sys.executable, "-m", "tests.support.stub_worker" if worker == "stub" else "model_worker",
-                        "serve"]
+        self.command = [
+            sys.executable,
+            "-m",
+            "tests.support.stub_worker" if worker == "stub" else "model_worker",
+            "serve",
+        ]
         self.log_path = workdir / f"{name}.log"
-        self.env = {**os.environ, "WAKERU_MODEL__ID": str(model), "WAKERU_MODEL__DTYPE": "float32",
-                    "WAKERU_WORKER__REDIS_URL": redis_url, "WAKERU_WORKER__MAX_WAIT_MS": "2",
-                    "WAKERU_WORKER__DECODE_THREADS": "1", "PYTHONPATH": str(REPO),
-                    # quick takeovers and heartbeats, so failover tests take seconds
-                    "WAKERU_WORKER__CLAIM_IDLE_S": "2", "WAKERU_WORKER__HEARTBEAT_S": "0.2", **overrides,
-                    # fault injection (WAKERU_FAULTS) also needs its explicit switch
-                    **({"WAKERU_ALLOW_FAULTS": "1"} if "WAKERU_FAULTS" in overrides else {})}
+        self.env = {
+            **os.environ,
+            "WAKERU_MODEL__ID": str(model),
+            "WAKERU_MODEL__DTYPE": "float32",
+            "WAKERU_WORKER__REDIS_URL": redis_url,
+            "WAKERU_WORKER__MAX_WAIT_MS": "2",
+            "WAKERU_WORKER__DECODE_THREADS": "1",
+            "PYTHONPATH": str(REPO),
+            # quick takeovers and heartbeats, so failover tests take seconds
+            "WAKERU_WORKER__CLAIM_IDLE_S": "2",
+            "WAKERU_WORKER__HEARTBEAT_S": "0.2",
+            **overrides,
+            # fault injection (WAKERU_FAULTS) also needs its explicit switch
+            **({"WAKERU_ALLOW_FAULTS": "1"} if "WAKERU_FAULTS" in overrides else {}),
+        }
         self.workdir = workdir
         self.process: subprocess.Popen | None = None
         self._terminated = False
 
-    def start(self) -> "WorkerProcess":
+    def start(self) -> WorkerProcess:
         self._terminated = False
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.command, cwd=self.workdir, env=self.env, stdout=self._log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            self.command, cwd=self.workdir, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
         return self
 
     @property
@@ -145,8 +182,9 @@ class WorkerProcess:
         return self.process.returncode
 
 
-def wait_for_workers(client: redis.Redis, prefix: str, count: int, timeout: float = 120,
-                     processes: tuple[WorkerProcess, ...] = ()) -> list[bytes]:
+def wait_for_workers(
+    client: redis.Redis, prefix: str, count: int, timeout: float = 120, processes: tuple[WorkerProcess, ...] = ()
+) -> list[bytes]:
     """Until `count` heartbeat keys exist; fails early with the log of a worker that died."""
     deadline = time.monotonic() + timeout
     while True:

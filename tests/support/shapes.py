@@ -15,7 +15,7 @@ CLASSES = tuple(f"{c}{s}" for c in COLOURS for s in SHAPES)  # 赤い丸, 赤い
 def draw(label: str, size: tuple[int, int], rng: random.Random) -> Image.Image:
     """One picture of `label` at `size` (width, height): a light noisy background, one shape."""
     colour_name = next(c for c in COLOURS if label.startswith(c))
-    shape = label[len(colour_name):]
+    shape = label[len(colour_name) :]
     w, h = size
     base = rng.randint(200, 250)
     im = Image.new("RGB", size, (base, base, base - rng.randint(0, 20)))

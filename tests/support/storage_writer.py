@@ -63,8 +63,9 @@ async def bump(store: LabelStore, args: argparse.Namespace) -> None:
         seen = current.version if current else 0
         say(f"begin {seen + 1}")
         try:
-            result = await store.write(GUILD, CHANNEL, bump_labels(seen + 1, args.name), user_id=USER, action="set",
-                                       expected_version=seen)
+            result = await store.write(
+                GUILD, CHANNEL, bump_labels(seen + 1, args.name), user_id=USER, action="set", expected_version=seen
+            )
         except VersionConflict as e:
             say(f"conflict {seen} {e.current_version}")
             continue
@@ -100,8 +101,9 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="w")
     parser.add_argument("--count", type=int, default=20, help="add mode: labels to add")
     parser.add_argument("--hold-ms", type=float, default=0.0, help="pause up to this long inside each transaction")
-    parser.add_argument("--think-ms", type=float, default=0.0,
-                        help="add mode: pause up to this long between reading and writing")
+    parser.add_argument(
+        "--think-ms", type=float, default=0.0, help="add mode: pause up to this long between reading and writing"
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--wait-for-go", action="store_true", help="after 'ready', wait for a line on stdin")
     args = parser.parse_args(argv)

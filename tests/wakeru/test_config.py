@@ -28,8 +28,10 @@ def test_bot_sections_validate_urls_and_role_ids():
         load_config(REPO / "config.yaml", env={"WAKERU_DISCORD__MODERATOR_ROLE_IDS": "[abc]"})
     with pytest.raises(ConfigError, match=r"discord\.auto_classify"):
         load_config(REPO / "config.yaml", env={"WAKERU_DISCORD__AUTO_CLASSIFY": "sometimes"})
-    config = load_config(REPO / "config.yaml", env={"WAKERU_DISCORD__MODERATOR_ROLE_IDS": '["123", 456]',
-                                                    "WAKERU_DISCORD__API_BASE": "http://127.0.0.1:9/"})
+    config = load_config(
+        REPO / "config.yaml",
+        env={"WAKERU_DISCORD__MODERATOR_ROLE_IDS": '["123", 456]', "WAKERU_DISCORD__API_BASE": "http://127.0.0.1:9/"},
+    )
     assert config.discord.moderator_role_ids == (123, 456) and config.discord.api_base == "http://127.0.0.1:9"
 
 
@@ -48,14 +50,17 @@ def test_partial_file_keeps_other_defaults(tmp_path):
 
 
 def test_env_overrides_with_types():
-    config = load_config(REPO / "config.yaml", env={
-        "WAKERU_MODEL__ID": "/models/x",
-        "WAKERU_MODEL__REVISION": "0123456",       # a commit made of digits stays that text
-        "WAKERU_MODEL__TRUST_REMOTE_CODE": "true",
-        "WAKERU_WORKER__MAX_BATCH": "8",
-        "WAKERU_IMAGES__FORMATS": "[jpg, PNG]",
-        "WAKERU_MODEL__TEMPLATES": '["{}です"]',
-    })
+    config = load_config(
+        REPO / "config.yaml",
+        env={
+            "WAKERU_MODEL__ID": "/models/x",
+            "WAKERU_MODEL__REVISION": "0123456",  # a commit made of digits stays that text
+            "WAKERU_MODEL__TRUST_REMOTE_CODE": "true",
+            "WAKERU_WORKER__MAX_BATCH": "8",
+            "WAKERU_IMAGES__FORMATS": "[jpg, PNG]",
+            "WAKERU_MODEL__TEMPLATES": '["{}です"]',
+        },
+    )
     assert config.model.id == "/models/x"
     assert config.model.revision == "0123456"
     assert config.model.trust_remote_code is True
@@ -72,15 +77,21 @@ def test_wakeru_config_names_another_file(tmp_path):
         load_config(env={"WAKERU_CONFIG": str(tmp_path / "missing.yaml")})
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({"WAKERU_MODEL__DEVICE": "gpu"}, r"model\.device: must be auto, cpu, cuda or cuda:N.*\(from WAKERU_MODEL__DEVICE\)"),
-    ({"WAKERU_WORKER__MAX_BATCH": "0"}, r"worker\.max_batch: .*greater than or equal to 1.*got 0"),
-    ({"WAKERU_MODEL__DTYPE": "int8"}, r"model\.dtype: .*'auto', 'float32', 'bfloat16' or 'float16'"),
-    ({"WAKERU_MODEL__DEVIC": "cpu"}, r"WAKERU_MODEL__DEVIC: unknown key model\.devic"),
-    ({"WAKERU_MODLE__ID": "x"}, r"WAKERU_MODLE__ID: unknown section 'modle'"),
-    ({"WAKERU_IMAGES__FORMATS": "[jpeg, svg]"}, r"images\.formats: .*unknown format 'svg'"),
-    ({"WAKERU_MODEL__TEMPLATES": '["写真"]'}, r"model\.templates: .*must contain '\{\}' exactly once"),
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        (
+            {"WAKERU_MODEL__DEVICE": "gpu"},
+            r"model\.device: must be auto, cpu, cuda or cuda:N.*\(from WAKERU_MODEL__DEVICE\)",
+        ),
+        ({"WAKERU_WORKER__MAX_BATCH": "0"}, r"worker\.max_batch: .*greater than or equal to 1.*got 0"),
+        ({"WAKERU_MODEL__DTYPE": "int8"}, r"model\.dtype: .*'auto', 'float32', 'bfloat16' or 'float16'"),
+        ({"WAKERU_MODEL__DEVIC": "cpu"}, r"WAKERU_MODEL__DEVIC: unknown key model\.devic"),
+        ({"WAKERU_MODLE__ID": "x"}, r"WAKERU_MODLE__ID: unknown section 'modle'"),
+        ({"WAKERU_IMAGES__FORMATS": "[jpeg, svg]"}, r"images\.formats: .*unknown format 'svg'"),
+        ({"WAKERU_MODEL__TEMPLATES": '["写真"]'}, r"model\.templates: .*must contain '\{\}' exactly once"),
+    ],
+)
 def test_errors_name_the_key_and_the_problem(env, expected):
     with pytest.raises(ConfigError, match=expected):
         load_config(REPO / "config.yaml", env=env)
@@ -125,8 +136,10 @@ def test_null_revision_from_the_environment():
     assert load_config(REPO / "config.yaml", env={"WAKERU_MODEL__REVISION": "null"}).model.revision is None
 
 
-@pytest.mark.parametrize("env", [{"WAKERU_WORKER__MAX_BATCH": "true"}, {"WAKERU_WORKER__MAX_WAIT_MS": "yes"},
-                                 {"WAKERU_IMAGES__MAX_BYTES": "1.5"}])
+@pytest.mark.parametrize(
+    "env",
+    [{"WAKERU_WORKER__MAX_BATCH": "true"}, {"WAKERU_WORKER__MAX_WAIT_MS": "yes"}, {"WAKERU_IMAGES__MAX_BYTES": "1.5"}],
+)
 def test_numbers_are_strict(env):
     with pytest.raises(ConfigError, match=r"valid (integer|number)"):
         load_config(REPO / "config.yaml", env=env)
@@ -146,22 +159,33 @@ def test_redis_url_takes_tls_options_and_no_error_or_log_ever_shows_the_password
             load_config(REPO / "config.yaml", env={"WAKERU_WORKER__REDIS_URL": bad})
         assert "hunter2" not in str(e.value) and "worker.redis_url" in str(e.value), e.value
     with pytest.raises(ConfigError) as e:
-        load_config(REPO / "config.yaml", env={"WAKERU_STORAGE__URL": "postgresql://u:hunter2@h/db",
-                                               "WAKERU_WORKER__MAX_BATCH": "0"})
+        load_config(
+            REPO / "config.yaml",
+            env={"WAKERU_STORAGE__URL": "postgresql://u:hunter2@h/db", "WAKERU_WORKER__MAX_BATCH": "0"},
+        )
     assert "hunter2" not in str(e.value)
 
 
-@pytest.mark.parametrize("env, key, expected", [
-    ({"WAKERU_ATTACHMENTS__ALLOWED_HOSTS": "cdn.example.com,media.example.com"}, ("attachments", "allowed_hosts"),
-     ("cdn.example.com", "media.example.com")),
-    ({"WAKERU_ATTACHMENTS__ALLOWED_HOSTS": "[cdn.example.com, media.example.com]"}, ("attachments", "allowed_hosts"),
-     ("cdn.example.com", "media.example.com")),
-    ({"WAKERU_DISCORD__MODERATOR_ROLE_IDS": "123, 456"}, ("discord", "moderator_role_ids"), (123, 456)),
-    ({"WAKERU_DISCORD__SHARD_COUNT": "4", "WAKERU_DISCORD__SHARD_IDS": "0,1"}, ("discord", "shard_ids"), (0, 1)),
-    ({"WAKERU_IMAGES__FORMATS": "jpg,png"}, ("images", "formats"), ("jpeg", "png")),
-    ({"WAKERU_MODEL__TEMPLATES": "{}の写真,{}の画像"}, ("model", "templates"), ("{}の写真", "{}の画像")),
-    ({"WAKERU_LABELS__DEFAULT": "犬,猫"}, ("labels", "default"), ("犬", "猫")),
-])
+@pytest.mark.parametrize(
+    "env, key, expected",
+    [
+        (
+            {"WAKERU_ATTACHMENTS__ALLOWED_HOSTS": "cdn.example.com,media.example.com"},
+            ("attachments", "allowed_hosts"),
+            ("cdn.example.com", "media.example.com"),
+        ),
+        (
+            {"WAKERU_ATTACHMENTS__ALLOWED_HOSTS": "[cdn.example.com, media.example.com]"},
+            ("attachments", "allowed_hosts"),
+            ("cdn.example.com", "media.example.com"),
+        ),
+        ({"WAKERU_DISCORD__MODERATOR_ROLE_IDS": "123, 456"}, ("discord", "moderator_role_ids"), (123, 456)),
+        ({"WAKERU_DISCORD__SHARD_COUNT": "4", "WAKERU_DISCORD__SHARD_IDS": "0,1"}, ("discord", "shard_ids"), (0, 1)),
+        ({"WAKERU_IMAGES__FORMATS": "jpg,png"}, ("images", "formats"), ("jpeg", "png")),
+        ({"WAKERU_MODEL__TEMPLATES": "{}の写真,{}の画像"}, ("model", "templates"), ("{}の写真", "{}の画像")),
+        ({"WAKERU_LABELS__DEFAULT": "犬,猫"}, ("labels", "default"), ("犬", "猫")),
+    ],
+)
 def test_list_settings_take_plain_comma_separated_values_from_the_environment(env, key, expected):
     config = load_config(REPO / "config.yaml", env=env)
     assert getattr(getattr(config, key[0]), key[1]) == expected
@@ -183,4 +207,6 @@ def test_removed_and_cross_section_settings_are_explained(tmp_path):
         load_config(REPO / "config.yaml", env={"WAKERU_WORKER__QUEUE_MAX_BYTES": "1000"})
     with pytest.raises(ConfigError, match=r"model\.match_threshold"):
         load_config(REPO / "config.yaml", env={"WAKERU_MODEL__MATCH_THRESHOLD": "1.5"})
-    assert load_config(REPO / "config.yaml", env={"WAKERU_MODEL__MATCH_THRESHOLD": "0.05"}).model.match_threshold == 0.05
+    assert (
+        load_config(REPO / "config.yaml", env={"WAKERU_MODEL__MATCH_THRESHOLD": "0.05"}).model.match_threshold == 0.05
+    )

@@ -47,32 +47,128 @@ SEPARATORS = re.compile(r"[,、，\r\n]")
 # Pieces that exercise every rule: separators, whitespace of every kind, control and format characters, Discord
 # mentions and markdown, scripts that normalise differently, and long runs.
 PIECES = [
-    ",", "、", "，", ",,", " , ", "\n", "\r\n", "\r", "\n\n", " ", "  ", "\t", "\u3000", "\xa0", "\u2003", "\v", "\f",
-    "\x00", "\x07", "\x1b", "\x1c", "\x1f", "\x7f", "\x85", "\x9f",                  # Cc, some of which split() eats
-    "\u2028", "\u2029",                                                              # line/paragraph separators (Zl/Zp)
-    "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad",                      # zero-width / format (Cf)
-    "\u200e", "\u200f", "\u202a", "\u202e", "\u2066", "\u2069", "\u061c",            # bidi marks and overrides
-    "@everyone", "@here", "<@123456789012345678>", "<@!42>", "<@&123>", "<#987>", "<:emoji:123>", "<t:0:R>",
-    "**bold**", "__u__", "*i*", "`code`", "```block```", "||spoiler||", "> quote", "# heading", "[x](http://e.x)",
-    "\\", "\\,", '"', "'", "{}", "%s", "$(rm -rf /)", "<script>",
-    "犬", "猫", "象", "鳥", "ｶﾀｶﾅ", "カタカナ", "Ａ", "A", "a", "é", "e\u0301", "が", "か\u3099", "ß", "İ", "ﬁ",
-    "\U0001F436", "\U0001F468\u200d\U0001F469\u200d\U0001F467", "\U0001F1EF\U0001F1F5", "\ufe0f", "\u0300",
-    "a" * 50, "犬" * 51, "x" * 200, "あ" * 1000,
+    ",",
+    "、",
+    "，",
+    ",,",
+    " , ",
+    "\n",
+    "\r\n",
+    "\r",
+    "\n\n",
+    " ",
+    "  ",
+    "\t",
+    "\u3000",
+    "\xa0",
+    "\u2003",
+    "\v",
+    "\f",
+    "\x00",
+    "\x07",
+    "\x1b",
+    "\x1c",
+    "\x1f",
+    "\x7f",
+    "\x85",
+    "\x9f",  # Cc, some of which split() eats
+    "\u2028",
+    "\u2029",  # line/paragraph separators (Zl/Zp)
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\u2060",
+    "\ufeff",
+    "\u00ad",  # zero-width / format (Cf)
+    "\u200e",
+    "\u200f",
+    "\u202a",
+    "\u202e",
+    "\u2066",
+    "\u2069",
+    "\u061c",  # bidi marks and overrides
+    "@everyone",
+    "@here",
+    "<@123456789012345678>",
+    "<@!42>",
+    "<@&123>",
+    "<#987>",
+    "<:emoji:123>",
+    "<t:0:R>",
+    "**bold**",
+    "__u__",
+    "*i*",
+    "`code`",
+    "```block```",
+    "||spoiler||",
+    "> quote",
+    "# heading",
+    "[x](http://e.x)",
+    "\\",
+    "\\,",
+    '"',
+    "'",
+    "{}",
+    "%s",
+    "$(rm -rf /)",
+    "<script>",
+    "犬",
+    "猫",
+    "象",
+    "鳥",
+    "ｶﾀｶﾅ",
+    "カタカナ",
+    "Ａ",
+    "A",
+    "a",
+    "é",
+    "e\u0301",
+    "が",
+    "か\u3099",
+    "ß",
+    "İ",
+    "ﬁ",
+    "\U0001f436",
+    "\U0001f468\u200d\U0001f469\u200d\U0001f467",
+    "\U0001f1ef\U0001f1f5",
+    "\ufe0f",
+    "\u0300",
+    "a" * 50,
+    "犬" * 51,
+    "x" * 200,
+    "あ" * 1000,
 ]
 
 pieces_text = st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=8)), max_size=40).map("".join)
-repeated_text = st.builds(lambda piece, k, sep: sep.join([piece] * k), st.sampled_from(PIECES + ["犬", "cat"]),
-                          st.integers(1, 400), st.sampled_from([",", "、", "\n", "", " "]))
-many_labels = st.lists(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1,
-                               max_size=6), max_size=150).map(lambda xs: ",".join(xs))
+repeated_text = st.builds(
+    lambda piece, k, sep: sep.join([piece] * k),
+    st.sampled_from(PIECES + ["犬", "cat"]),
+    st.integers(1, 400),
+    st.sampled_from([",", "、", "\n", "", " "]),
+)
+many_labels = st.lists(
+    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=6), max_size=150
+).map(lambda xs: ",".join(xs))
 clean_label = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1, max_size=12)
 # mostly valid label sets: they reach the count rules
 clean_labels = st.lists(clean_label, max_size=150).map(lambda xs: "、".join(xs))
 # valid labels with one odd piece somewhere: each special character meets the rules on its own
-one_odd = st.builds(lambda labels, piece, at: (lambda t: t[:at % (len(t) + 1)] + piece + t[at % (len(t) + 1):])(
-    ",".join(labels)), st.lists(clean_label, max_size=8), st.sampled_from(PIECES), st.integers(0, 200))
-any_text = st.one_of(st.text(max_size=300), pieces_text, repeated_text, many_labels, clean_labels, one_odd, one_odd,
-                     st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=200))
+one_odd = st.builds(
+    lambda labels, piece, at: (lambda t: t[: at % (len(t) + 1)] + piece + t[at % (len(t) + 1) :])(",".join(labels)),
+    st.lists(clean_label, max_size=8),
+    st.sampled_from(PIECES),
+    st.integers(0, 200),
+)
+any_text = st.one_of(
+    st.text(max_size=300),
+    pieces_text,
+    repeated_text,
+    many_labels,
+    clean_labels,
+    one_odd,
+    one_odd,
+    st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=200),
+)
 
 
 @st.composite
@@ -86,8 +182,7 @@ def limits(draw) -> dict[str, int]:
 def _collapse(raw: str) -> str:
     """The documented normalisation, written out independently: NFC, invisible format characters
     dropped (except the zero-width joiner and tag characters of emoji), whitespace collapsed."""
-    kept = (ch for ch in raw
-            if unicodedata.category(ch) != "Cf" or ch == "\u200d" or 0xE0020 <= ord(ch) <= 0xE007F)
+    kept = (ch for ch in raw if unicodedata.category(ch) != "Cf" or ch == "\u200d" or 0xE0020 <= ord(ch) <= 0xE007F)
     return " ".join(unicodedata.normalize("NFC", "".join(kept)).split())
 
 
@@ -159,18 +254,32 @@ def test_parse_labels_either_valid_or_a_documented_error(text, lim):
 
 
 @examples(600)
-@given(items=st.one_of(st.lists(st.one_of(any_text, st.sampled_from(PIECES)), max_size=120),
-                      st.lists(clean_label, max_size=150)),
-       lim=limits())
+@given(
+    items=st.one_of(
+        st.lists(st.one_of(any_text, st.sampled_from(PIECES)), max_size=120), st.lists(clean_label, max_size=150)
+    ),
+    lim=limits(),
+)
 def test_normalise_labels_either_valid_or_a_documented_error(items, lim):
     check(items, lim, run(normalise_labels, items, **lim))
 
 
 @examples(300)
-@given(items=st.lists(st.one_of(st.sampled_from(PIECES), st.integers(), st.none(), st.binary(max_size=4),
-                                st.lists(st.text(max_size=2), max_size=2), st.floats(allow_nan=True)),
-                      min_size=1, max_size=10),
-       lim=limits())
+@given(
+    items=st.lists(
+        st.one_of(
+            st.sampled_from(PIECES),
+            st.integers(),
+            st.none(),
+            st.binary(max_size=4),
+            st.lists(st.text(max_size=2), max_size=2),
+            st.floats(allow_nan=True),
+        ),
+        min_size=1,
+        max_size=10,
+    ),
+    lim=limits(),
+)
 def test_non_text_items_are_refused_with_not_text(items, lim):
     assume(any(not isinstance(x, str) for x in items))
     result = run(normalise_labels, items, **lim)
@@ -183,8 +292,7 @@ def test_non_text_items_are_refused_with_not_text(items, lim):
 
 
 @examples(400)
-@given(parts=st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=6)), min_size=1, max_size=30),
-       lim=limits())
+@given(parts=st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=6)), min_size=1, max_size=30), lim=limits())
 def test_order_of_separators_does_not_matter(parts, lim):
     """Any mix of the accepted separators splits the same way as plain commas."""
     parts = [SEPARATORS.sub("", p) for p in parts]

@@ -26,15 +26,19 @@ from wakeru.protocol import (
     encode,
 )
 
-INFO = WorkerInfo(model="/models/x", family="siglip", device="cpu", dtype="float32", input_size=224,
-                  embedding_size=768, pid=42)
+INFO = WorkerInfo(
+    model="/models/x", family="siglip", device="cpu", dtype="float32", input_size=224, embedding_size=768, pid=42
+)
 
 
-@pytest.mark.parametrize("message", [
-    Classify(ClassifyRequest(id="e1-1", image=b"\xff\xd8\xff", labels=("犬", "猫"), top_k=2, deadline=1.5)),
-    Cancel("e1-1"),
-    Stop(),
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        Classify(ClassifyRequest(id="e1-1", image=b"\xff\xd8\xff", labels=("犬", "猫"), top_k=2, deadline=1.5)),
+        Cancel("e1-1"),
+        Stop(),
+    ],
+)
 def test_messages_to_the_worker_survive_the_pipe(message):
     # the pipe pickles what encode() gives: plain tuples, dicts, bytes and strings
     wire = pickle.loads(pickle.dumps(encode(message)))
@@ -42,13 +46,16 @@ def test_messages_to_the_worker_survive_the_pipe(message):
     assert decode_to_worker(wire) == message
 
 
-@pytest.mark.parametrize("message", [
-    Ready(INFO),
-    Failed("out of memory while loading /models/x"),
-    Result(ClassifyResult(id="e1-1", top=(LabelScore("犬", 0.9, 0.4, True),))),
-    Result(ClassifyResult.failure("e1-2", ErrorCode.CORRUPT, "truncated")),
-    Cancelled("e1-3"),
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        Ready(INFO),
+        Failed("out of memory while loading /models/x"),
+        Result(ClassifyResult(id="e1-1", top=(LabelScore("犬", 0.9, 0.4, True),))),
+        Result(ClassifyResult.failure("e1-2", ErrorCode.CORRUPT, "truncated")),
+        Cancelled("e1-3"),
+    ],
+)
 def test_messages_from_the_worker_survive_the_pipe(message):
     assert decode_from_worker(pickle.loads(pickle.dumps(encode(message)))) == message
 
@@ -72,8 +79,18 @@ def test_junk_is_a_protocol_error_without_a_request(raw):
     assert caught.value.request_id is None
 
 
-@pytest.mark.parametrize("raw", [("ready", {"model": "x"}), ("ready", "x"), ("result", {"top": []}), ("failed", None),
-                                 ("cancelled", 3), ("hello", None), ["result", {}]])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        ("ready", {"model": "x"}),
+        ("ready", "x"),
+        ("result", {"top": []}),
+        ("failed", None),
+        ("cancelled", 3),
+        ("hello", None),
+        ["result", {}],
+    ],
+)
 def test_the_bot_rejects_junk_from_a_worker(raw):
     with pytest.raises(ProtocolError):
         decode_from_worker(raw)

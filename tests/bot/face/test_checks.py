@@ -26,18 +26,22 @@ async def test_every_changing_labels_command_carries_the_moderator_check():
 
 
 def _interaction(*, scope=None, perms: discord.Permissions, roles=()):
-    return SimpleNamespace(namespace=SimpleNamespace(scope=scope), permissions=perms,
-                           user=SimpleNamespace(_roles=list(roles), roles=[]))
+    return SimpleNamespace(
+        namespace=SimpleNamespace(scope=scope), permissions=perms, user=SimpleNamespace(_roles=list(roles), roles=[])
+    )
 
 
-@pytest.mark.parametrize(("scope", "perms", "roles", "refused"), [
-    (None, discord.Permissions(manage_channels=True), (), None),
-    (None, discord.Permissions.none(), (), "denied.channel"),
-    ("server", discord.Permissions(manage_channels=True), (), "denied.server"),  # the server needs Manage Server
-    (app_commands.Choice(name="server", value="server"), discord.Permissions(manage_guild=True), (), None),
-    ("server", discord.Permissions.none(), (42,), None),  # a moderator role
-    ("server", discord.Permissions(administrator=True), (), None),
-])
+@pytest.mark.parametrize(
+    ("scope", "perms", "roles", "refused"),
+    [
+        (None, discord.Permissions(manage_channels=True), (), None),
+        (None, discord.Permissions.none(), (), "denied.channel"),
+        ("server", discord.Permissions(manage_channels=True), (), "denied.server"),  # the server needs Manage Server
+        (app_commands.Choice(name="server", value="server"), discord.Permissions(manage_guild=True), (), None),
+        ("server", discord.Permissions.none(), (42,), None),  # a moderator role
+        ("server", discord.Permissions(administrator=True), (), None),
+    ],
+)
 def test_the_rule_follows_the_scope_the_command_changes(scope, perms, roles, refused):
     interaction = _interaction(scope=scope, perms=perms, roles=roles)
     assert requested_scope(interaction) == ("server" if getattr(scope, "value", scope) == "server" else "channel")

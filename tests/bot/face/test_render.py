@@ -5,9 +5,9 @@ from __future__ import annotations
 import discord
 import pytest
 
-from bot.services.labelsets import LabelSource
-from bot.services.classifying import ImageAnswer
 from bot.face.render import bar, percent, result_embed, result_embeds
+from bot.services.classifying import ImageAnswer
+from bot.services.labelsets import LabelSource
 from wakeru.protocol import ClassifyResult, ErrorCode, LabelScore
 
 
@@ -58,8 +58,10 @@ def test_labels_and_filenames_are_escaped_and_cannot_mention():
 
 @pytest.mark.parametrize("long", ["あ" * 50, "*_" * 25, "@everyone" * 5 + "~~~~~"])
 def test_ten_embeds_of_long_labels_fit_discords_6000_character_budget(long):
-    answers = [ImageAnswer("_*" * 100 + ".jpg", _ok((long + "1", 0.2), (long + "2", 0.2), (long + "3", 0.2)))
-               for _ in range(12)]
+    answers = [
+        ImageAnswer("_*" * 100 + ".jpg", _ok((long + "1", 0.2), (long + "2", 0.2), (long + "3", 0.2)))
+        for _ in range(12)
+    ]
     embeds = result_embeds(answers, LabelSource("parent", (long,) * 100, 10**18, 999), "ja")
     assert len(embeds) == 10
     assert sum(len(e) for e in embeds) <= 6000

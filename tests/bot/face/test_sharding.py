@@ -20,9 +20,9 @@ import discord.gateway
 import discord.http
 import pytest
 
-from bot.services import metrics
 from bot.cli import use_endpoints
 from bot.face.client import WakeruClient, WakeruShardedClient, describe_shards, make_client
+from bot.services import metrics
 from tests.conftest import make_config
 from tests.support import flows
 from tests.support.bot_process import BotProcess, sharded_bots
@@ -36,8 +36,9 @@ def world(stub_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("sharded")
     db = root / "labels.db"
     with FakeDiscord() as fake:
-        guilds, tokens, bots = sharded_bots(fake, stub_model, root, SHARDS, worker="stub",
-                                            WAKERU_STORAGE__URL=f"sqlite:///{db}")
+        guilds, tokens, bots = sharded_bots(
+            fake, stub_model, root, SHARDS, worker="stub", WAKERU_STORAGE__URL=f"sqlite:///{db}"
+        )
         try:
             for k in SHARDS:
                 bots[k].start(wait=False)
@@ -82,13 +83,17 @@ def test_image_posts_are_answered_once_each_by_the_process_owning_the_shard(shar
     for channel in channels:
         assert flows.set_labels(fake, flows.LABELS, channel_id=channel)["content"]
     mark = fake.mark()
-    posts = [flows.post_image(fake, channel, label, seed)
-             for seed, label in enumerate(["赤い丸", "青い四角", "緑の丸", "赤い四角", "青い丸", "緑の四角"])
-             for channel in channels]
+    posts = [
+        flows.post_image(fake, channel, label, seed)
+        for seed, label in enumerate(["赤い丸", "青い四角", "緑の丸", "赤い四角", "青い丸", "緑の四角"])
+        for channel in channels
+    ]
     answers = flows.wait_replies(fake, posts, mark)
     flows.sentinel(fake, channels)  # a duplicate (from the other process, or a retry) would come before these
     replies = flows.replies(fake, mark)
-    assert all(len(replies[str(p["id"])]) == 1 for p in posts), {str(p["id"]): len(replies[str(p["id"])]) for p in posts}
+    assert all(len(replies[str(p["id"])]) == 1 for p in posts), {
+        str(p["id"]): len(replies[str(p["id"])]) for p in posts
+    }
     logs = {k: bots[k].full_log() for k in SHARDS}
     for post in posts:
         shard = shard_of(int(post["guild_id"]), 2)
@@ -104,15 +109,21 @@ def test_image_posts_are_answered_once_each_by_the_process_owning_the_shard(shar
 def test_classify_is_answered_once_in_each_shard(sharded):
     fake, guilds, tokens, bots, _ = sharded
     for k in SHARDS:
-        rec = fake.interact("classify", channel_id=guilds[k].other_channel_id,
-                            options=[{"type": 3, "name": "labels", "value": "赤い丸, 青い丸, 緑の丸"}],
-                            attachments={"image": ("mine.png", flows.png("青い丸", 40 + k), "image/png")})
+        rec = fake.interact(
+            "classify",
+            channel_id=guilds[k].other_channel_id,
+            options=[{"type": 3, "name": "labels", "value": "赤い丸, 青い丸, 緑の丸"}],
+            attachments={"image": ("mine.png", flows.png("青い丸", 40 + k), "image/png")},
+        )
         final = rec.wait_final(timeout=60)
         assert flows.top_label(final["embeds"][0]) == "青い丸"
         # the sentinel: another command in the same shard; a second answer to the first comes before it
-        again = fake.interact("classify", channel_id=guilds[k].other_channel_id,
-                              options=[{"type": 3, "name": "labels", "value": "赤い丸, 青い丸, 緑の丸"}],
-                              attachments={"image": ("again.png", flows.png("赤い丸", 50 + k), "image/png")})
+        again = fake.interact(
+            "classify",
+            channel_id=guilds[k].other_channel_id,
+            options=[{"type": 3, "name": "labels", "value": "赤い丸, 青い丸, 緑の丸"}],
+            attachments={"image": ("again.png", flows.png("赤い丸", 50 + k), "image/png")},
+        )
         assert flows.top_label(again.wait_final(timeout=60)["embeds"][0]) == "赤い丸"
         assert [r["type"] for r in rec.responses] == [5] and len(rec.timeline) == 1 and not rec.failed
         assert [d["token"] for d in fake.delivered(rec.id)] == [tokens[k]]
@@ -127,8 +138,9 @@ def test_a_label_set_changed_in_shard_1_is_used_by_its_process(sharded):
     answer = flows.set_labels(fake, "赤い丸、青い四角", channel_id=channel)
     assert "v1" in answer["content"] and "2件" in answer["content"]
     with sqlite3.connect(db) as con:  # the one store both processes share
-        rows = con.execute("SELECT guild_id, channel_id, version FROM label_sets WHERE guild_id = ?",
-                           (guilds[1].id,)).fetchall()
+        rows = con.execute(
+            "SELECT guild_id, channel_id, version FROM label_sets WHERE guild_id = ?", (guilds[1].id,)
+        ).fetchall()
     assert (guilds[1].id, channel, 1) in rows
     mark = fake.mark()
     post = flows.post_image(fake, channel, "赤い丸", 7)
@@ -165,8 +177,9 @@ def test_shard_count_auto_asks_discord_and_runs_every_recommended_shard():
     with FakeDiscord() as fake:
         fake.recommended_shards = 3
         guilds = [fake.add_guild(shard=k, shard_count=3) for k in range(3)]
-        config = make_config(discord={"shard_count": "auto", "api_base": fake.api_base,
-                                      "gateway_url": fake.gateway_url})
+        config = make_config(
+            discord={"shard_count": "auto", "api_base": fake.api_base, "gateway_url": fake.gateway_url}
+        )
         use_endpoints(config)
         ready_before = metrics.GATEWAY_SESSIONS.labels("ready")._value.get()
         client = make_client(None, config)
@@ -183,6 +196,7 @@ def test_shard_count_auto_asks_discord_and_runs_every_recommended_shard():
                 loop.append(asyncio.get_running_loop())
                 async with client:
                     await client.start(fake.token)
+
             try:
                 asyncio.run(main())
             except BaseException as e:  # reported below
@@ -200,16 +214,22 @@ def test_shard_count_auto_asks_discord_and_runs_every_recommended_shard():
             assert client.describe_shards() == "shards 0,1,2 of 3"
             by_shard = {g.id: g.shard_id for g in client.guilds}
             assert by_shard == {**{g.id: k for k, g in enumerate(guilds)}, fake.guild_id: shard_of(fake.guild_id, 3)}
-            fake.wait_for(lambda: metrics.GATEWAY_SESSIONS.labels("ready")._value.get() - ready_before >= 3, 10,
-                          "one READY counted per shard")
+            fake.wait_for(
+                lambda: metrics.GATEWAY_SESSIONS.labels("ready")._value.get() - ready_before >= 3,
+                10,
+                "one READY counted per shard",
+            )
             assert metrics.GATEWAY_SESSIONS.labels("ready")._value.get() - ready_before == 3
             # One shard drops and RESUMEs on its own; the others stay up.
             resumed_before = metrics.GATEWAY_SESSIONS.labels("resumed")._value.get()
             t0 = time.monotonic()
             assert fake.disconnect_all(4000, shard=1) == 1
             fake.wait_reconnected(t0, timeout=15)
-            fake.wait_for(lambda: metrics.GATEWAY_SESSIONS.labels("resumed")._value.get() > resumed_before, 10,
-                          "the resume counted")
+            fake.wait_for(
+                lambda: metrics.GATEWAY_SESSIONS.labels("resumed")._value.get() > resumed_before,
+                10,
+                "the resume counted",
+            )
             assert metrics.GATEWAY_SESSIONS.labels("resumed")._value.get() == resumed_before + 1
             assert fake.ready_shards(3) == {0, 1, 2} and client.is_ready()
         finally:
@@ -225,11 +245,18 @@ def test_shard_count_auto_asks_discord_and_runs_every_recommended_shard():
 def test_an_invalid_shard_stops_the_bot_with_a_clear_error(tmp_path, stub_model):
     """Two processes disagreeing on shard_count: Discord (the fake) closes the second with 4010."""
     with FakeDiscord() as fake:
-        first = BotProcess(fake, stub_model, tmp_path, worker="stub", WAKERU_DISCORD__SHARD_COUNT="2",
-                           WAKERU_DISCORD__SHARD_IDS="[0]")
+        first = BotProcess(
+            fake, stub_model, tmp_path, worker="stub", WAKERU_DISCORD__SHARD_COUNT="2", WAKERU_DISCORD__SHARD_IDS="[0]"
+        )
         (tmp_path / "other").mkdir()
-        other = BotProcess(fake, stub_model, tmp_path / "other", worker="stub", WAKERU_DISCORD__SHARD_COUNT="3",
-                           WAKERU_DISCORD__SHARD_IDS="[1]")
+        other = BotProcess(
+            fake,
+            stub_model,
+            tmp_path / "other",
+            worker="stub",
+            WAKERU_DISCORD__SHARD_COUNT="3",
+            WAKERU_DISCORD__SHARD_IDS="[1]",
+        )
         first.start(wait=False)
         try:
             fake.wait_shards_ready(2, [0], timeout=60)

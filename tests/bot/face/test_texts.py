@@ -14,8 +14,18 @@ from discord import app_commands
 
 from bot.face import texts
 from bot.face.texts import (
-    CATALOGUES, COMMAND_CONTEXT, LOCALE_DIR, SOURCE_LANGUAGE, TEXTS, Catalogues, CommandTranslator, error_text,
-    label_error, language, placeholders, text,
+    CATALOGUES,
+    COMMAND_CONTEXT,
+    LOCALE_DIR,
+    SOURCE_LANGUAGE,
+    TEXTS,
+    Catalogues,
+    CommandTranslator,
+    error_text,
+    label_error,
+    language,
+    placeholders,
+    text,
 )
 from wakeru.labels import LabelError, parse_labels
 from wakeru.protocol import ErrorCode
@@ -86,10 +96,15 @@ def test_every_error_code_has_its_own_text():
     assert error_text("en-US", ErrorCode.QUEUE_FULL) == TEXTS["error.queue_full"]
 
 
-@pytest.mark.parametrize("raw, fragment_ja", [
-    ("", "ラベルがありません"), ("犬", "1個しかありません"), ("犬," + "あ" * 60, "60文字"),
-    (",".join(str(i) for i in range(120)), "120個"),
-])
+@pytest.mark.parametrize(
+    "raw, fragment_ja",
+    [
+        ("", "ラベルがありません"),
+        ("犬", "1個しかありません"),
+        ("犬," + "あ" * 60, "60文字"),
+        (",".join(str(i) for i in range(120)), "120個"),
+    ],
+)
 def test_label_errors_are_specific_in_japanese(raw, fragment_ja):
     with pytest.raises(LabelError) as e:
         parse_labels(raw, max_count=100, max_length=50, min_count=2)
@@ -110,6 +125,7 @@ async def _payloads() -> list[dict]:
 
 def _items(payloads):
     """(item, chat_input) for every command, subcommand and option."""
+
     def walk(item, chat_input):
         yield item, chat_input
         for option in item.get("options", []):
@@ -131,7 +147,7 @@ async def test_every_command_text_is_in_the_english_catalogue():
             used.add(item["description"])
         used.update(choice["name"] for choice in item.get("choices", []))
     english = set(CATALOGUES.commands(SOURCE_LANGUAGE))
-    assert not used - english, "command texts missing from en/LC_MESSAGES/wakeru.po (msgctxt \"command\")"
+    assert not used - english, 'command texts missing from en/LC_MESSAGES/wakeru.po (msgctxt "command")'
     assert not english - used, "command texts in en/LC_MESSAGES/wakeru.po that no command uses"
 
 
@@ -173,7 +189,7 @@ async def test_english_command_names_are_valid_and_japanese_as_before():
 
 # ---- a new language is a new directory -------------------------------------------------------
 
-FRENCH = r'''# French (a test catalogue)
+FRENCH = r"""# French (a test catalogue)
 msgid ""
 msgstr ""
 "Language: fr\n"
@@ -200,7 +216,7 @@ msgstr ""
 msgctxt "command"
 msgid "classify"
 msgstr "classer"
-'''
+"""
 
 
 def _locales_with(tmp_path: Path, extra: dict[str, str]) -> Path:
@@ -227,8 +243,9 @@ async def test_a_new_language_directory_is_used_without_code_changes(tmp_path, m
     assert await translator.translate(app_commands.locale_str("classify"), discord.Locale.french, None) == "classer"
     assert await translator.translate(app_commands.locale_str("labels"), discord.Locale.french, None) is None
     assert await translator.translate(app_commands.locale_str("classify"), discord.Locale.japanese, None) == "分類"
-    assert await translator.translate(app_commands.locale_str("classify"), discord.Locale.american_english,
-                                      None) is None
+    assert (
+        await translator.translate(app_commands.locale_str("classify"), discord.Locale.american_english, None) is None
+    )
 
 
 def test_discord_locales_find_the_nearest_catalogue(tmp_path):

@@ -27,11 +27,21 @@ class Att:
     content_type: str | None = "image/jpeg"
 
 
-@pytest.mark.parametrize("content_type, filename, expected", [
-    ("image/jpeg", "x.jpg", "jpeg"), ("image/png; charset=binary", "x", "png"), ("image/webp", "x", "webp"),
-    ("image/svg+xml", "x.svg", None), ("application/pdf", "x.jpg", None), ("text/plain", "a.png", None),
-    (None, "photo.JPEG", "jpeg"), (None, "scan.tiff", None), (None, "notes.txt", None), ("image/tiff", "x", None),
-])
+@pytest.mark.parametrize(
+    "content_type, filename, expected",
+    [
+        ("image/jpeg", "x.jpg", "jpeg"),
+        ("image/png; charset=binary", "x", "png"),
+        ("image/webp", "x", "webp"),
+        ("image/svg+xml", "x.svg", None),
+        ("application/pdf", "x.jpg", None),
+        ("text/plain", "a.png", None),
+        (None, "photo.JPEG", "jpeg"),
+        (None, "scan.tiff", None),
+        (None, "notes.txt", None),
+        ("image/tiff", "x", None),
+    ],
+)
 def test_image_format(content_type, filename, expected):
     assert image_format(content_type, filename, FORMATS) == expected
 
@@ -95,9 +105,10 @@ async def server():
 
 
 def _downloader(session, **attachments):
-    config = make_config(images={"max_bytes": 2_000_000},
-                         attachments={"allowed_hosts": ["127.0.0.1"], "resize_above_bytes": 1_000_000,
-                                      **attachments})
+    config = make_config(
+        images={"max_bytes": 2_000_000},
+        attachments={"allowed_hosts": ["127.0.0.1"], "resize_above_bytes": 1_000_000, **attachments},
+    )
     return _Fetcher(Downloader(config, session))
 
 
@@ -147,8 +158,9 @@ async def test_a_body_longer_than_claimed_is_cut_off(server):
     assert e.value.code is ErrorCode.TOO_LARGE
 
 
-@pytest.mark.parametrize("url", ["http://example.com/a.jpg", "file:///etc/passwd", "http://127.0.0.1.evil.com/x",
-                                 "ftp://127.0.0.1/x"])
+@pytest.mark.parametrize(
+    "url", ["http://example.com/a.jpg", "file:///etc/passwd", "http://127.0.0.1.evil.com/x", "ftp://127.0.0.1/x"]
+)
 async def test_hosts_outside_the_allowlist_are_never_contacted(server, url):
     _, calls, _, session = server
     with pytest.raises(AttachmentError) as e:

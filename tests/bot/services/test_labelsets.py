@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.services.labelsets import auto_classify_enabled, inherited, resolve
-from bot.store import LabelStore, SQLiteLabelStore
+from bot.store import SQLiteLabelStore
 from tests.conftest import make_config
 
 G, CHANNEL, THREAD, OTHER = 1, 10, 11, 20
@@ -38,8 +38,9 @@ async def test_resolution_order(store):
     assert (await inherited(store, config, G, None, None)).kind == "default"
 
 
-@pytest.mark.parametrize("mode, bare, labelled", [("labeled_channels", False, True), ("all", True, True),
-                                                  ("off", False, False)])
+@pytest.mark.parametrize(
+    "mode, bare, labelled", [("labeled_channels", False, True), ("all", True, True), ("off", False, False)]
+)
 async def test_auto_classify_modes(store, mode, bare, labelled):
     config = make_config(discord={"auto_classify": mode})
     await store.write(G, None, ("山", "海"), user_id=5, action="set")  # a server set does not switch channels on

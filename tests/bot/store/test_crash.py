@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.store import SCHEMA_VERSION, LabelStore, SQLiteLabelStore
+from bot.store import SCHEMA_VERSION, SQLiteLabelStore
 from tests.support.storage_writer import CHANNEL, GUILD, bump_labels
 
 REPO = Path(__file__).resolve().parents[3]
@@ -54,7 +54,11 @@ def start_writer(db: Path, *args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen(
         [sys.executable, "-m", "tests.support.storage_writer", url_for(db), *args],
-        cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -133,10 +137,14 @@ def inspect(path: Path, expected_schema: list[tuple]) -> tuple[str, int, list[tu
         assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert schema(con) == expected_schema
-        rows = con.execute("SELECT version, labels FROM label_sets WHERE guild_id = ? AND channel_id = ?",
-                           (GUILD, CHANNEL)).fetchall()
-        history = con.execute("SELECT version, action, labels, reverted FROM label_history "
-                              "WHERE guild_id = ? AND channel_id = ? ORDER BY version", (GUILD, CHANNEL)).fetchall()
+        rows = con.execute(
+            "SELECT version, labels FROM label_sets WHERE guild_id = ? AND channel_id = ?", (GUILD, CHANNEL)
+        ).fetchall()
+        history = con.execute(
+            "SELECT version, action, labels, reverted FROM label_history "
+            "WHERE guild_id = ? AND channel_id = ? ORDER BY version",
+            (GUILD, CHANNEL),
+        ).fetchall()
         assert con.execute("SELECT COUNT(*) FROM label_sets").fetchone()[0] == len(rows)  # no stray scopes
     finally:
         con.close()
@@ -211,16 +219,27 @@ def test_sigkill_during_label_writes_never_corrupts_the_database(tmp_path, recor
             await store.close()
 
     assert asyncio.run(reopen()).version == stored + 1
-    summary = dict(kills=KILLS, writes_committed=writes + unreported, reported=writes,
-                   committed_but_unreported=unreported, kills_inside_write=in_write, kills_inside_held_tx=mid_hold,
-                   final_version=stored, integrity_ok=sum(integrity_ok), integrity_checks=len(integrity_ok),
-                   seconds=round(elapsed, 1), seed=SEED)
+    summary = dict(
+        kills=KILLS,
+        writes_committed=writes + unreported,
+        reported=writes,
+        committed_but_unreported=unreported,
+        kills_inside_write=in_write,
+        kills_inside_held_tx=mid_hold,
+        final_version=stored,
+        integrity_ok=sum(integrity_ok),
+        integrity_checks=len(integrity_ok),
+        seconds=round(elapsed, 1),
+        seed=SEED,
+    )
     for key, value in summary.items():
         record_property(key, value)
-    print(f"\nstorage SIGKILL test: {KILLS} kills, {writes + unreported} writes committed "
-          f"({unreported} committed but killed before reporting), {in_write} kills inside write(), "
-          f"integrity_check ok {sum(integrity_ok)}/{len(integrity_ok)}, final version {stored}, "
-          f"{elapsed:.1f} s, seed {SEED}")
+    print(
+        f"\nstorage SIGKILL test: {KILLS} kills, {writes + unreported} writes committed "
+        f"({unreported} committed but killed before reporting), {in_write} kills inside write(), "
+        f"integrity_check ok {sum(integrity_ok)}/{len(integrity_ok)}, final version {stored}, "
+        f"{elapsed:.1f} s, seed {SEED}"
+    )
     assert sum(integrity_ok) == KILLS
     assert writes >= 3 * KILLS
 
@@ -229,9 +248,23 @@ def test_two_concurrent_writers_lose_no_update(tmp_path, record_property):
     db = tmp_path / "concurrent.db"
     expected_schema = reference_schema(tmp_path)
     count = 40
-    procs = {name: start_writer(db, "--mode", "add", "--name", name, "--count", str(count), "--think-ms", "2",
-                                "--seed", str(seed), "--wait-for-go")
-             for seed, name in enumerate(("a", "b"))}
+    procs = {
+        name: start_writer(
+            db,
+            "--mode",
+            "add",
+            "--name",
+            name,
+            "--count",
+            str(count),
+            "--think-ms",
+            "2",
+            "--seed",
+            str(seed),
+            "--wait-for-go",
+        )
+        for seed, name in enumerate(("a", "b"))
+    }
     try:
         readers = {name: Lines(proc) for name, proc in procs.items()}
         for reader in readers.values():
@@ -276,5 +309,7 @@ def test_two_concurrent_writers_lose_no_update(tmp_path, record_property):
     assert sorted(previous) == sorted(reported.values())  # every committed label is in the final set
     record_property("concurrent_commits", len(reported))
     record_property("concurrent_conflicts", conflicts)
-    print(f"\nstorage concurrent writers: 2 writers, {len(reported)} labels committed, {conflicts} version "
-          f"conflicts retried, final version {version}, integrity_check {integrity}")
+    print(
+        f"\nstorage concurrent writers: 2 writers, {len(reported)} labels committed, {conflicts} version "
+        f"conflicts retried, final version {version}, integrity_check {integrity}"
+    )

@@ -18,8 +18,9 @@ import time
 import asyncpg
 import pytest
 
-from bot.store import base as storage, postgres as storage_postgres
 from bot.store import SCHEMA_VERSION, HistoryEntry, SQLiteLabelStore, StorageError, open_store
+from bot.store import base as storage
+from bot.store import postgres as storage_postgres
 from bot.store.postgres import WRITE_LOCK, PostgresLabelStore
 from tests.bot.store.test_crash import Lines, close_pipes
 from tests.conftest import REPO
@@ -76,8 +77,13 @@ async def test_open_store_picks_the_backend_by_scheme(postgres_url, tmp_path):
 async def test_schema_uses_the_shared_migrations_and_a_version_table(postgres_url):
     await (await open_store(postgres_url)).close()
     assert await fetch(postgres_url, "SELECT version FROM wakeru_schema") == [(SCHEMA_VERSION,)]
-    types = dict(await fetch(postgres_url, "SELECT table_name || '.' || column_name, data_type "
-                                           "FROM information_schema.columns WHERE table_schema = current_schema()"))
+    types = dict(
+        await fetch(
+            postgres_url,
+            "SELECT table_name || '.' || column_name, data_type "
+            "FROM information_schema.columns WHERE table_schema = current_schema()",
+        )
+    )
     assert types["label_sets.guild_id"] == types["label_history.channel_id"] == "bigint"  # snowflakes fit
     assert types["label_history.reverted"] == types["channel_settings.auto_classify"] == "boolean"
     assert types["label_sets.updated_at"] == "double precision"
@@ -88,8 +94,14 @@ async def test_schema_uses_the_shared_migrations_and_a_version_table(postgres_ur
 
 def start_writer(url: str, *args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-m", "tests.support.pg_writer", url, *args], cwd=REPO, env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.pg_writer", url, *args],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def finish(procs: dict[str, subprocess.Popen], readers: dict[str, Lines]) -> dict[str, list[str]]:
@@ -109,9 +121,23 @@ def finish(procs: dict[str, subprocess.Popen], readers: dict[str, Lines]) -> dic
 
 async def test_writer_processes_on_one_set_lose_no_update_and_leave_no_gap(postgres_url, record_property):
     count = 25
-    procs = {name: start_writer(postgres_url, "--mode", "add", "--name", name, "--count", str(count),
-                                "--think-ms", "3", "--seed", str(seed), "--wait-for-go")
-             for seed, name in enumerate(("a", "b", "c"))}
+    procs = {
+        name: start_writer(
+            postgres_url,
+            "--mode",
+            "add",
+            "--name",
+            name,
+            "--count",
+            str(count),
+            "--think-ms",
+            "3",
+            "--seed",
+            str(seed),
+            "--wait-for-go",
+        )
+        for seed, name in enumerate(("a", "b", "c"))
+    }
     readers = {name: Lines(proc) for name, proc in procs.items()}
     try:
         for reader in readers.values():
@@ -148,8 +174,10 @@ async def test_writer_processes_on_one_set_lose_no_update_and_leave_no_gap(postg
         previous = entry.labels
     assert final.version == total and sorted(final.labels) == sorted(by_version.values())
     record_property("pg_writers_conflicts", conflicts)
-    print(f"\npostgres writers: {len(procs)} processes, {total} labels committed, {conflicts} version conflicts "
-          f"retried, final version {final.version}")
+    print(
+        f"\npostgres writers: {len(procs)} processes, {total} labels committed, {conflicts} version conflicts "
+        f"retried, final version {final.version}"
+    )
 
 
 async def test_processes_opening_a_fresh_database_at_once_migrate_it_once(postgres_url):
@@ -161,11 +189,14 @@ async def test_processes_opening_a_fresh_database_at_once_migrate_it_once(postgr
         transaction = blocker.transaction()
         await transaction.start()
         await blocker.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
-        procs = {name: start_writer(postgres_url, "--mode", "add", "--name", name, "--count", "1")
-                 for name in ("p", "q", "r", "s")}
+        procs = {
+            name: start_writer(postgres_url, "--mode", "add", "--name", name, "--count", "1")
+            for name in ("p", "q", "r", "s")
+        }
         deadline = time.monotonic() + 60
-        while await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted") \
-                < len(procs):
+        while await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted") < len(
+            procs
+        ):
             assert time.monotonic() < deadline, "the processes never queued for the migration lock"
             assert all(proc.poll() is None for proc in procs.values()), "a process gave up"
             await asyncio.sleep(0.05)
@@ -236,8 +267,11 @@ async def test_nothing_listening_is_retried_for_a_while_then_refused(monkeypatch
     monkeypatch.setattr(storage_postgres, "CONNECT_RETRY_S", 1.0)
     caplog.set_level(logging.WARNING, logger="wakeru.storage")
     started = time.monotonic()
-    with pytest.raises(StorageError, match=r"cannot reach the PostgreSQL database 'wakeru' on 127\.0\.0\.1:\d+ .*"
-                                           r"check that the server is running.*kept trying") as info:
+    with pytest.raises(
+        StorageError,
+        match=r"cannot reach the PostgreSQL database 'wakeru' on 127\.0\.0\.1:\d+ .*"
+        r"check that the server is running.*kept trying",
+    ) as info:
         await open_store(f"postgresql://wakeru:hunter2@127.0.0.1:{free_port()}/wakeru")
     assert 0.5 < time.monotonic() - started < 5
     assert "retrying for up to 1 s" in caplog.text
@@ -245,8 +279,9 @@ async def test_nothing_listening_is_retried_for_a_while_then_refused(monkeypatch
     assert "hunter2" not in caplog.text
 
 
-@pytest.mark.parametrize("url", ["postgresql://wakeru:hunter2@db:port/wakeru",
-                                 "postgresql://wakeru:hunter2@db:99999/wakeru"])
+@pytest.mark.parametrize(
+    "url", ["postgresql://wakeru:hunter2@db:port/wakeru", "postgresql://wakeru:hunter2@db:99999/wakeru"]
+)
 async def test_malformed_url(url):
     with pytest.raises(StorageError, match="not a valid PostgreSQL URL") as info:
         await open_store(url)
@@ -263,8 +298,11 @@ async def test_read_only_session_reads_but_refuses_changes(postgres_server, post
     try:
         assert store.read_only
         before = await store.get(G, C), await store.history(G, C), await store.get_auto(G, C)
-        for change in (store.write(G, C, ("猫",), user_id=U, action="set", expected_version=1),
-                       store.undo(G, C, user_id=U), store.set_auto(G, C, False, user_id=U)):
+        for change in (
+            store.write(G, C, ("猫",), user_id=U, action="set", expected_version=1),
+            store.undo(G, C, user_id=U),
+            store.set_auto(G, C, False, user_id=U),
+        ):
             with pytest.raises(StorageError, match="is read-only .*default_transaction_read_only") as info:
                 await change
             assert_secret_kept(info.value, "secret")
@@ -287,10 +325,12 @@ async def test_failure_midway_rolls_back_and_bugs_are_not_disguised(postgres_ser
         await store.write(G, C, ("犬",), user_id=U, action="set")
         before = await store.get(G, C), await store.history(G, C)
         # The history row is inserted first; make the following label_sets update fail.
-        postgres_server.sql("CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS "
-                            "$$ BEGIN RAISE EXCEPTION 'boom'; END $$; "
-                            "CREATE TRIGGER boom BEFORE UPDATE ON label_sets FOR EACH ROW EXECUTE FUNCTION boom()",
-                            database=database_of(postgres_url))
+        postgres_server.sql(
+            "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'boom'; END $$; "
+            "CREATE TRIGGER boom BEFORE UPDATE ON label_sets FOR EACH ROW EXECUTE FUNCTION boom()",
+            database=database_of(postgres_url),
+        )
         with pytest.raises(asyncpg.RaiseError, match="boom"):  # not an operator's problem: not a StorageError
             await store.write(G, C, ("猫",), user_id=U, action="set")
         postgres_server.sql("DROP TRIGGER boom ON label_sets", database=database_of(postgres_url))
@@ -325,9 +365,11 @@ def test_errors_an_operator_can_fix_are_explained(error, phrase):
 
 def test_other_errors_are_bugs_and_propagate():
     server = storage_postgres._Server.parse("postgresql://wakeru:hunter2@db/labels")
-    for error in (asyncpg.UndefinedTableError('relation "label_sets" does not exist'),
-                  asyncpg.InterfaceError("cannot perform operation: another operation is in progress"),
-                  ValueError("x")):
+    for error in (
+        asyncpg.UndefinedTableError('relation "label_sets" does not exist'),
+        asyncpg.InterfaceError("cannot perform operation: another operation is in progress"),
+        ValueError("x"),
+    ):
         assert storage_postgres._translate(error, server) is None
 
 

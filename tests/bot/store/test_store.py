@@ -19,20 +19,20 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bot.store import base as storage
-from tests.conftest import REPO
 from bot.store import (
     SCHEMA_VERSION,
     HistoryEntry,
     LabelSet,
     LabelStore,
-    SQLiteLabelStore,
     NothingToUndo,
+    SQLiteLabelStore,
     StorageError,
     VersionConflict,
     open_store,
     parse_storage_url,
 )
+from bot.store import base as storage
+from tests.conftest import REPO
 
 # Snowflake-sized IDs: they must survive as 64-bit integers.
 G = 1_234_567_890_123_456_789
@@ -102,8 +102,11 @@ async def schema_version(url: str) -> int:
 
 
 async def table_names(url: str) -> set[str]:
-    sql = ("SELECT name FROM sqlite_master WHERE type = 'table'" if is_sqlite(url) else
-           "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+    sql = (
+        "SELECT name FROM sqlite_master WHERE type = 'table'"
+        if is_sqlite(url)
+        else "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+    )
     return {row[0] for row in await raw(url, sql)}
 
 
@@ -270,7 +273,11 @@ async def test_repeated_undo_walks_back_then_nothing_to_undo(store):
         await store.undo(G, C, user_id=U)
 
     entries = await store.history(G, C)
-    assert [(e.version, e.action, e.detail) for e in entries[:3]] == [(6, "undo", "1"), (5, "undo", "2"), (4, "undo", "3")]
+    assert [(e.version, e.action, e.detail) for e in entries[:3]] == [
+        (6, "undo", "1"),
+        (5, "undo", "2"),
+        (4, "undo", "3"),
+    ]
     assert all(e.reverted for e in entries[3:])
 
 
@@ -439,7 +446,17 @@ async def test_auto_flag_set_get_clear(store):
 
 
 async def test_unicode_and_mentions_round_trip_exactly(store_url):
-    labels = ("犬", "ｶﾀｶﾅ", "🐱 ねこ", "👨‍👩‍👧", "@everyone", "<@&123456>", 'quote " and \\ back', "e\u0301", "\u3000全角")
+    labels = (
+        "犬",
+        "ｶﾀｶﾅ",
+        "🐱 ねこ",
+        "👨‍👩‍👧",
+        "@everyone",
+        "<@&123456>",
+        'quote " and \\ back',
+        "e\u0301",
+        "\u3000全角",
+    )
     s = await open_store(store_url)
     await s.write(G, C, labels, user_id=U, action="set")
     await s.close()
@@ -640,16 +657,18 @@ async def test_a_database_on_a_read_only_file_system_opens_for_reading_and_refus
         try:
             assert s.read_only and (await s.get(G, C)).labels == ("犬", "猫")
             with pytest.raises(StorageError, match="read-only"):
-                await s.write(G, C, ("犬",  "鳥"), user_id=U, action="set", expected_version=1)
+                await s.write(G, C, ("犬", "鳥"), user_id=U, action="set", expected_version=1)
             assert (await s.get(G, C)).version == 1
         finally:
             await s.close()
         # killed before SQLite merged its write-ahead log: the change must not be hidden
         assert subprocess.run(["mount", "-o", "remount,rw", str(mount)]).returncode == 0
-        killed = (f"import asyncio, os\nfrom bot.store import SQLiteLabelStore\nasync def main():\n"
-                  f"    s = await SQLiteLabelStore.open({url_for(mount / 'wakeru.db')!r})\n"
-                  f"    await s.write({G}, {C}, ('犬', '鳥'), user_id={U}, action='set', expected_version=1)\n"
-                  f"    os._exit(0)\nasyncio.run(main())\n")
+        killed = (
+            f"import asyncio, os\nfrom bot.store import SQLiteLabelStore\nasync def main():\n"
+            f"    s = await SQLiteLabelStore.open({url_for(mount / 'wakeru.db')!r})\n"
+            f"    await s.write({G}, {C}, ('犬', '鳥'), user_id={U}, action='set', expected_version=1)\n"
+            f"    os._exit(0)\nasyncio.run(main())\n"
+        )
         assert subprocess.run([sys.executable, "-c", killed], cwd=REPO).returncode == 0
         assert (mount / "wakeru.db-wal").stat().st_size > 0
         wal_only = mount / "wal-only"  # the same files without -shm: SQLite cannot read the log then

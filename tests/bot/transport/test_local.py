@@ -151,7 +151,10 @@ async def test_an_image_that_kills_the_worker_twice_is_refused_not_looped(stub_m
     await transport.start()
     try:
         await _ready(transport)
-        innocent = [asyncio.ensure_future(transport.classify(_request(_shape(lab, i)))) for i, lab in enumerate(shapes.CLASSES[:3])]
+        innocent = [
+            asyncio.ensure_future(transport.classify(_request(_shape(lab, i))))
+            for i, lab in enumerate(shapes.CLASSES[:3])
+        ]
         poison = await transport.classify(_request(_shape("赤い丸"), labels=(*shapes.CLASSES, "💥")))
         assert poison.error is ErrorCode.CRASHED and "twice" in poison.message
         assert [r.top[0].label for r in await asyncio.gather(*innocent)] == list(shapes.CLASSES[:3])
@@ -167,6 +170,7 @@ async def test_a_worker_that_dies_while_loading_is_given_up_after_three_tries(tm
     # a model directory whose weights file is a named pipe nobody writes: loading blocks until killed
     model = tmp_path / "model"
     import shutil
+
     shutil.copytree(stub_model, model)
     weights = next(model.glob("*.safetensors"))
     weights.unlink()

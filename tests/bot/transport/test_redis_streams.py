@@ -20,10 +20,20 @@ import redis
 from bot.transport.redis_streams import RedisWorkerTransport
 from tests.conftest import make_config
 from tests.support import shapes
-from tests.support.redis_server import (RedisServer, WorkerProcess, redis_server, redis_url,  # noqa: F401
-                                        wait_for_workers)
-from wakeru.protocol import (REQUESTS_GROUP, ClassifyRequest, ClassifyResult, ErrorCode, heartbeat_key,
-                             parse_result_fields, replies_key, request_fields, requests_key, result_fields, WorkerInfo)
+from tests.support.redis_server import RedisServer, WorkerProcess, redis_server, redis_url, wait_for_workers  # noqa: F401
+from wakeru.protocol import (
+    REQUESTS_GROUP,
+    ClassifyRequest,
+    ClassifyResult,
+    ErrorCode,
+    WorkerInfo,
+    heartbeat_key,
+    parse_result_fields,
+    replies_key,
+    request_fields,
+    requests_key,
+    result_fields,
+)
 
 pytestmark = pytest.mark.slow  # a real redis-server and worker processes
 
@@ -40,14 +50,23 @@ def _shape(label: str, seed: int = 0) -> bytes:
 
 
 def _config(model, url: str, **worker):
-    return make_config(model, worker={"transport": "redis", "redis_url": url, "heartbeat_s": 0.2,
-                                      "claim_idle_s": 2.0, **worker})
+    return make_config(
+        model, worker={"transport": "redis", "redis_url": url, "heartbeat_s": 0.2, "claim_idle_s": 2.0, **worker}
+    )
 
 
 def _fake_heartbeat(client, name: str = "fake", ttl_ms: int = 60_000, **info) -> None:
     """A worker announcement without a worker: the bot's side alone can then be driven by hand."""
-    announced = WorkerInfo(model="fake", family="siglip", device="cpu", dtype="float32", input_size=224,
-                           embedding_size=64, pid=1, name=name)
+    announced = WorkerInfo(
+        model="fake",
+        family="siglip",
+        device="cpu",
+        dtype="float32",
+        input_size=224,
+        embedding_size=64,
+        pid=1,
+        name=name,
+    )
     client.set(heartbeat_key(PREFIX, name), json.dumps({**announced.to_dict(), **info}), px=ttl_ms)
 
 
@@ -107,14 +126,18 @@ async def test_two_workers_answer_everything_and_the_stream_is_left_empty(traine
         first = await asyncio.wait_for(early, 30)
         assert first.ok and first.top[0].label == "赤い丸", first
         labels = list(shapes.CLASSES) * 4
-        results = await asyncio.gather(*(transport.classify(_request(_shape(lab, i % 6))) for i, lab in
-                                         enumerate(labels)))
+        results = await asyncio.gather(
+            *(transport.classify(_request(_shape(lab, i % 6))) for i, lab in enumerate(labels))
+        )
         assert [r.top[0].label if r.ok else r.error for r in results] == labels
         bad = await transport.classify(_request(b"GIF89a" + b"\0" * 30))
         assert bad.error is ErrorCode.CORRUPT
+
         def served() -> int:  # heartbeats count what each worker answered
-            return sum(json.loads(client.get(k) or "{}").get("served", 0)
-                       for k in client.scan_iter(match=f"{PREFIX}:worker:*"))
+            return sum(
+                json.loads(client.get(k) or "{}").get("served", 0) for k in client.scan_iter(match=f"{PREFIX}:worker:*")
+            )
+
         await _until(lambda: served() == len(labels) + 2, timeout=5, what="the heartbeats to count the answers")
         # answered requests are acknowledged and deleted, answers read are deleted: nothing piles up
         await _until(lambda: client.xlen(STREAM) == 0, what="the request stream to empty")
@@ -139,8 +162,9 @@ async def test_a_killed_workers_pending_requests_are_answered_by_another(stub_mo
     takes A's pending entries over (XAUTOCLAIM) and answers all of them, once each."""
     client = redis.Redis.from_url(redis_url)
     transport = RedisWorkerTransport(_config(stub_model, redis_url))
-    slow = WorkerProcess(stub_model, redis_url, tmp_path, name="slow", worker="stub",
-                         WAKERU_FAULTS="batch_delay_ms=120000").start()
+    slow = WorkerProcess(
+        stub_model, redis_url, tmp_path, name="slow", worker="stub", WAKERU_FAULTS="batch_delay_ms=120000"
+    ).start()
     other = None
     await transport.start()
     try:
@@ -172,8 +196,9 @@ async def test_a_hung_worker_that_wakes_up_is_not_answered_twice(stub_model, red
     wakes up it answers them too; the bot passes on only the first answer of each."""
     client = redis.Redis.from_url(redis_url)
     transport = RedisWorkerTransport(_config(stub_model, redis_url))
-    frozen = WorkerProcess(stub_model, redis_url, tmp_path, name="frozen", worker="stub",
-                           WAKERU_FAULTS="batch_delay_ms=4000").start()
+    frozen = WorkerProcess(
+        stub_model, redis_url, tmp_path, name="frozen", worker="stub", WAKERU_FAULTS="batch_delay_ms=4000"
+    ).start()
     other = None
     await transport.start()
     try:
@@ -198,7 +223,8 @@ async def test_a_hung_worker_that_wakes_up_is_not_answered_twice(stub_model, red
 
 
 async def test_the_worker_answers_hostile_entries_and_refuses_a_poison_image_a_third_time(
-        stub_model, redis_url, tmp_path):
+    stub_model, redis_url, tmp_path
+):
     client = redis.Redis.from_url(redis_url)
     client.xgroup_create(STREAM, REQUESTS_GROUP, id="0", mkstream=True)
     reply = replies_key(PREFIX, "test")
@@ -273,9 +299,11 @@ async def test_with_no_worker_images_wait_a_while_then_are_unavailable_at_once(r
         waiting = asyncio.ensure_future(transport.classify(_request(b"img", deadline_s=30)))
         await _until(lambda: client.xlen(STREAM) == 1, what="the image queued for the next worker")
         _fake_heartbeat(client, name="back")  # a worker comes back and answers it
-        (_, fields), = client.xrange(STREAM)
-        client.xadd(fields[b"reply"], result_fields(ClassifyResult.failure(fields[b"id"].decode(),
-                                                                           ErrorCode.CORRUPT, "answered")))
+        ((_, fields),) = client.xrange(STREAM)
+        client.xadd(
+            fields[b"reply"],
+            result_fields(ClassifyResult.failure(fields[b"id"].decode(), ErrorCode.CORRUPT, "answered")),
+        )
         assert (await asyncio.wait_for(waiting, 10)).message == "answered"
         client.delete(heartbeat_key(PREFIX, "back"))
         await _until(lambda: transport.state == "no_workers", what="no workers again")
@@ -298,7 +326,7 @@ async def test_first_answer_wins_late_ones_are_dropped_and_a_given_up_request_is
         request = _request(b"img")
         task = asyncio.ensure_future(transport.classify(request))
         await _until(lambda: client.xlen(STREAM) == 1, what="the request in the stream")
-        (entry_id, fields), = client.xrange(STREAM)
+        ((entry_id, fields),) = client.xrange(STREAM)
         assert fields[b"image"] == b"img" and fields[b"reply"].decode() == replies_key(PREFIX, transport.bot_id)
         first = ClassifyResult.failure(request.id, ErrorCode.CORRUPT, "first")
         reply = fields[b"reply"].decode()
@@ -337,10 +365,11 @@ async def test_redis_going_away_is_unavailable_and_recovers(tmp_path):
         await _until(lambda: transport.state == "ready", timeout=20, what="recovery")
         task = asyncio.ensure_future(transport.classify(_request(b"img")))
         await _until(lambda: server.client().xlen(STREAM) == 1, what="the request after recovery")
-        (_, fields), = server.client().xrange(STREAM)
+        ((_, fields),) = server.client().xrange(STREAM)
         request_id = fields[b"id"].decode()
-        server.client().xadd(fields[b"reply"], result_fields(ClassifyResult.failure(request_id, ErrorCode.CORRUPT,
-                                                                                    "ok")))
+        server.client().xadd(
+            fields[b"reply"], result_fields(ClassifyResult.failure(request_id, ErrorCode.CORRUPT, "ok"))
+        )
         assert (await asyncio.wait_for(task, 10)).message == "ok"
     finally:
         await transport.close()
@@ -350,8 +379,9 @@ async def test_redis_going_away_is_unavailable_and_recovers(tmp_path):
 def test_protocol_entries_round_trip_binary_images_and_unicode_labels():
     from wakeru.protocol import parse_request_fields
 
-    request = ClassifyRequest(id="a-1", image=bytes(range(256)), labels=("犬", "👨‍👩‍👧", "a,b"), top_k=2,
-                              deadline=1234.5)
+    request = ClassifyRequest(
+        id="a-1", image=bytes(range(256)), labels=("犬", "👨‍👩‍👧", "a,b"), top_k=2, deadline=1234.5
+    )
     wire = {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in request_fields(request, "r").items()}
     assert parse_request_fields(wire) == (request, "r")
     no_deadline = ClassifyRequest(id="b", image=b"x", labels=("猫",))

@@ -9,8 +9,9 @@ from model_worker.image.decode import DecodeLimits, ImageError, decode_image
 from tests.support.hostile import corpus, encoded
 from wakeru.protocol import ErrorCode
 
-LIMITS = DecodeLimits(max_bytes=25 * 2**20, max_pixels=40_000_000,
-                      formats=frozenset({"jpeg", "png", "gif", "webp", "bmp"}))
+LIMITS = DecodeLimits(
+    max_bytes=25 * 2**20, max_pixels=40_000_000, formats=frozenset({"jpeg", "png", "gif", "webp", "bmp"})
+)
 HOSTILE = corpus()
 
 
@@ -45,8 +46,10 @@ def test_too_large_checked_before_anything_else():
     with pytest.raises(ImageError) as info:
         decode_image(data, small)
     assert info.value.code == ErrorCode.TOO_LARGE
-    assert info.value.message == f"the file is {len(data) // 1024} KiB; the limit is 1000 bytes" or \
-        info.value.message == f"the file is {round(len(data) / 1024)} KiB; the limit is 1000 bytes"
+    assert (
+        info.value.message == f"the file is {len(data) // 1024} KiB; the limit is 1000 bytes"
+        or info.value.message == f"the file is {round(len(data) / 1024)} KiB; the limit is 1000 bytes"
+    )
 
 
 def test_eps_never_reaches_ghostscript(monkeypatch):
@@ -123,13 +126,14 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # rotate 90° clockwise to display
     out = decode_image(encoded(im, "JPEG", exif=exif, quality=95), LIMITS)
     assert out.size == (20, 40)
-    assert _close(out.getpixel((10, 5)), (255, 0, 0), tol=20)   # red ends up on top
+    assert _close(out.getpixel((10, 5)), (255, 0, 0), tol=20)  # red ends up on top
     assert _close(out.getpixel((10, 35)), (0, 0, 255), tol=20)
 
 
 def test_broken_exif_does_not_refuse_the_picture():
-    data = bytearray(encoded(Image.new("RGB", (16, 16), (5, 6, 7)), "JPEG",
-                             exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff"))
+    data = bytearray(
+        encoded(Image.new("RGB", (16, 16), (5, 6, 7)), "JPEG", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff")
+    )
     assert decode_image(bytes(data), LIMITS).size == (16, 16)
 
 
@@ -189,7 +193,7 @@ def test_allowed_extreme_strips_stay_within_bounded_memory(tmp_path):
     import sys
 
     script = tmp_path / "strips.py"
-    script.write_text('''
+    script.write_text("""
 import io, resource, sys
 from PIL import Image
 from transformers import CLIPImageProcessor, Siglip2ImageProcessor, SiglipImageProcessor
@@ -208,16 +212,24 @@ for data in strips:
     for rule in rules:
         rule.prepare(decode_image(data, limits, rule.draft_size))
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
-''')
+""")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     grown_mib = int(proc.stdout.strip().splitlines()[-1])
     assert grown_mib < 400, grown_mib  # 50,000×800 decodes to 120 MB; nothing may multiply that
 
 
-@pytest.mark.parametrize("name", ["jpeg-300-repeated-scans", "jpeg-200k-app-markers",
-                                  "jpeg-1mb-junk-between-markers", "png-200k-chunks", "gif-100k-extensions",
-                                  "gif-no-global-palette-100k-extensions"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "jpeg-300-repeated-scans",
+        "jpeg-200k-app-markers",
+        "jpeg-1mb-junk-between-markers",
+        "png-200k-chunks",
+        "gif-100k-extensions",
+        "gif-no-global-palette-100k-extensions",
+    ],
+)
 def test_structure_floods_are_refused_before_pillow_parses_them(name, monkeypatch):
     opened = []
     monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a))

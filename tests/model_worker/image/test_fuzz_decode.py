@@ -42,7 +42,7 @@ settings.register_profile(
     "wakeru-fuzz-decode",
     # reproducible: the examples depend only on the test, not on the run (WAKERU_FUZZ_RANDOM=1: new ones each run)
     derandomize=not os.environ.get("WAKERU_FUZZ_RANDOM"),
-    database=None,             # no .hypothesis/examples in the repository
+    database=None,  # no .hypothesis/examples in the repository
     deadline=timedelta(seconds=5),  # per example; nothing here may take longer on a loaded CI core
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -61,8 +61,14 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning:PIL"),
 ]
 
-DECODE_CODES = {ErrorCode.EMPTY, ErrorCode.TOO_LARGE, ErrorCode.TOO_MANY_PIXELS, ErrorCode.BAD_DIMENSIONS,
-                ErrorCode.UNSUPPORTED_FORMAT, ErrorCode.CORRUPT}
+DECODE_CODES = {
+    ErrorCode.EMPTY,
+    ErrorCode.TOO_LARGE,
+    ErrorCode.TOO_MANY_PIXELS,
+    ErrorCode.BAD_DIMENSIONS,
+    ErrorCode.UNSUPPORTED_FORMAT,
+    ErrorCode.CORRUPT,
+}
 
 # ---------------------------------------------------------------- limits
 
@@ -92,8 +98,10 @@ def _picture(mode: str, size=(16, 12), shade: int = 0) -> Image.Image:
     w, h = size
     x = np.arange(w, dtype=np.uint16)[None, :] * 255 // max(w - 1, 1)
     y = np.arange(h, dtype=np.uint16)[:, None] * 255 // max(h - 1, 1)
-    rgb = np.stack([np.broadcast_to(x, (h, w)), np.broadcast_to(y, (h, w)),
-                    np.full((h, w), (shade * 97) % 256, np.uint16)], axis=-1).astype(np.uint8)
+    rgb = np.stack(
+        [np.broadcast_to(x, (h, w)), np.broadcast_to(y, (h, w)), np.full((h, w), (shade * 97) % 256, np.uint16)],
+        axis=-1,
+    ).astype(np.uint8)
     im = Image.fromarray(rgb, "RGB")
     if mode == "RGBA":
         im.putalpha(Image.fromarray(rgb[..., 0]))
@@ -163,18 +171,25 @@ Field = tuple[int, int, str, str]
 def _png_fields(d: bytes) -> list[Field]:
     out, pos = [], 8
     while pos + 8 <= len(d):
-        length = int.from_bytes(d[pos:pos + 4], "big")
-        kind = d[pos + 4:pos + 8]
+        length = int.from_bytes(d[pos : pos + 4], "big")
+        kind = d[pos + 4 : pos + 8]
         out.append((pos, 4, "big", "len"))
         body = pos + 8
         if kind == b"IHDR":
-            out += [(body, 4, "big", "dim"), (body + 4, 4, "big", "dim"), (body + 8, 1, "big", "enum"),
-                    (body + 9, 1, "big", "enum"), (body + 12, 1, "big", "enum")]
+            out += [
+                (body, 4, "big", "dim"),
+                (body + 4, 4, "big", "dim"),
+                (body + 8, 1, "big", "enum"),
+                (body + 9, 1, "big", "enum"),
+                (body + 12, 1, "big", "enum"),
+            ]
         elif kind == b"acTL":
             out += [(body, 4, "big", "len"), (body + 4, 4, "big", "len")]
         elif kind == b"fcTL":
-            out += [(body + 4 + 4 * i, 4, "big", "dim") for i in range(4)] + [(body + 24, 1, "big", "enum"),
-                                                                             (body + 25, 1, "big", "enum")]
+            out += [(body + 4 + 4 * i, 4, "big", "dim") for i in range(4)] + [
+                (body + 24, 1, "big", "enum"),
+                (body + 25, 1, "big", "enum"),
+            ]
         if kind == b"IEND":
             break
         pos += 12 + length
@@ -187,13 +202,17 @@ def _jpeg_fields(d: bytes) -> list[Field]:
         marker = d[pos + 1]
         out.append((pos + 2, 2, "big", "len"))
         if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            out += [(pos + 4, 1, "big", "enum"), (pos + 5, 2, "big", "dim"), (pos + 7, 2, "big", "dim"),
-                    (pos + 9, 1, "big", "enum")]
+            out += [
+                (pos + 4, 1, "big", "enum"),
+                (pos + 5, 2, "big", "dim"),
+                (pos + 7, 2, "big", "dim"),
+                (pos + 9, 1, "big", "enum"),
+            ]
             out += [(pos + 10 + 3 * i + 1, 1, "big", "enum") for i in range(min(d[pos + 9], 4))]  # sampling factors
         if marker == 0xDA:
             out.append((pos + 4, 1, "big", "enum"))
             break
-        pos += 2 + int.from_bytes(d[pos + 2:pos + 4], "big")
+        pos += 2 + int.from_bytes(d[pos + 2 : pos + 4], "big")
     return out
 
 
@@ -227,7 +246,7 @@ def _gif_fields(d: bytes) -> list[Field]:
 def _webp_fields(d: bytes) -> list[Field]:
     out, pos = [(4, 4, "little", "len")], 12
     while pos + 8 <= len(d):
-        kind, size = d[pos:pos + 4], int.from_bytes(d[pos + 4:pos + 8], "little")
+        kind, size = d[pos : pos + 4], int.from_bytes(d[pos + 4 : pos + 8], "little")
         out.append((pos + 4, 4, "little", "len"))
         body = pos + 8
         if kind == b"VP8X":
@@ -245,13 +264,36 @@ def _webp_fields(d: bytes) -> list[Field]:
 
 
 def _bmp_fields(d: bytes) -> list[Field]:
-    return [(2, 4, "little", "len"), (10, 4, "little", "len"), (14, 4, "little", "enum"), (18, 4, "little", "dim"),
-            (22, 4, "little", "dim"), (26, 2, "little", "enum"), (28, 2, "little", "enum"),
-            (30, 4, "little", "enum"), (34, 4, "little", "len"), (46, 4, "little", "len")]
+    return [
+        (2, 4, "little", "len"),
+        (10, 4, "little", "len"),
+        (14, 4, "little", "enum"),
+        (18, 4, "little", "dim"),
+        (22, 4, "little", "dim"),
+        (26, 2, "little", "enum"),
+        (28, 2, "little", "enum"),
+        (30, 4, "little", "enum"),
+        (34, 4, "little", "len"),
+        (46, 4, "little", "len"),
+    ]
 
 
-_TIFF_TAG_KIND = {256: "dim", 257: "dim", 273: "len", 278: "len", 279: "len", 258: "enum", 259: "enum",
-                  262: "enum", 277: "enum", 284: "enum", 317: "enum", 338: "enum", 339: "enum", 320: "len"}
+_TIFF_TAG_KIND = {
+    256: "dim",
+    257: "dim",
+    273: "len",
+    278: "len",
+    279: "len",
+    258: "enum",
+    259: "enum",
+    262: "enum",
+    277: "enum",
+    284: "enum",
+    317: "enum",
+    338: "enum",
+    339: "enum",
+    320: "len",
+}
 
 
 def _tiff_fields(d: bytes) -> list[Field]:
@@ -260,39 +302,73 @@ def _tiff_fields(d: bytes) -> list[Field]:
     ifd, seen = int.from_bytes(d[4:8], order), set()
     while 8 <= ifd < len(d) - 2 and ifd not in seen and len(seen) < 4:
         seen.add(ifd)
-        count = int.from_bytes(d[ifd:ifd + 2], order)
+        count = int.from_bytes(d[ifd : ifd + 2], order)
         out.append((ifd, 2, order, "len"))
         for i in range(count):
             e = ifd + 2 + 12 * i
             if e + 12 > len(d):
                 break
-            tag, typ = int.from_bytes(d[e:e + 2], order), int.from_bytes(d[e + 2:e + 4], order)
+            tag, typ = int.from_bytes(d[e : e + 2], order), int.from_bytes(d[e + 2 : e + 4], order)
             out += [(e + 2, 2, order, "enum"), (e + 4, 4, order, "len")]
             kind = _TIFF_TAG_KIND.get(tag)
             if kind:
                 out.append((e + 8, 2 if typ == 3 else 4, order, kind))
         nxt = ifd + 2 + 12 * count
         out.append((nxt, 4, order, "len"))
-        ifd = int.from_bytes(d[nxt:nxt + 4], order)
+        ifd = int.from_bytes(d[nxt : nxt + 4], order)
     return out
 
 
-_FIELDS = {"png": _png_fields, "jpeg": _jpeg_fields, "gif": _gif_fields, "webp": _webp_fields, "bmp": _bmp_fields,
-           "tiff": _tiff_fields}
+_FIELDS = {
+    "png": _png_fields,
+    "jpeg": _jpeg_fields,
+    "gif": _gif_fields,
+    "webp": _webp_fields,
+    "bmp": _bmp_fields,
+    "tiff": _tiff_fields,
+}
 SEED_FIELDS = {name: [f for f in _FIELDS[fmt](data) if f[0] + f[1] <= len(data)] for name, (fmt, data) in SEEDS.items()}
 
-_INTERESTING = [0, 1, 2, 3, 7, 8, 15, 16, 127, 128, 255, 256, 257, 4095, 8191, 16383, 16384, 32767, 32768,
-                50_000, 50_001, 65_535, 65_536, 1 << 23, (1 << 24) - 1, 2**31 - 1, 2**31, 2**32 - 1]
+_INTERESTING = [
+    0,
+    1,
+    2,
+    3,
+    7,
+    8,
+    15,
+    16,
+    127,
+    128,
+    255,
+    256,
+    257,
+    4095,
+    8191,
+    16383,
+    16384,
+    32767,
+    32768,
+    50_000,
+    50_001,
+    65_535,
+    65_536,
+    1 << 23,
+    (1 << 24) - 1,
+    2**31 - 1,
+    2**31,
+    2**32 - 1,
+]
 
 
 def _fix_png_crcs(d: bytearray) -> None:
     pos = 8
     while pos + 12 <= len(d):
-        length = int.from_bytes(d[pos:pos + 4], "big")
+        length = int.from_bytes(d[pos : pos + 4], "big")
         end = pos + 8 + length
         if end + 4 > len(d):
             return
-        d[end:end + 4] = struct.pack(">I", zlib.crc32(bytes(d[pos + 4:end])) & 0xFFFFFFFF)
+        d[end : end + 4] = struct.pack(">I", zlib.crc32(bytes(d[pos + 4 : end])) & 0xFFFFFFFF)
         pos = end + 4
 
 
@@ -308,14 +384,16 @@ def field_patches(draw, name: str) -> bytes:
     for _ in range(draw(st.integers(1, 3))):
         offset, size, order, kind = draw(st.sampled_from(fields))
         top = (1 << (8 * size)) - 1
-        old = int.from_bytes(d[offset:offset + size], order)
-        value = draw(st.one_of(
-            st.sampled_from(_INTERESTING),
-            st.integers(0, top),
-            st.integers(-16, 16).map(lambda delta: old + delta),
-            st.integers(2, 5000).map(lambda k: old * k),
-        ))
-        d[offset:offset + size] = (value & top).to_bytes(size, order)
+        old = int.from_bytes(d[offset : offset + size], order)
+        value = draw(
+            st.one_of(
+                st.sampled_from(_INTERESTING),
+                st.integers(0, top),
+                st.integers(-16, 16).map(lambda delta: old + delta),
+                st.integers(2, 5000).map(lambda k: old * k),
+            )
+        )
+        d[offset : offset + size] = (value & top).to_bytes(size, order)
     if fmt == "png" and draw(st.booleans()):
         _fix_png_crcs(d)  # get past the CRC check to the code that uses the field
     return bytes(d)
@@ -336,8 +414,12 @@ def byte_mutations(draw, data: bytes) -> bytes:
         elif op == "set" and n:
             d[i] = draw(st.sampled_from([0x00, 0xFF, 0x7F, 0x80, 0x01]))
         elif op == "insert":
-            run = draw(st.one_of(st.binary(min_size=1, max_size=64),
-                                 st.builds(lambda b, k: b * k, st.binary(min_size=1, max_size=4), st.integers(1, 512))))
+            run = draw(
+                st.one_of(
+                    st.binary(min_size=1, max_size=64),
+                    st.builds(lambda b, k: b * k, st.binary(min_size=1, max_size=4), st.integers(1, 512)),
+                )
+            )
             d[i:i] = run
         elif op == "delete" and n:
             j = draw(st.integers(i, min(n, i + 64)))
@@ -355,24 +437,59 @@ pristine = seed_names.map(lambda name: SEEDS[name][1])
 patched = seed_names.flatmap(field_patches)
 damaged = st.one_of(pristine, patched).flatmap(byte_mutations)
 
-_ALLOWED_MAGIC = [b"\xff\xd8\xff", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", b"\xff\xd8\xff\xc0", b"\x89PNG\r\n\x1a\n",
-                  b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR", b"GIF87a", b"GIF89a", b"RIFF\x00\x00\x00\x00WEBPVP8 ",
-                  b"RIFF\xff\xff\xff\xffWEBPVP8L", b"RIFF\x20\x00\x00\x00WEBPVP8X",
-                  b"BM\x00\x00\x00\x00\x00\x00\x00\x00\x36\x00\x00\x00\x28\x00\x00\x00",
-                  b"II*\x00", b"MM\x00*", b"II+\x00"]
+_ALLOWED_MAGIC = [
+    b"\xff\xd8\xff",
+    b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",
+    b"\xff\xd8\xff\xc0",
+    b"\x89PNG\r\n\x1a\n",
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR",
+    b"GIF87a",
+    b"GIF89a",
+    b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+    b"RIFF\xff\xff\xff\xffWEBPVP8L",
+    b"RIFF\x20\x00\x00\x00WEBPVP8X",
+    b"BM\x00\x00\x00\x00\x00\x00\x00\x00\x36\x00\x00\x00\x28\x00\x00\x00",
+    b"II*\x00",
+    b"MM\x00*",
+    b"II+\x00",
+]
 # refused formats: these prefixes must give UNSUPPORTED_FORMAT whatever follows
 _REFUSED_PREFIXES = [
-    b"<svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="1e9" height="1e9">',
-    b'\xef\xbb\xbf <?xml version="1.0" encoding="UTF-8"?>\n<svg', b"  \n<!-- comment --><svg ",
-    b"<!DOCTYPE html>", b"<html><body><img src=x onerror=alert(1)>", b"<script>", b"<",
-    b"%PDF-1.7\n", b"%PDF-", b"%!PS-Adobe-3.0 EPSF-3.0\n", b"\xc5\xd0\xd3\xc6",
-    b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b\x08", b"BZh9", b"\xfd7zXZ\x00", b"Rar!\x1a\x07\x00",
-    b"\x00\x00\x01\x00", b"8BPS", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"qoif",
-    b"\x00\x00\x00\x18ftypheic", b"\x00\x00\x00\x1cftypavif", b"\x00\x00\x00\x18ftypisom", b"RIFF\x00\x00\x00\x00AVI ",
-    b"SQLite format 3\x00", b"\x7fELF", b"MZ", b"OggS",
+    b"<svg",
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="1e9" height="1e9">',
+    b'\xef\xbb\xbf <?xml version="1.0" encoding="UTF-8"?>\n<svg',
+    b"  \n<!-- comment --><svg ",
+    b"<!DOCTYPE html>",
+    b"<html><body><img src=x onerror=alert(1)>",
+    b"<script>",
+    b"<",
+    b"%PDF-1.7\n",
+    b"%PDF-",
+    b"%!PS-Adobe-3.0 EPSF-3.0\n",
+    b"\xc5\xd0\xd3\xc6",
+    b"PK\x03\x04",
+    b"PK\x05\x06",
+    b"\x1f\x8b\x08",
+    b"BZh9",
+    b"\xfd7zXZ\x00",
+    b"Rar!\x1a\x07\x00",
+    b"\x00\x00\x01\x00",
+    b"8BPS",
+    b"\xff\x4f\xff\x51",
+    b"\x00\x00\x00\x0cjP  \r\n\x87\n",
+    b"qoif",
+    b"\x00\x00\x00\x18ftypheic",
+    b"\x00\x00\x00\x1cftypavif",
+    b"\x00\x00\x00\x18ftypisom",
+    b"RIFF\x00\x00\x00\x00AVI ",
+    b"SQLite format 3\x00",
+    b"\x7fELF",
+    b"MZ",
+    b"OggS",
 ]
-magic_prefixed = st.builds(lambda m, tail: m + tail, st.sampled_from(_ALLOWED_MAGIC + _REFUSED_PREFIXES),
-                           st.binary(max_size=2048))
+magic_prefixed = st.builds(
+    lambda m, tail: m + tail, st.sampled_from(_ALLOWED_MAGIC + _REFUSED_PREFIXES), st.binary(max_size=2048)
+)
 limits_st = st.sampled_from(ALL_LIMITS)
 drafts_st = st.sampled_from(DRAFTS)
 
@@ -461,9 +578,11 @@ def test_magic_bytes_then_anything(data, limits, draft):
 
 
 @examples(600)
-@given(prefix=st.sampled_from(_REFUSED_PREFIXES),
-       tail=st.one_of(st.binary(max_size=512), pristine, damaged),
-       limits=limits_st)
+@given(
+    prefix=st.sampled_from(_REFUSED_PREFIXES),
+    tail=st.one_of(st.binary(max_size=512), pristine, damaged),
+    limits=limits_st,
+)
 def test_refused_formats_are_refused_whatever_follows(prefix, tail, limits):
     """SVG, HTML, PDF, ZIP, … — even with a valid image behind the magic — never reach Pillow."""
     data = prefix + tail
@@ -492,5 +611,5 @@ def test_mutated_images(data, limits, draft):
 def test_truncated_images(name, cut, limits):
     """A seed cut anywhere: refused with a code, or (only trailing bytes, or later frames, lost) still decoded."""
     data = SEEDS[name][1]
-    data = data[:int(len(data) * cut)]
+    data = data[: int(len(data) * cut)]
     check(data, limits, None)

@@ -6,7 +6,13 @@ import torch
 from PIL import Image
 
 from model_worker.image.decode import DecodeLimits, decode_image
-from model_worker.image.preprocess import FixedResolution, NaFlex, UnsupportedProcessor, from_image_processor, naflex_size
+from model_worker.image.preprocess import (
+    FixedResolution,
+    NaFlex,
+    UnsupportedProcessor,
+    from_image_processor,
+    naflex_size,
+)
 from tests.conftest import SAMPLES
 
 LIMITS = DecodeLimits(25 * 2**20, 40_000_000, frozenset({"jpeg", "png", "gif", "webp", "bmp"}))
@@ -19,13 +25,19 @@ def _processors():
         # OpenAI CLIP: shortest edge 224 bicubic, centre crop, CLIP mean/std
         "clip": CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}),
         # Japanese Stable CLIP's processor shape: shortest edge + crop, mean = std = 0.5
-        "jsc-like": CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
-                                       image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=3),
+        "jsc-like": CLIPImageProcessor(
+            size={"shortest_edge": 224},
+            crop_size={"height": 224, "width": 224},
+            image_mean=[0.5] * 3,
+            image_std=[0.5] * 3,
+            resample=3,
+        ),
         # odd crop inside an odd resize
         "clip-odd": CLIPImageProcessor(size={"shortest_edge": 231}, crop_size={"height": 199, "width": 213}),
         # SigLIP / SigLIP 2 fixed resolution: squash to 256×256 bilinear, mean = std = 0.5
-        "siglip": SiglipImageProcessor(size={"height": 256, "width": 256}, resample=2,
-                                       image_mean=[0.5] * 3, image_std=[0.5] * 3),
+        "siglip": SiglipImageProcessor(
+            size={"height": 256, "width": 256}, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        ),
         # SigLIP 2 NaFlex
         "naflex": Siglip2ImageProcessor(patch_size=16, max_num_patches=256),
     }
@@ -125,8 +137,7 @@ def test_draft_decoding_stays_close_to_full_decoding(photos):
 
 def test_normalisation_runs_on_the_batch_device_in_the_model_dtype():
     fast = from_image_processor(_processors()["siglip"])
-    batch = fast.collate([fast.prepare(Image.new("RGB", (50, 40), (255, 0, 128)))], torch.device("cpu"),
-                         torch.bfloat16)
+    batch = fast.collate([fast.prepare(Image.new("RGB", (50, 40), (255, 0, 128)))], torch.device("cpu"), torch.bfloat16)
     assert batch["pixel_values"].dtype == torch.bfloat16
     px = batch["pixel_values"][0, :, 10, 10].float()
     assert torch.allclose(px, torch.tensor([1.0, -1.0, 0.0039]), atol=0.01)

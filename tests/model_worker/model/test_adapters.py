@@ -28,8 +28,10 @@ def _png(path) -> tuple[bytes, Image.Image]:
 def loaded(request, checkpoints):
     family = request.param
     # float32: the comparison with the reference forward is exact to 2e-4
-    config = make_config(checkpoints[family], model={"templates": ["{}"], "dtype": "float32",
-                                                     "trust_remote_code": family == "japanese-stable-clip"})
+    config = make_config(
+        checkpoints[family],
+        model={"templates": ["{}"], "dtype": "float32", "trust_remote_code": family == "japanese-stable-clip"},
+    )
     return family, config, load_adapter(config.model)
 
 
@@ -118,11 +120,14 @@ def test_load_errors_are_one_line_with_the_fix(tmp_path, checkpoints):
     from transformers import BertConfig, BertModel
 
     bert = tmp_path / "bert"
-    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
-                         vocab_size=50)).save_pretrained(bert)
+    BertModel(
+        BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, vocab_size=50)
+    ).save_pretrained(bert)
     assert "not an image–text dual encoder" in error(cfg.model_copy(update={"id": str(bert)}))
     # a hub id that is not in the (empty, offline) cache
-    assert "not in the local Hugging Face cache" in error(cfg.model_copy(update={"id": "google/siglip2-base-patch16-256"}))
+    assert "not in the local Hugging Face cache" in error(
+        cfg.model_copy(update={"id": "google/siglip2-base-patch16-256"})
+    )
 
 
 def test_home_relative_model_path(checkpoints, tmp_path, monkeypatch):

@@ -33,8 +33,9 @@ def engine_for(adapter, **worker):
 
 def test_requests_are_batched_up_to_max_batch(adapter):
     with engine_for(adapter, max_batch=4, max_wait_ms=2000) as engine:
-        results = engine.classify([ClassifyRequest(id=str(i), image=png((i * 20, 0, 0)), labels=LABELS)
-                                   for i in range(12)])
+        results = engine.classify(
+            [ClassifyRequest(id=str(i), image=png((i * 20, 0, 0)), labels=LABELS) for i in range(12)]
+        )
     assert [r.id for r in results] == [str(i) for i in range(12)]
     assert all(r.ok for r in results)
     assert sum(engine.stats.batch_sizes) == 12
@@ -62,22 +63,26 @@ def test_bad_images_fail_alone_and_good_ones_are_unaffected(adapter):
             assert results[name].error == code, name
             assert results[name].message
         assert results["good"].ok
-        assert [(s.label, round(s.score, 5)) for s in results["good"].top] == \
-               [(s.label, round(s.score, 5)) for s in alone.top]
+        assert [(s.label, round(s.score, 5)) for s in results["good"].top] == [
+            (s.label, round(s.score, 5)) for s in alone.top
+        ]
         assert engine.submit(ClassifyRequest(id="after", image=good, labels=LABELS)).result().ok
         assert engine.in_flight == 0
 
 
-@pytest.mark.parametrize("request_kwargs, code, text", [
-    (dict(labels=()), ErrorCode.BAD_LABELS, "no labels given"),
-    (dict(labels=("犬", "x" * 51)), ErrorCode.BAD_LABELS, "the limit is 50"),
-    (dict(labels=tuple(f"l{i}" for i in range(101))), ErrorCode.BAD_LABELS, "the limit is 100"),
-    (dict(labels="犬,猫"), ErrorCode.BAD_REQUEST, "list of strings"),
-    (dict(top_k=0), ErrorCode.BAD_REQUEST, "top_k"),
-    (dict(version=99), ErrorCode.BAD_REQUEST, "protocol version 99"),
-    (dict(image="not bytes"), ErrorCode.BAD_REQUEST, "bytes"),
-    (dict(deadline=time.time() - 1), ErrorCode.DEADLINE_EXCEEDED, "deadline"),
-])
+@pytest.mark.parametrize(
+    "request_kwargs, code, text",
+    [
+        (dict(labels=()), ErrorCode.BAD_LABELS, "no labels given"),
+        (dict(labels=("犬", "x" * 51)), ErrorCode.BAD_LABELS, "the limit is 50"),
+        (dict(labels=tuple(f"l{i}" for i in range(101))), ErrorCode.BAD_LABELS, "the limit is 100"),
+        (dict(labels="犬,猫"), ErrorCode.BAD_REQUEST, "list of strings"),
+        (dict(top_k=0), ErrorCode.BAD_REQUEST, "top_k"),
+        (dict(version=99), ErrorCode.BAD_REQUEST, "protocol version 99"),
+        (dict(image="not bytes"), ErrorCode.BAD_REQUEST, "bytes"),
+        (dict(deadline=time.time() - 1), ErrorCode.DEADLINE_EXCEEDED, "deadline"),
+    ],
+)
 def test_bad_requests_get_specific_errors(adapter, request_kwargs, code, text):
     fields = dict(id="r", image=png(), labels=LABELS) | request_kwargs
     with engine_for(adapter) as engine:
@@ -94,11 +99,13 @@ def test_labels_are_normalised_before_use(adapter):
 
 def test_each_request_is_scored_against_its_own_label_set(adapter):
     with engine_for(adapter, max_batch=8, max_wait_ms=1000) as engine:
-        results = engine.classify([
-            ClassifyRequest(id="a", image=png(), labels=("犬", "猫")),
-            ClassifyRequest(id="b", image=png(), labels=("象", "鳥", "魚")),
-            ClassifyRequest(id="c", image=png(), labels=("犬", "猫")),
-        ])
+        results = engine.classify(
+            [
+                ClassifyRequest(id="a", image=png(), labels=("犬", "猫")),
+                ClassifyRequest(id="b", image=png(), labels=("象", "鳥", "魚")),
+                ClassifyRequest(id="c", image=png(), labels=("犬", "猫")),
+            ]
+        )
     assert {s.label for s in results[0].top} == {"犬", "猫"}
     assert {s.label for s in results[1].top} == {"象", "鳥", "魚"}
     assert [s.label for s in results[0].top] == [s.label for s in results[2].top]
@@ -206,8 +213,10 @@ def test_cancelled_requests_give_their_place_back(adapter, monkeypatch):
         assert engine.in_flight == 0
         assert engine.stats.cancelled == 2
         # the queue is not leaking: it still takes queue_size requests
-        assert all(f.result(timeout=30).ok for f in
-                   [engine.submit(ClassifyRequest(id=str(i), image=png(), labels=LABELS)) for i in range(2)])
+        assert all(
+            f.result(timeout=30).ok
+            for f in [engine.submit(ClassifyRequest(id=str(i), image=png(), labels=LABELS)) for i in range(2)]
+        )
 
 
 def test_close_does_not_hang_on_a_stuck_decode(adapter, monkeypatch):
@@ -261,8 +270,7 @@ def test_a_new_label_set_is_encoded_between_image_batches_without_holding_them_u
         steps = engine.stats.text_steps
         fresh = tuple(f"新しいラベル{i}" for i in range(100))
         big = engine.submit(ClassifyRequest(id="big", image=png((0, 0, 200)), labels=fresh, top_k=5))
-        known = [engine.submit(ClassifyRequest(id=str(i), image=png((i * 30, 90, 0)), labels=LABELS))
-                 for i in range(6)]
+        known = [engine.submit(ClassifyRequest(id=str(i), image=png((i * 30, 90, 0)), labels=LABELS)) for i in range(6)]
         assert all(f.result(timeout=60).ok for f in known)
         result = big.result(timeout=60)
         assert result.ok and len(result.top) == 5 and {s.label for s in result.top} <= set(fresh)

@@ -16,8 +16,9 @@ from wakeru.protocol import ClassifyRequest
 
 @pytest.fixture(scope="module")
 def jsc(checkpoints):
-    config = make_config(checkpoints["japanese-stable-clip"], model={"trust_remote_code": True, "templates": ["{}"],
-                                                                           "dtype": "float32"})
+    config = make_config(
+        checkpoints["japanese-stable-clip"], model={"trust_remote_code": True, "templates": ["{}"], "dtype": "float32"}
+    )
     return config, load_adapter(config.model)
 
 
@@ -55,7 +56,7 @@ def test_exact_ids_mask_and_position_ids(jsc):
     # no EOS appended, padding with [PAD] (id 3), the long text truncated to 76 + BOS
     assert tok.eos_token_id not in ids[0].tolist()
     n = sum(enc["attention_mask"][0])
-    assert ids[0, 1 + n:].eq(tok.pad_token_id).all() and tok.pad_token_id == 3
+    assert ids[0, 1 + n :].eq(tok.pad_token_id).all() and tok.pad_token_id == 3
     assert mask[2].sum() == 77
 
 

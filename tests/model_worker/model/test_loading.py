@@ -1,17 +1,24 @@
 import pytest
 import torch
 
-from model_worker.model.loading import (ModelLoadError, cpu_has_fast_bf16, explain, resolve_device, resolve_dtype,
-                                  unwrap_features)
+from model_worker.model.loading import (
+    ModelLoadError,
+    explain,
+    resolve_device,
+    resolve_dtype,
+    unwrap_features,
+)
 
 
 def test_gated_model_says_how_to_get_access():
-    from huggingface_hub.errors import GatedRepoError
-
     from types import SimpleNamespace
 
+    from huggingface_hub.errors import GatedRepoError
+
     response = SimpleNamespace(status_code=403, headers={}, request=None)  # what a refused download carries
-    cause = GatedRepoError("Access to model stabilityai/japanese-stable-clip-vit-l-16 is restricted.", response=response)
+    cause = GatedRepoError(
+        "Access to model stabilityai/japanese-stable-clip-vit-l-16 is restricted.", response=response
+    )
     wrapped = OSError("You are trying to access a gated repo. Make sure to have access to it.")
     wrapped.__cause__ = cause
     message = str(explain("stabilityai/japanese-stable-clip-vit-l-16", wrapped))
@@ -20,16 +27,31 @@ def test_gated_model_says_how_to_get_access():
     assert "HF_TOKEN" in message and "huggingface.co/settings/tokens" in message
 
 
-@pytest.mark.parametrize("exc, expected", [
-    (OSError("foo/bar is not a local folder and is not a valid model identifier listed on 'https://huggingface.co/models'"),
-     "neither a local directory nor a model on the Hugging Face hub"),
-    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "out of memory"),
-    (OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the cached files."),
-     "not in the local Hugging Face cache"),
-    (ValueError("The checkpoint you are trying to load has model type `foo` but Transformers does not recognize this architecture."),
-     "architecture this transformers"),
-    (RuntimeError("something else entirely"), "cannot load foo/bar: RuntimeError: something else entirely"),
-])
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (
+            OSError(
+                "foo/bar is not a local folder and is not a valid model identifier listed on 'https://huggingface.co/models'"
+            ),
+            "neither a local directory nor a model on the Hugging Face hub",
+        ),
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "out of memory"),
+        (
+            OSError(
+                "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the cached files."
+            ),
+            "not in the local Hugging Face cache",
+        ),
+        (
+            ValueError(
+                "The checkpoint you are trying to load has model type `foo` but Transformers does not recognize this architecture."
+            ),
+            "architecture this transformers",
+        ),
+        (RuntimeError("something else entirely"), "cannot load foo/bar: RuntimeError: something else entirely"),
+    ],
+)
 def test_load_errors_are_explained(exc, expected):
     assert expected in str(explain("foo/bar", exc))
 

@@ -32,7 +32,7 @@ def _at_cosine(image: torch.Tensor, other: torch.Tensor, cosine: float) -> torch
     """A unit vector at the given cosine from `image`, in the plane of `image` and `other`."""
     ortho = other - (other @ image) * image
     ortho = ortho / ortho.norm()
-    return cosine * image + math.sqrt(1 - cosine ** 2) * ortho
+    return cosine * image + math.sqrt(1 - cosine**2) * ortho
 
 
 def test_the_clip_match_is_the_contest_with_the_reference_and_ignores_the_other_labels(clip):
@@ -67,9 +67,12 @@ def test_the_engine_gives_clip_labels_a_match_and_a_fit_independent_of_the_set(c
     many = (*few, "象", "宇宙飛行士", "コーヒー", "ロケット", "車", "山", "海", "花", "空", "鳥", "魚")
     with Engine(adapter, config) as engine:
         assert engine.match_threshold == REFERENCE_MATCH_THRESHOLD and engine.reference.shape[0] == 1
-        results = {len(labels): engine.submit(ClassifyRequest(id=str(len(labels)), image=buf.getvalue(),
-                                                              labels=labels, top_k=len(labels))).result()
-                   for labels in (few, many)}
+        results = {
+            len(labels): engine.submit(
+                ClassifyRequest(id=str(len(labels)), image=buf.getvalue(), labels=labels, top_k=len(labels))
+            ).result()
+            for labels in (few, many)
+        }
     by_label = {n: {s.label: s for s in r.top} for n, r in results.items()}
     for label in few:
         assert by_label[2][label].match == pytest.approx(by_label[13][label].match, abs=1e-5)

@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
+from model_worker.cli import NONE_FITS, format_table
 from model_worker.model.adapters import load_adapter
 from model_worker.model.engine import Engine
 from tests.conftest import REPO, make_config
-from model_worker.cli import NONE_FITS, format_table
 from tests.support.shapes import CLASSES, draw, encode
 from wakeru.protocol import ClassifyRequest
 
@@ -41,8 +41,9 @@ def engine(trained_model):
 
 
 def accuracy(engine, images) -> float:
-    results = engine.classify([ClassifyRequest(id=str(i), image=data, labels=CLASSES)
-                               for i, (_, _, data) in enumerate(images)])
+    results = engine.classify(
+        [ClassifyRequest(id=str(i), image=data, labels=CLASSES) for i, (_, _, data) in enumerate(images)]
+    )
     assert all(r.ok for r in results), [r.message for r in results if not r.ok]
     return float(np.mean([r.top[0].label == label for r, (label, _, _) in zip(results, images)]))
 
@@ -82,9 +83,24 @@ def test_right_label_wins_through_the_cli(trained_model, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"<svg xmlns='http://www.w3.org/2000/svg'/>")  # an SVG named .jpg
     proc = subprocess.run(
-        [sys.executable, "-m", "model_worker", "classify", "--model", str(trained_model),
-         "--labels", "、".join(CLASSES), "--json", *paths, str(broken)],
-        capture_output=True, text=True, cwd=REPO, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "model_worker",
+            "classify",
+            "--model",
+            str(trained_model),
+            "--labels",
+            "、".join(CLASSES),
+            "--json",
+            *paths,
+            str(broken),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [line["image"] for line in lines] == paths + [str(broken)]

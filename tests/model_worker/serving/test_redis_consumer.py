@@ -16,7 +16,16 @@ import pytest
 import redis
 
 from bot.transport.redis_streams import RedisWorkerTransport
-from tests.bot.transport.test_redis_streams import PREFIX, STREAM, _config, _consumer_of, _held_by, _request, _shape, _until
+from tests.bot.transport.test_redis_streams import (
+    PREFIX,
+    STREAM,
+    _config,
+    _consumer_of,
+    _held_by,
+    _request,
+    _shape,
+    _until,
+)
 from tests.conftest import REPO
 from tests.support.redis_server import WorkerProcess, redis_server, redis_url, wait_for_workers  # noqa: F401
 from wakeru.protocol import REQUESTS_GROUP, ErrorCode, heartbeat_key
@@ -39,13 +48,20 @@ async def _one_held(transport, client, worker: WorkerProcess, label: str, deadli
 
 
 async def test_a_redis_paused_past_the_socket_timeout_mid_delivery_does_not_wedge_the_worker(
-        stub_model, redis_url, tmp_path):
+    stub_model, redis_url, tmp_path
+):
     """The answer is ready while Redis is paused (CLIENT PAUSE) longer than worker.redis_timeout_s:
     the write times out, is retried, and arrives once Redis is back; the worker then serves on."""
     client = redis.Redis.from_url(redis_url)
     transport = RedisWorkerTransport(_config(stub_model, redis_url, redis_timeout_s=2))
-    worker = WorkerProcess(stub_model, redis_url, tmp_path, worker="stub", WAKERU_FAULTS="batch_delay_ms=1500",
-                           WAKERU_WORKER__REDIS_TIMEOUT_S="2").start()
+    worker = WorkerProcess(
+        stub_model,
+        redis_url,
+        tmp_path,
+        worker="stub",
+        WAKERU_FAULTS="batch_delay_ms=1500",
+        WAKERU_WORKER__REDIS_TIMEOUT_S="2",
+    ).start()
     await transport.start()
     try:
         task = await _one_held(transport, client, worker, "青い丸", deadline_s=40)
@@ -66,7 +82,8 @@ async def test_a_redis_paused_past_the_socket_timeout_mid_delivery_does_not_wedg
 
 
 async def test_a_redis_out_of_memory_is_busy_for_the_bot_and_the_worker_releases_what_it_cannot_deliver(
-        stub_model, redis_url, tmp_path):
+    stub_model, redis_url, tmp_path
+):
     client = redis.Redis.from_url(redis_url)
     transport = RedisWorkerTransport(_config(stub_model, redis_url))
     worker = WorkerProcess(stub_model, redis_url, tmp_path, worker="stub", WAKERU_FAULTS="batch_delay_ms=1500").start()
@@ -124,8 +141,14 @@ print("hurried", worker._hurry.wait(5), flush=True)
 async def test_a_second_sigterm_stops_a_draining_worker_at_once(stub_model, redis_url, tmp_path):
     client = redis.Redis.from_url(redis_url)
     transport = RedisWorkerTransport(_config(stub_model, redis_url))
-    worker = WorkerProcess(stub_model, redis_url, tmp_path, worker="stub", WAKERU_FAULTS="batch_delay_ms=120000",
-                           WAKERU_SERVICE__SHUTDOWN_GRACE_S="60").start()
+    worker = WorkerProcess(
+        stub_model,
+        redis_url,
+        tmp_path,
+        worker="stub",
+        WAKERU_FAULTS="batch_delay_ms=120000",
+        WAKERU_SERVICE__SHUTDOWN_GRACE_S="60",
+    ).start()
     await transport.start()
     try:
         task = await _one_held(transport, client, worker, "赤い丸", deadline_s=120)
