@@ -1,4 +1,5 @@
-"""The bot's long-lived parts, shared by every handler: config, label store, worker transport, downloader."""
+"""The bot's long-lived parts, shared by every handler: config, label store, image index, worker transport,
+downloader, and the services built on them."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import aiohttp
 
 from bot.services import metrics
 from bot.services.attachments import AttachmentLike, Downloader, is_image
+from bot.services.backfill import Backfills
 from bot.services.classifying import Classifier
+from bot.services.indexing import Indexer
 from bot.services.ratelimit import RateLimiter
 from bot.services.samples import sample_names
 from bot.store import LabelStore, open_store
+from bot.store.images import ImageIndex, open_index
 from bot.transport import WorkerTransport, make_transport
 from wakeru.config import Config
 
@@ -22,12 +26,22 @@ log = logging.getLogger("wakeru.app")
 
 
 class App:
-    def __init__(self, config: Config, store: LabelStore, transport: WorkerTransport, session: aiohttp.ClientSession):
+    def __init__(
+        self,
+        config: Config,
+        store: LabelStore,
+        transport: WorkerTransport,
+        session: aiohttp.ClientSession,
+        index: ImageIndex,
+    ):
         self.config = config
         self.store = store
         self.transport = transport
         self.session = session
+        self.index = index
         self.classifier = Classifier(config, transport, Downloader(config, session))
+        self.indexer = Indexer(config, index, transport)
+        self.backfills = Backfills(config, index, self.indexer, self.classifier, self.is_image)
         self.samples = sample_names(config.discord.samples_dir, config.images.formats)
         self.limiter = RateLimiter(config.limits)
         self.draining = False  # SIGTERM received: no new work
@@ -37,8 +51,13 @@ class App:
     async def open(cls, config: Config, transport: WorkerTransport | None = None) -> App:
         """Open the database first: a bad storage.url should fail before a model is loaded."""
         store = await open_store(config.storage.url)
+        try:
+            index = await open_index(config.storage.url)
+        except BaseException:
+            await store.close()
+            raise
         session = aiohttp.ClientSession(headers={"User-Agent": "Wakeru (image classifier bot)"})
-        return cls(config, store, transport or make_transport(config), session)
+        return cls(config, store, transport or make_transport(config), session, index)
 
     async def start(self) -> None:
         await self.transport.start()  # idempotent: a reconnecting client calls it again
@@ -73,8 +92,10 @@ class App:
         log.info("shutting down: in-flight work settled in %.1f s", time.monotonic() - started)
 
     async def close(self) -> None:
+        await self.backfills.close()  # paused, not lost: they resume at the next start
         await self.transport.close()
         await self.session.close()
+        await self.index.close()
         await self.store.close()
 
     def is_image(self, attachment: AttachmentLike) -> bool:

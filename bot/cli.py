@@ -74,6 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--redis-url", help="override worker.redis_url")
     b.add_argument("--start-redis", action="store_true", help="redis: run a throwaway redis-server for the run")
+    i = sub.add_parser("bench-index", help="measure the image index (insert rate, size, query time, recall)")
+    i.add_argument("--images", type=int, default=100_000, help="synthetic images in one guild (e.g. 1000000)")
+    i.add_argument("--dim", type=int, default=768)
+    i.add_argument("--store", choices=["sqlite", "postgres", "both"], default="sqlite")
+    i.add_argument("--queries", type=int, default=200)
+    i.add_argument("--postgres-url", help="postgresql://… of a server with pgvector (see the module's docstring)")
+    i.add_argument("--encode-ms", type=float, help="add this text-encoding time (python -m model_worker bench)")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--json", action="store_true")
     return p
 
 
@@ -214,6 +223,10 @@ async def sync(config: Config, token: str, guild_id: int | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "bench-index":  # needs no config: a synthetic guild in the stores it is pointed at
+        from bot.tools.bench_index import run as bench_index
+
+        return bench_index(args)
     try:
         config = load_config(args.config)
     except ConfigError as e:

@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also measure the images' latency while N never-seen label sets arrive (default 0: off)",
     )
     b.add_argument("--new-set-size", type=int, default=100, metavar="L", help="labels per new set (default 100)")
+    b.add_argument(
+        "--embed",
+        action="store_true",
+        help="also run the engine with embed on (the image index's embeddings) and report what it costs",
+    )
     b.add_argument("--json", action="store_true", help="print one JSON object")
 
     s = sub.add_parser("serve", help="serve the Redis request stream (worker.transport: redis) until SIGTERM")

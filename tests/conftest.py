@@ -58,7 +58,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.support.postgres_server import postgres_server, postgres_url  # noqa: E402,F401
+from tests.support.postgres_server import pgvector_url, postgres_server, postgres_url  # noqa: E402,F401
 from wakeru.config import Config, load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

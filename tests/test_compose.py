@@ -373,7 +373,8 @@ def test_redis_memory_is_bounded_and_a_full_redis_refuses_rather_than_evicts(com
 def test_postgres_service_matches_the_bot_storage_url(compose_text):
     compose = _load(compose_text, {"POSTGRES_PASSWORD": "s3cret0x"})
     postgres = compose["services"]["postgres"]
-    assert postgres["image"].startswith("postgres:")
+    # pgvector: the image index's vectors (the official postgres image has no pgvector)
+    assert postgres["image"].startswith("pgvector/pgvector:pg")
     env = service_env(postgres)
     url = urlsplit(container_config(compose["services"]["bot"]).storage.url)
     assert url.scheme in ("postgresql", "postgres")

@@ -60,6 +60,9 @@ def make_bot() -> commands.Bot:
 
     @bot.event
     async def on_message(message: discord.Message) -> None:
+        if message.content == "repost?":
+            await message.channel.send("repost of an earlier image", view=RepostView())
+            return
         if message.content == "file":
             sent = await message.channel.send("with file", file=discord.File(io.BytesIO(b"hello"), "hello.txt"))
             await message.channel.send(f"echo {await sent.attachments[0].read()!r}")
@@ -119,6 +122,57 @@ def make_bot() -> commands.Bot:
 
     bot.tree.add_command(app_commands.ContextMenu(name="分類する", callback=classify))
 
+    @bot.tree.command(name="perm", description="permissions here, from the payload and from the cache")
+    async def perm(interaction: discord.Interaction) -> None:
+        channel = interaction.channel
+        cached = channel.permissions_for(interaction.user).value if hasattr(channel, "permissions_for") else -1
+        kind = type(channel).__name__
+        await interaction.response.send_message(f"{interaction.permissions.value}|{cached}|{kind}", ephemeral=True)
+
+    @bot.tree.command(name="chart", description="a PNG in a followup, then progress edits")
+    async def chart(interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
+        embed = discord.Embed(title="グラフ").set_image(url="attachment://chart.png")
+        sent = await interaction.followup.send(
+            embed=embed, file=discord.File(io.BytesIO(_png((30, 20))), "chart.png"), wait=True
+        )
+        for pct in (25, 50, 100):
+            await sent.edit(content=f"{pct}%")
+        thumb = discord.Embed(title="似た画像").set_thumbnail(url=sent.attachments[0].url)
+        progress = await interaction.channel.send("backfill 0%")
+        for pct in (40, 80):
+            await progress.edit(content=f"backfill {pct}%")
+        await progress.edit(
+            content="backfill done", embed=thumb, attachments=[discord.File(io.BytesIO(b"x"), "log.txt")]
+        )
+
+    bot.raw_events = []  # type: ignore[attr-defined]
+
+    def record(name: str):
+        async def listener(*args) -> None:
+            bot.raw_events.append((name, args))  # type: ignore[attr-defined]
+
+        bot.add_listener(listener, name)
+
+    for name in (
+        "on_raw_message_delete",
+        "on_raw_bulk_message_delete",
+        "on_raw_message_edit",
+        "on_guild_channel_create",
+        "on_guild_channel_delete",
+        "on_guild_channel_update",
+        "on_raw_thread_delete",
+        "on_thread_create",
+        "on_guild_remove",
+        "on_guild_role_create",
+    ):
+        record(name)
+
+    async def setup_hook() -> None:
+        bot.add_view(RepostView())
+
+    bot.setup_hook = setup_hook  # type: ignore[method-assign]
+
     @bot.tree.command(name="pick", description="pick a fruit")
     async def pick(interaction: discord.Interaction, fruit: str) -> None:
         await interaction.response.send_message(fruit)
@@ -128,6 +182,26 @@ def make_bot() -> commands.Bot:
         return [app_commands.Choice(name=f, value=f) for f in FRUITS if current in f][:25]
 
     return bot
+
+
+class RepostView(discord.ui.View):
+    """A persistent view like the bot's repost reply: fixed custom ids, no timeout."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=None)
+
+    @discord.ui.button(label="リポストではない", custom_id="repost:not", style=discord.ButtonStyle.secondary)
+    async def not_repost(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.edit_message(content=f"not a repost ({interaction.user.id})", view=None)
+
+    @discord.ui.button(label="後で", custom_id="repost:later")
+    async def later(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.defer()
+        await interaction.edit_original_response(content="deferred edit")
+
+    @discord.ui.select(custom_id="repost:pick", options=[discord.SelectOption(label=x) for x in FRUITS])
+    async def pick(self, interaction: discord.Interaction, select: discord.ui.Select) -> None:
+        await interaction.response.edit_message(content=f"picked {','.join(select.values)}")
 
 
 class BotThread:
@@ -370,7 +444,7 @@ def test_sync_is_recorded(fake, bot):
         return await bot.bot.tree.sync(guild=discord.Object(fake.guild_id)), await bot.bot.tree.sync()
 
     in_guild, global_ = bot.call(sync())
-    names = {"ping", "privacy", "announce", "long", "slow", "labels", "pick", "分類する"}
+    names = {"ping", "privacy", "announce", "long", "slow", "labels", "pick", "分類する", "perm", "chart"}
     assert {c["name"] for c in fake.synced_commands[fake.guild_id]} == names
     assert {c["name"] for c in fake.synced_commands[None]} == names
     assert {c.name for c in in_guild} == names and all(c.id for c in global_)
@@ -908,3 +982,331 @@ async def _wait_guilds(client: discord.Client, n: int):
             break
         await asyncio.sleep(0.05)
     return client.guilds
+
+
+# ---------------------------------------------------------------- the image index surfaces
+
+
+def _events(bot, name: str) -> list:
+    return [args for n, args in list(bot.bot.raw_events) if n == name]
+
+
+def _wait_event(fake, bot, name: str, check=lambda args: True):
+    return fake.wait_for(lambda: next((a for a in _events(bot, name) if check(a)), None), 10, f"the bot's {name}")
+
+
+def _api(fake, method: str, path: str, **kwargs):
+    """A raw REST call with the bot token: (status, headers, JSON body)."""
+    import aiohttp
+
+    async def call():
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": f"Bot {fake.token}"}
+            async with http.request(method, fake.api_base + path, headers=headers, **kwargs) as r:
+                return r.status, dict(r.headers), (await r.json() if r.content_type == "application/json" else None)
+
+    return asyncio.run(call())
+
+
+def test_history_pages_newest_first_by_id_and_time_within_the_rate_limit(fake, bot):
+    from datetime import datetime, timedelta, timezone
+
+    from tests.support.fake_discord import snowflake_at, snowflake_time
+
+    channel_id = fake.add_channel(name="履歴")
+    _wait_event(fake, bot, "on_guild_channel_create", lambda a: a[0].id == channel_id)
+    base = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    png = _png((8, 8))
+    seeded = fake.seed_history(
+        channel_id,
+        [("member" if i % 2 else "moderator", f"{i}.png", png, base + timedelta(minutes=i)) for i in range(250)],
+    )
+    assert all(snowflake_time(m["id"]) == base + timedelta(minutes=i) for i, m in enumerate(seeded))
+    assert int(seeded[0]["id"]) >> 22 == snowflake_at(base) >> 22
+    channel = bot.bot.get_channel(channel_id)
+
+    async def walk(**kwargs):
+        return [(m.id, m.created_at, m.attachments[0].filename) async for m in channel.history(**kwargs)]
+
+    fake.history_rate_limit(per_second=2)
+    try:
+        path = f"/channels/{channel_id}/messages"
+        route = "GET /channels/{channel}/messages"
+        before = fake.request_count(route, path=path)
+        everything = bot.call(walk(limit=None), timeout=30)
+        assert [m[2] for m in everything] == [f"{i}.png" for i in reversed(range(250))]  # newest first
+        assert everything[0][1] == base + timedelta(minutes=249)
+        assert fake.request_count(route, path=path) - before == 3  # 100 + 100 + 50
+        pages = [r for r in fake.requests if r["path"] == path][-3:]
+        assert [r["status"] for r in pages] == [200, 200, 200]  # discord.py waited: no 429
+        assert pages[2]["time"] - pages[0]["time"] >= 0.9  # at most 2 requests a second
+        assert fake.route_counts[route] >= 3
+
+        # By time and by id: after/before exclude the anchor; discord.py gives "after" oldest first.
+        after = bot.call(walk(limit=3, after=base + timedelta(minutes=100)))
+        assert [m[2] for m in after] == ["101.png", "102.png", "103.png"]
+        by_id = bot.call(walk(limit=2, before=discord.Object(int(seeded[10]["id"]))))
+        assert [m[2] for m in by_id] == ["9.png", "8.png"]
+        around = bot.call(walk(limit=5, around=discord.Object(int(seeded[50]["id"]))))
+        assert sorted(m[2] for m in around) == [f"{i}.png" for i in range(48, 53)]
+    finally:
+        fake.history_rate_limit(None)
+
+    # A client that ignores the headers gets 429 with retry_after and the headers discord.py follows.
+    fake.history_rate_limit(per_second=0.2, per=5.0)  # one request per 5 s
+    try:
+        results = [_api(fake, "GET", f"/channels/{channel_id}/messages?limit=1") for _ in range(2)]
+    finally:
+        fake.history_rate_limit(None)
+    (ok, ok_headers, page), (limited, headers, body) = results
+    assert ok == 200 and len(page) == 1 and ok_headers["X-RateLimit-Remaining"] == "0"
+    assert limited == 429 and body["retry_after"] > 0 and body["global"] is False
+    assert headers["Via"] and headers["X-RateLimit-Bucket"] and float(headers["X-RateLimit-Reset-After"]) > 0
+    status, _, body = _api(fake, "GET", f"/channels/{channel_id}/messages?limit=101")
+    assert status == 400 and body["code"] == 50035
+    status, _, page = _api(fake, "GET", f"/channels/{channel_id}/messages")
+    assert status == 200 and len(page) == 50  # the default limit
+
+
+def test_history_needs_view_channel_and_read_message_history(fake, bot):
+    from tests.support.fake_discord import Perm, overwrite
+
+    hidden = fake.add_channel(name="見えない", overwrites=[overwrite(fake.bot_role_id, deny=Perm.VIEW_CHANNEL)])
+    no_history = fake.add_channel(
+        name="履歴なし", overwrites=[overwrite(fake.application_id, deny=Perm.READ_MESSAGE_HISTORY, member=True)]
+    )
+    for cid in (hidden, no_history):
+        fake.seed_history(cid, [("member", "a.png", _png(), None)])
+    status, _, body = _api(fake, "GET", f"/channels/{hidden}/messages")
+    assert (status, body["code"]) == (403, 50001)
+    status, _, body = _api(fake, "GET", f"/channels/{no_history}/messages")
+    assert (status, body) == (200, [])  # Discord answers an empty list without Read Message History
+
+
+def test_fetched_message_has_fresh_attachment_urls_and_a_deleted_one_is_404(fake, bot):
+    png = _png((12, 12))
+    posted = fake.post_message(fake.other_channel_id, content="古い", attachments=[("old.png", png, "image/png")])
+    old_url = posted["attachments"][0]["url"]
+    assert _get(old_url) == png and fake.attachment_url_works(old_url)
+    fake.expire_attachments()
+    with pytest.raises(urllib.error.HTTPError) as err:
+        _get(old_url)
+    assert err.value.code == 404
+    channel = bot.bot.get_channel(fake.other_channel_id)
+
+    async def fetch_and_read():
+        message = await channel.fetch_message(int(posted["id"]))
+        return message.attachments[0].url, await message.attachments[0].read()
+
+    fresh_url, data = bot.call(fetch_and_read())
+    assert fresh_url != old_url and data == png and "hm=" in fresh_url and "ex=" in fresh_url
+    # A message context menu on it resolves the message with working URLs too.
+    rec = fake.interact("分類する", target_message=posted)
+    assert rec.wait_final(timeout=10)["content"] == "targets:old.png"
+    resolved = rec.payload["data"]["resolved"]["messages"][posted["id"]]
+    assert fake.attachment_url_works(resolved["attachments"][0]["url"])
+
+    fake.delete_message(fake.other_channel_id, posted["id"])
+    event = _wait_event(fake, bot, "on_raw_message_delete", lambda a: a[0].message_id == int(posted["id"]))[0]
+    assert (event.channel_id, event.guild_id) == (fake.other_channel_id, fake.guild_id)
+    with pytest.raises(discord.NotFound) as err:
+        bot.call(channel.fetch_message(int(posted["id"])))
+    assert err.value.code == 10008
+    assert not fake.attachment_url_works(fresh_url)
+
+
+def test_deletions_edits_and_removals_are_dispatched(fake, bot):
+    channel_id = fake.add_channel(name="消える")
+    _wait_event(fake, bot, "on_guild_channel_create", lambda a: a[0].id == channel_id)
+    posts = [
+        fake.post_message(channel_id, content=f"p{i}", attachments=[(f"{i}.png", _png(), "image/png")])
+        for i in range(4)
+    ]
+
+    fake.bulk_delete(channel_id, [posts[0]["id"], posts[1]["id"]])
+    bulk = _wait_event(fake, bot, "on_raw_bulk_message_delete")[0]
+    assert bulk.message_ids == {int(posts[0]["id"]), int(posts[1]["id"])} and bulk.channel_id == channel_id
+    assert bulk.guild_id == fake.guild_id
+
+    fake.edit_message(channel_id, posts[2]["id"], attachments=[])  # every image removed
+    edit = _wait_event(fake, bot, "on_raw_message_edit", lambda a: a[0].message_id == int(posts[2]["id"]))[0]
+    assert edit.data["attachments"] == [] and edit.data["edited_timestamp"] and edit.data["content"] == "p2"
+
+    thread_id = fake.add_thread(channel_id, "消えるスレッド")
+    _wait_event(fake, bot, "on_thread_create", lambda a: a[0].id == thread_id)
+    fake.delete_channel(thread_id)
+    gone = _wait_event(fake, bot, "on_raw_thread_delete", lambda a: a[0].thread_id == thread_id)[0]
+    assert (gone.parent_id, gone.guild_id, gone.thread_type) == (
+        channel_id,
+        fake.guild_id,
+        discord.ChannelType.public_thread,
+    )
+
+    fake.delete_channel(channel_id)
+    _wait_event(fake, bot, "on_guild_channel_delete", lambda a: a[0].id == channel_id)
+    status, _, body = _api(fake, "GET", f"/channels/{channel_id}/messages/{posts[3]['id']}")
+    assert (status, body["code"]) == (404, 10003)
+
+    guild = fake.add_guild(name="去るサーバー")
+    fake.wait_for(lambda: bot.bot.get_guild(guild.id), 10, "the new guild in the cache")
+    fake.post_message(guild.channel_id, content="x", attachments=[("g.png", _png(), "image/png")])
+    fake.remove_from_guild(guild.id)
+    removed = _wait_event(fake, bot, "on_guild_remove", lambda a: a[0].id == guild.id)[0]
+    assert bot.bot.get_guild(guild.id) is None and removed.id == guild.id
+    assert fake.deliveries[-1]["event"] == "GUILD_DELETE"
+    status, _, body = _api(fake, "GET", f"/channels/{guild.channel_id}/messages")
+    assert (status, body["code"]) == (403, 50001)
+
+
+def test_channel_permissions_follow_role_and_member_overwrites(fake, bot):
+    from tests.support.fake_discord import Perm, overwrite
+
+    role = fake.add_role(None, "閲覧者", 0)
+    _wait_event(fake, bot, "on_guild_role_create", lambda a: a[0].id == role)
+    jiro = fake.add_user("jiro", roles=[role])
+    secret = fake.add_channel(
+        name="秘密",
+        overwrites=[
+            overwrite(fake.guild_id, deny=Perm.VIEW_CHANNEL),
+            overwrite(role, allow=Perm.VIEW_CHANNEL),
+            overwrite(int(jiro["id"]), deny=Perm.ATTACH_FILES, member=True),
+            overwrite(fake.bot_role_id, allow=Perm.VIEW_CHANNEL),
+        ],
+    )
+    _wait_event(fake, bot, "on_guild_channel_create", lambda a: a[0].id == secret)
+    expected = fake.channel_permissions("jiro", secret)
+    assert expected & Perm.VIEW_CHANNEL and not expected & Perm.ATTACH_FILES
+    assert fake.channel_permissions("member", secret) == 0
+    for who, perms in [("jiro", expected), ("member", 0), ("owner", Perm.ALL)]:
+        rec = fake.interact("perm", user=who, channel_id=secret)
+        payload_perms, cached, _ = rec.wait_final(timeout=10)["content"].split("|")
+        assert int(rec.payload["member"]["permissions"]) == perms
+        assert int(payload_perms) == perms
+        if who != "owner":  # discord.py gives the owner Permissions.all() (fewer bits than the fake's ALL)
+            assert int(cached) == perms, who  # discord.py's permissions_for agrees from the cache
+    # Roles given per interaction, and a role revoked by an overwrite change.
+    rec = fake.interact("perm", user="member", roles=[role], channel_id=secret)
+    assert int(rec.wait_final(timeout=10)["content"].split("|")[1]) & Perm.VIEW_CHANNEL
+    fake.set_overwrites(
+        secret, [overwrite(fake.guild_id, deny=Perm.VIEW_CHANNEL), overwrite(role, deny=Perm.VIEW_CHANNEL)]
+    )
+    _wait_event(fake, bot, "on_guild_channel_update", lambda a: a[1].id == secret)
+    assert fake.channel_permissions("jiro", secret) == 0
+
+
+def test_private_threads_thread_members_and_uncached_threads(fake, bot):
+    from tests.support.fake_discord import Perm
+
+    private = fake.add_thread(fake.channel_id, "内緒", private=True, owner="moderator", members=["bot"])
+    _wait_event(fake, bot, "on_thread_create", lambda a: a[0].id == private)
+    thread = bot.bot.get_channel(private)
+    assert thread.type is discord.ChannelType.private_thread and thread.parent_id == fake.channel_id
+    member = bot.call(thread.fetch_member(fake.moderator_id))
+    assert member.id == fake.moderator_id and member.thread_id == private
+    with pytest.raises(discord.NotFound) as err:
+        bot.call(thread.fetch_member(fake.member_id))
+    assert err.value.code == 10007
+    assert fake.channel_permissions("member", private) == 0  # not in it, no Manage Threads
+    assert fake.channel_permissions("moderator", private) & Perm.VIEW_CHANNEL
+
+    rec = fake.interact("perm", user="moderator", channel_id=private)
+    assert rec.payload["channel"]["parent_id"] == str(fake.channel_id) and rec.payload["channel"]["type"] == 12
+    assert rec.wait_final(timeout=10)["content"].endswith("|Thread")
+
+    # A private thread without the bot: not dispatched, not fetchable.
+    hidden = fake.add_thread(fake.channel_id, "秘密の話", private=True, members=["member"])
+    with pytest.raises(discord.Forbidden) as err:
+        bot.call(bot.bot.fetch_channel(hidden))
+    assert err.value.code == 50001
+    # An archived thread is not in the cache, yet GET /channels/{id} finds it.
+    archived = fake.add_thread(fake.channel_id, "古いスレッド", archived=True)
+    assert bot.bot.get_channel(archived) is None
+    fetched = bot.call(bot.bot.fetch_channel(archived))
+    assert isinstance(fetched, discord.Thread) and fetched.parent_id == fake.channel_id and fetched.archived
+    assert not [a for a in _events(bot, "on_thread_create") if a[0].id in (hidden, archived)]
+
+
+def test_components_clicks_and_update_message(fake, bot):
+    mark = fake.mark()
+    fake.post_message(content="repost?")
+    sent = fake.wait_for_message(lambda m: m["components"], since=mark, timeout=10)
+    rows = sent["components"]
+    button = rows[0]["components"][0]
+    assert (button["custom_id"], button["style"], button["label"]) == ("repost:not", 2, "リポストではない")
+
+    rec = fake.click(sent, "repost:later", user="moderator")
+    edit = fake.wait_for_edits(sent["id"], 1)[-1]
+    assert rec.responses[0]["type"] == 6 and rec.deferred
+    assert rec.payload["type"] == 3 and rec.payload["data"] == {"custom_id": "repost:later", "component_type": 2}
+    assert rec.payload["message"]["id"] == str(sent["id"])
+    assert edit["content"] == "deferred edit" and edit["kind"] == "edit"
+
+    rec = fake.click(sent, "repost:pick", values=["みかん"])
+    assert rec.wait_response()["type"] == 7 and rec.payload["data"]["values"] == ["みかん"]
+    assert rec.payload["data"]["component_type"] == 3
+    assert fake.wait_for_edits(sent["id"], 2)[-1]["content"] == "picked みかん"
+
+    rec = fake.click(sent["id"], "repost:not")
+    response = rec.wait_response()
+    assert response["type"] == 7 and response["content"] == f"not a repost ({fake.member_id})"
+    assert fake.channel_messages[sent["id"]]["components"] == []  # view=None removed them
+    assert [e["content"] for e in fake.edits_of(sent["id"])] == [
+        "deferred edit",
+        "picked みかん",
+        f"not a repost ({fake.member_id})",
+    ]
+    with pytest.raises(LookupError):
+        fake.click(sent, "repost:not")  # no longer on the message
+
+
+def test_components_are_validated_like_discord(fake, bot):
+    def button(custom_id, label="ok"):
+        return {"type": 2, "style": 1, "custom_id": custom_id, "label": label}
+
+    def post(components):
+        return _api(
+            fake, "POST", f"/channels/{fake.other_channel_id}/messages", json={"content": "c", "components": components}
+        )
+
+    assert post([{"type": 1, "components": [button("a"), button("b")]}])[0] == 200
+    for components, key in [
+        ([{"type": 1, "components": [button("x" * 101)]}], "components.0.components.0.custom_id"),
+        ([{"type": 1, "components": [button("")]}], "components.0.components.0.custom_id"),
+        ([{"type": 1, "components": [button(f"b{i}") for i in range(6)]}], "components.0.components"),
+        ([{"type": 1, "components": [button(f"r{i}")]} for i in range(6)], "components"),
+        ([{"type": 1, "components": [button("a", "l" * 81)]}], "components.0.components.0.label"),
+        ([{"type": 1, "components": [button("same"), button("same")]}], "components.0.components.1.custom_id"),
+    ]:
+        status, _, body = post(components)
+        assert status == 400 and body["code"] == 50035 and key in body["errors"], (key, body)
+    fake.invalid_requests.clear()
+
+
+def test_followup_files_embeds_and_repeated_edits_are_recorded(fake, bot):
+    rec = fake.interact("chart")
+    fake.wait_for(lambda: rec.followups, 10, "the chart followup")
+    followup = rec.followups[0]
+    assert followup["files"][0]["filename"] == "chart.png"
+    assert Image.open(io.BytesIO(followup["files"][0]["data"])).size == (30, 20)
+    assert followup["embeds"][0]["image"]["url"] == "attachment://chart.png"  # recorded as sent
+    shown = followup["message"]["embeds"][0]["image"]
+    assert shown["url"] == followup["message"]["attachments"][0]["url"] and shown["width"] == 30
+    edits = fake.wait_for_edits(followup["id"], 3)
+    assert [e["content"] for e in edits] == ["25%", "50%", "100%"]
+    assert [e["content"] for e in rec.followup_edits] == ["25%", "50%", "100%"]
+
+    progress = fake.wait_for_message(lambda m: m["content"] == "backfill 0%", timeout=10)
+    edits = fake.wait_for_edits(progress["id"], 3)
+    assert [e["content"] for e in edits] == ["backfill 40%", "backfill 80%", "backfill done"]
+    assert edits[-1]["embeds"][0]["thumbnail"]["url"] == followup["message"]["attachments"][0]["url"]
+    assert (edits[-1]["files"][0]["filename"], edits[-1]["files"][0]["data"]) == ("log.txt", b"x")
+    assert [a["filename"] for a in edits[-1]["message"]["attachments"]] == ["log.txt"]
+
+    status, _, body = _api(
+        fake,
+        "POST",
+        f"/channels/{fake.other_channel_id}/messages",
+        json={"embeds": [{"title": "t", "thumbnail": {"url": "ftp://example.com/a.png"}}]},
+    )
+    assert status == 400 and "embeds.0.thumbnail.url" in body["errors"]
+    fake.invalid_requests.clear()

@@ -37,6 +37,8 @@ DISTRIBUTION_OF = {
     "huggingface_hub": "huggingface-hub",
     "google": "protobuf",
     "babel": "babel",
+    "sqlean": "sqlean-py",
+    "matplotlib_fontja": "matplotlib-fontja",
 }
 # Never in a bot-only install.
 MODEL_LIBRARIES = {"torch", "transformers", "tokenizers", "safetensors", "huggingface-hub", "sentencepiece"}

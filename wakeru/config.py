@@ -420,6 +420,35 @@ class ServiceSection(_Section):
     log_format: Literal["text", "json"] = "text"
 
 
+class IndexSection(_Section):
+    """The image index (/search, "Find similar images", reposts, /labels stats): see docs/index.md."""
+
+    # Indexing where no moderator turned it on or off (/index enable|disable); off keeps members'
+    # pictures out of the index until a server opts in.
+    default: Literal["on", "off"] = "off"
+    # Cosine similarity from which an image counts as a repost of an earlier one. Model-specific:
+    # SigLIP and CLIP cosines live on different scales; calibrate with docs/index.md's recipe.
+    repost_threshold: float = Field(default=0.95, gt=0, le=1)
+    # Rows older than this many days are deleted (checked hourly); 0 = keep until Discord deletes them.
+    retention_days: StrictInt = Field(default=0, ge=0, le=36_500)
+    # /index backfill: how far back by default, and at most.
+    backfill_days: StrictInt = Field(default=30, ge=1, le=3650)
+    backfill_max_days: StrictInt = Field(default=365, ge=1, le=3650)
+    # /search and "Find similar images": results shown (Discord allows 10 embeds per message).
+    results: StrictInt = Field(default=10, ge=1, le=10)
+    # A search result must be at least this similar to be shown (text→image cosines are small for
+    # SigLIP models: keep it low); -1 shows the best matches whatever their score.
+    min_score: float = Field(default=-1.0, ge=-1, le=1)
+
+    @model_validator(mode="after")
+    def _days(self) -> IndexSection:
+        if self.backfill_days > self.backfill_max_days:
+            raise ValueError(
+                f"backfill_days ({self.backfill_days}) must not exceed backfill_max_days ({self.backfill_max_days})"
+            )
+        return self
+
+
 class Config(_Section):
     model: ModelSection = ModelSection()
     worker: WorkerSection = WorkerSection()
@@ -430,6 +459,7 @@ class Config(_Section):
     attachments: AttachmentsSection = AttachmentsSection()
     limits: LimitsSection = LimitsSection()
     service: ServiceSection = ServiceSection()
+    index: IndexSection = IndexSection()
 
     @model_validator(mode="after")
     def _budgets(self) -> Config:

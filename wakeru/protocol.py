@@ -1,12 +1,19 @@
 """The contract between the bot and the model worker: the one place both ends agree on.
 
-- ClassifyRequest / ClassifyResult (with LabelScore, Timings, ErrorCode): one image in, its ranking out.
-- WorkerInfo: what a worker reports once its model is loaded (model, family, device, dtype,
-  input size, embedding size, pid), by the pipe's Ready message or a Redis heartbeat.
+- ClassifyRequest / ClassifyResult (with LabelScore, Timings, ErrorCode): one image in, its ranking
+  out. With `embed` the result also carries the image's embedding (from the same forward pass);
+  with empty labels and `embed` it carries only the embedding (index backfill); with `query` (and
+  no image, no labels) it carries the embedding of that text as a search query, made by the same
+  template rule as a label's (the label cache's template ensemble). Embeddings travel as packed
+  float32 little-endian bytes (`pack_embedding` / `unpack_embedding`), L2-normalised, with the
+  `model_key` of the model that made them: vectors of different model keys do not compare.
+- WorkerInfo: what a worker reports once its model is loaded (model, revision, family, device,
+  dtype, input size, embedding size, pid), by the pipe's Ready message or a Redis heartbeat.
 - The pipe messages of the local transport, typed: bot → worker Classify, Cancel, Stop;
   worker → bot Ready, Failed, Result, Cancelled (the acknowledgement of a Cancel that reached a
   request still in the worker: every request sent gets exactly one Result or Cancelled back).
-- The Redis Streams wire format (keys and entry fields) of the networked transport.
+- The Redis Streams wire format (keys and entry fields) of the networked transport; `embed` and
+  `query` are entry fields of their own, a result's embedding rides base64 in its JSON.
 
 Plain frozen dataclasses: picklable, convertible to JSON-ready dicts. On the pipe they travel
 as (kind, payload) tuples of plain values, so a garbled or foreign message is a ProtocolError at
@@ -16,14 +23,38 @@ imports this. Bump PROTOCOL_VERSION when a field changes meaning; peers reject o
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import json
+import struct
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 # 2: LabelScore.fits, and `match` for the CLIP family too. 3: typed pipe messages, WorkerInfo
-# with embedding_size and the worker's protocol version.
-PROTOCOL_VERSION = 3
+# with embedding_size and the worker's protocol version. 4: embeddings – `embed`, `query`,
+# `ClassifyResult.embedding/embedding_model`, `WorkerInfo.revision`.
+PROTOCOL_VERSION = 4
+
+MAX_QUERY_LENGTH = 1000  # characters of a search query (after stripping), like a long message
+
+
+def pack_embedding(values: Sequence[float]) -> bytes:
+    """An embedding as it travels: float32, little-endian, 4 bytes per value."""
+    return struct.pack(f"<{len(values)}f", *values)
+
+
+def unpack_embedding(data: bytes) -> tuple[float, ...]:
+    """The values of a packed embedding; ValueError if its length is not a multiple of 4."""
+    if len(data) % 4:
+        raise ValueError(f"an embedding is float32 values: {len(data)} bytes is not a multiple of 4")
+    return struct.unpack(f"<{len(data) // 4}f", data)
+
+
+def model_key(model: str, revision: str | None) -> str:
+    """Names the weights an embedding came from: vectors of different keys do not compare."""
+    return f"{model}@{revision}" if revision else model
 
 
 class ErrorCode(str, enum.Enum):
@@ -51,6 +82,10 @@ class ClassifyRequest:
 
     The label set travels by value; the worker caches its embeddings by content,
     so sending the same set again costs no text-tower work.
+
+    `embed`: also return the image's embedding (same forward pass); labels may then be empty
+    (embed only: the result has no labels). `query`: embed this text as a search query instead
+    of an image; `image` is then b"" and `labels` (). See `request_shape_problem` for the rules.
     """
 
     id: str
@@ -58,6 +93,8 @@ class ClassifyRequest:
     labels: tuple[str, ...]
     top_k: int = 3
     deadline: float | None = None  # wall-clock (time.time()) seconds; None = no deadline
+    embed: bool = False  # also return the image's embedding
+    query: str | None = None  # embed this text as a search query instead of an image
     version: int = PROTOCOL_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,6 +105,8 @@ class ClassifyRequest:
             "labels": list(self.labels),
             "top_k": self.top_k,
             "deadline": self.deadline,
+            "embed": self.embed,
+            "query": self.query,
             "version": self.version,
         }
 
@@ -79,8 +118,35 @@ class ClassifyRequest:
             labels=tuple(d["labels"]),
             top_k=d.get("top_k", 3),
             deadline=d.get("deadline"),
+            embed=d.get("embed", False),
+            query=d.get("query"),
             version=d.get("version", PROTOCOL_VERSION),
         )
+
+
+def request_shape_problem(request: ClassifyRequest) -> str | None:
+    """Why this combination of image, labels, `embed` and `query` is not a valid request (None:
+    it is). The label rules themselves (wakeru.labels) are checked separately. Workers answer a
+    problem with BAD_REQUEST."""
+    embed: object = request.embed
+    query: object = request.query
+    if not isinstance(embed, bool):
+        return "embed must be true or false"
+    if query is not None:
+        if not isinstance(query, str):
+            return "the query must be text"
+        if request.image or request.labels:
+            return "a query is embedded on its own: send it without an image and without labels"
+        text = query.strip()
+        if not text:
+            return "the query is empty"
+        if len(text) > MAX_QUERY_LENGTH:
+            return f"the query is {len(text):,} characters; the limit is {MAX_QUERY_LENGTH:,}"
+        return None
+    labels: object = request.labels
+    if not labels and not embed:
+        return "no labels given: send labels, or ask for the embedding alone (embed) or a query"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +179,10 @@ class ClassifyResult:
     error: ErrorCode | None = None
     message: str | None = None
     timings: Timings = field(default_factory=Timings)
+    # float32 little-endian, L2-normalised, embedding_size × 4 bytes (pack_embedding); set when the
+    # request asked for it (embed, query) and it succeeded
+    embedding: bytes | None = None
+    embedding_model: str | None = None  # model_key of the model that made the embedding
     version: int = PROTOCOL_VERSION
 
     @property
@@ -129,8 +199,10 @@ class ClassifyResult:
         return cls(id=request_id, error=code, message=message, timings=timings or Timings())
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values: the embedding as base64 text."""
         d = asdict(self)
         d["error"] = self.error.value if self.error else None
+        d["embedding"] = None if self.embedding is None else base64.b64encode(self.embedding).decode("ascii")
         return d
 
     @classmethod
@@ -141,8 +213,30 @@ class ClassifyResult:
             error=ErrorCode(d["error"]) if d.get("error") else None,
             message=d.get("message"),
             timings=Timings(**d.get("timings", {})),
+            embedding=_embedding_from_text(d.get("embedding")),
+            embedding_model=_optional_text(d.get("embedding_model"), "embedding_model"),
             version=d.get("version", PROTOCOL_VERSION),
         )
+
+
+def _embedding_from_text(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"embedding must be base64 text, not {type(value).__name__}")
+    try:
+        data = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ValueError("embedding is not valid base64") from None
+    if len(data) % 4:
+        raise ValueError(f"embedding is {len(data)} bytes, not a whole number of float32 values")
+    return data
+
+
+def _optional_text(value: Any, name: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{name} must be text, not {type(value).__name__}")
+    return value
 
 
 class ProtocolError(ValueError):
@@ -174,7 +268,13 @@ class WorkerInfo:
     pid: int
     name: str = ""  # Redis workers: the consumer name; "" for the local worker
     host: str = ""  # Redis workers: the host it runs on
+    revision: str = ""  # model.revision it loaded; "" when none was configured
     version: int = PROTOCOL_VERSION
+
+    @property
+    def model_key(self) -> str:
+        """The key its embeddings carry (ClassifyResult.embedding_model)."""
+        return model_key(self.model, self.revision or None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,6 +294,7 @@ class WorkerInfo:
             pid=_field(d, "pid", int),
             name=d.get("name") or "",
             host=d.get("host") or "",
+            revision=_field(d, "revision", str) if d.get("revision") is not None else "",
             version=_field(d, "version", int) if "version" in d else PROTOCOL_VERSION,
         )
 
@@ -318,6 +419,8 @@ def decode_to_worker(raw: Any) -> ToWorker:
         and isinstance(request.image, (bytes, bytearray))
         and all(isinstance(label, str) for label in request.labels)
         and isinstance(request.top_k, int)
+        and isinstance(request.embed, bool)
+        and (request.query is None or isinstance(request.query, str))
     ):
         raise ProtocolError("malformed classify request: wrong field types", request_id)
     return Classify(request)
@@ -343,7 +446,8 @@ def decode_from_worker(raw: Any) -> FromWorker:
 # ---- Redis Streams wire format (worker.transport: redis) ----------------------------------
 # Both ends build their keys and entries here, so a bot and a worker of the same
 # PROTOCOL_VERSION always agree. Stream field values are binary-safe: the image travels as
-# raw bytes, the rest as short text or JSON.
+# raw bytes (b"" for a query), the rest as short text or JSON ("embed" "1"/"0", "query" the text
+# or ""); a result is its to_dict() as JSON, the embedding base64 inside it.
 
 REQUESTS_GROUP = "workers"  # the consumer group every worker reads the request stream with
 
@@ -368,6 +472,8 @@ def request_fields(request: ClassifyRequest, reply_to: str) -> dict[str, bytes |
         "labels": json.dumps(list(request.labels), ensure_ascii=False),
         "top_k": str(request.top_k),
         "deadline": "" if request.deadline is None else repr(request.deadline),
+        "embed": "1" if request.embed else "0",
+        "query": "" if request.query is None else request.query,
         "image": request.image,
     }
 
@@ -377,12 +483,21 @@ def parse_request_fields(fields: dict[bytes, bytes]) -> tuple[ClassifyRequest, s
     `request_reply_of` to still answer it)."""
     text = {k.decode(): v for k, v in fields.items()}
     deadline = text["deadline"].decode()
+    embed = text.get("embed", b"0").decode()
+    if embed not in ("0", "1"):
+        raise ValueError(f"embed must be 0 or 1, not {embed!r:.20}")
+    query = text.get("query", b"").decode()
+    labels = json.loads(text["labels"].decode())
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise ValueError("labels must be a JSON list of strings")
     request = ClassifyRequest(
         id=text["id"].decode(),
         image=bytes(text["image"]),
-        labels=tuple(json.loads(text["labels"].decode())),
+        labels=tuple(labels),
         top_k=int(text["top_k"]),
         deadline=float(deadline) if deadline else None,
+        embed=embed == "1",
+        query=query or None,
         version=int(text["v"]),
     )
     return request, text["reply"].decode()

@@ -14,6 +14,7 @@ from discord.ext import commands
 
 from bot.app import App
 from bot.face.cogs import make_cogs
+from bot.face.reposts import NotRepostButton
 from bot.face.texts import CommandTranslator
 from bot.face.tree import WakeruTree
 from bot.services import metrics
@@ -59,6 +60,7 @@ class WakeruBehaviour(_ClientBase):
         await self.tree.set_translator(CommandTranslator())
         for cog in make_cogs(self.app, self):
             await self.add_cog(cog)
+        self.add_dynamic_items(NotRepostButton)  # repost replies' buttons keep working after a restart
         if self.app is not None:
             await self.app.start()
 

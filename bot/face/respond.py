@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import discord
+
+from bot.face.texts import LocaleLike, text
+from bot.store import StorageError
+
+log = logging.getLogger("wakeru.storage")
 
 
 async def refuse(interaction: discord.Interaction, message: str) -> None:
@@ -19,3 +26,11 @@ async def refuse(interaction: discord.Interaction, message: str) -> None:
 def code_text(value: str) -> str:
     """User text shown inside `code`: no backticks, no escaping (it would show as backslashes)."""
     return value.replace("`", "'")[:100]
+
+
+def storage_error(locale: LocaleLike, error: StorageError) -> str:
+    """The moderator's view of a storage failure: what kind, never the file, host or database (the
+    operator's full message, which names them, goes to the log)."""
+    log.warning("the label store failed: %s", error)
+    reason = error.reason if error.reason in StorageError.REASONS else "broken"
+    return text(locale, "storage_error", reason=text(locale, f"storage.{reason}"))

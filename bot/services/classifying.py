@@ -65,7 +65,10 @@ class Classifier:
         request_id: str | None = None,
         started: float | None = None,
         reservation: Reservation | None = None,
+        embed: bool = False,
     ) -> ImageAnswer:
+        """embed: also return the image's embedding (the same forward pass), for the image index;
+        labels () with embed=True only embeds."""
         started = time.monotonic() if started is None else started
         request = ClassifyRequest(
             id=request_id or self._request_id(),
@@ -73,6 +76,7 @@ class Classifier:
             labels=labels,
             top_k=3,
             deadline=time.time() + self.config.worker.request_timeout_s,
+            embed=embed,
         )
         result = await self.transport.classify(request, reservation=reservation)
         return self._answered(ImageAnswer(filename, result), source, started)
@@ -82,8 +86,22 @@ class Classifier:
         info = self.transport.info
         return self.config.attachments.resize_to or (info.input_size if info else _UNKNOWN_INPUT_SIDE)
 
+    async def embed_query(self, query: str) -> ClassifyResult:
+        """A search query's text embedding, made with the label templates' rule (the worker's query path)."""
+        started = time.monotonic()
+        request = ClassifyRequest(
+            id=self._request_id(),
+            image=b"",
+            labels=(),
+            deadline=time.time() + self.config.worker.request_timeout_s,
+            query=query,
+        )
+        result = await self.transport.classify(request)
+        metrics.observe_result("search", result, time.monotonic() - started)
+        return result
+
     async def classify_attachment(
-        self, attachment: AttachmentLike, labels: tuple[str, ...], *, source: str = "command"
+        self, attachment: AttachmentLike, labels: tuple[str, ...], *, source: str = "command", embed: bool = False
     ) -> ImageAnswer:
         started, request_id = time.monotonic(), self._request_id()
         # busy, failed or shutting down: say so now rather than download what nobody can classify;
@@ -106,9 +124,19 @@ class Classifier:
                 request_id=request_id,
                 started=started,
                 reservation=place,
+                embed=embed,
             )
 
     async def classify_attachments(
-        self, attachments: Iterable[AttachmentLike], labels: tuple[str, ...], *, source: str = "command"
+        self,
+        attachments: Iterable[AttachmentLike],
+        labels: tuple[str, ...],
+        *,
+        source: str = "command",
+        embed: bool = False,
     ) -> list[ImageAnswer]:
-        return list(await asyncio.gather(*(self.classify_attachment(a, labels, source=source) for a in attachments)))
+        return list(
+            await asyncio.gather(
+                *(self.classify_attachment(a, labels, source=source, embed=embed) for a in attachments)
+            )
+        )

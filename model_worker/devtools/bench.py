@@ -12,6 +12,10 @@ With --new-label-sets N, a fourth run repeats the engine run while N requests wi
 sets the cache has never seen (--new-set-size labels each, e.g. `/classify labels:` with 100
 new labels) arrive one after another, and reports the latency of the ordinary images
 meanwhile: how much a stream of new label sets holds up everyone else.
+
+With --embed, the engine run is repeated with embed on (each image's embedding returned with its
+labels, as the bot's image index asks for), alternating with runs with it off, and the best of
+each is reported with the difference: what indexing costs (the target: at most 5 %).
 """
 
 from __future__ import annotations
@@ -92,24 +96,51 @@ def run_naive(engine, jpegs: list[bytes], labels: tuple[str, ...]) -> float:
     return len(jpegs) / (time.perf_counter() - start)
 
 
-def run_engine(engine, jpegs: list[bytes], labels: tuple[str, ...], warm: bool = True) -> tuple[float, list[float]]:
+def run_engine(
+    engine, jpegs: list[bytes], labels: tuple[str, ...], warm: bool = True, embed: bool = False
+) -> tuple[float, list[float]]:
     window = 2 * engine.max_batch
     if warm:  # one full batch, which also caches the label set's embeddings
         list(
             engine.stream(
-                (ClassifyRequest(id=f"w{i}", image=d, labels=labels) for i, d in enumerate(jpegs[: engine.max_batch])),
+                (
+                    ClassifyRequest(id=f"w{i}", image=d, labels=labels, embed=embed)
+                    for i, d in enumerate(jpegs[: engine.max_batch])
+                ),
                 window,
             )
         )
     start = time.perf_counter()
     results = list(
-        engine.stream((ClassifyRequest(id=str(i), image=d, labels=labels) for i, d in enumerate(jpegs)), window)
+        engine.stream(
+            (ClassifyRequest(id=str(i), image=d, labels=labels, embed=embed) for i, d in enumerate(jpegs)), window
+        )
     )
     elapsed = time.perf_counter() - start
     failed = [r for r in results if not r.ok]
     if failed:
         raise RuntimeError(f"{len(failed)} benchmark images failed: {failed[0].error} {failed[0].message}")
+    if embed and any(r.embedding is None for r in results):
+        raise RuntimeError("embed was asked for but a result came back without an embedding")
     return len(jpegs) / elapsed, [r.timings.total_ms for r in results]
+
+
+def run_embed_comparison(engine, jpegs: list[bytes], labels: tuple[str, ...], rounds: int = 2) -> dict:
+    """The engine run with embed off and on, alternating (so drift hits both alike); the best of each."""
+    off = on = 0.0
+    on_latencies: list[float] = []
+    for _ in range(rounds):
+        off = max(off, run_engine(engine, jpegs, labels, warm=False)[0])
+        speed, latencies = run_engine(engine, jpegs, labels, warm=False, embed=True)
+        if speed > on:
+            on, on_latencies = speed, latencies
+    return {
+        "off_img_s": round(off, 3),
+        "on_img_s": round(on, 3),
+        "cost": round(off / on - 1, 4),  # extra time per image with embed on: 0.05 = 5 % more
+        "on_p50_ms": round(float(np.percentile(on_latencies, 50)), 1),
+        "on_p99_ms": round(float(np.percentile(on_latencies, 99)), 1),
+    }
 
 
 def run_label_churn(engine, jpegs: list[bytes], labels: tuple[str, ...], sets: int, set_size: int) -> dict:
@@ -177,10 +208,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     naive_count = args.naive_images or min(args.images, 8)
     jpegs = photo_jpegs(max(args.images, naive_count), (width, height))
     engine = load_engine(config)
-    churn = None
+    churn = embed = None
     try:
         model_only = run_model_only(engine, jpegs, args.images)
         engine_speed, latencies = run_engine(engine, jpegs[: args.images], labels)
+        if getattr(args, "embed", False):
+            embed = run_embed_comparison(engine, jpegs[: args.images], labels)
         if args.new_label_sets:
             churn = run_label_churn(engine, jpegs[: args.images], labels, args.new_label_sets, args.new_set_size)
         naive = run_naive(engine, jpegs[:naive_count], labels)
@@ -208,6 +241,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "p99_ms": round(float(np.percentile(latencies, 99)), 1),
         "mean_batch": round(float(np.mean(engine.stats.batch_sizes)), 1) if engine.stats.batch_sizes else 0,
     }
+    if embed is not None:
+        report["embed"] = embed
     if churn is not None:
         report["with_new_label_sets"] = {"sets": args.new_label_sets, "set_size": args.new_set_size, **churn}
     if args.json:
@@ -228,6 +263,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"  latency         p50 {report['p50_ms']} ms, p99 {report['p99_ms']} ms "
             f"(mean batch {report['mean_batch']})"
         )
+        if embed is not None:
+            print(
+                f"  embed off / on  {embed['off_img_s']:9.2f} / {embed['on_img_s']:.2f} img/s   "
+                f"(best of 2 each, alternating): classifying with embeddings costs {embed['cost']:+.1%} "
+                f"per image; with them p50 {embed['on_p50_ms']} ms, p99 {embed['on_p99_ms']} ms"
+            )
         if churn is not None:
             print(
                 f"  with new sets   {churn['img_s']:9.2f} img/s, p50 {churn['p50_ms']} ms, p99 {churn['p99_ms']} ms "

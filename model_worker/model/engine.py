@@ -17,6 +17,15 @@ between image batches, taking at most _TEXT_SHARE of the time while images wait:
 them for 300 prompts in one go. At most `queue_size` requests are
 in flight; past that, submit() answers QUEUE_FULL at once. A bad image, a bad label
 set or a failing batch only fails the requests concerned; the engine keeps running.
+
+Embeddings (for the bot's image index): a request with `embed` also gets its image's row of the
+batch's image embeddings (the same forward pass, L2-normalised float32, packed), and with no labels
+it gets only that (no label set is looked up or scored). A `query` request has no image: it skips
+the decode pool and its text is embedded in the batcher thread between image batches, like label
+work (and within the same share of the time), by the label cache's template ensemble, so a query
+and a label of the same words get the same vector. Queries never enter the label cache: they have
+an LRU of their own (_QUERY_CACHE entries). Every embedding names the model that made it
+(wakeru.protocol.model_key of model.id and model.revision).
 """
 
 from __future__ import annotations
@@ -31,14 +40,25 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from model_worker.image.decode import DecodeLimits, ImageError, decode_image
 from model_worker.model.adapters import Adapter
-from model_worker.model.label_cache import LabelEmbeddingCache
+from model_worker.model.label_cache import _LRU, LabelEmbeddingCache
 from wakeru.config import Config
 from wakeru.labels import LabelError, normalise_labels
-from wakeru.protocol import PROTOCOL_VERSION, ClassifyRequest, ClassifyResult, ErrorCode, LabelScore, Timings
+from wakeru.protocol import (
+    MAX_QUERY_LENGTH,
+    PROTOCOL_VERSION,
+    ClassifyRequest,
+    ClassifyResult,
+    ErrorCode,
+    LabelScore,
+    Timings,
+    model_key,
+    request_shape_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +68,10 @@ _TEXT_STEP_LABELS = 8
 # While images are waiting, new label sets get at most this share of the batcher's time (the rest
 # goes to the images); with nothing else to do, they get all of it.
 _TEXT_SHARE = 0.25
+# Search queries embedded in one text step (× the templates, like labels), and how many query
+# embeddings the engine keeps (the same search again costs no text-tower work).
+_QUERY_STEP = 8
+_QUERY_CACHE = 256
 
 
 class _Idle:
@@ -60,9 +84,10 @@ _IDLE = _Idle()  # the batcher found no new job: it has label work of its own to
 @dataclass(eq=False)
 class _Job:
     request: ClassifyRequest
-    labels: tuple[str, ...]
+    labels: tuple[str, ...]  # normalised; () for an embed-only or a query request
     future: Future[ClassifyResult]
     submitted: float
+    query: str | None = None  # the normalised search query (a query request)
     prepared: dict[str, Any] | None = None
     error: tuple[ErrorCode, str] | None = None
     decode_ms: float = 0.0
@@ -87,6 +112,7 @@ class EngineStats:
     refused_busy: int = 0
     cancelled: int = 0
     text_steps: int = 0  # text-tower steps run for label sets that were not cached
+    queries: int = 0  # search queries embedded (cache hits included)
 
 
 class Engine:
@@ -104,6 +130,9 @@ class Engine:
         # CLIP family: `match` compares each label with this neutral description (encoded once, now)
         self.reference = None if adapter.has_match_probability() else self.cache.get((config.model.reference_label,))
         self.stats = EngineStats()
+        self.model_key = model_key(config.model.id, config.model.revision)  # what its embeddings are tagged with
+        self._queries: deque[_Job] = deque()  # batcher thread only: query jobs waiting for the text tower
+        self._query_cache: _LRU = _LRU(_QUERY_CACHE)  # batcher thread only: query text → embedding (CPU)
         self._label_work: dict[tuple[str, ...], _LabelWork] = {}  # batcher thread only; oldest first
         self._unparked: deque[_Job] = deque()  # decoded jobs whose label set just became known
         self._text_s = self._image_s = 0.0  # batcher time spent on each while label work is pending
@@ -130,6 +159,7 @@ class Engine:
         if isinstance(rejection, ClassifyResult):
             future.set_result(rejection)
             return future
+        labels, query = rejection
         with self._lock:
             if self._closed:
                 future.set_result(
@@ -147,13 +177,16 @@ class Engine:
                 )
                 return future
             self._in_flight += 1
-            self._decoding += 1
-            job = _Job(request, rejection, future, time.perf_counter())
+            job = _Job(request, labels, future, time.perf_counter(), query=query)
             self._jobs.add(job)
             # a cancel frees the place at once, even while the model is busy
             future.add_done_callback(lambda f: self._finish(job, None) if f.cancelled() else None)
-            # under the lock, so close() cannot shut the pool between the check and this
-            self._pool.submit(self._prepare, job)
+            if query is not None:  # no image to decode: straight to the batcher (before close()'s None)
+                self._ready.put(job)
+            else:
+                self._decoding += 1
+                # under the lock, so close() cannot shut the pool between the check and this
+                self._pool.submit(self._prepare, job)
         return future
 
     def classify(self, requests: Iterable[ClassifyRequest]) -> list[ClassifyResult]:
@@ -207,7 +240,8 @@ class Engine:
 
     # ---- stages -------------------------------------------------------------------
 
-    def _validate(self, request: ClassifyRequest) -> ClassifyResult | tuple[str, ...]:
+    def _validate(self, request: ClassifyRequest) -> ClassifyResult | tuple[tuple[str, ...], str | None]:
+        """(normalised labels, normalised query) of a valid request, else the answer that refuses it."""
         rid = getattr(request, "id", "?")
         if getattr(request, "version", None) != PROTOCOL_VERSION:
             return ClassifyResult.failure(
@@ -225,9 +259,24 @@ class Engine:
         labels: object = request.labels
         if isinstance(labels, str):
             return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST, "labels must be a list of strings")
+        try:
+            problem = request_shape_problem(request)
+        except TypeError:  # labels of a type without a length
+            problem = "labels must be a list of strings"
+        if problem is not None:
+            return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST, problem)
+        if request.query is not None:
+            try:  # the label rules' spelling (NFC, whitespace, no invisible characters): a query and a label match
+                (query,) = normalise_labels([request.query], max_count=1, max_length=MAX_QUERY_LENGTH)
+            except LabelError as e:
+                why = "the query is empty" if e.code == "empty" else f"query: {e}"
+                return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST, why)
+            return (), query
+        if not request.labels:  # embed only (request_shape_problem allows it only with embed)
+            return (), None
         cfg = self.config.labels
         try:
-            return normalise_labels(request.labels, max_count=cfg.max_count, max_length=cfg.max_length)
+            return normalise_labels(request.labels, max_count=cfg.max_count, max_length=cfg.max_length), None
         except (LabelError, TypeError) as e:
             return ClassifyResult.failure(rid, ErrorCode.BAD_LABELS, str(e))
 
@@ -259,7 +308,7 @@ class Engine:
             first: _Job | _Idle | None = _IDLE
             if len(batch) < self.max_batch:
                 try:  # with work of its own (labels to encode, jobs released), never sleep on the queue
-                    first = self._ready.get(block=not (batch or self._label_work))
+                    first = self._ready.get(block=not (batch or self._label_work or self._queries))
                 except queue.Empty:
                     pass
             image_started = time.perf_counter()  # idle waiting above is nobody's share
@@ -275,11 +324,14 @@ class Engine:
                     self._finish_error(job, ErrorCode.INTERNAL, "the worker hit an internal error")
             if stop:
                 return
-            if self._label_work and self._text_turn(image_started):
+            if (self._label_work or self._queries) and self._text_turn(image_started):
                 started = time.perf_counter()
-                self._label_step()
+                if self._queries:  # one text each: short, and someone is waiting for search results
+                    self._query_step()
+                else:
+                    self._label_step()
                 self._text_s += time.perf_counter() - started
-            elif not self._label_work:
+            elif not (self._label_work or self._queries):
                 self._text_s = self._image_s = 0.0  # shares are counted per stretch of label work
 
     def _text_turn(self, image_started: float) -> bool:
@@ -303,6 +355,8 @@ class Engine:
                 self._finish(job, None)
             elif job.error is not None:
                 self._finish_error(job, *job.error)
+            elif job.query is not None:
+                self._queries.append(job)  # text work: between image batches (_query_step)
             else:
                 batch.append(job)
                 if len(batch) >= self.max_batch:
@@ -330,6 +384,8 @@ class Engine:
                 self._finish(job, None)
             elif job.request.deadline is not None and now > job.request.deadline:
                 self._finish_error(job, ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed while it waited")
+            elif not job.labels:  # embed only: no label set to look up
+                live.append(job)
             else:
                 known = embeddings.get(job.labels)
                 if known is None:
@@ -390,6 +446,60 @@ class Engine:
         del self._label_work[work.labels]
         self._unparked.extend(work.jobs)
 
+    # ---- search queries ---------------------------------------------------------------
+
+    def _query_step(self) -> None:
+        """Embed the next few waiting search queries (each by the labels' template ensemble)."""
+        started = time.perf_counter()
+        now = time.time()
+        jobs: list[_Job] = []
+        while self._queries and len(jobs) < _QUERY_STEP:
+            job = self._queries.popleft()
+            if job.future.cancelled():
+                self._finish(job, None)
+            elif job.request.deadline is not None and now > job.request.deadline:
+                self._finish_error(job, ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed while it waited")
+            else:
+                jobs.append(job)
+        if not jobs:
+            return
+        texts = [_query_of(job) for job in jobs]
+        try:
+            vectors: dict[str, torch.Tensor] = {}
+            for text in texts:
+                cached = self._query_cache.get_fresh(text)
+                if cached is None:  # the words of a label already known: its vector, no text-tower work
+                    cached = self.cache.known((text,)).get(text)
+                if cached is not None:
+                    vectors[text] = cached
+            missing = list(dict.fromkeys(t for t in texts if t not in vectors))
+            if missing:
+                encoded = self.cache.ensemble(missing)
+                vectors.update(zip(missing, encoded))
+                self.stats.text_steps += 1
+            rows = {text: _packed(vector) for text, vector in vectors.items()}
+            for text, vector in vectors.items():
+                self._query_cache.put(text, vector)
+        except Exception as e:  # a text tower that fails on these queries fails only them
+            log.exception("embedding %d search queries failed", len(jobs))
+            for job in jobs:
+                self._finish_error(job, ErrorCode.INTERNAL, f"the model failed on this query ({type(e).__name__})")
+            return
+        model_ms = (time.perf_counter() - started) * 1000
+        self.stats.queries += len(jobs)
+        for job, text in zip(jobs, texts):
+            self._finish(
+                job,
+                ClassifyResult(
+                    id=job.request.id,
+                    timings=self._timings(job, started, model_ms, len(jobs)),
+                    embedding=rows[text],
+                    embedding_model=self.model_key,
+                ),
+            )
+
+    # ---- image batches ----------------------------------------------------------------
+
     def _run_batch(self, jobs: list[_Job], embeddings: dict[tuple[str, ...], torch.Tensor], started: float) -> None:
         groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
         for i, job in enumerate(jobs):
@@ -397,8 +507,12 @@ class Engine:
         adapter = self.adapter
         inputs = adapter.preprocessor.collate([_prepared(j) for j in jobs], adapter.device, adapter.dtype)
         image_emb = adapter.encode_images(inputs)
+        # L2-normalised float32 (Adapter.encode_images); to the host only when someone asked for it
+        vectors = _host_rows(image_emb) if any(j.request.embed for j in jobs) else None
         scored: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         for labels, idx in groups.items():
+            if not labels:  # embed-only requests: nothing to score
+                continue
             share, match = adapter.score(image_emb[idx], embeddings[labels], self.reference)
             share = share.cpu()
             match = match.cpu() if match is not None else None
@@ -409,16 +523,25 @@ class Engine:
         self.stats.images += len(jobs)
         self.stats.batch_sizes.append(len(jobs))
         for i, job in enumerate(jobs):
-            share, match = scored[i]
-            k = min(job.request.top_k, len(job.labels))
-            values, order = torch.topk(share, k)
-            top = tuple(
-                self._label_score(job.labels[j], v, None if match is None else float(match[j]))
-                for v, j in zip(values.tolist(), order.tolist())
-            )
+            top: tuple[LabelScore, ...] = ()
+            if job.labels:
+                share, match = scored[i]
+                k = min(job.request.top_k, len(job.labels))
+                values, order = torch.topk(share, k)
+                top = tuple(
+                    self._label_score(job.labels[j], v, None if match is None else float(match[j]))
+                    for v, j in zip(values.tolist(), order.tolist())
+                )
+            embedded = vectors is not None and job.request.embed
             self._finish(
                 job,
-                ClassifyResult(id=job.request.id, top=top, timings=self._timings(job, started, model_ms, len(jobs))),
+                ClassifyResult(
+                    id=job.request.id,
+                    top=top,
+                    timings=self._timings(job, started, model_ms, len(jobs)),
+                    embedding=vectors[i].tobytes() if embedded and vectors is not None else None,
+                    embedding_model=self.model_key if embedded else None,
+                ),
             )
 
     def _label_score(self, label: str, share: float, match: float | None) -> LabelScore:
@@ -459,6 +582,20 @@ class Engine:
         except InvalidStateError:  # cancelled by the caller meanwhile: nobody is waiting
             with self._lock:
                 self.stats.cancelled += 1
+
+
+def _host_rows(embeddings: torch.Tensor) -> np.ndarray:
+    """N × D embeddings as little-endian float32 rows on the host (each row's bytes: pack_embedding)."""
+    return np.ascontiguousarray(embeddings.detach().float().cpu().numpy(), dtype="<f4")
+
+
+def _packed(vector: torch.Tensor) -> bytes:
+    return bytes(_host_rows(vector.reshape(1, -1))[0].tobytes())
+
+
+def _query_of(job: _Job) -> str:
+    assert job.query is not None  # only query jobs reach _query_step
+    return job.query
 
 
 def _prepared(job: _Job) -> dict[str, Any]:

@@ -8,6 +8,9 @@ costs one dictionary lookup, no stacking).
 `get` encodes what is missing at once. The engine uses `lookup` and `known` instead, and
 `encode` (then `store_set`) a few labels at a time between image batches, so a new
 100-label set never holds up the images whose labels are already known.
+
+`ensemble` embeds texts by exactly the same rule (every template, averaged, normalised) without
+keeping them: search queries are embedded like labels but must not crowd the labels out.
 """
 
 from __future__ import annotations
@@ -88,6 +91,14 @@ class LabelEmbeddingCache:
         with self._lock:
             return self._encode_labels(labels) if labels else {}
 
+    def ensemble(self, texts: list[str]) -> torch.Tensor:
+        """T × D: each text embedded exactly as a label is (every template, averaged, normalised),
+        but not kept in the cache (the engine keeps its own small LRU of search queries)."""
+        if not texts:
+            raise ValueError("no texts to embed")
+        with self._lock:
+            return self._ensemble(texts)
+
     def store_set(self, labels: tuple[str, ...], vectors: dict[str, torch.Tensor]) -> torch.Tensor:
         """Stack a set from embeddings gathered piecewise (`known` and `encode`) and keep it."""
         with self._lock:
@@ -109,11 +120,14 @@ class LabelEmbeddingCache:
             return None
         return self._store_set(labels, vectors)
 
-    def _encode_labels(self, labels: list[str]) -> dict[str, torch.Tensor]:
+    def _ensemble(self, labels: list[str]) -> torch.Tensor:
         texts = [render(t, l) for l in labels for t in self._templates]
         emb = self._encode(texts).view(len(labels), len(self._templates), -1).mean(dim=1)
-        emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         self.texts_encoded += len(texts)
+        return emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    def _encode_labels(self, labels: list[str]) -> dict[str, torch.Tensor]:
+        emb = self._ensemble(labels)
         for label, vector in zip(labels, emb):
             self._labels.put((self._key, label), vector)
         return dict(zip(labels, emb))

@@ -48,6 +48,7 @@ def worker_info(config: Config, engine: Engine, *, name: str = "", host: str = "
     adapter = engine.adapter
     return WorkerInfo(
         model=config.model.id,
+        revision=config.model.revision or "",
         family=adapter.family,
         device=str(adapter.device),
         dtype=str(adapter.dtype).replace("torch.", ""),

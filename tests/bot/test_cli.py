@@ -58,13 +58,14 @@ def test_sync_registers_localised_commands_in_one_guild_or_globally(tmp_path):
         bot = BotProcess(fake, tmp_path / "unused", tmp_path)
         out = bot.run("sync", "--guild", str(fake.guild_id))
         assert out.returncode == 0, out.stderr
-        assert "registered 3 commands" in out.stdout
+        assert "registered 6 commands" in out.stdout
         commands = {c["name"]: c for c in fake.synced_commands[fake.guild_id]}
-        assert set(commands) == {"classify", "labels", "Classify image"}
+        assert set(commands) == {"classify", "labels", "Classify image", "search", "index", "Find similar images"}
         assert commands["classify"]["name_localizations"] == {"ja": "分類"}
         assert commands["Classify image"]["name_localizations"] == {"ja": "画像を分類"}
         labels = commands["labels"]
-        assert int(labels["default_member_permissions"]) == 1 << 4  # Manage Channels, as a hint
+        # everyone sees /labels (show, stats); the changes are checked on every call, not hidden
+        assert labels.get("default_member_permissions") is None
         assert labels.get("contexts") in (None, [0]) or labels.get("dm_permission") is False
         assert {o["name"] for o in labels["options"]} == {
             "show",
@@ -76,10 +77,19 @@ def test_sync_registers_localised_commands_in_one_guild_or_globally(tmp_path):
             "history",
             "undo",
             "auto",
+            "stats",
+        }
+        assert {o["name"] for o in commands["index"]["options"]} == {
+            "enable",
+            "disable",
+            "status",
+            "backfill",
+            "forget",
+            "reposts",
         }
         assert None not in fake.synced_commands
         out = bot.run("sync")
-        assert out.returncode == 0 and len(fake.synced_commands[None]) == 3
+        assert out.returncode == 0 and len(fake.synced_commands[None]) == 6
         assert fake.identify_payloads == []  # sync never connects to the gateway
 
 

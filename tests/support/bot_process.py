@@ -100,7 +100,10 @@ class BotProcess:
         while time.monotonic() < end:
             if self.process.poll() is not None:
                 raise AssertionError(f"the bot exited with {self.process.returncode}:\n{self.log()}")
-            self.fake.wait_ready(timeout=max(0.1, end - time.monotonic()))
+            try:  # in short slices, so a bot that exits meanwhile is noticed at once
+                self.fake.wait_ready(timeout=min(1.0, max(0.1, end - time.monotonic())))
+            except TimeoutError:
+                continue
             if self.state().get("worker") == "ready":
                 return
             if self.state().get("worker") == "failed":

@@ -79,6 +79,44 @@ Guilds and sharding (as Discord does it):
   and ``wait_shards_ready(count)`` wait for the right shards.  ``add_token()`` makes another token
   of the same bot valid, so a test running several bot processes can tell them apart
   (``requests``/``sent_messages`` entries and sessions carry the ``token`` they used).
+
+The image index surfaces (history, fresh URLs, deletions, permissions, threads, components, edits):
+- History: ``GET /channels/{id}/messages`` (``limit`` 1-100, default 50; one of ``before``/``after``/
+  ``around``; always newest first) over every stored message (posted, sent by the bot, or stored
+  without any dispatch by ``seed_history(channel_id, [(author, filename, data, when), ...])``, whose
+  ids are snowflakes of ``when``: see ``snowflake_at``/``snowflake_time``).  Needs View Channel (403
+  50001); without Read Message History the page is ``[]``.  ``history_rate_limit(per_second, per=1.0)``
+  limits it per channel with ``X-RateLimit-*`` headers (discord.py waits) and 429s for clients that do
+  not; ``route_counts`` / ``request_count(route, path=...)`` count requests per route template
+  (``"GET /channels/{channel}/messages"``; each ``requests`` record has its ``route``).
+- ``GET /channels/{c}/messages/{m}`` (and history, and a context menu's resolved message, and a
+  clicked message) re-signs attachment URLs that ``expire_attachments()`` killed; ``attachment_url_works``
+  tells whether a URL is still served.  Unknown/deleted message: 404 10008; no Read Message History: 403 50013.
+- Deletions as gateway events: ``delete_message`` (MESSAGE_DELETE ``{id, channel_id, guild_id}``),
+  ``bulk_delete`` (MESSAGE_DELETE_BULK ``{ids, channel_id, guild_id}``), ``edit_message(...,
+  attachments=[kept])`` (MESSAGE_UPDATE, whole message), ``delete_channel`` (CHANNEL_DELETE, or
+  THREAD_DELETE ``{id, guild_id, parent_id, type}``), ``remove_from_guild`` (GUILD_DELETE ``{id}``; the
+  guild's channel routes then answer 403 50001).  The bot's own REST deletes (``DELETE
+  .../messages/{m}``, ``POST .../messages/bulk-delete``) dispatch MESSAGE_DELETE(_BULK) too.  Deleted
+  messages' attachments stop being served.
+- Permissions: ``add_role``, ``add_user(name, roles=...)``, ``set_member_roles``, ``add_channel(...,
+  overwrites=[overwrite(id, allow=..., deny=..., member=...)], type=0|4|15|16, parent_id=...)``,
+  ``set_overwrites``; ``channel_permissions(user, channel_id)`` computes what discord.py's
+  ``permissions_for`` does (owner/Administrator: all; @everyone, role and member overwrites; threads use
+  the parent's; private threads need membership or Manage Threads).  Interaction payloads carry these
+  channel permissions (``member.permissions``, ``app_permissions``) and the member's stored roles.
+- Threads: ``add_thread(parent_id, name, private=..., members=[...], owner=..., archived=...)``
+  (THREAD_CREATE when the bot can see it), ``add_thread_member``; ``GET /channels/{thread}/thread-members[/{user}]``
+  (404 10007 for a non-member); ``GET /channels/{id}`` answers 403 50001 for a channel the bot cannot see.
+- Components: messages keep the ``components`` the bot sent (validated: custom_id 1-100 and unique, at
+  most 5 rows of 5 buttons, one select per row, labels up to 80); ``click(message, custom_id, user=...,
+  roles=..., values=...)`` sends INTERACTION_CREATE type 3; callbacks 6 (DEFERRED_UPDATE_MESSAGE) and 7
+  (UPDATE_MESSAGE, edits the clicked message) are accepted, and ``@original`` is then that message.
+- Edits: every bot edit of a message (``PATCH /channels/{c}/messages/{m}``, PATCH of @original or a
+  followup, callback 7) is in ``edits_of(message_id)`` / ``wait_for_edits(message_id, n)``; edits may
+  carry files (``attachments`` lists the kept ones).  ``attachment://name`` in an embed's image or
+  thumbnail becomes the attachment's URL in the stored message; entries keep what was sent, and other
+  schemes than http(s)/attachment get 400.
 """
 
 from __future__ import annotations
@@ -90,6 +128,7 @@ import io
 import itertools
 import json
 import math
+import mimetypes
 import re
 import threading
 import time
@@ -102,7 +141,18 @@ from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
-__all__ = ["CHAT_INPUT", "MESSAGE_CONTEXT", "FakeDiscord", "FakeGuild", "FakeInteraction", "Perm", "shard_of"]
+__all__ = [
+    "CHAT_INPUT",
+    "MESSAGE_CONTEXT",
+    "FakeDiscord",
+    "FakeGuild",
+    "FakeInteraction",
+    "Perm",
+    "overwrite",
+    "shard_of",
+    "snowflake_at",
+    "snowflake_time",
+]
 
 CHAT_INPUT = 2  # interact(type=...): a slash command (interaction type 2, data.type 1)
 MESSAGE_CONTEXT = 3  # interact(type=...): a message context menu (data.type 3)
@@ -142,6 +192,13 @@ class Perm:
     )
     MODERATOR = MANAGE_CHANNELS | MANAGE_GUILD | MANAGE_MESSAGES | MANAGE_THREADS
     BOT = MEMBER | MANAGE_MESSAGES
+    ALL = (1 << 53) - 1  # what an owner or an Administrator has
+
+
+def overwrite(target_id: int, *, allow: int = 0, deny: int = 0, member: bool = False) -> dict:
+    """A channel permission overwrite as Discord sends it: ``type`` 0 for a role (the guild id is
+    @everyone), 1 for a member; ``allow``/``deny`` as strings."""
+    return {"id": str(target_id), "type": 1 if member else 0, "allow": str(int(allow)), "deny": str(int(deny))}
 
 
 # ---------------------------------------------------------------------------- builders
@@ -154,6 +211,29 @@ def shard_of(guild_id: int, shard_count: int) -> int:
 
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
+
+
+def _as_datetime(when: datetime | float | int | str | None) -> datetime:
+    """A datetime (naive ones are UTC), a POSIX timestamp, an ISO 8601 string, or None (now)."""
+    if when is None:
+        return datetime.now(timezone.utc)
+    if isinstance(when, datetime):
+        return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    if isinstance(when, str):
+        return _as_datetime(datetime.fromisoformat(when))
+    return datetime.fromtimestamp(float(when), timezone.utc)
+
+
+def snowflake_at(when: datetime | float | int | str, low: int = 0) -> int:
+    """The snowflake of a moment: ``(ms since 2015-01-01) << 22``, plus ``low`` (22 bits) to keep
+    ids of one millisecond apart; discord.py's ``time_snowflake(dt)`` gives the ``low=0`` one."""
+    ms = int(_as_datetime(when).timestamp() * 1000) - DISCORD_EPOCH_MS
+    return (ms << 22) | (low & 0x3FFFFF)
+
+
+def snowflake_time(snowflake: int | str) -> datetime:
+    """When a snowflake was made (UTC)."""
+    return datetime.fromtimestamp(((int(snowflake) >> 22) + DISCORD_EPOCH_MS) / 1000, timezone.utc)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -237,10 +317,10 @@ def _text_channel(channel_id: int, guild_id: int, name: str, position: int) -> d
     }
 
 
-def _thread(thread_id: int, guild_id: int, parent_id: int, owner_id: int, name: str) -> dict:
-    return {
+def _thread(thread_id: int, guild_id: int, parent_id: int, owner_id: int, name: str, *, private: bool = False) -> dict:
+    thread = {
         "id": str(thread_id),
-        "type": 11,
+        "type": 12 if private else 11,
         "guild_id": str(guild_id),
         "parent_id": str(parent_id),
         "owner_id": str(owner_id),
@@ -259,6 +339,27 @@ def _thread(thread_id: int, guild_id: int, parent_id: int, owner_id: int, name: 
             "create_timestamp": "2024-01-01T00:00:00+00:00",
         },
     }
+    if private:
+        thread["thread_metadata"]["invitable"] = True
+    return thread
+
+
+def _channel_of_type(channel_id: int, guild_id: int, name: str, position: int, ctype: int, parent_id: int | None):
+    channel = _text_channel(channel_id, guild_id, name, position)
+    channel.update(type=ctype, parent_id=str(parent_id) if parent_id else None)
+    if ctype in (15, 16):  # forum / media: posts are threads
+        channel.update(
+            available_tags=[],
+            default_reaction_emoji=None,
+            default_thread_rate_limit_per_user=0,
+            default_sort_order=None,
+            default_forum_layout=0,
+            default_auto_archive_duration=1440,
+        )
+    elif ctype == 4:  # a category
+        for key in ("topic", "last_message_id", "rate_limit_per_user", "nsfw"):
+            channel.pop(key, None)
+    return channel
 
 
 def _image_size(data: bytes) -> tuple[int, int] | None:
@@ -322,6 +423,15 @@ def _message_errors(payload: dict, files: list, *, partial: bool = False) -> dic
                 errors[f"embeds.{i}.{key}"] = f"Must be {limit} or fewer in length."
     if total > 6000:
         errors["embeds"] = "Embed size exceeds maximum size of 6000"
+    for i, e in enumerate(embeds):
+        for key in ("image", "thumbnail"):
+            url = (e.get(key) or {}).get("url")
+            if url is not None and not re.match(r"(https?|attachment)://", str(url)):
+                scheme = str(url).split(":", 1)[0] if ":" in str(url) else ""
+                errors[f"embeds.{i}.{key}.url"] = (
+                    f"Scheme \"{scheme}\" is not supported. Scheme must be one of ('http', 'https', 'attachment')."
+                )
+    errors.update(_component_errors(payload.get("components"), int(payload.get("flags") or 0)))
     for f in files:
         if len(f["data"]) > ATTACHMENT_SIZE_LIMIT:
             errors[f"files.{f['filename']}"] = "Request entity too large"
@@ -330,6 +440,73 @@ def _message_errors(payload: dict, files: list, *, partial: bool = False) -> dic
     ):
         errors["content"] = "Cannot send an empty message"
     return errors
+
+
+def _component_errors(components: Any, flags: int = 0) -> dict[str, str]:
+    """Discord's checks of message components (legacy action rows; Components V2 is not checked)."""
+    errors: dict[str, str] = {}
+    if not components or flags & (1 << 15):  # IS_COMPONENTS_V2
+        return errors
+    if len(components) > 5:
+        errors["components"] = "Must be 5 or fewer in length."
+    seen: set[str] = set()
+    for i, row in enumerate(components):
+        path = f"components.{i}"
+        if row.get("type") != 1:
+            errors[f"{path}.type"] = "Top-level components must be action rows (type 1)."
+            continue
+        children = row.get("components") or []
+        if not 1 <= len(children) <= 5:
+            errors[f"{path}.components"] = "Must be between 1 and 5 in length."
+        selects = [c for c in children if c.get("type") in (3, 5, 6, 7, 8)]
+        if selects and len(children) > 1:
+            errors[f"{path}.components"] = "A select menu must be alone in its action row."
+        for j, c in enumerate(children):
+            p = f"{path}.components.{j}"
+            ctype, custom_id = c.get("type"), c.get("custom_id")
+            if ctype == 2:
+                style = c.get("style")
+                if style not in (1, 2, 3, 4, 5, 6):
+                    errors[f"{p}.style"] = "Value must be one of (1, 2, 3, 4, 5, 6)."
+                if style == 5:
+                    if not c.get("url") or custom_id is not None:
+                        errors[p] = "A link button needs a url and no custom_id."
+                    custom_id = None
+                elif style == 6:
+                    custom_id = None
+                elif custom_id is None:
+                    errors[f"{p}.custom_id"] = "This field is required"
+                if c.get("label") is not None and len(c["label"]) > 80:
+                    errors[f"{p}.label"] = "Must be 80 or fewer in length."
+                if not c.get("label") and not c.get("emoji") and style != 6:
+                    errors[p] = "A button needs a label or an emoji."
+            elif ctype in (3, 5, 6, 7, 8):
+                if custom_id is None:
+                    errors[f"{p}.custom_id"] = "This field is required"
+                options = c.get("options") or []
+                if ctype == 3 and not 1 <= len(options) <= 25:
+                    errors[f"{p}.options"] = "Must be between 1 and 25 in length."
+                if c.get("placeholder") is not None and len(c["placeholder"]) > 150:
+                    errors[f"{p}.placeholder"] = "Must be 150 or fewer in length."
+            else:
+                errors[f"{p}.type"] = f"Component type {ctype} is not allowed in an action row of a message."
+            if custom_id is not None:
+                if not 1 <= len(str(custom_id)) <= 100:
+                    errors[f"{p}.custom_id"] = "Must be between 1 and 100 in length."
+                elif custom_id in seen:
+                    errors[f"{p}.custom_id"] = "Component custom id cannot be duplicated"
+                seen.add(custom_id)
+    return errors
+
+
+def _find_component(components: list[dict], custom_id: str) -> dict | None:
+    for c in components or []:
+        if c.get("custom_id") == custom_id:
+            return c
+        found = _find_component(c.get("components") or [], custom_id)
+        if found is not None:
+            return found
+    return None
 
 
 _NAME_RE = re.compile(r"^[-_\w]{1,32}$")
@@ -382,6 +559,7 @@ class _Attachment:
     content_type: str | None
     hm: str
     payload: dict
+    signatures: set | None = None  # the hm values whose URLs still work (expiry/deletion clears it)
 
 
 class _SessionState:
@@ -492,7 +670,8 @@ class FakeInteraction:
         self.id = int(payload["id"])
         self.token: str = payload["token"]
         self.type: int = payload["type"]
-        self.name: str = payload["data"]["name"]
+        self.name: str = payload["data"].get("name") or payload["data"].get("custom_id", "")
+        self.custom_id: str | None = payload["data"].get("custom_id")  # a component interaction (click)
         self.created = time.monotonic()
         self.responses: list[dict] = []
         self.followups: list[dict] = []
@@ -666,6 +845,21 @@ class FakeDiscord:
         self._faults: list[_FaultRule] = []
         self._nonces: dict[tuple[int, str], tuple[float, int]] = {}  # (channel, nonce) → (time, message id)
         self._expired_tokens: set[str] = set()
+        # The image-index surfaces (history, permissions, threads, components, deletions).
+        self.extra_roles: dict[int, list[dict]] = {}  # guild id → roles added with add_role
+        self.member_roles: dict[tuple[int, int], list[int]] = {}  # (guild, user) → roles (set_member_roles)
+        self.thread_members: dict[int, dict[int, str]] = {
+            self.thread_id: {self.member_id: "2024-01-01T00:00:00+00:00"}
+        }  # thread → user → join_timestamp
+        self.archived_threads: set[int] = set()  # threads left out of GUILD_CREATE (GET /channels/{id} still works)
+        self.removed_guilds: set[int] = set()  # guilds the bot was removed from (remove_from_guild)
+        self._gone_channels: dict[int, int] = {}  # channel → guild, for channels of removed guilds
+        self.route_counts: dict[str, int] = {}  # "GET /channels/{channel}/messages" → requests received
+        self.message_edits: dict[int, list[dict]] = {}  # message id → the bot's edits of it, in order
+        self._history_limit: tuple[int, float] | None = None  # (requests, per seconds) per channel
+        self._history_windows: dict[int, list[float]] = {}  # channel → [window start, requests in it]
+        self._seed_ids = itertools.count(1)
+        self._background: set[asyncio.Future] = set()
         self._cond = threading.Condition()
         self._ids = itertools.count()
         self._session_ids = itertools.count(1)
@@ -877,24 +1071,31 @@ class FakeDiscord:
             guild_id = self._guild_of_event(event, data)
         self.wait_ready(timeout, guild_id=guild_id)
 
-        async def send() -> None:
-            for s in self._targets(guild_id):  # type: ignore[arg-type]
-                await s.send(0, self._as_seen_by(s, event, data), event)
-                with self._cond:
-                    self.deliveries.append(
-                        {
-                            "event": event,
-                            "id": data.get("id") if isinstance(data, dict) else None,
-                            "guild_id": guild_id,
-                            "session_id": s.session_id,
-                            "shard": s.shard,
-                            "token": s.state.token if s.state else None,
-                            "time": time.monotonic(),
-                        }
-                    )
-                    self._cond.notify_all()
+        self._call(self._deliver(event, data, guild_id), timeout)  # type: ignore[arg-type]
 
-        self._call(send(), timeout)
+    async def _deliver(self, event: str, data: dict, guild_id: int | None) -> None:
+        """(on the server loop) send a dispatch to the ready sessions that get it."""
+        for s in self._targets(guild_id):
+            await s.send(0, self._as_seen_by(s, event, data), event)
+            with self._cond:
+                self.deliveries.append(
+                    {
+                        "event": event,
+                        "id": data.get("id") if isinstance(data, dict) else None,
+                        "guild_id": guild_id,
+                        "session_id": s.session_id,
+                        "shard": s.shard,
+                        "token": s.state.token if s.state else None,
+                        "time": time.monotonic(),
+                    }
+                )
+                self._cond.notify_all()
+
+    def _dispatch_from_handler(self, event: str, data: dict) -> None:
+        """(in a REST handler, on the server loop) dispatch without blocking the loop."""
+        task = asyncio.ensure_future(self._deliver(event, data, self._guild_of_event(event, data)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _as_seen_by(self, session: _Session, event: str, data: Any) -> Any:
         """Without the Message Content intent, a message's content, attachments, embeds and components
@@ -1141,15 +1342,18 @@ class FakeDiscord:
         guild = self.guilds[guild_id or self.guild_id]
         gid = str(guild.id)
         members = [
-            make_member(self.bot_user, roles=[self.bot_role_id]),
-            make_member(self.users["moderator"], roles=[self.moderator_role_id]),
-            make_member(self.users["member"]),
-            make_member(self.users["owner"]),
+            make_member(u, roles=self.roles_of(u["id"], guild.id)) for u in [self.bot_user, *self.users.values()]
         ]
         # Every guild has the same moderator and bot roles; @everyone's id is the guild's.
         roles = [dict(r, id=gid) if key == "everyone" else r for key, r in self.roles.items()]
+        roles += self.extra_roles.get(guild.id, [])
         channels = [c for c in list(self.channels.values()) if c["guild_id"] == gid]
-        threads = [t for t in list(self.threads.values()) if t["guild_id"] == gid]
+        # Active threads the bot can see (a private one: a member of it, or Manage Threads).
+        threads = [
+            t
+            for t in list(self.threads.values())
+            if t["guild_id"] == gid and int(t["id"]) not in self.archived_threads and self._bot_sees(int(t["id"]))
+        ]
         locale = self.guild_locale if guild.id == self.guild_id else guild.locale
         return {
             "id": gid,
@@ -1247,28 +1451,101 @@ class FakeDiscord:
         """The guild a channel or thread belongs to."""
         return int(self._channel(channel_id)["guild_id"])
 
-    def _user(self, who: str | dict) -> dict:
+    def _user(self, who: str | dict | int) -> dict:
         if isinstance(who, dict):
             return who.get("user", who)
+        if isinstance(who, int):
+            found = [u for u in [self.bot_user, *self.users.values()] if int(u["id"]) == who]
+            if not found:
+                raise KeyError(f"unknown user id {who}")
+            return found[0]
         return self.bot_user if who == "bot" else self.users[who]
 
-    def permissions_for(self, role_ids: Iterable[int]) -> int:
-        """Guild permissions of a member with these roles (plus @everyone)."""
-        perms = Perm.MEMBER
+    def _user_id(self, who: str | dict | int) -> int:
+        if isinstance(who, int) or (isinstance(who, str) and who.isdigit()):
+            return int(who)
+        return int(self._user(who)["id"])
+
+    def roles_of(self, user: str | dict | int, guild_id: int | None = None) -> list[int]:
+        """The role ids a user has in a guild (default: the first): as set with
+        ``set_member_roles``, else the bot role for the bot, the moderator role for "moderator"."""
+        user_id, guild_id = self._user_id(user), int(guild_id or self.guild_id)
+        if (guild_id, user_id) in self.member_roles:
+            return list(self.member_roles[(guild_id, user_id)])
+        if user_id == self.application_id:
+            return [self.bot_role_id]
+        return [self.moderator_role_id] if user_id == self.moderator_id else []
+
+    def permissions_for(self, role_ids: Iterable[int], guild_id: int | None = None) -> int:
+        """Guild permissions of a member with these roles (plus @everyone); Administrator → all."""
+        perms = int(self.roles["everyone"]["permissions"])
         by_id = {int(r["id"]): int(r["permissions"]) for r in self.roles.values()}
+        by_id.update({int(r["id"]): int(r["permissions"]) for r in self.extra_roles.get(guild_id or self.guild_id, [])})
         for r in role_ids:
             perms |= by_id.get(int(r), 0)
-        return perms
+        return Perm.ALL if perms & Perm.ADMINISTRATOR else perms
 
-    def _member_for(self, who: str | dict, roles: Iterable[int] | None, permissions: int | None) -> dict:
+    def channel_permissions(
+        self, user: str | dict | int, channel_id: int, *, roles: Iterable[int] | None = None
+    ) -> int:
+        """A member's permissions in a channel, computed as Discord (and discord.py's
+        ``permissions_for``) does: the owner and Administrator get everything; otherwise @everyone's
+        and the roles' permissions, then the @everyone overwrite, the role overwrites together, the
+        member overwrite.  A thread takes its parent's overwrites; a private thread (type 12) is only
+        visible to its members and to Manage Threads.  Without View Channel: 0."""
+        channel = self._channel(channel_id)
+        guild_id, user_id = int(channel["guild_id"]), self._user_id(user)
+        if user_id == self.owner_id:
+            return Perm.ALL
+        roles = [int(r) for r in (self.roles_of(user_id, guild_id) if roles is None else roles)]
+        perms = self.permissions_for(roles, guild_id)
+        if perms & Perm.ADMINISTRATOR:
+            return Perm.ALL
+        is_thread = channel["type"] in (10, 11, 12)
+        base = self._channel(int(channel["parent_id"])) if is_thread else channel
+        overwrites = base.get("permission_overwrites") or []
+        for ow in overwrites:
+            if ow["type"] == 0 and int(ow["id"]) == guild_id:
+                perms = (perms & ~int(ow["deny"])) | int(ow["allow"])
+        allow = deny = 0
+        for ow in overwrites:
+            if ow["type"] == 0 and int(ow["id"]) in roles:
+                allow, deny = allow | int(ow["allow"]), deny | int(ow["deny"])
+        perms = (perms & ~deny) | allow
+        for ow in overwrites:
+            if ow["type"] == 1 and int(ow["id"]) == user_id:
+                perms = (perms & ~int(ow["deny"])) | int(ow["allow"])
+        if (
+            channel["type"] == 12
+            and user_id not in self.thread_members.get(int(channel["id"]), {})
+            and not perms & Perm.MANAGE_THREADS
+        ):
+            perms &= ~Perm.VIEW_CHANNEL
+        return perms if perms & Perm.VIEW_CHANNEL else 0
+
+    def _bot_sees(self, channel_id: int) -> bool:
+        return bool(self.channel_permissions(self.application_id, channel_id) & Perm.VIEW_CHANNEL)
+
+    def _member_for(
+        self,
+        who: str | dict,
+        roles: Iterable[int] | None,
+        permissions: int | None,
+        channel_id: int | None = None,
+    ) -> dict:
         if isinstance(who, dict) and "user" in who:
             member = copy.deepcopy(who)
         else:
             if roles is None:
-                roles = [self.moderator_role_id] if who == "moderator" else []
+                guild_id = self.guild_of(channel_id) if channel_id else None
+                roles = self.roles_of(self._user_id(who), guild_id)
             member = make_member(self._user(who), roles=roles)
         if permissions is None:
-            permissions = self.permissions_for(int(r) for r in member["roles"])
+            role_ids = [int(r) for r in member["roles"]]
+            if channel_id is not None:
+                permissions = self.channel_permissions(member["user"], channel_id, roles=role_ids)
+            else:
+                permissions = self.permissions_for(role_ids)
         member["permissions"] = str(permissions)
         return member
 
@@ -1280,12 +1557,18 @@ class FakeDiscord:
 
     # ---------------------------------------------------------------- attachments
 
-    def _store_attachment(self, channel_id: int, filename: str, data: bytes, content_type: str | None) -> dict:
-        att_id = self.new_id()
+    def _sign(self, att_id: int, channel_id: int, filename: str) -> tuple[str, str]:
+        """A signed CDN path (``ex``/``is``/``hm``) for an attachment, and its ``hm``."""
         now = int(time.time())
         ex, is_ = f"{now + 86400:x}", f"{now:x}"
-        hm = hashlib.sha256(f"{att_id}:{ex}:{is_}".encode()).hexdigest()
-        path = f"/attachments/{channel_id}/{att_id}/{quote(filename)}?ex={ex}&is={is_}&hm={hm}&"
+        hm = hashlib.sha256(f"{att_id}:{ex}:{is_}:{next(self._ids)}".encode()).hexdigest()
+        return f"/attachments/{channel_id}/{att_id}/{quote(filename)}?ex={ex}&is={is_}&hm={hm}&", hm
+
+    def _store_attachment(
+        self, channel_id: int, filename: str, data: bytes, content_type: str | None, *, att_id: int | None = None
+    ) -> dict:
+        att_id = att_id or self.new_id()
+        path, hm = self._sign(att_id, channel_id, filename)
         att = {
             "id": str(att_id),
             "filename": filename,
@@ -1298,12 +1581,45 @@ class FakeDiscord:
         size = _image_size(data)
         if size:
             att["width"], att["height"] = size
-        self._attachments[att_id] = _Attachment(att_id, channel_id, filename, data, content_type, hm, att)
+        self._attachments[att_id] = _Attachment(att_id, channel_id, filename, data, content_type, hm, att, {hm})
         return att
 
     def expire_attachments(self) -> None:
-        """Make every attachment URL issued so far answer 404, like an expired signature."""
-        self._expired.update(self._attachments)
+        """Make every attachment URL issued so far answer 404, like an expired signature.  Fetching
+        the message again (``GET /channels/{c}/messages/{m}``, history, an interaction's resolved
+        message) hands out freshly signed URLs that work."""
+        with self._cond:
+            for att in self._attachments.values():
+                att.signatures = set()
+                self._expired.add(att.id)
+
+    def attachment_url_works(self, url: str) -> bool:
+        """Whether the CDN would serve this attachment URL now (signature known and not expired)."""
+        m = re.search(r"/attachments/(\d+)/(\d+)/[^?]*\?(?:.*&)?hm=([0-9a-f]+)", url)
+        att = self._attachments.get(int(m.group(2))) if m else None
+        return bool(att and m and str(att.channel_id) == m.group(1) and m.group(3) in (att.signatures or ()))
+
+    def _refresh_attachments(self, message: dict) -> dict:
+        """Re-sign (in place) the attachment URLs of a stored message whose signatures no longer
+        work, as Discord hands out fresh URLs each time a message is fetched; returns the message."""
+        for a in message.get("attachments") or []:
+            att = self._attachments.get(int(a["id"]))
+            if att is None or self.attachment_url_works(a["url"]):
+                continue
+            path, hm = self._sign(att.id, att.channel_id, att.filename)
+            att.signatures = (att.signatures or set()) | {hm}
+            att.hm = hm
+            self._expired.discard(att.id)
+            a["url"], a["proxy_url"] = self.cdn_host + path, self.cdn_host + "/media" + path
+            att.payload = a
+        return message
+
+    def _forget_attachments(self, message: dict) -> None:
+        """A deleted message's attachments stop being served."""
+        for a in message.get("attachments") or []:
+            att = self._attachments.get(int(a["id"]))
+            if att is not None:
+                att.signatures = set()
 
     async def _cdn(self, request: web.Request) -> web.Response:
         media = request.path.startswith("/media/")
@@ -1315,9 +1631,8 @@ class FakeDiscord:
             pass
         if (
             att is None
-            or att.id in self._expired
             or str(att.channel_id) != request.match_info["channel"]
-            or request.query.get("hm") != att.hm
+            or request.query.get("hm") not in (att.signatures or ())
         ):
             record["status"] = 404
             response = web.Response(status=404, text="This content is no longer available.")
@@ -1355,7 +1670,7 @@ class FakeDiscord:
         user = dict(self._user(author))
         if bot:
             user["bot"] = True
-        roles = [self.moderator_role_id] if author == "moderator" else []
+        roles = self.roles_of(int(user["id"]), guild_id) if not isinstance(author, dict) else []
         member = {k: v for k, v in make_member(user, roles=roles).items() if k != "user"}
         known = {u["id"]: u for u in [self.bot_user, *self.users.values()]}
         mentions = [
@@ -1388,6 +1703,338 @@ class FakeDiscord:
         self.channel_messages[int(message["id"])] = message
         self.dispatch("MESSAGE_CREATE", message, timeout=timeout)
         return message
+
+    # ---------------------------------------------------------------- the image index: world changes
+
+    def _maybe_dispatch(self, event: str, data: dict, timeout: float = 20) -> None:
+        """Dispatch when a bot has ever identified (it may be reconnecting); otherwise only the
+        stored world changes (the next READY/GUILD_CREATE shows it)."""
+        if self._loop is not None and self._session_states:
+            self.dispatch(event, data, timeout=timeout)
+
+    def add_user(self, username: str, *, roles: Iterable[int] = (), guild_id: int | None = None) -> dict:
+        """A new member of every guild (``users[username]``; ``interact(user=username)``,
+        ``post_message(author=username)``), with these roles in ``guild_id`` (default: the first).
+        Not dispatched (GUILD_MEMBER_ADD needs the privileged members intent): the member is in the
+        next GUILD_CREATE and, with its roles, in every interaction payload."""
+        user = make_user(self.new_id(), username)
+        self.users[username] = user
+        if roles:
+            self.member_roles[(int(guild_id or self.guild_id), int(user["id"]))] = [int(r) for r in roles]
+        return user
+
+    def set_member_roles(self, user: str | dict | int, roles: Iterable[int], *, guild_id: int | None = None) -> None:
+        """Give a member exactly these roles (besides @everyone) in a guild; used by later
+        interactions, posts and GUILD_CREATEs (not dispatched: GUILD_MEMBER_UPDATE needs the members intent)."""
+        self.member_roles[(int(guild_id or self.guild_id), self._user_id(user))] = [int(r) for r in roles]
+
+    def add_role(self, guild_id: int | None, name: str, permissions: int, *, position: int | None = None) -> int:
+        """Create a role (GUILD_ROLE_CREATE when a bot is connected); return its id."""
+        guild_id = int(guild_id or self.guild_id)
+        extra = self.extra_roles.setdefault(guild_id, [])
+        role = _role(
+            self.new_id(), name, permissions, position if position is not None else len(self.roles) + len(extra)
+        )
+        extra.append(role)
+        self._maybe_dispatch("GUILD_ROLE_CREATE", {"guild_id": str(guild_id), "role": role})
+        return int(role["id"])
+
+    def add_channel(
+        self,
+        guild_id: int | None = None,
+        name: str = "チャンネル",
+        *,
+        type: int = 0,
+        overwrites: Iterable[dict] = (),
+        parent_id: int | None = None,
+        nsfw: bool = False,
+    ) -> int:
+        """Create a guild channel (0 text, 4 category, 15 forum, 16 media) with these
+        ``permission_overwrites`` (see :func:`overwrite`); CHANNEL_CREATE when a bot is connected."""
+        guild_id = int(guild_id or self.guild_id)
+        if guild_id not in self.guilds:
+            raise KeyError(f"unknown guild {guild_id}")
+        channel_id = self.new_id()
+        position = sum(1 for c in self.channels.values() if c["guild_id"] == str(guild_id))
+        channel = _channel_of_type(channel_id, guild_id, name, position, type, parent_id)
+        channel["permission_overwrites"] = [dict(o) for o in overwrites]
+        if "nsfw" in channel:
+            channel["nsfw"] = nsfw
+        self.channels[channel_id] = channel
+        self._maybe_dispatch("CHANNEL_CREATE", channel)
+        return channel_id
+
+    def set_overwrites(self, channel_id: int, overwrites: Iterable[dict]) -> None:
+        """Replace a channel's permission overwrites (CHANNEL_UPDATE with the whole channel)."""
+        channel = self.channels[channel_id]
+        channel["permission_overwrites"] = [dict(o) for o in overwrites]
+        self._maybe_dispatch("CHANNEL_UPDATE", channel)
+
+    def add_thread(
+        self,
+        parent_id: int,
+        name: str = "スレッド",
+        *,
+        private: bool = False,
+        members: Iterable[str | dict | int] = (),
+        owner: str | dict | int = "member",
+        archived: bool = False,
+    ) -> int:
+        """Create a thread in ``parent_id`` (type 11, or 12 when ``private``; a forum/media post is a
+        public thread) whose members are the owner and ``members`` (names, users or ids; add "bot"
+        for the bot).  When the bot can see it (public, or it is a member, or has Manage Threads) and
+        it is not ``archived``, THREAD_CREATE is dispatched and the thread is in GUILD_CREATE;
+        otherwise the bot only learns of it from an interaction or ``GET /channels/{id}``."""
+        parent = self.channels[parent_id]
+        if parent["type"] not in (0, 5, 15, 16):
+            raise ValueError(f"channel {parent_id} of type {parent['type']} cannot have threads")
+        thread_id = self.new_id()
+        owner_id = self._user_id(owner)
+        thread = _thread(thread_id, int(parent["guild_id"]), parent_id, owner_id, name, private=private)
+        thread["thread_metadata"]["archived"] = archived
+        now = _now_iso()
+        thread["thread_metadata"]["create_timestamp"] = now
+        if parent["type"] in (15, 16):
+            thread["applied_tags"] = []
+        self.threads[thread_id] = thread
+        self.thread_members[thread_id] = {owner_id: now, **{self._user_id(u): now for u in members}}
+        thread["member_count"] = len(self.thread_members[thread_id])
+        if archived:
+            self.archived_threads.add(thread_id)
+        elif self._bot_sees(thread_id):
+            self._maybe_dispatch("THREAD_CREATE", {**thread, "newly_created": True})
+        return thread_id
+
+    def add_thread_member(self, thread_id: int, user: str | dict | int) -> None:
+        """Add a member to a thread (stored; ``GET /channels/{thread}/thread-members/{user}`` finds it)."""
+        self.thread_members.setdefault(thread_id, {})[self._user_id(user)] = _now_iso()
+        self.threads[thread_id]["member_count"] = len(self.thread_members[thread_id])
+
+    def seed_history(
+        self,
+        channel_id: int | None = None,
+        messages: Iterable[tuple | dict] = (),
+    ) -> list[dict]:
+        """Store past messages without dispatching anything (the bot finds them through
+        ``GET /channels/{id}/messages``); return their payloads, in the order given.
+
+        Each message is ``(author, filename, data, when)`` (``filename``/``data`` None for a text-only
+        message; ``when`` a datetime, a POSIX timestamp or an ISO string, or left out for now) or a dict
+        ``{"author", "content", "attachments": [(filename, data, content_type)], "timestamp"}``.
+        Ids are snowflakes of their timestamps (``snowflake_at``), so ``before``/``after`` work both by
+        id and by time."""
+        channel_id = channel_id or self.channel_id
+        guild_id = self.guild_of(channel_id)
+        out = []
+        for spec in messages:
+            if isinstance(spec, dict):
+                author, content = spec.get("author", "member"), spec.get("content", "")
+                files = list(spec.get("attachments") or [])
+                when = spec.get("timestamp")
+            else:
+                author, filename, blob, *rest = spec
+                when, content = (rest[0] if rest else None), ""
+                files = [] if filename is None else [(filename, blob, mimetypes.guess_type(filename)[0])]
+            at = _as_datetime(when)
+            message_id = snowflake_at(at, next(self._seed_ids))
+            user = dict(self._user(author))
+            message = {
+                "id": str(message_id),
+                "channel_id": str(channel_id),
+                "guild_id": str(guild_id),
+                "author": user,
+                "member": {
+                    k: v
+                    for k, v in make_member(user, roles=self.roles_of(int(user["id"]), guild_id)).items()
+                    if k != "user"
+                },
+                "content": content,
+                "timestamp": at.isoformat(),
+                "edited_timestamp": None,
+                "tts": False,
+                "mention_everyone": False,
+                "mentions": [],
+                "mention_roles": [],
+                "attachments": [
+                    self._store_attachment(channel_id, n, d, t, att_id=snowflake_at(at, next(self._seed_ids)))
+                    for n, d, t in files
+                ],
+                "embeds": [],
+                "reactions": [],
+                "pinned": False,
+                "type": 0,
+                "flags": 0,
+                "components": [],
+            }
+            self.channel_messages[message_id] = message
+            out.append(message)
+        return out
+
+    def history_rate_limit(self, per_second: float | None, *, per: float = 1.0) -> None:
+        """Limit ``GET /channels/{id}/messages`` to ``per_second × per`` requests per ``per``
+        seconds per channel (None: no limit).  Answers carry the ``X-RateLimit-*`` headers that
+        discord.py follows (it waits when ``Remaining`` reaches 0); a request over the limit gets 429
+        with ``retry_after`` (and ``Via``), like Discord."""
+        if per_second is None:
+            self._history_limit = None
+        else:
+            self._history_limit = (max(1, round(per_second * per)), per)
+        self._history_windows.clear()
+
+    def request_count(self, route: str, *, path: str | None = None) -> int:
+        """How many requests reached a route, e.g. ``"GET /channels/{channel}/messages"`` (see
+        ``route_counts``); with ``path``, only those to that exact path (``/channels/123/messages``)."""
+        with self._cond:
+            if path is None:
+                return self.route_counts.get(route, 0)
+            return sum(1 for r in self.requests if r.get("route") == route and r["path"] == path)
+
+    def _drop_message(self, message_id: int) -> dict | None:
+        message = self.channel_messages.pop(int(message_id), None)
+        if message is not None:
+            self._forget_attachments(message)
+        return message
+
+    def delete_message(self, channel_id: int, message_id: int | str) -> None:
+        """Someone deleted a message: MESSAGE_DELETE ``{id, channel_id, guild_id}``; GET answers 404 (10008)."""
+        self._drop_message(int(message_id))
+        self._maybe_dispatch(
+            "MESSAGE_DELETE",
+            {"id": str(message_id), "channel_id": str(channel_id), "guild_id": str(self.guild_of(channel_id))},
+        )
+
+    def bulk_delete(self, channel_id: int, message_ids: Iterable[int | str]) -> None:
+        """A moderator purged messages: MESSAGE_DELETE_BULK ``{ids, channel_id, guild_id}``."""
+        ids = [str(i) for i in message_ids]
+        for i in ids:
+            self._drop_message(int(i))
+        self._maybe_dispatch(
+            "MESSAGE_DELETE_BULK",
+            {"ids": ids, "channel_id": str(channel_id), "guild_id": str(self.guild_of(channel_id))},
+        )
+
+    def edit_message(
+        self,
+        channel_id: int,
+        message_id: int | str,
+        *,
+        content: str | None = None,
+        attachments: Iterable[int | str | dict] | None = None,
+    ) -> dict:
+        """The author edited a message: MESSAGE_UPDATE with the whole message (``edited_timestamp``
+        set).  ``attachments``: the ones kept (ids, filenames or attachment dicts), e.g. ``[]`` when
+        every image was removed; removed ones stop being served."""
+        message = self.channel_messages[int(message_id)]
+        if int(message["channel_id"]) != channel_id:
+            raise KeyError(f"message {message_id} is not in channel {channel_id}")
+        if content is not None:
+            message["content"] = content
+        if attachments is not None:
+            keep = {str(a["id"]) if isinstance(a, dict) else str(a) for a in attachments}
+            kept = [a for a in message["attachments"] if a["id"] in keep or a["filename"] in keep]
+            self._forget_attachments({"attachments": [a for a in message["attachments"] if a not in kept]})
+            message["attachments"] = kept
+        message["edited_timestamp"] = _now_iso()
+        self._maybe_dispatch("MESSAGE_UPDATE", copy.deepcopy(message))
+        return message
+
+    def delete_channel(self, channel_id: int) -> None:
+        """A channel or thread was deleted: CHANNEL_DELETE (the channel object) or THREAD_DELETE
+        ``{id, guild_id, parent_id, type}``.  Its messages (and a channel's threads) go too."""
+        doomed = [channel_id]
+        if channel_id in self.threads:
+            thread = self.threads.pop(channel_id)
+            event, data = (
+                "THREAD_DELETE",
+                {k: thread[k] for k in ("id", "guild_id", "parent_id", "type")},
+            )
+        else:
+            channel = self.channels.pop(channel_id)
+            event, data = "CHANNEL_DELETE", channel
+            for tid in [t for t, th in self.threads.items() if th["parent_id"] == str(channel_id)]:
+                del self.threads[tid]
+                doomed.append(tid)
+        for mid in [m for m, msg in self.channel_messages.items() if int(msg["channel_id"]) in doomed]:
+            self._drop_message(mid)
+        self._maybe_dispatch(event, data)
+
+    def remove_from_guild(self, guild_id: int) -> None:
+        """The bot was kicked or the guild deleted: GUILD_DELETE ``{id}`` (no ``unavailable``; discord.py
+        calls ``on_guild_remove``).  Its channels, threads and messages are gone: channel routes then
+        answer 403 "Missing Access" (50001), as Discord does for a guild the bot is not in; a new
+        IDENTIFY no longer lists it."""
+        guild_id = int(guild_id)
+        if guild_id not in self.guilds:
+            raise KeyError(f"unknown guild {guild_id}")
+        del self.guilds[guild_id]
+        self.removed_guilds.add(guild_id)
+        for store in (self.channels, self.threads):
+            for cid in [c for c, ch in store.items() if int(ch["guild_id"]) == guild_id]:
+                del store[cid]
+                self._gone_channels[cid] = guild_id
+        for mid in [m for m, msg in self.channel_messages.items() if int(msg["channel_id"]) in self._gone_channels]:
+            self._drop_message(mid)
+        if self._loop is not None and self._session_states:
+            self.dispatch("GUILD_DELETE", {"id": str(guild_id)}, guild_id=guild_id)
+
+    def edits_of(self, message_id: int | str) -> list[dict]:
+        """The bot's edits of one message, in order: ``PATCH /channels/{c}/messages/{m}``, PATCH of a
+        webhook message (@original or a followup) and UPDATE_MESSAGE (7) callbacks.  Entries are
+        shaped like ``sent_messages`` entries (what the edit sent) plus ``message`` (the result)."""
+        with self._cond:
+            return list(self.message_edits.get(int(message_id), []))
+
+    def wait_for_edits(self, message_id: int | str, count: int = 1, timeout: float = 20) -> list[dict]:
+        """Block until the bot has edited a message ``count`` times; return ``edits_of`` it."""
+        return self.wait_for(
+            lambda: self.edits_of(message_id) if len(self.edits_of(message_id)) >= count else None,
+            timeout,
+            f"{count} edits of message {message_id}",
+        )
+
+    def _record_edit(self, message: dict, entry: dict) -> None:
+        """(under ``_cond``) one edit of a message, for ``edits_of``."""
+        entry = dict(entry, message=copy.deepcopy(message))
+        self.message_edits.setdefault(int(message["id"]), []).append(entry)
+
+    def click(
+        self,
+        message: dict | int | str,
+        custom_id: str,
+        *,
+        user: str | dict = "member",
+        roles: list[int] | None = None,
+        permissions: int | None = None,
+        values: list[str] | None = None,
+        locale: str = "ja",
+        timeout: float = 20,
+    ) -> FakeInteraction:
+        """A user clicks a button (or picks ``values`` in a select menu) of a message the bot sent:
+        INTERACTION_CREATE type 3 (MESSAGE_COMPONENT) with ``data {custom_id, component_type,
+        values}`` and the ``message`` as it is now.  ``message``: a message payload, a
+        ``sent_messages``/``FakeInteraction`` entry, or an id.  A component that is not on the
+        message, or is disabled, raises (a user cannot click it)."""
+        if isinstance(message, dict):
+            message_id = int((message.get("message") or message)["id"]) if "kind" in message else int(message["id"])
+        else:
+            message_id = int(message)
+        stored = self.channel_messages.get(message_id)
+        if stored is None:
+            raise KeyError(f"unknown message {message_id}")
+        component = _find_component(stored.get("components") or [], custom_id)
+        if component is None:
+            raise LookupError(f"no component {custom_id!r} on message {message_id}: {stored.get('components')}")
+        if component.get("disabled"):
+            raise LookupError(f"component {custom_id!r} on message {message_id} is disabled")
+        channel_id = int(stored["channel_id"])
+        self.wait_ready(timeout, guild_id=self.guild_of(channel_id))
+        data: dict[str, Any] = {"custom_id": custom_id, "component_type": component["type"]}
+        if component["type"] != 2:
+            data["values"] = list(values or [])
+        shown = copy.deepcopy(self._refresh_attachments(stored))
+        return self._send_interaction(
+            3, data, user, roles, permissions, channel_id, locale, None, timeout, message=shown
+        )
 
     # ---------------------------------------------------------------- interactions
 
@@ -1447,6 +2094,19 @@ class FakeDiscord:
                 if o.get("type") == 11:
                     att = o.pop("_attachment", None) or self._resolved_attachment(o["value"])
                     resolved.setdefault("attachments", {})[str(o["value"])] = att
+                elif o.get("type") == 6:  # user: resolved.users and, in a guild, resolved.members
+                    user_id = int(o["value"])
+                    known = {int(u["id"]): u for u in [self.bot_user, *self.users.values()]}
+                    if user_id in known:
+                        resolved.setdefault("users", {})[str(user_id)] = known[user_id]
+                        member = make_member(known[user_id], roles=self.roles_of(user_id, guild_id))
+                        member = {k: v for k, v in member.items() if k != "user"}
+                        resolved.setdefault("members", {})[str(user_id)] = member
+                elif o.get("type") == 7:  # channel: a partial channel with the member's permissions
+                    channel = self._channel(int(o["value"]))
+                    partial = {k: channel[k] for k in ("id", "name", "type", "parent_id") if k in channel}
+                    partial["permissions"] = str(self.channel_permissions(user, int(o["value"])))
+                    resolved.setdefault("channels", {})[str(o["value"])] = partial
                 resolve(o.get("options") or [])
 
         resolve(options)
@@ -1465,18 +2125,39 @@ class FakeDiscord:
         if data_type == 1:
             data["options"] = options
         if target_message is not None:
-            data["target_id"] = target_message["id"]
-            resolved.setdefault("messages", {})[target_message["id"]] = target_message
+            # The message as it is now (edits, fresh attachment URLs), as Discord resolves it.
+            stored = self.channel_messages.get(int(target_message["id"]))
+            target = copy.deepcopy(self._refresh_attachments(stored)) if stored is not None else target_message
+            data["target_id"] = target["id"]
+            resolved.setdefault("messages", {})[target["id"]] = target
         if resolved:
             data["resolved"] = resolved
-        member = self._member_for(user, roles, permissions)
-        app_perms = self.permissions_for([self.bot_role_id])
+        return self._send_interaction(
+            _interaction_type, data, user, roles, permissions, channel_id, locale, guild_locale, timeout
+        )
+
+    def _send_interaction(
+        self,
+        interaction_type: int,
+        data: dict,
+        user: str | dict,
+        roles: list[int] | None,
+        permissions: int | None,
+        channel_id: int,
+        locale: str,
+        guild_locale: str | None,
+        timeout: float,
+        **extra: Any,
+    ) -> FakeInteraction:
+        guild_id = self.guild_of(channel_id)
+        member = self._member_for(user, roles, permissions, channel_id)
+        app_perms = self.channel_permissions(self.application_id, channel_id)
         locale_of_guild = self.guild_locale if guild_id == self.guild_id else self.guilds[guild_id].locale
         channel = {**self._channel(channel_id), "permissions": member["permissions"]}
         payload = {
             "id": str(self.new_id()),
             "application_id": str(self.application_id),
-            "type": _interaction_type,
+            "type": interaction_type,
             "token": f"itoken-{self.new_id()}",
             "version": 1,
             "guild_id": str(guild_id),
@@ -1492,6 +2173,7 @@ class FakeDiscord:
             "context": 0,
             "attachment_size_limit": ATTACHMENT_SIZE_LIMIT,
             "data": data,
+            **extra,
         }
         record = FakeInteraction(self, payload)
         with self._cond:
@@ -1531,6 +2213,9 @@ class FakeDiscord:
         ("GET", r"guilds/(?P<guild>\d+)/members/(?P<user>\d+)", "_r_guild"),
         ("GET", r"channels/(?P<channel>\d+)", "_r_channel"),
         ("POST", r"channels/(?P<channel>\d+)/messages", "_r_create_message"),
+        ("GET", r"channels/(?P<channel>\d+)/messages", "_r_history"),
+        ("POST", r"channels/(?P<channel>\d+)/messages/bulk-delete", "_r_bulk_delete"),
+        ("GET", r"channels/(?P<channel>\d+)/thread-members(?:/(?P<user>\d+))?", "_r_thread_members"),
         ("POST", r"channels/(?P<channel>\d+)/typing", "_r_typing"),
         ("GET|PATCH|DELETE", r"channels/(?P<channel>\d+)/messages/(?P<message>\d+)", "_r_message"),
         (
@@ -1577,12 +2262,24 @@ class FakeDiscord:
             with self._cond:
                 self.unknown_requests.append(record)
             return _error(404, "Unknown route")
+        spans = sorted(((m.span(k), k) for k, v in m.groupdict().items() if v is not None), reverse=True)
+        template = tail
+        for (a, b), k in spans:
+            template = template[:a] + "{" + k + "}" + template[b:]
+        record["route"] = route = f"{request.method} /{template}"
+        with self._cond:
+            self.route_counts[route] = self.route_counts.get(route, 0) + 1
         # Interaction callbacks and webhooks authenticate by their token; the rest by the bot token.
         record["token"] = self._bot_token(request)
         if not tail.startswith(("interactions/", "webhooks/")) and tail != "gateway" and record["token"] is None:
             return _error(401, "401: Unauthorized")
         payload, files = await self._read_body(request)
         record["json"] = payload
+        groups = m.groupdict()
+        if (groups.get("channel") and int(groups["channel"]) in self._gone_channels) or (
+            groups.get("guild") and int(groups["guild"]) in self.removed_guilds
+        ):
+            return _error(403, "Missing Access", 50001)  # a guild the bot is no longer in
         fault = self._take_fault(request.method, tail)
         if fault is not None and not fault[0].processed:
             return self._fault_response(*fault, record, None)
@@ -1765,6 +2462,7 @@ class FakeDiscord:
             message["webhook_id"] = str(self.application_id)
             message["application_id"] = str(self.application_id)
             message["type"] = 20
+        self._resolve_embed_attachments(message)
         self.channel_messages[int(message["id"])] = message
         return message
 
@@ -1847,9 +2545,192 @@ class FakeDiscord:
 
     async def _r_channel(self, request, m, payload, files):
         try:
-            return _json(self._channel(int(m["channel"])))
+            channel = self._channel(int(m["channel"]))
         except KeyError:
             return _error(404, "Unknown Channel", 10003)
+        if not self._bot_sees(int(m["channel"])):
+            return _error(403, "Missing Access", 50001)
+        return _json(channel)
+
+    def _readable(self, channel_id: int) -> web.Response | int:
+        """The bot's permissions in a channel, or the error Discord answers for it."""
+        try:
+            self._channel(channel_id)
+        except KeyError:
+            return _error(404, "Unknown Channel", 10003)
+        perms = self.channel_permissions(self.application_id, channel_id)
+        return perms if perms & Perm.VIEW_CHANNEL else _error(403, "Missing Access", 50001)
+
+    def _history_throttle(self, channel_id: int) -> tuple[web.Response | None, dict[str, str]]:
+        """Apply ``history_rate_limit``: a 429 when over it, else the rate-limit headers to send."""
+        if self._history_limit is None:
+            return None, {}
+        limit, per = self._history_limit
+        now = time.monotonic()
+        with self._cond:
+            window = self._history_windows.setdefault(channel_id, [now, 0])
+            if now - window[0] >= per:
+                window[0], window[1] = now, 0
+            reset_after = max(0.001, window[0] + per - now)
+            over = window[1] >= limit
+            if not over:
+                window[1] += 1
+            remaining = limit - window[1]
+        headers = {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Bucket": hashlib.sha1(b"GET channels/messages").hexdigest()[:32],
+        }
+        if not over:
+            return None, headers
+        body = {
+            "message": "You are being rate limited.",
+            "retry_after": round(reset_after, 3),
+            "global": False,
+            "code": 0,
+        }
+        headers.update(
+            {
+                "Content-Type": "application/json",
+                "Via": "1.1 google",
+                "Retry-After": str(max(1, math.ceil(reset_after))),
+                "X-RateLimit-Scope": "user",
+            }
+        )
+        return web.Response(status=429, body=json.dumps(body).encode(), headers=headers), headers
+
+    async def _r_history(self, request, m, payload, files):
+        """GET /channels/{id}/messages: ``limit`` 1-100 (50), one of ``before``/``after``/``around``;
+        newest first always (discord.py reverses for ``after``).  Needs View Channel (else 403 50001);
+        without Read Message History the answer is an empty list, as on Discord."""
+        channel_id = int(m["channel"])
+        perms = self._readable(channel_id)
+        if isinstance(perms, web.Response):
+            return perms
+        q = request.query
+        try:
+            limit = int(q.get("limit", 50))
+            anchors = {k: int(q[k]) for k in ("before", "after", "around") if k in q}
+        except ValueError:
+            return self._invalid({"limit": "Value is not int."})
+        if not 1 <= limit <= 100:
+            return self._invalid({"limit": "Int value should be less than or equal to 100 and greater than 0."})
+        if len(anchors) > 1:
+            return self._invalid({"around": "Only one of before, after and around may be given."})
+        throttled, headers = self._history_throttle(channel_id)
+        if throttled is not None:
+            return throttled
+        if not perms & Perm.READ_MESSAGE_HISTORY:
+            page: list[dict] = []
+        else:
+            with self._cond:
+                ids = sorted(  # ephemeral messages are not in a channel's history
+                    i
+                    for i, msg in list(self.channel_messages.items())
+                    if int(msg["channel_id"]) == channel_id and not int(msg.get("flags") or 0) & 64
+                )
+            if "before" in anchors:
+                chosen = [i for i in ids if i < anchors["before"]][-limit:]
+            elif "after" in anchors:
+                chosen = [i for i in ids if i > anchors["after"]][:limit]
+            elif "around" in anchors:
+                at = next((k for k, i in enumerate(ids) if i >= anchors["around"]), len(ids))
+                start = max(0, min(at - limit // 2, len(ids) - limit))
+                chosen = ids[start : start + limit]
+            else:
+                chosen = ids[-limit:]
+            page = [self._refresh_attachments(self.channel_messages[i]) for i in reversed(chosen)]
+        response = _json(page)
+        response.headers.update(headers)
+        return response
+
+    async def _r_thread_members(self, request, m, payload, files):
+        """GET /channels/{thread}/thread-members[/{user}]: thread member objects
+        ``{id, user_id, join_timestamp, flags}`` (+ ``member`` with ``with_member=true``);
+        404 "Unknown Member" (10007) for a user who is not in the thread."""
+        thread_id = int(m["channel"])
+        if thread_id not in self.threads:
+            return (
+                _error(404, "Unknown Channel", 10003)
+                if thread_id not in self.channels
+                else self._invalid({"channel_id": "Not a thread."})
+            )
+        if not self._bot_sees(thread_id):
+            return _error(403, "Missing Access", 50001)
+        with_member = request.query.get("with_member", "").lower() in ("1", "true")
+        guild_id = self.guild_of(thread_id)
+
+        def shape(user_id: int, joined: str) -> dict:
+            item = {"id": str(thread_id), "user_id": str(user_id), "join_timestamp": joined, "flags": 0}
+            if with_member:
+                item["member"] = make_member(self._user(user_id), roles=self.roles_of(user_id, guild_id))
+            return item
+
+        members = self.thread_members.get(thread_id, {})
+        if m.get("user"):
+            joined = members.get(int(m["user"]))
+            return _json(shape(int(m["user"]), joined)) if joined else _error(404, "Unknown Member", 10007)
+        return _json([shape(u, j) for u, j in members.items()])
+
+    async def _r_bulk_delete(self, request, m, payload, files):
+        """POST /channels/{id}/messages/bulk-delete ``{messages: [2-100 ids]}``: 204 and
+        MESSAGE_DELETE_BULK; ids older than two weeks get 400 (50034)."""
+        channel_id = int(m["channel"])
+        ids = [str(i) for i in (payload or {}).get("messages") or []]
+        if not 2 <= len(ids) <= 100:
+            return self._invalid({"messages": "Must be between 2 and 100 in length."})
+        two_weeks_ago = datetime.now(timezone.utc).timestamp() - 14 * 86400
+        if any(snowflake_time(i).timestamp() < two_weeks_ago for i in ids):
+            return _error(400, "You can only bulk delete messages that are under 14 days old.", 50034)
+        for i in ids:
+            self._drop_message(int(i))
+        with self._cond:
+            self.deleted_messages.extend((channel_id, int(i)) for i in ids)
+        self._dispatch_from_handler(
+            "MESSAGE_DELETE_BULK",
+            {"ids": ids, "channel_id": str(channel_id), "guild_id": str(self.guild_of(channel_id))},
+        )
+        return web.Response(status=204)
+
+    def _apply_edit(self, message: dict, payload: dict, files: list[dict]) -> None:
+        """Edit a stored message as Discord does: given fields replace the old ones; ``attachments``
+        lists the ones kept (by id) and describes the new ``files[n]``; without it, new files are added."""
+        for key in ("content", "embeds", "components"):
+            if key in payload:
+                message[key] = payload[key] if payload[key] is not None else ("" if key == "content" else [])
+        if "attachments" in payload or files:
+            current = message.get("attachments") or []
+            if "attachments" in payload:
+                keep = {str(a.get("id")) for a in payload.get("attachments") or []}
+                kept = [a for a in current if a["id"] in keep]
+                self._forget_attachments({"attachments": [a for a in current if a["id"] not in keep]})
+            else:
+                kept = list(current)
+            channel_id = int(message["channel_id"])
+            new = [self._store_attachment(channel_id, f["filename"], f["data"], f["content_type"]) for f in files]
+            message["attachments"] = kept + new
+        self._resolve_embed_attachments(message)
+        message["edited_timestamp"] = _now_iso()
+
+    @staticmethod
+    def _resolve_embed_attachments(message: dict) -> None:
+        """``attachment://name`` in an embed's image/thumbnail becomes that attachment's URL, as
+        Discord shows it (the recorded entry keeps what was sent)."""
+        by_name = {a["filename"]: a for a in message.get("attachments") or []}
+        embeds = []
+        for e in message.get("embeds") or []:
+            e = dict(e)
+            for key in ("image", "thumbnail"):
+                url = str((e.get(key) or {}).get("url") or "")
+                if url.startswith("attachment://") and url[len("attachment://") :] in by_name:
+                    a = by_name[url[len("attachment://") :]]
+                    e[key] = {**e[key], "url": a["url"], "proxy_url": a["proxy_url"]}
+                    if "width" in a:
+                        e[key].update(width=a["width"], height=a["height"])
+            embeds.append(e)
+        message["embeds"] = embeds
 
     async def _r_create_message(self, request, m, payload, files):
         channel_id = int(m["channel"])
@@ -1893,25 +2774,38 @@ class FakeDiscord:
 
     async def _r_message(self, request, m, payload, files):
         channel_id, message_id = int(m["channel"]), int(m["message"])
+        perms = self._readable(channel_id)
+        if isinstance(perms, web.Response):
+            return perms
         message = self.channel_messages.get(message_id)
+        if request.method == "GET" and not perms & Perm.READ_MESSAGE_HISTORY:
+            return _error(403, "Missing Permissions", 50013)
         if message is None or int(message["channel_id"]) != channel_id:
             return _error(404, "Unknown Message", 10008)
         if request.method == "GET":
-            return _json(message)
+            return _json(self._refresh_attachments(message))  # freshly signed URLs, as Discord hands out
         if request.method == "DELETE":
             with self._cond:
                 self.deleted_messages.append((channel_id, message_id))
-            del self.channel_messages[message_id]
+            self._drop_message(message_id)
+            self._dispatch_from_handler(
+                "MESSAGE_DELETE",
+                {"id": str(message_id), "channel_id": str(channel_id), "guild_id": str(self.guild_of(channel_id))},
+            )
             return web.Response(status=204)
         if message["author"]["id"] != self.bot_user["id"]:
             return _error(403, "Cannot edit a message authored by another user", 50005)
         payload = payload or {}
         if errors := _message_errors(payload, files, partial=True):
             return self._invalid(errors)
-        message.update({k: v for k, v in payload.items() if k in ("content", "embeds", "components", "flags")})
-        message["edited_timestamp"] = _now_iso()
+        self._apply_edit(message, payload, files)
+        if "flags" in payload:
+            message["flags"] = int(payload["flags"] or 0)
         with self._cond:
-            self.edited_messages.append(self._entry("edit", channel_id, payload, files, message))
+            entry = self._entry("edit", channel_id, payload, files, message)
+            self.edited_messages.append(entry)
+            self._record_edit(message, entry)
+            self._cond.notify_all()
         return _json(message)
 
     async def _r_reaction(self, request, m, payload, files):
@@ -1950,7 +2844,11 @@ class FakeDiscord:
             self._notify()
             return _error(404, "Unknown interaction", 10062)
         rtype, data = payload.get("type"), payload.get("data") or {}
-        if rtype in (4, 7) and (errors := _message_errors(data, files)):
+        if rtype in (6, 7) and rec.type != 3:
+            return self._invalid({"type": "Interaction response type is not valid for this interaction type."})
+        if rtype not in (1, 4, 5, 6, 7, 8, 9, 10, 12):
+            return self._invalid({"type": f"Value must be one of (4, 5, 6, 7, 8, 9, 12); got {rtype}."})
+        if rtype in (4, 7) and (errors := _message_errors(data, files, partial=rtype == 7)):
             return self._invalid(errors)
         if rtype == 8:
             choices = data.get("choices") or []
@@ -1970,12 +2868,27 @@ class FakeDiscord:
             message = self._bot_message(channel_id, shown, files, webhook=True)
             interaction["response_message_id"] = message["id"]
             body["resource"] = {"type": rtype, "message": message}
+        elif rtype in (6, 7):  # the component's message is the response ("@original")
+            message = self.channel_messages.get(int(rec.payload["message"]["id"]))
+            if message is None:
+                return _error(404, "Unknown Message", 10008)
+            if rtype == 7:
+                self._apply_edit(message, data, files)
+                if "flags" in data:
+                    message["flags"] = int(data["flags"] or 0)
+            interaction["response_message_id"] = message["id"]
+            if rtype == 7:
+                body["resource"] = {"type": rtype, "message": message}
         entry = dict(self._entry("callback", channel_id, data, files, message), type=rtype)
         if rtype == 8:
             entry["choices"] = data.get("choices") or []
+        if rtype == 9:
+            entry["modal"] = data
         with self._cond:
             rec.responses.append(entry)
             rec.original = message
+            if rtype == 7 and message is not None:
+                self._record_edit(message, entry)
             self._cond.notify_all()
         return _json(body)
 
@@ -2019,7 +2932,7 @@ class FakeDiscord:
         if message is None:
             return _error(404, "Unknown Message", 10008)
         if request.method == "GET":
-            return _json(message)
+            return _json(self._refresh_attachments(message))
         if request.method == "DELETE":
             with self._cond:
                 self.deleted_messages.append((int(message["channel_id"]), int(message["id"])))
@@ -2030,11 +2943,8 @@ class FakeDiscord:
         payload = payload or {}
         if errors := _message_errors(payload, files, partial=True):
             return self._invalid(errors)
-        for key in ("content", "embeds", "components", "attachments"):
-            if key in payload and key != "attachments":
-                message[key] = payload[key]
+        self._apply_edit(message, payload, files)
         message["flags"] = int(message.get("flags") or 0) & ~128  # no longer "thinking"
-        message["edited_timestamp"] = _now_iso()
         entry = self._entry("edit", int(message["channel_id"]), payload, files, message)
         entry["flags"] = message["flags"]
         entry["ephemeral"] = bool(message["flags"] & 64)
@@ -2044,6 +2954,7 @@ class FakeDiscord:
                 rec.timeline.append(entry)
             else:
                 rec.followup_edits.append(entry)
+            self._record_edit(message, entry)
             self._cond.notify_all()
         return _json(message)
 

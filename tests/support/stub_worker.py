@@ -32,6 +32,14 @@ Scoring a label: 6 for the class itself, otherwise 2 if it names the colour plus
 shape, else 0; the label shares are the softmax of these scores; `match` is 0.9 for the class and
 at most 0.004 otherwise, so only the class itself `fits` (the SigLIP threshold is 0.01, CLIP's 0.5).
 
+Embeddings (protocol 4: `embed`, `query`) are deterministic, L2-normalised, of the WorkerInfo's
+embedding_size and tagged with its model key (`embed_image`, `embed_query`): each text has a unit
+"direction" made from a hash of it. An image's embedding is its class's direction plus a quarter of
+the direction of its bytes (no class: the bytes' direction alone); a query's is the direction of
+its text plus a quarter of a second hash of it. So the same bytes always give the same vector (a
+repost: cosine 1), two pictures of one class are close (about 0.94), and the query "赤い丸" ranks
+pictures of a red circle above the others, as a search needs.
+
 "Loading" mirrors the real loader where tests look: model.id must be a local directory (else
 Failed, with the loader's own wording), the family and input size come from its config.json and
 preprocessor_config.json, and every weights file in it is read to the end (a named pipe nobody
@@ -40,6 +48,7 @@ writes blocks the load, as it blocks the real one).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -63,6 +72,7 @@ from model_worker.serving import pipe
 from wakeru.config import Config
 from wakeru.labels import LabelError, normalise_labels
 from wakeru.protocol import (
+    MAX_QUERY_LENGTH,
     PROTOCOL_VERSION,
     ClassifyRequest,
     ClassifyResult,
@@ -72,6 +82,8 @@ from wakeru.protocol import (
     Ready,
     Timings,
     WorkerInfo,
+    model_key,
+    request_shape_problem,
 )
 
 log = logging.getLogger("wakeru.worker")
@@ -126,6 +138,30 @@ def rank(predicted: str | None, labels: tuple[str, ...], top_k: int, threshold: 
     return tuple(out)
 
 
+def direction(data: bytes, size: int) -> np.ndarray:
+    """A deterministic unit vector of `size` float32 values from a hash of `data`."""
+    stream = b"".join(hashlib.sha256(data + i.to_bytes(4, "little")).digest() for i in range(-(-size * 4 // 32)))
+    values = np.frombuffer(stream[: size * 4], dtype="<u4").astype(np.float64) / 2**32 - 0.5
+    return (values / np.linalg.norm(values)).astype(np.float32)
+
+
+def _unit(vector: np.ndarray) -> bytes:
+    return (vector / np.linalg.norm(vector)).astype("<f4").tobytes()
+
+
+def embed_image(predicted: str | None, image: bytes, size: int) -> bytes:
+    """The stub's image embedding (packed, see wakeru.protocol.pack_embedding): class + bytes."""
+    own = direction(b"image\0" + image, size)
+    if predicted is None:
+        return _unit(own)
+    return _unit(direction(predicted.encode(), size) + 0.25 * own)
+
+
+def embed_query(text: str, size: int) -> bytes:
+    """The stub's query embedding: the text's direction (a class name's is its pictures' class direction)."""
+    return _unit(direction(text.encode(), size) + 0.25 * direction(b"query\0" + text.encode(), size))
+
+
 class ShapeModel:
     """The "adapter": what Faults.install slows down (encode_images) and what Ready reports."""
 
@@ -164,6 +200,7 @@ class _Job:
     labels: tuple[str, ...]
     future: Future
     submitted: float
+    query: str | None = None
     decode_ms: float = 0.0
     done: bool = field(default=False)
 
@@ -182,6 +219,7 @@ class StubEngine:
         self.max_wait = config.worker.max_wait_ms / 1000.0
         threshold = config.model.match_threshold
         self.match_threshold = adapter.match_threshold if threshold is None else threshold
+        self.model_key = model_key(config.model.id, config.model.revision)
         self._capacity = config.worker.queue_size
         self._in_flight = 0
         self._jobs: set[_Job] = set()
@@ -197,10 +235,11 @@ class StubEngine:
 
     def submit(self, request: ClassifyRequest) -> Future:
         future: Future = Future()
-        labels = self._validate(request)
-        if isinstance(labels, ClassifyResult):
-            future.set_result(labels)
+        valid = self._validate(request)
+        if isinstance(valid, ClassifyResult):
+            future.set_result(valid)
             return future
+        labels, query = valid
         with self._lock:
             if self._closed:
                 future.set_result(
@@ -217,7 +256,7 @@ class StubEngine:
                 )
                 return future
             self._in_flight += 1
-            job = _Job(request, labels, future, time.perf_counter())
+            job = _Job(request, labels, future, time.perf_counter(), query)
             self._jobs.add(job)
         future.add_done_callback(lambda f, job=job: self._finish(job, None) if f.cancelled() else None)
         self._queue.put(job)
@@ -236,7 +275,8 @@ class StubEngine:
         for job in leftovers:
             self._fail(job, ErrorCode.UNAVAILABLE, "the model worker shut down before this image was processed")
 
-    def _validate(self, request: ClassifyRequest) -> ClassifyResult | tuple[str, ...]:
+    def _validate(self, request: ClassifyRequest) -> ClassifyResult | tuple[tuple[str, ...], str | None]:
+        """(labels, query) as the real engine normalises them, or the answer that refuses the request."""
         rid = request.id
         if request.version != PROTOCOL_VERSION:
             return ClassifyResult.failure(
@@ -246,9 +286,21 @@ class StubEngine:
             )
         if not isinstance(request.top_k, int) or request.top_k < 1:
             return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST, f"top_k must be ≥ 1, not {request.top_k!r}")
+        problem = request_shape_problem(request)
+        if problem is not None:
+            return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST, problem)
+        if request.query is not None:
+            try:
+                (query,) = normalise_labels([request.query], max_count=1, max_length=MAX_QUERY_LENGTH)
+            except LabelError as e:
+                why = "the query is empty" if e.code == "empty" else f"query: {e}"
+                return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST, why)
+            return (), query
+        if not request.labels:  # embed only
+            return (), None
         cfg = self.config.labels
         try:
-            return normalise_labels(request.labels, max_count=cfg.max_count, max_length=cfg.max_length)
+            return normalise_labels(request.labels, max_count=cfg.max_count, max_length=cfg.max_length), None
         except (LabelError, TypeError) as e:
             return ClassifyResult.failure(rid, ErrorCode.BAD_LABELS, str(e))
 
@@ -283,6 +335,20 @@ class StubEngine:
         for job in batch:
             if job.future.cancelled():
                 continue
+            if job.query is not None:  # no image: its text's embedding
+                if job.request.deadline is not None and now > job.request.deadline:
+                    self._fail(job, ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed while it waited")
+                    continue
+                self._finish(
+                    job,
+                    ClassifyResult(
+                        id=job.request.id,
+                        timings=self._timings(job, started),
+                        embedding=embed_query(job.query, self.adapter.embedding_size),
+                        embedding_model=self.model_key,
+                    ),
+                )
+                continue
             t0 = time.perf_counter()
             try:
                 image = decode_image(bytes(job.request.image), self.limits, (self.adapter.input_size,) * 2)
@@ -301,10 +367,19 @@ class StubEngine:
         predictions = self.adapter.encode_images(images)  # batch_delay_ms (Faults.install) slows this down
         model_ms = (time.perf_counter() - model_started) * 1000
         for job, predicted in zip(live, predictions):
-            top = rank(predicted, job.labels, job.request.top_k, self.match_threshold)
+            top = rank(predicted, job.labels, job.request.top_k, self.match_threshold) if job.labels else ()
+            embedding = None
+            if job.request.embed:
+                embedding = embed_image(predicted, bytes(job.request.image), self.adapter.embedding_size)
             self._finish(
                 job,
-                ClassifyResult(id=job.request.id, top=top, timings=self._timings(job, started, model_ms, len(live))),
+                ClassifyResult(
+                    id=job.request.id,
+                    top=top,
+                    timings=self._timings(job, started, model_ms, len(live)),
+                    embedding=embedding,
+                    embedding_model=self.model_key if embedding is not None else None,
+                ),
             )
 
     def _timings(self, job: _Job, started: float, model_ms: float = 0.0, batch_size: int = 0) -> Timings:
@@ -387,6 +462,7 @@ def _load_and_serve(config_data: dict, requests, results, log_format: str, log_l
         Ready(
             WorkerInfo(
                 model=config.model.id,
+                revision=config.model.revision or "",
                 family=adapter.family,
                 device=adapter.device,
                 dtype=adapter.dtype,

@@ -24,6 +24,7 @@ from wakeru.protocol import (
     decode_from_worker,
     decode_to_worker,
     encode,
+    pack_embedding,
 )
 
 INFO = WorkerInfo(
@@ -35,6 +36,8 @@ INFO = WorkerInfo(
     "message",
     [
         Classify(ClassifyRequest(id="e1-1", image=b"\xff\xd8\xff", labels=("犬", "猫"), top_k=2, deadline=1.5)),
+        Classify(ClassifyRequest(id="e1-2", image=b"\xff\xd8\xff", labels=(), embed=True)),
+        Classify(ClassifyRequest(id="e1-3", image=b"", labels=(), query="赤い丸")),
         Cancel("e1-1"),
         Stop(),
     ],
@@ -52,6 +55,7 @@ def test_messages_to_the_worker_survive_the_pipe(message):
         Ready(INFO),
         Failed("out of memory while loading /models/x"),
         Result(ClassifyResult(id="e1-1", top=(LabelScore("犬", 0.9, 0.4, True),))),
+        Result(ClassifyResult(id="e1-4", embedding=pack_embedding((0.6, 0.8)), embedding_model="/models/x@v1")),
         Result(ClassifyResult.failure("e1-2", ErrorCode.CORRUPT, "truncated")),
         Cancelled("e1-3"),
     ],

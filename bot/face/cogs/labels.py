@@ -14,7 +14,10 @@ ranked against, and the private "thinking…" response is removed.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -24,11 +27,12 @@ from discord.app_commands import Choice
 from discord.app_commands import locale_str as _T
 
 from bot.face.checks import moderator_only
-from bot.face.cogs.base import WakeruCog
+from bot.face.cogs.base import WakeruCog, moderator_roles
 from bot.face.render import describe_source, escape
-from bot.face.respond import code_text, refuse
+from bot.face.respond import code_text, refuse, storage_error
 from bot.face.texts import LocaleLike, label_error, text
 from bot.services.labelsets import auto_classify_enabled, inherited, parent_id, resolve
+from bot.services.stats import ordered_counts, render_chart
 from bot.store import HistoryEntry, NothingToUndo, StorageError, VersionConflict
 from wakeru.labels import LabelError, parse_labels
 
@@ -67,14 +71,6 @@ def _label_list(labels: tuple[str, ...], limit: int = _LIST_CHARS) -> str:
     return out
 
 
-def storage_error(locale: LocaleLike, error: StorageError) -> str:
-    """The moderator's view of a storage failure: what kind, never the file, host or database (the
-    operator's full message, which names them, goes to the log)."""
-    log.warning("the label store failed: %s", error)
-    reason = error.reason if error.reason in StorageError.REASONS else "broken"
-    return text(locale, "storage_error", reason=text(locale, f"storage.{reason}"))
-
-
 async def announce(interaction: discord.Interaction, content: str) -> None:
     """Make a saved change public after a private deferral: a channel message (the interaction's own
     followups would inherit the deferral's privacy), then the private "thinking…" goes away. Where the
@@ -110,12 +106,7 @@ def _guild_id(interaction: discord.Interaction) -> int:
     return interaction.guild_id
 
 
-def _moderator_roles(interaction: discord.Interaction) -> tuple[int, ...]:
-    cog = interaction.command.binding if isinstance(interaction.command, app_commands.Command) else None
-    return cog.app.config.discord.moderator_role_ids if isinstance(cog, LabelsCog) else ()
-
-
-_moderators = moderator_only(_moderator_roles)
+_moderators = moderator_only(moderator_roles)
 
 
 class LabelsCog(WakeruCog):
@@ -125,7 +116,8 @@ class LabelsCog(WakeruCog):
         name=_T("labels"),
         description=_T("Show and manage the label sets used to classify images"),
         guild_only=True,
-        default_permissions=discord.Permissions(manage_channels=True),
+        # no default_permissions: show and stats are for everyone (a default would hide the whole group);
+        # the changes carry the moderator check instead
     )
 
     # ---- reading ---------------------------------------------------------------------
@@ -200,6 +192,35 @@ class LabelsCog(WakeruCog):
             description="\n".join(lines),
         )
         await interaction.followup.send(embed=embed, ephemeral=True)
+
+    @labels.command(name=_T("stats"), description=_T("Chart how often each label came first here"))
+    @app_commands.rename(days=_T("days"))
+    @app_commands.describe(days=_T("Over how many days (default 30)"))
+    async def stats(self, interaction: discord.Interaction, days: app_commands.Range[int, 1, 3650] = 30) -> None:
+        app, locale = self.app, interaction.locale
+        guild_id = _guild_id(interaction)
+        channel_id = interaction.channel_id
+        if channel_id is None:
+            return await refuse(interaction, text(locale, "guild_only"))
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            counts = await app.index.top_label_counts(guild_id, channel_id, time.time() - days * 86400)
+            source = await resolve(app.store, app.config, guild_id, channel_id, parent_id(interaction.channel))
+        except StorageError as e:
+            return await refuse(interaction, storage_error(locale, e))
+        if not counts:
+            return await refuse(interaction, text(locale, "stats.empty", days=days))
+        rows = ordered_counts(counts, source.labels, text(locale, "stats.other"))
+        where = _title_where(interaction, channel_id)
+        png = await asyncio.to_thread(
+            render_chart, rows, text(locale, "stats.title", where=where, days=days), text(locale, "stats.axis")
+        )
+        total = sum(counts.values())
+        listed = "、".join(f"{escape(label, 40)} {count}" for label, count in rows)
+        summary = text(locale, "stats.summary", where=where, days=days, count=total) + "\n" + listed
+        await interaction.followup.send(
+            summary[:2000], file=discord.File(io.BytesIO(png), filename="wakeru-stats.png"), ephemeral=True
+        )
 
     # ---- changing --------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The posts cog: image posts in channels where auto-classify is on get a reply (a gateway listener)."""
+"""The posts cog: image posts get a reply where auto-classify is on, are stored in the image index where
+indexing is on, and get a repost note where repost replies are on (a gateway listener)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,13 @@ from discord.ext import commands
 from bot.app import App
 from bot.face.cogs.base import WakeruCog
 from bot.face.render import MAX_EMBEDS, reply, summary_line
+from bot.face.reposts import repost_reply
 from bot.face.texts import rate_limit_text
+from bot.services.classifying import ImageAnswer
+from bot.services.indexing import Post, Switches
 from bot.services.labelsets import auto_classify_enabled, parent_id, resolve
+from bot.store import StorageError
+from bot.store.images import SearchHit
 from wakeru.logs import new_event_id, request_context
 
 if TYPE_CHECKING:
@@ -47,26 +53,81 @@ async def _classify_post(app: App, message: discord.Message, images: list[discor
     assert isinstance(channel, discord.abc.Messageable)  # a message's channel: never a forum or a category
     parent = parent_id(channel)
     guild_id = message.guild.id
-    if not await auto_classify_enabled(app.store, app.config, guild_id, channel.id, parent):
+    auto = await auto_classify_enabled(app.store, app.config, guild_id, channel.id, parent)
+    switches = await app.indexer.switches(guild_id, channel.id, parent)
+    if not (auto or switches.indexing or switches.reposts):
         return
     log.info("image post %s in channel %s: %d image(s)", message.id, channel.id, len(images))
     locale = app.config.discord.reply_locale
     refusal = app.limiter.check(message.author.id, channel.id, min(len(images), MAX_EMBEDS))
     if refusal is not None:
         log.info("rate limited (%s): retry in %.0f s", refusal.scope, refusal.retry_after)
-        if app.limiter.should_tell(message.author.id, channel.id, refusal):
+        if auto and app.limiter.should_tell(message.author.id, channel.id, refusal):
             await _send(channel, message, content=rate_limit_text(locale, refusal))
         return
     source = await resolve(app.store, app.config, guild_id, channel.id, parent)
+    embed = switches.indexing or switches.reposts  # the embedding comes with the same forward pass
     async with AsyncExitStack() as stack:
-        try:  # typing is a courtesy: a missing permission must not stop the answer
-            await stack.enter_async_context(channel.typing())
-        except Exception as e:
-            log.debug("typing indicator failed in %s: %s", channel.id, e)
-        answers = await app.classifier.classify_attachments(images[:MAX_EMBEDS], source.labels, source="post")
-    content, embeds = reply(answers, source, locale, len(images))
-    if await _send(channel, message, content=content, embeds=embeds):
-        log.info("replied to message %s: %s", message.id, summary_line(answers))
+        if auto:
+            try:  # typing is a courtesy: a missing permission must not stop the answer
+                await stack.enter_async_context(channel.typing())
+            except Exception as e:
+                log.debug("typing indicator failed in %s: %s", channel.id, e)
+        answers = await app.classifier.classify_attachments(
+            images[:MAX_EMBEDS], source.labels, source="post", embed=embed
+        )
+    # indexed before anything is sent: once a member sees an answer, search finds the picture too
+    earlier = await _index_post(app, message, channel, parent, images, answers, switches) if embed else None
+    if auto:
+        content, embeds = reply(answers, source, locale, len(images))
+        if await _send(channel, message, content=content, embeds=embeds):
+            log.info("replied to message %s: %s", message.id, summary_line(answers))
+    if earlier is not None:
+        attachment_id, hit = earlier
+        content, view = repost_reply(locale, attachment_id, hit.image)
+        if await _send(channel, message, content=content, view=view):
+            log.info("message %s: repost of message %s", message.id, hit.image.message_id)
+
+
+async def _index_post(
+    app: App,
+    message: discord.Message,
+    channel: MessageableChannel,
+    parent: int | None,
+    images: list[discord.Attachment],
+    answers: list[ImageAnswer],
+    switches: Switches,
+) -> tuple[int, SearchHit] | None:
+    """Look for an earlier copy first (an image is never its own), then store the images where indexing
+    is on. Returns the first image that is a repost and its earlier copy, if repost replies are on."""
+    assert message.guild is not None
+    post = Post(message.guild.id, channel.id, parent, message.id, message.author.id, message.created_at.timestamp())
+    earlier: tuple[int, SearchHit] | None = None
+    try:
+        for attachment, answer in zip(images, answers):
+            if switches.reposts and earlier is None:
+                scope = repost_scope(message.guild, channel.id, parent)
+                hit = await app.indexer.earlier_copy(post, attachment.id, answer, scope)
+                earlier = (attachment.id, hit) if hit is not None else None
+            if switches.indexing and await app.indexer.record(post, attachment.id, answer):
+                log.info("indexed image %s of message %s", attachment.id, message.id)
+    except StorageError as e:
+        log.warning("could not index message %s: %s", message.id, e)
+    return earlier
+
+
+def repost_scope(guild: discord.Guild, channel_id: int, parent: int | None) -> set[int]:
+    """Where an earlier copy may be from: a repost reply is public in this channel, so it only ever links
+    posts of this channel (and its parent) or of channels everyone in the server can read."""
+    everyone = guild.default_role
+    public = {
+        c.id
+        for c in guild.channels
+        if not isinstance(c, discord.CategoryChannel)
+        and c.permissions_for(everyone).view_channel
+        and c.permissions_for(everyone).read_message_history
+    }
+    return public | {channel_id} | ({parent} if parent is not None else set())
 
 
 async def _send(channel: MessageableChannel, message: discord.Message, **fields: Any) -> bool:

@@ -172,8 +172,15 @@ async def test_command_localisations_are_complete_and_valid(lang):
                 choice_name = choice.get("name_localizations", {}).get(loc)
                 assert choice_name and len(choice_name) <= 100, (lang, choice)
         seen += 1
-    assert seen >= 29  # 3 commands, 9 subcommands and their options
-    assert {p["name"] for p in payloads} == {"classify", "labels", "Classify image"}
+    assert seen >= 50  # 6 commands, 17 subcommands and their options
+    assert {p["name"] for p in payloads} == {
+        "classify",
+        "labels",
+        "Classify image",
+        "search",
+        "index",
+        "Find similar images",
+    }
 
 
 async def test_english_command_names_are_valid_and_japanese_as_before():
@@ -185,6 +192,8 @@ async def test_english_command_names_are_valid_and_japanese_as_before():
         assert len(item.get("description", "")) <= 100, item["name"]
     menu = next(p for p in payloads if p["name"] == "Classify image")
     assert menu["name_localizations"]["ja"] == "画像を分類"
+    similar = next(p for p in payloads if p["name"] == "Find similar images")
+    assert similar["name_localizations"]["ja"] == "似た画像を探す"
 
 
 # ---- a new language is a new directory -------------------------------------------------------

@@ -11,6 +11,8 @@ end, decoder and fault injection around a rule-based "model", and starts in a fr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import os
 import random
 import signal
@@ -26,7 +28,7 @@ from bot.transport.local import LocalWorkerTransport
 from tests.conftest import REPO, make_config
 from tests.support import shapes
 from tests.support.stub_worker import run_stub_worker
-from wakeru.protocol import ClassifyRequest, ErrorCode
+from wakeru.protocol import ClassifyRequest, ErrorCode, unpack_embedding
 
 
 def _request(image: bytes, labels=shapes.CLASSES, deadline_s: float = 60) -> ClassifyRequest:
@@ -78,6 +80,56 @@ async def test_worker_process_classifies_and_survives_bad_input(trained_model, m
     assert transport.state == "stopped"
     after = await transport.classify(_request(_shape("赤い丸")))
     assert after.error is ErrorCode.UNAVAILABLE
+
+
+@pytest.mark.slow
+async def test_embeddings_come_back_through_the_worker_process(trained_model):
+    """Protocol 4 over the pipe: an embedding with a classification, an embedding alone, a query;
+    tagged with the model key the worker reported in its Ready."""
+    transport = LocalWorkerTransport(make_config(trained_model, model={"revision": None}))
+    await transport.start()
+    try:
+        picture = _shape("赤い丸")
+        both, alone, query = await asyncio.gather(
+            transport.classify(dataclasses.replace(_request(picture), embed=True)),
+            transport.classify(dataclasses.replace(_request(picture, labels=()), embed=True)),
+            transport.classify(dataclasses.replace(_request(b"", labels=()), query="赤い丸")),
+        )
+        size = transport.info.embedding_size
+        assert transport.info.revision == "" and transport.info.model_key == str(trained_model)
+        for result in (both, alone, query):
+            assert result.ok, result
+            assert len(result.embedding) == size * 4 and result.embedding_model == transport.info.model_key
+            assert math.isclose(math.hypot(*unpack_embedding(result.embedding)), 1.0, abs_tol=1e-5)
+        assert both.top[0].label == "赤い丸" and alone.top == () and query.top == ()
+        assert all(
+            math.isclose(a, b, abs_tol=1e-5)
+            for a, b in zip(unpack_embedding(both.embedding), unpack_embedding(alone.embedding))
+        )
+        assert transport.held_bytes == 0 and transport.in_flight == 0
+        bad = await transport.classify(dataclasses.replace(_request(picture, labels=()), query="赤い丸"))
+        assert bad.error is ErrorCode.BAD_REQUEST
+    finally:
+        await transport.close()
+
+
+async def test_embeddings_come_back_from_the_stand_in_worker(stub_model):
+    transport = _stub(make_config(stub_model))
+    await transport.start()
+    try:
+        picture = _shape("青い四角")
+        both, query, other = await asyncio.gather(
+            transport.classify(dataclasses.replace(_request(picture), embed=True)),
+            transport.classify(dataclasses.replace(_request(b"", labels=()), query="青い四角")),
+            transport.classify(dataclasses.replace(_request(b"", labels=()), query="赤い丸")),
+        )
+        assert all(r.ok for r in (both, query, other)), (both, query, other)
+        assert both.top[0].label == "青い四角" and query.top == ()
+        image, text, wrong = (unpack_embedding(r.embedding) for r in (both, query, other))
+        assert len(image) == transport.info.embedding_size and both.embedding_model == transport.info.model_key
+        assert sum(a * b for a, b in zip(image, text)) > sum(a * b for a, b in zip(image, wrong)) + 0.5
+    finally:
+        await transport.close()
 
 
 async def test_a_model_that_cannot_load_is_reported_and_answered_unavailable(tmp_path):

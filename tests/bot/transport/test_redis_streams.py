@@ -7,7 +7,9 @@ torch-free stand-in engine (tests/support/stub_worker.py), which starts in a fra
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import math
 import os
 import random
 import signal
@@ -33,6 +35,7 @@ from wakeru.protocol import (
     request_fields,
     requests_key,
     result_fields,
+    unpack_embedding,
 )
 
 pytestmark = pytest.mark.slow  # a real redis-server and worker processes
@@ -258,6 +261,34 @@ async def test_the_worker_answers_hostile_entries_and_refuses_a_poison_image_a_t
         assert "malformed stream entry" in worker.log()
     finally:
         assert worker.stop() == 0
+
+
+async def test_embeddings_and_queries_travel_through_redis(trained_model, redis_url, tmp_path):
+    """Protocol 4 through the stream: an embedding with a classification and a query (no image:
+    a place of 0 bytes), answered by a real worker; the embedding rides base64 in the reply."""
+    client = redis.Redis.from_url(redis_url)
+    transport = RedisWorkerTransport(_config(trained_model, redis_url))
+    worker = WorkerProcess(trained_model, redis_url, tmp_path).start()
+    await transport.start()
+    try:
+        wait_for_workers(client, PREFIX, 1, processes=(worker,))
+        await asyncio.wait_for(transport.ready.wait(), 60)
+        info = transport.info
+        assert info.revision == "" and info.model_key == str(trained_model)
+        both, query, embed_only = await asyncio.gather(
+            transport.classify(dataclasses.replace(_request(_shape("緑の四角")), embed=True)),
+            transport.classify(dataclasses.replace(_request(b"", labels=()), query="緑の四角")),
+            transport.classify(dataclasses.replace(_request(_shape("緑の四角"), labels=()), embed=True)),
+        )
+        for result in (both, query, embed_only):
+            assert result.ok, result
+            assert len(result.embedding) == info.embedding_size * 4 and result.embedding_model == info.model_key
+            assert math.isclose(math.hypot(*unpack_embedding(result.embedding)), 1.0, abs_tol=1e-5)
+        assert both.top[0].label == "緑の四角" and query.top == () and embed_only.top == ()
+        assert transport.held_bytes == 0 and transport.in_flight == 0
+    finally:
+        await transport.close()
+        worker.stop()
 
 
 # ---------------------------------------------------------------- the bot's side alone

@@ -73,7 +73,7 @@ def test_bad_images_fail_alone_and_good_ones_are_unaffected(adapter):
 @pytest.mark.parametrize(
     "request_kwargs, code, text",
     [
-        (dict(labels=()), ErrorCode.BAD_LABELS, "no labels given"),
+        (dict(labels=()), ErrorCode.BAD_REQUEST, "no labels given"),  # without embed: nothing to do
         (dict(labels=("犬", "x" * 51)), ErrorCode.BAD_LABELS, "the limit is 50"),
         (dict(labels=tuple(f"l{i}" for i in range(101))), ErrorCode.BAD_LABELS, "the limit is 100"),
         (dict(labels="犬,猫"), ErrorCode.BAD_REQUEST, "list of strings"),

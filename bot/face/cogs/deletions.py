@@ -1,0 +1,91 @@
+"""The deletions cog: the index follows Discord. A deleted message, a bulk delete, an edit that removes
+an attachment, a deleted channel or thread, and the bot leaving a server remove the matching rows at
+once. Raw gateway events, so messages the bot never cached count too. Rows older than
+`index.retention_days` are removed every hour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+
+import discord
+from discord.ext import commands
+
+from bot.face.cogs.base import WakeruCog
+from bot.store import StorageError
+
+log = logging.getLogger("wakeru.index")
+
+RETENTION_EVERY_S = 3600.0
+
+
+class DeletionsCog(WakeruCog):
+    _retention: asyncio.Task[None] | None = None
+
+    async def cog_load(self) -> None:
+        if self._app is not None:
+            self._retention = asyncio.create_task(self._expire_loop(), name="index-retention")
+
+    async def cog_unload(self) -> None:
+        if self._retention is not None:
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
+
+    async def _expire_loop(self) -> None:
+        while True:
+            try:
+                await self.app.indexer.expire()
+            except StorageError as e:
+                log.warning("retention: could not expire old rows: %s", e)
+            await asyncio.sleep(RETENTION_EVERY_S)
+
+    async def _forget(self, what: str, removal: Awaitable[int]) -> None:
+        try:
+            removed = await removal
+        except StorageError as e:
+            log.warning("index: could not remove the rows of %s: %s", what, e)
+            return
+        if removed:
+            log.info("index: %s removed %d row(s)", what, removed)
+
+    @commands.Cog.listener()
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        if self._app is not None:
+            await self._forget(
+                f"deleted message {payload.message_id}", self.app.index.delete_messages([payload.message_id])
+            )
+
+    @commands.Cog.listener()
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        if self._app is not None:
+            ids = list(payload.message_ids)
+            await self._forget(f"{len(ids)} bulk-deleted message(s)", self.app.index.delete_messages(ids))
+
+    @commands.Cog.listener()
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        attachments = payload.data.get("attachments")
+        if self._app is None or attachments is None:  # an edit that does not touch the attachments
+            return
+        kept = [int(a["id"]) for a in attachments]
+        await self._forget(
+            f"edited message {payload.message_id}", self.app.index.keep_attachments(payload.message_id, kept)
+        )
+
+    @commands.Cog.listener()
+    async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        if self._app is not None:
+            await self._forget(f"deleted channel {channel.id}", self.app.index.delete_channel(channel.id))
+
+    @commands.Cog.listener()
+    async def on_raw_thread_delete(self, payload: discord.RawThreadDeleteEvent) -> None:
+        if self._app is not None:
+            await self._forget(f"deleted thread {payload.thread_id}", self.app.index.delete_channel(payload.thread_id))
+
+    @commands.Cog.listener()
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        if self._app is not None:
+            await self._forget(f"leaving guild {guild.id}", self.app.index.delete_guild(guild.id))

