@@ -8,6 +8,7 @@ one line on stderr.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -20,7 +21,7 @@ from model_worker.serving.startup import load_engine, quiet_libraries
 from model_worker.settings import UsageError, resolve_config
 from wakeru.config import Config, ConfigError
 from wakeru.labels import LabelError, parse_labels
-from wakeru.protocol import ClassifyRequest, ClassifyResult, ErrorCode
+from wakeru.protocol import ClassifyRequest, ClassifyResult, ErrorCode, unpack_embedding
 
 log = logging.getLogger("model_worker")
 
@@ -85,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(s)
     s.add_argument("--redis-url", help="override worker.redis_url, e.g. redis://10.0.0.5:6379/0")
     s.add_argument("--json-logs", action="store_true", help="one JSON object per log line (service.log_format)")
+
+    sim = sub.add_parser(
+        "similarity", help="cosine similarity of image pairs (to calibrate index.repost_threshold on your pictures)"
+    )
+    _add_model_options(sim)
+    sim.add_argument("--json", action="store_true", help="one JSON object per pair on stdout")
+    sim.add_argument("images", nargs="+", metavar="IMAGE", help="two or more image files; every pair is compared")
 
     m = sub.add_parser("make-checkpoint", help="write a random-weight local checkpoint (no hub needed)")
     m.add_argument("--family", required=True, choices=["siglip", "siglip2", "clip", "japanese-stable-clip"])
@@ -238,6 +246,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
         engine.close(timeout=10)
 
 
+def cmd_similarity(args: argparse.Namespace) -> int:
+    """Every pair's cosine similarity, most similar first: near-duplicates (resized, re-saved copies)
+    should score above index.repost_threshold, different pictures below it."""
+    if len(args.images) < 2:
+        raise UsageError("give at least two images to compare")
+    config = resolve_config(args)
+    engine = load_engine(config)
+    vectors: dict[str, tuple[float, ...]] = {}
+    failed = 0
+    try:
+        for i, (path, item) in enumerate(_read_inputs(args.images, config.images.max_bytes)):
+            if not isinstance(item, ClassifyResult):
+                item = engine.submit(ClassifyRequest(id=str(i), image=item, labels=(), embed=True)).result()
+            if item.ok and item.embedding is not None:
+                vectors[path] = unpack_embedding(item.embedding)
+            else:
+                failed += 1
+                print(f"{path}: error {item.error.value if item.error else '?'}: {item.message}", file=sys.stderr)
+    finally:
+        engine.close()
+    pairs = sorted(
+        ((sum(x * y for x, y in zip(vectors[a], vectors[b])), a, b) for a, b in itertools.combinations(vectors, 2)),
+        reverse=True,
+    )
+    for cosine, a, b in pairs:
+        if args.json:
+            print(json.dumps({"a": a, "b": b, "cosine": round(cosine, 6)}, ensure_ascii=False), flush=True)
+        else:
+            print(f"{cosine:.5f}  {a}  {b}", flush=True)
+    return 1 if failed else 0
+
+
 def cmd_make_checkpoint(args: argparse.Namespace) -> int:
     from model_worker.devtools.checkpoints import build
 
@@ -257,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from model_worker.devtools.bench import cmd_bench
 
             return cmd_bench(args)
+        if args.command == "similarity":
+            return cmd_similarity(args)
         if args.command == "serve":
             return cmd_serve(args)
         return cmd_make_checkpoint(args)

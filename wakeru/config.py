@@ -51,6 +51,23 @@ class ConfigError(Exception):
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_switch_words(cls, data: Any) -> Any:
+        """YAML 1.1 reads an unquoted on/off as true/false: give a key whose choices are words its word back."""
+        if not isinstance(data, dict):
+            return data
+        fixed = dict(data)
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            if field is None or not isinstance(value, bool) or typing.get_origin(field.annotation) is not Literal:
+                continue
+            choices = typing.get_args(field.annotation)
+            word = "on" if value else "off"
+            if word in choices:
+                fixed[name] = word
+        return fixed
+
 
 class ModelSection(_Section):
     id: str = Field(default="google/siglip2-base-patch16-256", min_length=1)
@@ -480,9 +497,12 @@ class Config(_Section):
 
 
 def _is_text(annotation: Any) -> bool:
-    """str or str | None: such values are taken verbatim from the environment."""
+    """str, str | None, or a Literal of strings (on/off, labeled_channels|all|off): such values are taken
+    verbatim from the environment (YAML would read on/off as booleans)."""
     if annotation is str:
         return True
+    if typing.get_origin(annotation) is Literal:
+        return all(isinstance(arg, str) for arg in typing.get_args(annotation))
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return set(typing.get_args(annotation)) == {str, type(None)}
     return False

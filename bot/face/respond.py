@@ -1,4 +1,5 @@
-"""Answering an interaction privately, whatever state it is in."""
+"""Answering interactions: privately whatever state they are in (refusals, storage failures, rate limits),
+and publicly for a saved change (announce)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import logging
 
 import discord
 
-from bot.face.texts import LocaleLike, text
+from bot.app import App
+from bot.face.texts import LocaleLike, rate_limit_text, text
 from bot.store import StorageError
 
 log = logging.getLogger("wakeru.storage")
@@ -34,3 +36,32 @@ def storage_error(locale: LocaleLike, error: StorageError) -> str:
     log.warning("the label store failed: %s", error)
     reason = error.reason if error.reason in StorageError.REASONS else "broken"
     return text(locale, "storage_error", reason=text(locale, f"storage.{reason}"))
+
+
+async def announce(interaction: discord.Interaction, content: str) -> None:
+    """Make a saved change public after a private deferral: a channel message (the interaction's own
+    followups would inherit the deferral's privacy), then the private "thinking…" goes away. Where the
+    bot may not post, the moderator still gets the confirmation, privately."""
+    try:
+        channel = interaction.channel
+        if not isinstance(channel, discord.abc.Messageable):  # None, a forum or a category: nowhere to post
+            raise AttributeError(f"{type(channel).__name__!r} object has no attribute 'send'")
+        await channel.send(content)
+    except (discord.HTTPException, AttributeError) as e:
+        log.warning("could not post a label change in channel %s: %s", interaction.channel_id, e)
+        await interaction.followup.send(
+            f"{content}\n-# {text(interaction.locale, 'announce.failed')}"[:2000], ephemeral=True
+        )
+        return
+    try:
+        await interaction.delete_original_response()
+    except discord.HTTPException:
+        pass  # the token expired meanwhile: the private "thinking…" just stays
+
+
+def rate_limited(app: App, interaction: discord.Interaction, images: int) -> str | None:
+    """The refusal text when the member or channel is over its rate limit, else None (and counted)."""
+    refusal = app.limiter.check(interaction.user.id, interaction.channel_id or 0, images)
+    if refusal is None:
+        return None
+    return rate_limit_text(interaction.locale, refusal)

@@ -1,10 +1,13 @@
 """`python -m bot bench-index`: what the image index costs, on a synthetic guild of random unit vectors.
 
-For each store: the insert rate (images/s, in batches of 1,000 as a backfill writes them), the database size per
-image, the time of one search (limit 10, the whole guild; store time only, measured around `ImageIndex.search`),
-p50 and p99, and recall@10 against the exact answer (computed here with numpy in float32). SQLite searches exactly
-(recall 1.0 up to float16 ties on PostgreSQL's exact path); PostgreSQL searches through its HNSW index once a guild
-has more than EXACT_MAX rows, which is what recall@10 measures.
+For each store: the bulk insert rate (images/s, add_many in batches of 1,000 as a backfill writes them; on
+PostgreSQL the HNSW index is dropped first and built once after the load, its build time reported apart), the
+database size per image, the first search (SQLite: loads the guild's in-memory matrix), the time of one search
+(limit 10, the whole guild; store time only, measured around `ImageIndex.search`), p50 and p99, recall@10 against
+the exact answer (computed here with numpy in float32), then the rate of single `add` calls into the full index
+(what live indexing costs: on PostgreSQL every insert goes into the HNSW graph), and a search after them.
+SQLite searches exactly (recall 1.0); PostgreSQL searches through its HNSW index once a guild has more than
+EXACT_MAX rows, which is what recall@10 measures.
 
 A search's full cost adds the text encoding of the query, measured by `python -m model_worker bench` (or pass
 --encode-ms to add a figure). Random vectors in 768 dimensions are a hard case for HNSW (every distance is alike);
@@ -32,6 +35,7 @@ from typing import Any
 from bot.store.images.base import IndexedImage
 
 BATCH = 1000
+SINGLES = 500  # single add() calls into the full index after the bulk load (args.singles overrides when given)
 GUILD = 424242
 MODEL = "bench/model@0"
 
@@ -41,8 +45,24 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def _row(n: int, vector: Any) -> IndexedImage:
+    return IndexedImage(
+        guild_id=GUILD,
+        channel_id=1000 + n % 20,
+        parent_id=None,
+        message_id=10_000_000 + n,
+        attachment_id=20_000_000 + n,
+        author_id=100 + n % 50,
+        posted_at=1.7e9 + n,
+        filename="image.png",
+        labels=("猫", "犬", "鳥"),
+        model=MODEL,
+        embedding=vector.astype("<f4").tobytes(),
+    )
+
+
 async def _bench_store(
-    url: str, kind: str, images: int, dim: int, queries: int, seed: int, size_of: Any
+    url: str, kind: str, images: int, dim: int, queries: int, seed: int, size_of: Any, singles: int
 ) -> dict[str, Any]:
     import numpy as np
 
@@ -50,62 +70,80 @@ async def _bench_store(
 
     rng = np.random.default_rng(seed)
     index = await open_index(url)
+    build_s = None
     try:
-        vectors = np.empty((images, dim), dtype=np.float32)
+        vectors = np.empty((images + singles, dim), dtype=np.float32)
         size_before = await size_of(index)
+        if kind == "postgres":
+            await index.drop_vector_index(dim)  # type: ignore[attr-defined]
         started = time.perf_counter()
         for start in range(0, images, BATCH):
             block = rng.standard_normal((min(BATCH, images - start), dim), dtype=np.float32)
             block /= np.linalg.norm(block, axis=1, keepdims=True)
             vectors[start : start + len(block)] = block
-            rows = [
-                IndexedImage(
-                    guild_id=GUILD,
-                    channel_id=1000 + (start + n) % 20,
-                    parent_id=None,
-                    message_id=10_000_000 + start + n,
-                    attachment_id=20_000_000 + start + n,
-                    author_id=100 + (start + n) % 50,
-                    posted_at=1.7e9 + start + n,
-                    filename="image.png",
-                    labels=("猫", "犬", "鳥"),
-                    model=MODEL,
-                    embedding=block[n].astype("<f4").tobytes(),
-                )
-                for n in range(len(block))
-            ]
+            rows = [_row(start + n, block[n]) for n in range(len(block))]
             await index.add_many(rows)  # type: ignore[attr-defined]
             if (start // BATCH) % 20 == 19:
                 print(f"  {kind}: {start + len(block):,} images inserted", file=sys.stderr)
         insert_s = time.perf_counter() - started
+        if kind == "postgres":
+            print(f"  {kind}: building the HNSW index", file=sys.stderr)
+            started = time.perf_counter()
+            await index.build_vector_index(dim)  # type: ignore[attr-defined]
+            build_s = time.perf_counter() - started
         size = await size_of(index) - size_before
-        query_vectors = rng.standard_normal((queries, dim), dtype=np.float32)
+        query_vectors = rng.standard_normal((queries + 1, dim), dtype=np.float32)
         query_vectors /= np.linalg.norm(query_vectors, axis=1, keepdims=True)
-        await index.search(GUILD, query_vectors[0].astype("<f4").tobytes(), MODEL, limit=10)  # warm-up
-        times, recalls = [], []
-        for query in query_vectors:
-            t = time.perf_counter()
-            hits = await index.search(GUILD, query.astype("<f4").tobytes(), MODEL, limit=10)
-            times.append((time.perf_counter() - t) * 1000)
-            exact = set((np.argpartition(-(vectors @ query), 10)[:10] + 20_000_000).tolist())
-            recalls.append(len(exact & {hit.image.attachment_id for hit in hits}) / 10)
+        t = time.perf_counter()
+        await index.search(GUILD, query_vectors[-1].astype("<f4").tobytes(), MODEL, limit=10)  # warm-up
+        first_ms = (time.perf_counter() - t) * 1000
+
+        async def measure(count: int, known: int) -> tuple[list[float], list[float]]:
+            times, recalls = [], []
+            for query in query_vectors[:count]:
+                t = time.perf_counter()
+                hits = await index.search(GUILD, query.astype("<f4").tobytes(), MODEL, limit=10)
+                times.append((time.perf_counter() - t) * 1000)
+                exact = set((np.argpartition(-(vectors[:known] @ query), 10)[:10] + 20_000_000).tolist())
+                recalls.append(len(exact & {hit.image.attachment_id for hit in hits}) / 10)
+            return times, recalls
+
+        times, recalls = await measure(queries, images)
+        extra = rng.standard_normal((singles, dim), dtype=np.float32)
+        extra /= np.linalg.norm(extra, axis=1, keepdims=True)
+        vectors[images:] = extra
+        started = time.perf_counter()
+        for n in range(singles):
+            await index.add(_row(images + n, extra[n]))
+        singles_s = time.perf_counter() - started
+        after_times, after_recalls = await measure(min(queries, 50), images + singles)
     finally:
         await index.close()
-    return {
+    result = {
         "store": kind,
         "images": images,
         "dim": dim,
         "insert_images_per_s": round(images / insert_s, 1),
         "bytes_per_image": round(size / images, 1),
+        "first_query_ms": round(first_ms, 1),
         "query_ms_p50": round(statistics.median(times), 2),
         "query_ms_p99": round(_percentile(times, 0.99), 2),
         "recall_at_10": round(statistics.mean(recalls), 4),
         "queries": queries,
+        "single_adds": singles,
+        "single_add_images_per_s": round(singles / singles_s, 1) if singles else None,
+        "after_adds_query_ms_p50": round(statistics.median(after_times), 2),
+        "after_adds_recall_at_10": round(statistics.mean(after_recalls), 4),
     }
+    if build_s is not None:
+        result["index_build_s"] = round(build_s, 1)
+    return result
 
 
 async def _run(args: Any) -> list[dict[str, Any]]:
     results = []
+    singles = getattr(args, "singles", None)
+    singles = SINGLES if singles is None else max(0, int(singles))
     stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
     for kind in stores:
         if kind == "sqlite":
@@ -120,7 +158,7 @@ async def _run(args: Any) -> list[dict[str, Any]]:
             try:
                 results.append(
                     await _bench_store(
-                        f"sqlite:///{path}", kind, args.images, args.dim, args.queries, args.seed, sqlite_size
+                        f"sqlite:///{path}", kind, args.images, args.dim, args.queries, args.seed, sqlite_size, singles
                     )
                 )
             finally:
@@ -143,7 +181,9 @@ async def _run(args: Any) -> list[dict[str, Any]]:
             await cleanup.close()
             try:
                 results.append(
-                    await _bench_store(args.postgres_url, kind, args.images, args.dim, args.queries, args.seed, pg_size)
+                    await _bench_store(
+                        args.postgres_url, kind, args.images, args.dim, args.queries, args.seed, pg_size, singles
+                    )
                 )
             finally:
                 cleanup = await open_index(args.postgres_url)
@@ -167,10 +207,17 @@ def run(args: Any) -> int:
         return 0
     for r in results:
         print(
-            f"{r['store']:8} {r['images']:,} images × {r['dim']} dims: insert {r['insert_images_per_s']:,.0f} images/s, "
-            f"{r['bytes_per_image']:,.0f} bytes/image, query p50 {r['query_ms_p50']} ms p99 {r['query_ms_p99']} ms "
-            f"(store only), recall@10 {r['recall_at_10']}"
+            f"{r['store']:8} {r['images']:,} images × {r['dim']} dims: bulk insert {r['insert_images_per_s']:,.0f} "
+            "images/s"
+            + (f" + HNSW build {r['index_build_s']} s" if "index_build_s" in r else "")
+            + f", {r['bytes_per_image']:,.0f} bytes/image, first query {r['first_query_ms']} ms, query p50 "
+            f"{r['query_ms_p50']} ms p99 {r['query_ms_p99']} ms (store only), recall@10 {r['recall_at_10']}"
             + (f", with text encoding ≈ {r['with_encode_ms_p50']} ms" if "with_encode_ms_p50" in r else "")
         )
+        if r["single_adds"]:
+            print(
+                f"{'':8} then {r['single_adds']} single adds: {r['single_add_images_per_s']:,.0f} images/s; query p50 "
+                f"{r['after_adds_query_ms_p50']} ms, recall@10 {r['after_adds_recall_at_10']}"
+            )
     print("text encoding of a query: measured by python -m model_worker bench")
     return 0

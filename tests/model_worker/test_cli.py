@@ -223,3 +223,34 @@ def test_make_checkpoint_builds_a_loadable_model(tmp_path, capsys):
     assert code == 0 and out.strip() == str(tmp_path / "ck")
     code, out, err = run(capsys, "classify", "--model", str(tmp_path / "ck"), "--json", SAMPLE_FILES[0])
     assert code == 0, err
+
+
+def test_similarity_ranks_a_recompressed_copy_above_another_picture(trained_model, capsys, tmp_path):
+    """`similarity` is how an operator calibrates index.repost_threshold on their own pictures."""
+    import io
+    import random
+
+    from PIL import Image
+
+    from tests.support import shapes
+
+    original = shapes.encode(shapes.draw("緑の四角", (320, 240), random.Random(7)), "PNG")
+    image = Image.open(io.BytesIO(original)).convert("RGB").resize((160, 120))
+    copy = io.BytesIO()
+    image.save(copy, "JPEG", quality=60)
+    files = {
+        "orig.png": original,
+        "copy.jpg": copy.getvalue(),
+        "other.png": shapes.encode(shapes.draw("赤い丸", (320, 240), random.Random(8)), "PNG"),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    code = main(["similarity", "--model", str(trained_model), "--json", *(str(tmp_path / n) for n in files)])
+    assert code == 0
+    pairs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(pairs) == 3 and pairs == sorted(pairs, key=lambda p: -p["cosine"])
+    best = pairs[0]
+    assert {best["a"].rsplit("/", 1)[1], best["b"].rsplit("/", 1)[1]} == {"orig.png", "copy.jpg"}
+    assert best["cosine"] > 0.999 > pairs[1]["cosine"]
+    assert main(["similarity", "--model", str(trained_model), str(tmp_path / "orig.png")]) == 2
+    assert main(["similarity", "--model", str(trained_model), str(tmp_path / "orig.png"), str(tmp_path / "nope")]) == 1

@@ -210,3 +210,17 @@ def test_removed_and_cross_section_settings_are_explained(tmp_path):
     assert (
         load_config(REPO / "config.yaml", env={"WAKERU_MODEL__MATCH_THRESHOLD": "0.05"}).model.match_threshold == 0.05
     )
+
+
+def test_on_and_off_are_words_in_yaml_files_and_the_environment(tmp_path):
+    """YAML 1.1 reads an unquoted on/off as a boolean; keys whose choices are words get the word."""
+    path = tmp_path / "config.yaml"
+    path.write_text("index:\n  default: on\ndiscord:\n  auto_classify: off\n")
+    config = load_config(path=path, env={})
+    assert config.index.default == "on" and config.discord.auto_classify == "off"
+    config = load_config(path=path, env={"WAKERU_INDEX__DEFAULT": "off", "WAKERU_DISCORD__AUTO_CLASSIFY": "all"})
+    assert config.index.default == "off" and config.discord.auto_classify == "all"
+    with pytest.raises(ConfigError, match="index.default"):
+        load_config(path=path, env={"WAKERU_INDEX__DEFAULT": "maybe"})
+    with pytest.raises(ConfigError, match="backfill_days"):
+        load_config(path=path, env={"WAKERU_INDEX__BACKFILL_DAYS": "400"})  # above backfill_max_days

@@ -17,8 +17,8 @@ from discord.app_commands import locale_str as _T
 from bot.app import App
 from bot.face.cogs.base import WakeruCog
 from bot.face.render import MAX_EMBEDS, reply
-from bot.face.respond import code_text, refuse
-from bot.face.texts import label_error, rate_limit_text, text
+from bot.face.respond import code_text, rate_limited, refuse
+from bot.face.texts import label_error, text
 from bot.services.classifying import ImageAnswer
 from bot.services.labelsets import LabelSource, parent_id, resolve
 from bot.services.samples import read_sample
@@ -62,14 +62,6 @@ async def _send_answers(
             await channel.send(content=f"{note}\n{content or ''}"[:2000], embeds=embeds)
         except (discord.HTTPException, AttributeError) as e2:
             log.warning("could not post the answer in the channel either: %s", e2)
-
-
-def rate_limited(app: App, interaction: discord.Interaction, images: int) -> str | None:
-    """The refusal text when the member or channel is over its rate limit, else None (and counted)."""
-    refusal = app.limiter.check(interaction.user.id, interaction.channel_id or 0, images)
-    if refusal is None:
-        return None
-    return rate_limit_text(interaction.locale, refusal)
 
 
 class ClassifyCog(WakeruCog):

@@ -21,8 +21,7 @@ from discord.ext import commands
 from bot.app import App
 from bot.face.checks import moderator_only, refusal_key
 from bot.face.cogs.base import WakeruCog, moderator_roles
-from bot.face.cogs.labels import announce
-from bot.face.respond import refuse, storage_error
+from bot.face.respond import announce, refuse, storage_error
 from bot.face.texts import LocaleLike, text
 from bot.services.backfill import STALE_AFTER_S, Progress, Reporter
 from bot.services.labelsets import parent_id, resolve
@@ -58,7 +57,7 @@ def progress_text(locale: LocaleLike, progress: Progress) -> str:
         rate=f"{progress.rate_per_min:.0f}",
         eta="" if progress.finished else eta,
     )
-    return f"{head}\n`{bar}` {line}".strip()
+    return f"{head}\n`{bar}` {line.rstrip(' ·')}".strip()
 
 
 def _days(job: BackfillJob) -> int:

@@ -29,7 +29,7 @@ from discord.app_commands import locale_str as _T
 from bot.face.checks import moderator_only
 from bot.face.cogs.base import WakeruCog, moderator_roles
 from bot.face.render import describe_source, escape
-from bot.face.respond import code_text, refuse, storage_error
+from bot.face.respond import announce, code_text, refuse, storage_error
 from bot.face.texts import LocaleLike, label_error, text
 from bot.services.labelsets import auto_classify_enabled, inherited, parent_id, resolve
 from bot.services.stats import ordered_counts, render_chart
@@ -69,27 +69,6 @@ def _label_list(labels: tuple[str, ...], limit: int = _LIST_CHARS) -> str:
             return out + "…"
         out += item
     return out
-
-
-async def announce(interaction: discord.Interaction, content: str) -> None:
-    """Make a saved change public after a private deferral: a channel message (the interaction's own
-    followups would inherit the deferral's privacy), then the private "thinking…" goes away. Where the
-    bot may not post, the moderator still gets the confirmation, privately."""
-    try:
-        channel = interaction.channel
-        if not isinstance(channel, discord.abc.Messageable):  # None, a forum or a category: nowhere to post
-            raise AttributeError(f"{type(channel).__name__!r} object has no attribute 'send'")
-        await channel.send(content)
-    except (discord.HTTPException, AttributeError) as e:
-        log.warning("could not post a label change in channel %s: %s", interaction.channel_id, e)
-        await interaction.followup.send(
-            f"{content}\n-# {text(interaction.locale, 'announce.failed')}"[:2000], ephemeral=True
-        )
-        return
-    try:
-        await interaction.delete_original_response()
-    except discord.HTTPException:
-        pass  # the token expired meanwhile: the private "thinking…" just stays
 
 
 def _quoted(locale: LocaleLike, labels: Sequence[str], shown: int = 10) -> str:

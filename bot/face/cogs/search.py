@@ -14,7 +14,7 @@ from discord.app_commands import locale_str as _T
 
 from bot.app import App
 from bot.face.cogs.base import WakeruCog
-from bot.face.respond import code_text, refuse, storage_error
+from bot.face.respond import code_text, rate_limited, refuse, storage_error
 from bot.face.results import result_embeds, with_fresh_urls
 from bot.face.texts import error_text, text
 from bot.services.visibility import Visibility
@@ -62,6 +62,8 @@ class SearchCog(WakeruCog):
             return await refuse(interaction, text(locale, "guild_only"))
         if not query.strip():
             return await refuse(interaction, text(locale, "search.empty_query"))
+        if (limited := rate_limited(app, interaction, 1)) is not None:  # a query costs the worker a text pass
+            return await refuse(interaction, limited)
         await interaction.response.defer(thinking=True, ephemeral=not public)
         result = await app.classifier.embed_query(query.strip())
         if not result.ok or result.embedding is None:
@@ -88,6 +90,8 @@ class SearchCog(WakeruCog):
         images = [a for a in message.attachments if app.is_image(a)]
         if not images:
             return await refuse(interaction, text(locale, "classify.no_images"))
+        if (limited := rate_limited(app, interaction, 1)) is not None:
+            return await refuse(interaction, limited)
         await interaction.response.defer(thinking=True, ephemeral=True)
         model = app.indexer.model()
         try:

@@ -9,12 +9,22 @@
   label store.
 - Rows: the plain table indexed_images (everything but the vector). Vectors: one vec0 virtual table per embedding
   dimension, image_vectors_<dim>, created on first use, float32 with cosine distance, guild_id as partition key
-  and the filter columns (model, channel, parent, author, message, posted_at) as vec0 metadata columns, so every
-  filter is applied inside the scan, before the top-k: search is exact brute force (KNN) within the guild.
-  "channel_id or parent_id in channel_ids" is two scans (one per column) merged, as vec0 has no OR.
-  Measured (docs/performance.md, Image index): quantised pre-selection (bit vectors) was 6× faster but its recall
-  was far too low on hard data, int8 no faster than float32 (sqlite-vec's distance loops are scalar), so the
-  vectors stay float32 and exact.
+  and the filter columns (model, channel, parent, author, message, posted_at) as vec0 metadata columns. The file is
+  the store of record: rows and vectors live there and nothing else needs deploying.
+- Search is exact (recall 1.0) and answered from memory: a VectorCache holds, per (guild, model, dimension), the
+  guild's vectors as one contiguous float32 numpy matrix with parallel id/channel/parent/author/message/time arrays,
+  loaded lazily by the first search of that guild and kept up to date in place by this object's own writes. A search
+  is one BLAS matrix-vector product and np.argpartition, run in a thread (asyncio.to_thread); the filters are
+  boolean masks on the parallel arrays (a selective filter multiplies only the rows it keeps). 100,000 × 768 is
+  ~300 MB: the cache is an LRU over guilds within `cache_bytes` (DEFAULT_CACHE_BYTES, 1 GiB); a guild that does not
+  fit, or cache_bytes=0, is searched by sqlite-vec's exact scan inside the file (vec0 KNN with the filters as
+  metadata constraints; "channel_id or parent_id in channel_ids" is two scans merged, as vec0 has no OR).
+- Other writers of the same file (a second index object, a CLI): every write that adds or removes rows bumps the
+  guild's counter in index_generations in the same transaction; a search compares it with the cached matrix's (one
+  indexed read) and reloads the guild on a mismatch, so a cache never answers from data another writer changed.
+  Measured (docs/performance.md, Image index): 100,000 × 768 in one guild, sqlite-vec's scan ~90 ms (its PyPI wheel's
+  distance loops are scalar), the cached matrix ~20 ms. Quantised pre-selection (bit vectors) was 6× faster than
+  the scan but its recall far too low on hard data, int8 no faster than float32, so vectors stay float32 and exact.
 """
 
 from __future__ import annotations
@@ -23,11 +33,14 @@ import asyncio
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiosqlite
+import numpy as np
 import sqlean  # type: ignore[import-untyped]
 import sqlite_vec  # type: ignore[import-untyped]
 
@@ -50,11 +63,13 @@ from bot.store.sqlite import _storage_error, parse_storage_url
 
 log = logging.getLogger("wakeru.storage")
 
-__all__ = ["MIGRATIONS", "SCHEMA_TABLE", "SCHEMA_VERSION", "SQLiteImageIndex"]
+__all__ = ["DEFAULT_CACHE_BYTES", "MIGRATIONS", "SCHEMA_TABLE", "SCHEMA_VERSION", "SQLiteImageIndex", "VectorCache"]
 
 SCHEMA_TABLE = "image_index_schema"
 MMAP_BYTES = 1 << 30  # vec0 scans read every vector of a guild: mapped pages halve the copy cost (measured)
 MAX_K = 4096  # vec0's largest k
+DEFAULT_CACHE_BYTES = 1 << 30  # the in-memory search matrices of all guilds together (100,000 × 768 ≈ 300 MB)
+LOAD_CHUNK = 2048  # rows per fetch while a guild's matrix is loaded
 
 # Step i (1-based) brings the index schema to version i. Never edit a released step: append a new one.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -124,6 +139,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Model keys as small integers for the vec0 tables: vec0 compares text metadata longer than 12 bytes
         # through a lookup per row, which made a search 2.5× slower with real model keys (measured).
         "CREATE TABLE index_models (model_id INTEGER PRIMARY KEY, model TEXT NOT NULL UNIQUE)",
+    ),
+    (
+        # Bumped in the same transaction as every write that adds or removes a guild's rows: in-memory search
+        # matrices (VectorCache) compare it before each search and reload on a mismatch (another writer).
+        # Never reset (a deleted guild keeps its row), so a counter value never comes back with other contents.
+        "CREATE TABLE index_generations (guild_id INTEGER PRIMARY KEY, generation INTEGER NOT NULL)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -197,20 +218,237 @@ def _marks(count: int) -> str:
     return ",".join("?" * count)
 
 
-class SQLiteImageIndex(ImageIndex):
-    """Create with `await SQLiteImageIndex.open(url)` (or bot.store.images.open_index)."""
+# ------------------------------------------------------------------ the in-memory search matrices
 
-    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+_COLUMNS = 6  # attachment, channel, parent (0 = none), author, message ids; posted_at (float64) beside them
+
+
+def row_bytes(dim: int) -> int:
+    """What one cached image costs: its float32 vector and the filter columns."""
+    return 4 * dim + 8 * _COLUMNS
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    """The vector scaled to length 1 (so a dot product is the cosine, as sqlite-vec's cosine distance); 0 stays 0."""
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm > 0 else vector
+
+
+class _Matrix:
+    """One (guild, model, dimension): the vectors (rows normalised) and their filter columns, rows 0..n-1 in use.
+    Changed only on the event loop, under VectorCache.lock; searched in a thread under the same lock."""
+
+    def __init__(self, key: tuple[int, int, int], generation: int, capacity: int) -> None:
+        self.key = key
+        self.generation = generation
+        dim = key[2]
+        capacity = max(16, capacity)
+        self.n = 0
+        self.vectors = np.zeros((capacity, dim), dtype=np.float32)
+        self.ids = np.zeros(capacity, dtype=np.int64)
+        self.channel = np.zeros(capacity, dtype=np.int64)
+        self.parent = np.zeros(capacity, dtype=np.int64)
+        self.author = np.zeros(capacity, dtype=np.int64)
+        self.message = np.zeros(capacity, dtype=np.int64)
+        self.posted = np.zeros(capacity, dtype=np.float64)
+        self.rows: dict[int, int] = {}  # attachment id → row
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.ids) * row_bytes(self.key[2])
+
+    def _grow(self, needed: int) -> None:
+        capacity = len(self.ids)
+        if needed <= capacity:
+            return
+        capacity = max(needed, capacity + capacity // 4 + 16)
+        for name in ("vectors", "ids", "channel", "parent", "author", "message", "posted"):
+            old = getattr(self, name)
+            new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
+            new[: self.n] = old[: self.n]
+            setattr(self, name, new)
+
+    def extend(self, rows: Sequence[Sequence[Any]]) -> None:
+        """rows: (attachment_id, channel_id, parent_id, author_id, message_id, posted_at, embedding bytes)."""
+        rows = [row for row in rows if int(row[0]) not in self.rows]
+        if not rows:
+            return
+        dim = self.key[2]
+        self._grow(self.n + len(rows))
+        start, stop = self.n, self.n + len(rows)
+        block = np.frombuffer(b"".join(bytes(row[6]) for row in rows), dtype="<f4").reshape(len(rows), dim)
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        np.divide(block, norms, out=self.vectors[start:stop], where=norms > 0)
+        self.vectors[start:stop][(norms == 0).ravel()] = 0
+        for column, name in enumerate(("ids", "channel", "parent", "author", "message")):
+            getattr(self, name)[start:stop] = [int(row[column] or 0) for row in rows]
+        self.posted[start:stop] = [float(row[5]) for row in rows]
+        for offset, row in enumerate(rows):
+            self.rows[int(row[0])] = start + offset
+        self.n = stop
+
+    def remove(self, attachment_id: int) -> None:
+        row = self.rows.pop(attachment_id, None)
+        if row is None:
+            return
+        last = self.n - 1
+        if row != last:  # the last row takes the freed place
+            for name in ("vectors", "ids", "channel", "parent", "author", "message", "posted"):
+                array = getattr(self, name)
+                array[row] = array[last]
+            self.rows[int(self.ids[row])] = row
+        self.n = last
+
+    def search(
+        self,
+        query: np.ndarray,
+        limit: int,
+        channels: np.ndarray | None,
+        author_id: int | None,
+        exclude_message_id: int | None,
+        before: float | None,
+    ) -> list[tuple[int, float]]:
+        """The best `limit` (attachment id, cosine distance), ordered by (distance, id) as the vec0 scan is."""
+        n = self.n
+        mask: np.ndarray | None = None
+
+        def both(selected: np.ndarray) -> None:
+            nonlocal mask
+            mask = selected if mask is None else mask & selected
+
+        if channels is not None:
+            both(np.isin(self.channel[:n], channels) | np.isin(self.parent[:n], channels))
+        if author_id is not None:
+            both(self.author[:n] == author_id)
+        if exclude_message_id is not None:
+            both(self.message[:n] != exclude_message_id)
+        if before is not None:
+            both(self.posted[:n] < before)
+        if mask is None:
+            rows = None
+            scores = self.vectors[:n] @ query
+        else:
+            rows = np.flatnonzero(mask)
+            # A selective filter multiplies only its rows; a loose one multiplies all (no gather copy).
+            scores = self.vectors[rows] @ query if len(rows) * 4 < n else (self.vectors[:n] @ query)[rows]
+        k = min(limit, len(scores))
+        if k <= 0:
+            return []
+        if k < len(scores):
+            kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
+            picked = np.flatnonzero(scores >= kth)  # every tie at the boundary, so ids break ties as in SQL
+        else:
+            picked = np.arange(len(scores))
+        found = picked if rows is None else rows[picked]
+        ids = self.ids[found]
+        best = scores[picked]
+        order = np.lexsort((ids, -best))[:k]
+        return [(int(ids[i]), 1.0 - float(best[i])) for i in order]
+
+
+@dataclass
+class _Changes:
+    """What one write transaction did to the rows, per guild in order: applied to the cached matrices after the
+    commit. ("remove", attachment_id) or ("add", (model_id, dim), row as _Matrix.extend takes it)."""
+
+    ops: dict[int, list[tuple[Any, ...]]] = field(default_factory=dict)
+
+    def removed(self, guild_id: int, attachment_id: int) -> None:
+        self.ops.setdefault(guild_id, []).append(("remove", attachment_id))
+
+    def added(self, image: IndexedImage, model_id: int, dim: int) -> None:
+        row = (
+            image.attachment_id,
+            image.channel_id,
+            image.parent_id or 0,
+            image.author_id,
+            image.message_id,
+            float(image.posted_at),
+            image.embedding,
+        )
+        self.ops.setdefault(image.guild_id, []).append(("add", (model_id, dim), row))
+
+
+class VectorCache:
+    """The search matrices of the guilds searched lately, least recently used first, within max_bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max(0, int(max_bytes))
+        self.lock = asyncio.Lock()  # held while a matrix is searched (in a thread) or changed
+        self._matrices: OrderedDict[tuple[int, int, int], _Matrix] = OrderedDict()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(matrix.nbytes for matrix in self._matrices.values())
+
+    def fits(self, rows: int, dim: int) -> bool:
+        return self.max_bytes > 0 and (rows + rows // 16 + 16) * row_bytes(dim) <= self.max_bytes
+
+    def get(self, key: tuple[int, int, int], generation: int) -> _Matrix | None:
+        matrix = self._matrices.get(key)
+        if matrix is None:
+            return None
+        if matrix.generation != generation:  # another writer changed the guild: load it again
+            self.drop_guild(key[0])
+            return None
+        self._matrices.move_to_end(key)
+        return matrix
+
+    def put(self, matrix: _Matrix) -> None:
+        self._matrices[matrix.key] = matrix
+        self._matrices.move_to_end(matrix.key)
+        self._trim()
+
+    def drop_guild(self, guild_id: int) -> None:
+        for key in [key for key in self._matrices if key[0] == guild_id]:
+            del self._matrices[key]
+
+    def clear(self) -> None:
+        self._matrices.clear()
+
+    def _trim(self) -> None:
+        total = self.nbytes
+        while self._matrices and total > self.max_bytes:
+            _, evicted = self._matrices.popitem(last=False)
+            total -= evicted.nbytes
+
+    def apply(self, changes: _Changes, generations: dict[int, int]) -> None:
+        """A committed write: `generations` holds each touched guild's new counter. A matrix that was current
+        just before it (counter - 1) takes the changes; any other is dropped (someone else wrote in between)."""
+        for guild_id, generation in generations.items():
+            for key in [key for key in self._matrices if key[0] == guild_id]:
+                matrix = self._matrices[key]
+                if matrix.generation != generation - 1:
+                    del self._matrices[key]
+                    continue
+                for op in changes.ops.get(guild_id, ()):
+                    if op[0] == "remove":
+                        matrix.remove(op[1])
+                    elif (guild_id, *op[1]) == key:
+                        matrix.extend([op[2]])
+                matrix.generation = generation
+        self._trim()
+
+
+class SQLiteImageIndex(ImageIndex):
+    """Create with `await SQLiteImageIndex.open(url)` (or bot.store.images.open_index).
+
+    cache_bytes: the memory the in-memory search matrices may take together (DEFAULT_CACHE_BYTES); 0 searches
+    every guild with sqlite-vec's scan in the file."""
+
+    def __init__(self, db: aiosqlite.Connection, path: str, *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self._db: aiosqlite.Connection | None = db
         self._path = path
         self._lock = asyncio.Lock()
         self._dims: set[int] = set()  # vector tables known to exist
         self._models: dict[str, int] = {}  # model key → index_models.model_id (never changes once given)
+        self._cache = VectorCache(cache_bytes)
+        self._changes: _Changes | None = None  # the running write transaction's (under self._lock)
 
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    async def open(cls, url: str) -> SQLiteImageIndex:
+    async def open(cls, url: str, *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> SQLiteImageIndex:
         path = parse_storage_url(url)
         if path != ":memory:":
             parent = os.path.dirname(path)
@@ -240,7 +478,7 @@ class SQLiteImageIndex(ImageIndex):
             raise (_storage_error(exc, path) or StorageError(f"cannot open the database {path!r}: {exc}")) from exc
         except (AttributeError, OSError) as exc:  # no extension loading, or the extension file is unusable
             raise StorageError(f"cannot load sqlite-vec into the database connection ({exc})") from exc
-        index = cls(db, path)
+        index = cls(db, path, cache_bytes=cache_bytes)
         try:
             await index._prepare()
         except BaseException:
@@ -305,6 +543,7 @@ class SQLiteImageIndex(ImageIndex):
     async def close(self) -> None:
         async with self._lock:
             db, self._db = self._db, None
+            self._cache.clear()
             if db is not None:
                 await db.close()
 
@@ -327,8 +566,19 @@ class SQLiteImageIndex(ImageIndex):
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._guard() as db:
             await db.execute("BEGIN IMMEDIATE")
+            changes = self._changes = _Changes()
             try:
                 yield db
+                generations: dict[int, int] = {}
+                for guild_id in sorted(changes.ops):  # the guilds whose rows changed: one bump each, same commit
+                    rows = list(
+                        await db.execute_fetchall(
+                            "INSERT INTO index_generations (guild_id, generation) VALUES (?, 1) ON CONFLICT "
+                            "(guild_id) DO UPDATE SET generation = generation + 1 RETURNING generation",
+                            (guild_id,),
+                        )
+                    )
+                    generations[guild_id] = int(rows[0][0])
                 await db.execute("COMMIT")
             except BaseException:
                 # What this transaction created (a vector table, a model number) may be gone: look it up again.
@@ -340,6 +590,11 @@ class SQLiteImageIndex(ImageIndex):
                     except sqlean.Error:
                         pass
                 raise
+            finally:
+                self._changes = None
+            if generations:  # still under self._lock: no search sees the new counter before the matrices have it
+                async with self._cache.lock:
+                    self._cache.apply(changes, generations)
 
     async def _ensure_table(self, db: aiosqlite.Connection, dim: int) -> None:
         if dim in self._dims:
@@ -354,12 +609,15 @@ class SQLiteImageIndex(ImageIndex):
 
     async def _delete_rows(self, db: aiosqlite.Connection, where: str, params: Sequence[Any]) -> int:
         """Delete the indexed_images rows matching `where`, and their vectors (vec0 has no foreign keys)."""
-        rows = list(await db.execute_fetchall(f"SELECT attachment_id, dim FROM indexed_images WHERE {where}", params))
+        rows = list(
+            await db.execute_fetchall(f"SELECT attachment_id, dim, guild_id FROM indexed_images WHERE {where}", params)
+        )
         if not rows:
             return 0
         by_dim: dict[int, list[tuple[int]]] = {}
-        for attachment_id, dim in rows:
+        for attachment_id, dim, guild_id in rows:
             by_dim.setdefault(int(dim), []).append((int(attachment_id),))
+            self._changed().removed(int(guild_id), int(attachment_id))
         for dim, ids in by_dim.items():
             if dim in self._dims:
                 await db.executemany(f"DELETE FROM {vector_table(dim)} WHERE attachment_id = ?", ids)
@@ -402,13 +660,14 @@ class SQLiteImageIndex(ImageIndex):
                     dim,
                 ),
             )
+            model_id = await self._model_id(db, image.model)
             await db.execute(
                 f"INSERT INTO {vector_table(dim)} (attachment_id, guild_id, model_id, channel_id, parent_id, author_id, "
                 "message_id, posted_at, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     image.attachment_id,
                     image.guild_id,
-                    await self._model_id(db, image.model),
+                    model_id,
                     image.channel_id,
                     image.parent_id or 0,
                     image.author_id,
@@ -417,6 +676,7 @@ class SQLiteImageIndex(ImageIndex):
                     image.embedding,
                 ),
             )
+            self._changed().added(image, model_id, dim)
             return True
 
     async def add_many(self, images: Iterable[IndexedImage]) -> int:
@@ -480,7 +740,15 @@ class SQLiteImageIndex(ImageIndex):
                         if dims[i.attachment_id] == dim
                     ],
                 )
+            changes = self._changed()
+            for i in new.values():
+                changes.added(i, model_ids[i.model], dims[i.attachment_id])
         return len(new)
+
+    def _changed(self) -> _Changes:
+        """The running write transaction's change list (only inside `_transaction`)."""
+        assert self._changes is not None, "rows change only inside _transaction"
+        return self._changes
 
     async def get(self, guild_id: int, message_id: int) -> list[IndexedImage]:
         async with self._guard() as db:
@@ -526,6 +794,108 @@ class SQLiteImageIndex(ImageIndex):
         model_id = await self._known_model(model)
         if model_id is None:
             return []
+        matrix = await self._matrix(guild_id, model_id, dim)
+        if matrix is not None:
+            query = _unit(np.frombuffer(embedding, dtype="<f4").astype(np.float32))
+            wanted = None if channels is None else np.asarray(channels, dtype=np.int64)
+            async with self._cache.lock:
+                work = asyncio.ensure_future(
+                    asyncio.to_thread(
+                        matrix.search,
+                        query,
+                        limit,
+                        wanted,
+                        author_id,
+                        exclude_message_id,
+                        None if before is None else float(before),
+                    )
+                )
+                try:
+                    best = await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    await asyncio.wait([work])  # keep the lock until the thread has let go of the matrix
+                    raise
+        else:
+            best = await self._scan(
+                guild_id, embedding, model_id, dim, limit, channels, author_id, exclude_message_id, before
+            )
+        if not best:
+            return []
+        ids = [attachment_id for attachment_id, _ in best]
+        async with self._guard() as db:
+            rows = await db.execute_fetchall(
+                f"SELECT {_IMAGE_COLUMNS} FROM indexed_images WHERE attachment_id IN ({_marks(len(ids))})", ids
+            )
+        images = {int(row[0]): _image(row) for row in rows}
+        return [
+            SearchHit(image=images[attachment_id], score=1.0 - distance)
+            for attachment_id, distance in best
+            if attachment_id in images  # deleted since the search
+        ]
+
+    async def _generation(self, db: aiosqlite.Connection, guild_id: int) -> int:
+        rows = list(
+            await db.execute_fetchall("SELECT generation FROM index_generations WHERE guild_id = ?", (guild_id,))
+        )
+        return int(rows[0][0]) if rows else 0
+
+    async def _matrix(self, guild_id: int, model_id: int, dim: int) -> _Matrix | None:
+        """The guild's current search matrix for this model and dimension, loaded if needed; None when it does not
+        fit the cache (search with sqlite-vec then)."""
+        if self._cache.max_bytes <= 0:
+            return None
+        key = (guild_id, model_id, dim)
+        async with self._guard() as db:
+            matrix = self._cache.get(key, await self._generation(db, guild_id))
+            if matrix is not None:
+                return matrix
+            await db.execute("BEGIN")  # one read snapshot: the counter and the rows loaded agree
+            try:
+                generation = await self._generation(db, guild_id)
+                rows = list(
+                    await db.execute_fetchall(
+                        "SELECT COUNT(*) FROM indexed_images WHERE guild_id = ? AND model = "
+                        "(SELECT model FROM index_models WHERE model_id = ?) AND dim = ?",
+                        (guild_id, model_id, dim),
+                    )
+                )
+                count = int(rows[0][0])
+                if not self._cache.fits(count, dim):
+                    return None
+                started = time.perf_counter()
+                matrix = _Matrix(key, generation, count + count // 16 + 16)
+                async with db.execute(
+                    "SELECT attachment_id, channel_id, parent_id, author_id, message_id, posted_at, embedding "
+                    f"FROM {vector_table(dim)} WHERE guild_id = ? AND model_id = ?",
+                    (guild_id, model_id),
+                ) as cursor:
+                    while batch := await cursor.fetchmany(LOAD_CHUNK):
+                        matrix.extend(list(batch))
+            finally:
+                await db.execute("COMMIT")  # nothing was written
+        if count >= 10_000:
+            log.info(
+                "image index: loaded %d vectors of guild %d into memory in %.1f s",
+                matrix.n,
+                guild_id,
+                time.perf_counter() - started,
+            )
+        self._cache.put(matrix)
+        return matrix
+
+    async def _scan(
+        self,
+        guild_id: int,
+        embedding: bytes,
+        model_id: int,
+        dim: int,
+        limit: int,
+        channels: list[int] | None,
+        author_id: int | None,
+        exclude_message_id: int | None,
+        before: float | None,
+    ) -> list[tuple[int, float]]:
+        """sqlite-vec's exact scan in the file (a guild too big for the cache): (attachment id, distance), best first."""
         where = ["embedding MATCH ?", "k = ?", "guild_id = ?", "model_id = ?"]
         params: list[Any] = [embedding, min(limit, MAX_K), guild_id, model_id]
         if author_id is not None:
@@ -538,32 +908,20 @@ class SQLiteImageIndex(ImageIndex):
             where.append("posted_at < ?")
             params.append(float(before))
         base = f"SELECT attachment_id, distance FROM {vector_table(dim)} WHERE {' AND '.join(where)}"
+        if channels is None:
+            queries = [(base, params)]
+        else:
+            # channel_id IN (…) OR parent_id IN (…): vec0 has no OR, so one exact scan per column, merged.
+            queries = [
+                (f"{base} AND {column} IN ({_marks(len(channels))})", [*params, *channels])
+                for column in ("channel_id", "parent_id")
+            ]
         distances: dict[int, float] = {}
         async with self._guard() as db:
-            if channels is None:
-                queries = [(base, params)]
-            else:
-                # channel_id IN (…) OR parent_id IN (…): vec0 has no OR, so one exact scan per column, merged.
-                queries = [
-                    (f"{base} AND {column} IN ({_marks(len(channels))})", [*params, *channels])
-                    for column in ("channel_id", "parent_id")
-                ]
             for sql, args in queries:
                 for attachment_id, distance in await db.execute_fetchall(sql, args):
                     distances[int(attachment_id)] = float(distance)
-            best = sorted(distances.items(), key=lambda item: (item[1], item[0]))[:limit]
-            if not best:
-                return []
-            ids = [attachment_id for attachment_id, _ in best]
-            rows = await db.execute_fetchall(
-                f"SELECT {_IMAGE_COLUMNS} FROM indexed_images WHERE attachment_id IN ({_marks(len(ids))})", ids
-            )
-        images = {int(row[0]): _image(row) for row in rows}
-        return [
-            SearchHit(image=images[attachment_id], score=1.0 - distance)
-            for attachment_id, distance in best
-            if attachment_id in images
-        ]
+        return sorted(distances.items(), key=lambda item: (item[1], item[0]))[:limit]
 
     async def _model_id(self, db: aiosqlite.Connection, model: str) -> int:
         """The model key's number (created if new); inside a write transaction."""

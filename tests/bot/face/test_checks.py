@@ -21,8 +21,12 @@ async def test_every_changing_labels_command_carries_the_moderator_check():
     assert isinstance(group, app_commands.Group)
     checked = {c.name for c in group.commands if c.checks}
     assert checked == {"history", "set", "add", "remove", "preset", "reset", "undo", "auto"}
-    assert {c.name for c in group.commands} - checked == {"show"}  # anyone may look
+    assert {c.name for c in group.commands} - checked == {"show", "stats"}  # anyone may look
     assert not client.tree.get_command("classify").checks  # anyone may classify
+    index = client.tree.get_command("index")
+    checked = {c.name for c in index.commands if c.checks}
+    assert checked == {"enable", "disable", "backfill", "reposts"}  # forget checks `user:` itself
+    assert not client.tree.get_command("search").checks
 
 
 def _interaction(*, scope=None, perms: discord.Permissions, roles=()):

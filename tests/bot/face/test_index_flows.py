@@ -201,6 +201,28 @@ def test_members_never_see_channels_they_cannot_read_or_other_servers(fake, bot)
     assert result_ids(there) == [int(later["id"])]
 
 
+def test_a_private_thread_is_searchable_only_by_its_members_and_threads_follow_their_parent(fake, bot):
+    fake.add_user("内輪の人")
+    index(fake, "enable")  # on the parent channel: its threads follow
+    private = fake.add_thread(fake.channel_id, "内緒", private=True, members=["内輪の人", "bot"], owner="内輪の人")
+    public = fake.add_thread(fake.channel_id, "公開")
+    hidden = flows.post_image(fake, private, "緑の四角", 70, author="内輪の人")
+    shown = flows.post_image(fake, public, "緑の四角", 71)
+    wait_indexed(bot, hidden)
+    wait_indexed(bot, shown)
+    by_member = result_ids(search(fake, "緑の四角"))
+    assert int(shown["id"]) in by_member and int(hidden["id"]) not in by_member
+    assert int(hidden["id"]) in result_ids(search(fake, "緑の四角", user="内輪の人"))
+    # a thread's switch is its parent's: /index disable inside the thread turns the parent off
+    answer = index(fake, "disable", channel_id=public)
+    assert f"<#{fake.channel_id}>" in answer["content"]
+    assert "オフ" in index(fake, "status", by="member", channel_id=fake.channel_id)["embeds"][0]["description"]
+    index(fake, "enable")
+    fake.delete_channel(public)  # THREAD_DELETE
+    wait_log(bot, rf"deleted thread {public} removed 1 row")
+    assert int(shown["id"]) not in result_ids(search(fake, "緑の四角"))
+
+
 def test_a_deleted_message_an_edit_and_a_deleted_channel_leave_the_index(fake, bot):
     index(fake, "enable")
     gone = flows.post_image(fake, fake.channel_id, "青い四角", 30)
@@ -222,6 +244,13 @@ def test_a_deleted_message_an_edit_and_a_deleted_channel_leave_the_index(fake, b
     answer = search(fake, "青い四角")
     ids = result_ids(answer)
     assert int(gone["id"]) not in ids and ids.count(int(edited["id"])) == 1
+
+    purged = [flows.post_image(fake, fake.channel_id, "青い四角", seed) for seed in (34, 35)]
+    for post in purged:
+        wait_indexed(bot, post)
+    fake.bulk_delete(fake.channel_id, [p["id"] for p in purged])
+    wait_log(bot, r"2 bulk-deleted message\(s\) removed 2 row")
+    assert not {int(p["id"]) for p in purged} & set(result_ids(search(fake, "青い四角")))
 
     channel = fake.add_channel(name="消える")
     index(fake, "enable", channel_id=channel)
@@ -354,3 +383,13 @@ def test_a_backfill_stopped_by_a_restart_resumes_where_it_was(fake, bot):
     assert "resuming the backfill of channel" in bot.log()
     assert "40 / 40" in fake.edits_of(progress["id"])[-1]["content"]
     assert _count(index(fake, "status", by="member")) == before + 40  # each image once
+
+
+def test_leaving_a_server_removes_everything_of_it(fake, bot):
+    guild = fake.other_guild
+    index(fake, "enable", scope="server", channel_id=guild.channel_id, by="owner")
+    post = flows.post_image(fake, guild.channel_id, "青い丸", 300)
+    wait_indexed(bot, post)
+    fake.remove_from_guild(guild.id)
+    found = wait_log(bot, rf"leaving guild {guild.id} removed (\d+) row")
+    assert int(found.group(1)) >= 1

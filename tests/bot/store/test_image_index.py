@@ -385,3 +385,226 @@ async def test_postgres_without_the_extension_says_what_to_do(postgres_url):
     with pytest.raises(StorageError, match="CREATE EXTENSION vector") as info:
         await open_index(postgres_url)
     assert "secret" not in str(info.value)
+
+
+# ------------------------------------------------------------------ SQLite: the in-memory search matrices
+
+
+class Exact:
+    """The rows a test wrote, and the exact answer any search must give (numpy, float64, ties by id)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, IndexedImage] = {}
+
+    def add(self, row: IndexedImage, *, replace: bool = False) -> None:
+        if replace or row.attachment_id not in self.rows:
+            self.rows[row.attachment_id] = row
+
+    def drop(self, keep) -> None:
+        self.rows = {a: r for a, r in self.rows.items() if keep(r)}
+
+    def search(
+        self, guild_id, query, model, *, limit, channel_ids=None, author_id=None, exclude_message_id=None, before=None
+    ) -> list[int]:
+        scored = []
+        for row in self.rows.values():
+            if row.guild_id != guild_id or row.model != model or len(row.embedding) != 4 * len(query):
+                continue
+            if channel_ids is not None and row.channel_id not in channel_ids and row.parent_id not in channel_ids:
+                continue
+            if author_id is not None and row.author_id != author_id:
+                continue
+            if exclude_message_id is not None and row.message_id == exclude_message_id:
+                continue
+            if before is not None and not row.posted_at < before:
+                continue
+            vector = np.frombuffer(row.embedding, "<f4").astype(np.float64)
+            scored.append((-float(vector.dot(query) / np.linalg.norm(vector)), row.attachment_id))
+        return [attachment_id for _, attachment_id in sorted(scored)[:limit]]
+
+
+FILTERS = [
+    {},
+    {"channel_ids": [10]},
+    {"channel_ids": [11, 50]},
+    {"author_id": 8},
+    {"exclude_message_id": 30},
+    {"before": 1150.0},
+    {"channel_ids": [10, 12], "author_id": 7, "before": 1200.0},
+]
+
+
+async def agree(cached, scan, exact: Exact, guilds=(G,), models=(MODEL,), queries=(900, 901, 902)) -> None:
+    """The cached index, sqlite-vec's scan and numpy give the same ids in the same order, for every filter."""
+    for guild_id in guilds:
+        for model in models:
+            for seed in queries:
+                query = unit(seed)
+                for filters in FILTERS:
+                    for limit in (1, 7, 500):
+                        want = exact.search(guild_id, query.astype(np.float64), model, limit=limit, **filters)
+                        hits = await cached.search(guild_id, packed(query), model, limit=limit, **filters)
+                        assert ids(hits) == want, (guild_id, model, seed, filters, limit)
+                        assert ids(await scan.search(guild_id, packed(query), model, limit=limit, **filters)) == want
+                        for hit in hits:
+                            vector = np.frombuffer(exact.rows[hit.image.attachment_id].embedding, "<f4")
+                            assert hit.score == pytest.approx(float(vector.dot(query)), abs=1e-5)
+
+
+def varied(attachment_id: int, **fields) -> IndexedImage:
+    """A row spread over channels 10/11/12, a thread (50, parent 10), two authors, one message per 3 attachments."""
+    kind = attachment_id % 4
+    values = dict(
+        channel_id=(10, 11, 12, 50)[kind],
+        parent_id=10 if kind == 3 else None,
+        author_id=7 + attachment_id % 2,
+        message_id=attachment_id // 3 * 10,
+    )
+    values.update(fields)
+    return image(attachment_id, **values)
+
+
+async def test_sqlite_cache_stays_exact_through_every_write(tmp_path):
+    from bot.store.images.sqlite import SQLiteImageIndex
+
+    url = f"sqlite:///{tmp_path}/cache.db"
+    cached = await SQLiteImageIndex.open(url)
+    scan = await SQLiteImageIndex.open(url, cache_bytes=0)  # sqlite-vec's scan, and "another writer" of the file
+    exact = Exact()
+    try:
+        rows = [varied(a) for a in range(1, 241)]
+        rows += [varied(a, guild_id=G2) for a in range(241, 281)]
+        rows += [varied(a, model=OTHER) for a in range(281, 301)]
+        for row in rows[:20]:
+            assert await cached.add(row)
+            exact.add(row)
+        assert await cached.add_many(rows[20:]) == len(rows) - 20
+        for row in rows[20:]:
+            exact.add(row)
+        await agree(cached, scan, exact, guilds=(G, G2), models=(MODEL, OTHER))
+        assert cached._cache.nbytes > 0  # the searches above went through the matrices
+
+        # Its own writes, applied in place: adds, a skipped duplicate, replaces (new vector, new model, new guild).
+        for row in [varied(a) for a in range(301, 311)]:
+            await cached.add(row)
+            exact.add(row)
+        assert not await cached.add(varied(5, embedding=packed(unit(5000))))
+        for row in [
+            varied(5, embedding=packed(unit(5000))),
+            varied(6, model=OTHER),
+            varied(7, guild_id=G2),
+            varied(250, guild_id=G),
+        ]:
+            assert await cached.add(row, replace=True)
+            exact.add(row, replace=True)
+        await agree(cached, scan, exact, guilds=(G, G2), models=(MODEL, OTHER))
+
+        # Deletes of every kind.
+        assert await cached.delete_messages([0, 10, 20, 999]) > 0
+        exact.drop(lambda r: r.message_id not in (0, 10, 20))
+        assert await cached.keep_attachments(30, [9]) > 0
+        exact.drop(lambda r: r.message_id != 30 or r.attachment_id == 9)
+        assert await cached.delete_channel(11) > 0
+        exact.drop(lambda r: r.channel_id != 11 and r.parent_id != 11)
+        assert await cached.delete_channel(10) > 0  # and its thread 50
+        exact.drop(lambda r: r.channel_id != 10 and r.parent_id != 10)
+        await agree(cached, scan, exact, guilds=(G, G2))
+        for row in [varied(a) for a in range(311, 351)]:  # channels again, after the deletes moved rows around
+            await cached.add(row)
+            exact.add(row)
+        assert await cached.delete_author(G, 8) > 0
+        exact.drop(lambda r: not (r.guild_id == G and r.author_id == 8))
+        assert await cached.expire(1100.0) > 0
+        exact.drop(lambda r: r.posted_at >= 1100.0)
+        await agree(cached, scan, exact, guilds=(G, G2), models=(MODEL, OTHER))
+
+        # Another index object writes the same file: the counter tells the cached one to load the guild again.
+        for row in [varied(a) for a in range(400, 420)]:
+            await scan.add(row)
+            exact.add(row)
+        assert await scan.delete_messages([1340]) > 0
+        exact.drop(lambda r: r.message_id != 1340)
+        await scan.add(varied(401, embedding=packed(unit(7777))), replace=True)
+        exact.add(varied(401, embedding=packed(unit(7777))), replace=True)
+        await agree(cached, scan, exact, guilds=(G, G2), models=(MODEL, OTHER), queries=(7777, 903))
+        await scan.delete_guild(G2)
+        exact.drop(lambda r: r.guild_id != G2)
+        await agree(cached, scan, exact, guilds=(G, G2))
+    finally:
+        await cached.close()
+        await scan.close()
+
+
+async def test_sqlite_cache_sees_a_writer_in_another_process(tmp_path):
+    from bot.store.images.sqlite import SQLiteImageIndex
+
+    url = f"sqlite:///{tmp_path}/cache.db"
+    cached = await SQLiteImageIndex.open(url)
+    try:
+        await cached.add(image(1, unit(3), guild_id=1001, model="m"))
+        assert ids(await cached.search(1001, packed(unit(3)), "m", limit=5)) == [1]
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", ADD_ONE, url, packed(unit(3)).hex())
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        assert ids(await cached.search(1001, packed(unit(3)), "m", limit=5)) in ([1, 5], [5, 1])
+    finally:
+        await cached.close()
+
+
+async def test_sqlite_cache_budget(tmp_path):
+    """Guilds beyond the budget are evicted (least recently used); a guild bigger than it is scanned in the file."""
+    from bot.store.images.sqlite import SQLiteImageIndex, row_bytes
+
+    url = f"sqlite:///{tmp_path}/cache.db"
+    budget = 120 * row_bytes(DIM)  # one guild of 60 rows fits (with headroom), two do not; 200 rows never
+    cached = await SQLiteImageIndex.open(url, cache_bytes=budget)
+    scan = await SQLiteImageIndex.open(url, cache_bytes=0)
+    exact = Exact()
+    try:
+        rows = [varied(a, guild_id=G) for a in range(1, 61)] + [varied(a, guild_id=G2) for a in range(61, 121)]
+        rows += [varied(a, guild_id=G + 7) for a in range(121, 321)]
+        await cached.add_many(rows)
+        for row in rows:
+            exact.add(row)
+        for guilds in [(G,), (G2,), (G,), (G + 7,), (G2,)]:
+            await agree(cached, scan, exact, guilds=guilds, queries=(900,))
+            assert cached._cache.nbytes <= budget
+        assert [key[0] for key in cached._cache._matrices] == [G2]
+        for row in [varied(a, guild_id=G2) for a in range(500, 600)]:  # grows past the budget: dropped
+            await cached.add(row)
+            exact.add(row)
+        assert cached._cache.nbytes <= budget
+        await agree(cached, scan, exact, guilds=(G2, G), queries=(901,))
+    finally:
+        await cached.close()
+        await scan.close()
+
+
+async def test_postgres_hnsw_recall(pgvector_url, monkeypatch):
+    """HNSW recall@10 against the exact answer on random unit vectors (the hard case): at least 0.95."""
+    from bot.store.images import postgres
+
+    monkeypatch.setattr(postgres, "EXACT_MAX", 0)  # always the index
+    dim, count = 256, 3000
+    rng = np.random.default_rng(11)
+    vectors = rng.standard_normal((count, dim), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = await open_index(pgvector_url)
+    try:
+        await index.add_many(image(a + 1, vectors[a], channel_id=10 + a % 4) for a in range(count))
+        queries = rng.standard_normal((30, dim), dtype=np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        recalls = []
+        for query in queries:
+            hits = await index.search(G, packed(query), MODEL, limit=10)
+            exact = set((np.argsort(-(vectors @ query))[:10] + 1).tolist())
+            recalls.append(len(exact & set(ids(hits))) / 10)
+        assert float(np.mean(recalls)) >= 0.95, recalls
+        # A filter that keeps a quarter of the rows: iterative scans still fill the answer from the right rows.
+        query = queries[0]
+        in_channel = np.flatnonzero(np.arange(count) % 4 == 1)
+        exact = set((in_channel[np.argsort(-(vectors[in_channel] @ query))[:10]] + 1).tolist())
+        hits = await index.search(G, packed(query), MODEL, limit=10, channel_ids=[11])
+        assert len(hits) == 10 and all(hit.image.channel_id == 11 for hit in hits)
+        assert len(exact & set(ids(hits))) >= 8
+    finally:
+        await index.close()
