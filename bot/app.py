@@ -17,8 +17,9 @@ from bot.services.classifying import Classifier
 from bot.services.indexing import Indexer
 from bot.services.ratelimit import RateLimiter
 from bot.services.samples import sample_names
-from bot.store import LabelStore, open_store
+from bot.store import LabelStore, StorageError, open_store
 from bot.store.images import ImageIndex, open_index
+from bot.store.images.unavailable import UnavailableIndex
 from bot.transport import WorkerTransport, make_transport
 from wakeru.config import Config
 
@@ -53,6 +54,10 @@ class App:
         store = await open_store(config.storage.url)
         try:
             index = await open_index(config.storage.url)
+        except StorageError as e:
+            # the label features do not need the index: run without it, and say so loudly
+            log.error("the image index is unavailable, so /search, /index and /labels stats are too: %s", e)
+            index = UnavailableIndex(str(e))
         except BaseException:
             await store.close()
             raise

@@ -37,6 +37,7 @@ _BUSY_RETRIES = 30
 _RETRY = {ErrorCode.QUEUE_FULL, ErrorCode.UNAVAILABLE, ErrorCode.DEADLINE_EXCEEDED, ErrorCode.CRASHED}
 
 HistoryChannel = discord.TextChannel | discord.Thread | discord.VoiceChannel | discord.StageChannel
+HISTORY_TYPES = (discord.TextChannel, discord.Thread, discord.VoiceChannel, discord.StageChannel)  # for isinstance
 
 
 @dataclass(frozen=True, slots=True)

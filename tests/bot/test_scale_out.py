@@ -35,6 +35,8 @@ def cluster(stub_model, tmp_path_factory, redis_server, postgres_server):
     root = tmp_path_factory.mktemp("cluster")
     redis_server.client().flushall()
     store_url = postgres_server.create_database("scale_out")
+    if postgres_server.pgvector:  # the image index too, as an operator sets it up (a superuser creates it)
+        postgres_server.sql("CREATE EXTENSION IF NOT EXISTS vector", "scale_out")
     workers = [
         WorkerProcess(stub_model, redis_server.url, root, name=f"worker{i}", worker="stub").start() for i in range(2)
     ]

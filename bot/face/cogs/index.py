@@ -23,7 +23,7 @@ from bot.face.checks import moderator_only, refusal_key
 from bot.face.cogs.base import WakeruCog, moderator_roles
 from bot.face.respond import announce, refuse, storage_error
 from bot.face.texts import LocaleLike, text
-from bot.services.backfill import STALE_AFTER_S, Progress, Reporter
+from bot.services.backfill import HISTORY_TYPES, STALE_AFTER_S, Progress, Reporter
 from bot.services.labelsets import parent_id, resolve
 from bot.store import StorageError
 from bot.store.images import BackfillJob
@@ -195,14 +195,14 @@ class IndexCog(WakeruCog):
             return await refuse(interaction, text(locale, "guild_only"))
         if not 1 <= days <= limit:
             return await refuse(interaction, text(locale, "backfill.bad_days", limit=limit))
-        if not isinstance(channel, (discord.TextChannel, discord.Thread, discord.VoiceChannel, discord.StageChannel)):
+        if not isinstance(channel, HISTORY_TYPES):
             return await refuse(interaction, text(locale, "backfill.no_history"))
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
+            labels = (await resolve(app.store, app.config, guild_id, channel.id, parent_id(channel))).labels
             job = await app.backfills.claim(app.backfills.new_job(guild_id, channel.id, interaction.user.id, days))
             if job is None:
                 return await refuse(interaction, text(locale, "backfill.already"))
-            labels = (await resolve(app.store, app.config, guild_id, channel.id, parent_id(channel))).labels
         except StorageError as e:
             return await refuse(interaction, storage_error(locale, e))
         reply_locale = app.config.discord.reply_locale
@@ -243,9 +243,7 @@ class IndexCog(WakeruCog):
                 except discord.HTTPException as e:
                     log.info("backfill of channel %s not resumed: %s", job.channel_id, e)
                     continue
-            if not isinstance(
-                channel, (discord.TextChannel, discord.Thread, discord.VoiceChannel, discord.StageChannel)
-            ):
+            if not isinstance(channel, HISTORY_TYPES):
                 continue
             taken = (
                 job
@@ -260,7 +258,11 @@ class IndexCog(WakeruCog):
                     progress = await channel.fetch_message(int(job.message.split("/")[-1]))
                 except (discord.HTTPException, ValueError):
                     progress = None
-            labels = (await resolve(app.store, app.config, job.guild_id, channel.id, parent_id(channel))).labels
+            try:
+                labels = (await resolve(app.store, app.config, job.guild_id, channel.id, parent_id(channel))).labels
+            except StorageError as e:
+                log.warning("backfill of channel %s not resumed: %s", job.channel_id, e)
+                continue
             log.info("resuming the backfill of channel %s at %d image(s)", job.channel_id, job.done)
             app.backfills.launch(taken, channel, labels, _reporter(app.config.discord.reply_locale, progress))
 

@@ -54,7 +54,11 @@ async def _classify_post(app: App, message: discord.Message, images: list[discor
     parent = parent_id(channel)
     guild_id = message.guild.id
     auto = await auto_classify_enabled(app.store, app.config, guild_id, channel.id, parent)
-    switches = await app.indexer.switches(guild_id, channel.id, parent)
+    try:
+        switches = await app.indexer.switches(guild_id, channel.id, parent)
+    except StorageError as e:  # the index's database failing must not cost the post its answer
+        log.warning("image index switches unavailable for channel %s: %s", channel.id, e)
+        switches = Switches(indexing=False, reposts=False)
     if not (auto or switches.indexing or switches.reposts):
         return
     log.info("image post %s in channel %s: %d image(s)", message.id, channel.id, len(images))

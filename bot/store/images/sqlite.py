@@ -33,6 +33,7 @@ import asyncio
 import logging
 import os
 import time
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -444,6 +445,7 @@ class SQLiteImageIndex(ImageIndex):
         self._models: dict[str, int] = {}  # model key → index_models.model_id (never changes once given)
         self._cache = VectorCache(cache_bytes)
         self._changes: _Changes | None = None  # the running write transaction's (under self._lock)
+        self.read_only = False  # opened immutable on a read-only file system: searches only
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -461,8 +463,35 @@ class SQLiteImageIndex(ImageIndex):
                         f"create it or point storage.url elsewhere"
                     ) from exc
 
+        try:
+            return await cls._open_at(path, path, cache_bytes, read_only=False)
+        except StorageError:
+            if path == ":memory:" or not os.path.isfile(path) or os.access(os.path.dirname(path) or ".", os.W_OK):
+                raise
+        # A read-only volume (as for the label store): SQLite cannot create the -wal/-shm files, so open the file
+        # immutable. Searches work; every change is refused with a read_only StorageError.
+        wal = path + "-wal"
+        if os.path.isfile(wal) and os.path.getsize(wal) > 0:
+            raise StorageError(
+                f"the database file {path!r} is on a read-only file system and its last changes are still in "
+                f"{wal!r} (the bot was stopped abruptly); mount it writable once so SQLite can merge them",
+                reason="read_only",
+            )
+        target = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro&immutable=1"
+        index = await cls._open_at(target, path, cache_bytes, read_only=True)
+        log.warning("the image index in %s is on a read-only file system: it can be searched but not changed", path)
+        return index
+
+    @classmethod
+    async def _open_at(cls, target: str, path: str, cache_bytes: int, *, read_only: bool) -> SQLiteImageIndex:
         def connect() -> Any:
-            con = sqlean.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+            con = sqlean.connect(
+                target,
+                isolation_level=None,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                check_same_thread=False,
+                uri=target.startswith("file:"),
+            )
             try:
                 con.enable_load_extension(True)
                 sqlite_vec.load(con)
@@ -479,6 +508,7 @@ class SQLiteImageIndex(ImageIndex):
         except (AttributeError, OSError) as exc:  # no extension loading, or the extension file is unusable
             raise StorageError(f"cannot load sqlite-vec into the database connection ({exc})") from exc
         index = cls(db, path, cache_bytes=cache_bytes)
+        index.read_only = read_only
         try:
             await index._prepare()
         except BaseException:
@@ -491,7 +521,7 @@ class SQLiteImageIndex(ImageIndex):
             await db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
             await db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
             deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-            while True:  # a fresh file being switched to WAL by another process answers "locked" at once
+            while not self.read_only:  # a fresh file being switched to WAL by another process answers "locked" at once
                 try:
                     await db.execute("PRAGMA journal_mode = WAL")
                     break
@@ -500,6 +530,12 @@ class SQLiteImageIndex(ImageIndex):
                         raise
                     await asyncio.sleep(0.02)
         if await self._version() < SCHEMA_VERSION:
+            if self.read_only:
+                raise StorageError(
+                    f"the image index in {self._path!r} needs schema version {SCHEMA_VERSION} and the file is on a "
+                    f"read-only file system: mount it writable once so the bot can bring it up to date",
+                    reason="read_only",
+                )
             async with self._transaction() as db:
                 await self._migrate(db)
         elif await self._version() > SCHEMA_VERSION:

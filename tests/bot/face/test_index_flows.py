@@ -393,3 +393,19 @@ def test_leaving_a_server_removes_everything_of_it(fake, bot):
     fake.remove_from_guild(guild.id)
     found = wait_log(bot, rf"leaving guild {guild.id} removed (\d+) row")
     assert int(found.group(1)) >= 1
+
+
+def test_without_pgvector_the_bot_runs_and_says_the_index_is_unavailable(stub_model, postgres_url, tmp_path):
+    """A PostgreSQL without the vector extension: label sets and answers work, the index says why it cannot."""
+    with FakeDiscord() as fake:
+        bot = BotProcess(fake, stub_model, tmp_path, worker="stub", WAKERU_STORAGE__URL=postgres_url)
+        bot.start()
+        try:
+            flows.set_labels(fake, LABELS, user="owner")
+            reply = flows.post_and_wait(fake, fake.channel_id, [("a.png", flows.png("赤い丸", 1), "image/png")])
+            assert flows.top_label(reply["embeds"][0]) == "赤い丸"
+            answer = search(fake, "赤い丸")
+            assert answer["ephemeral"] and "データベース" in answer["content"] and "secret" not in answer["content"]
+            assert "image index is unavailable" in bot.log() and "vector" in bot.log()
+        finally:
+            assert bot.stop() == 0
