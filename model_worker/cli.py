@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run the engine with embed on (the image index's embeddings) and report what it costs",
     )
+    b.add_argument(
+        "--embed-rounds", type=int, default=2, help="--embed: runs with embed off and on, alternating (default 2)"
+    )
     b.add_argument("--json", action="store_true", help="print one JSON object")
 
     s = sub.add_parser("serve", help="serve the Redis request stream (worker.transport: redis) until SIGTERM")

@@ -29,7 +29,7 @@ from wakeru.protocol import ErrorCode
 
 log = logging.getLogger("wakeru.backfill")
 
-CONCURRENCY = 4  # images in flight per job: live posts keep most of the worker's capacity
+CONCURRENCY = 8  # images in flight per job: a live post waits behind at most this many (one batch)
 PROGRESS_EVERY_S = 5.0  # progress message edits and saved progress
 STALE_AFTER_S = 120.0  # a running job not updated for this long belongs to a process that died
 _BUSY_RETRY_S = 2.0

@@ -135,6 +135,7 @@ def run_embed_comparison(engine, jpegs: list[bytes], labels: tuple[str, ...], ro
         if speed > on:
             on, on_latencies = speed, latencies
     return {
+        "rounds": rounds,
         "off_img_s": round(off, 3),
         "on_img_s": round(on, 3),
         "cost": round(off / on - 1, 4),  # extra time per image with embed on: 0.05 = 5 % more
@@ -197,6 +198,8 @@ def run_model_only(engine, jpegs: list[bytes], total_images: int) -> float:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.images < 1:
         raise UsageError("--images must be at least 1")
+    if getattr(args, "embed_rounds", 2) < 1:
+        raise UsageError("--embed-rounds must be at least 1")
     try:
         width, height = (int(v) for v in args.image_size.lower().split("x"))
     except ValueError:
@@ -213,7 +216,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model_only = run_model_only(engine, jpegs, args.images)
         engine_speed, latencies = run_engine(engine, jpegs[: args.images], labels)
         if getattr(args, "embed", False):
-            embed = run_embed_comparison(engine, jpegs[: args.images], labels)
+            embed = run_embed_comparison(engine, jpegs[: args.images], labels, rounds=getattr(args, "embed_rounds", 2))
         if args.new_label_sets:
             churn = run_label_churn(engine, jpegs[: args.images], labels, args.new_label_sets, args.new_set_size)
         naive = run_naive(engine, jpegs[:naive_count], labels)
@@ -266,7 +269,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if embed is not None:
             print(
                 f"  embed off / on  {embed['off_img_s']:9.2f} / {embed['on_img_s']:.2f} img/s   "
-                f"(best of 2 each, alternating): classifying with embeddings costs {embed['cost']:+.1%} "
+                f"(best of {embed['rounds']} each, alternating): classifying with embeddings costs {embed['cost']:+.1%} "
                 f"per image; with them p50 {embed['on_p50_ms']} ms, p99 {embed['on_p99_ms']} ms"
             )
         if churn is not None:

@@ -108,6 +108,18 @@ def test_health_reads_the_heartbeat(tmp_path):
     assert out.returncode == 1 and "old" in out.stderr
 
 
+def test_bench_index_reports_insert_rate_size_query_time_and_recall(tmp_path):
+    out = _bot(
+        "bench-index", "--images", "1500", "--dim", "32", "--queries", "10", "--store", "sqlite", "--json", cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    [figures] = __import__("json").loads(out.stdout)
+    assert figures["store"] == "sqlite" and figures["images"] == 1500 and figures["recall_at_10"] == 1.0
+    assert figures["insert_images_per_s"] > 0 and figures["bytes_per_image"] > 32 * 4  # the vector and its row
+    assert 0 < figures["query_ms_p50"] <= figures["query_ms_p99"]
+    assert figures["after_adds_recall_at_10"] == 1.0
+
+
 def test_bench_queue_reports_the_transport_overhead(stub_model):
     # the transport's own cost is measured around any worker: the stand-in (tests/support/stub_worker.py) starts at once
     out = _bot(
