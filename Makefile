@@ -29,12 +29,17 @@ sync: install
 classify: install
 	$(PY) -m model_worker classify samples/*.jpg
 
+# Three test processes (pytest-xdist), one test file each at a time, so a file's bot process and servers stay
+# in one process. Most tests wait on subprocesses and sockets, so 3 beat 2 on 2 cores (docs/development.md).
+# `make test PARALLEL=` runs them one by one.
+PARALLEL ?= -n 3 --dist loadfile
+
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest $(PARALLEL)
 
 # Everything but the slow end-to-end tests (bot and worker processes, real services): about a minute.
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest $(PARALLEL) -m "not slow"
 
 bench: install
 	$(PY) -m model_worker bench

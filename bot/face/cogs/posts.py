@@ -89,7 +89,7 @@ async def _classify_post(app: App, message: discord.Message, images: list[discor
     if earlier is not None:
         attachment_id, hit = earlier
         content, view = repost_reply(locale, attachment_id, hit.image)
-        if await _send(channel, message, content=content, view=view):
+        if await _send(channel, message, content=content, view=view, nonce=f"{message.id}r"):
             log.info("message %s: repost of message %s", message.id, hit.image.message_id)
 
 
@@ -134,13 +134,19 @@ def repost_scope(guild: discord.Guild, channel_id: int, parent: int | None) -> s
     return public | {channel_id} | ({parent} if parent is not None else set())
 
 
-async def _send(channel: MessageableChannel, message: discord.Message, **fields: Any) -> bool:
-    """Reply to a post. The nonce (the post's id) lets Discord drop a duplicate when
-    discord.py retries a send that Discord did process but answered with a 5xx."""
+async def _send(
+    channel: MessageableChannel, message: discord.Message, *, nonce: str | None = None, **fields: Any
+) -> bool:
+    """Reply to a post. The nonce (the post's id; another one per kind of reply, or Discord would take a
+    repost note for a repeat of the answer) lets Discord drop a duplicate when discord.py retries a send that
+    Discord did process but answered with a 5xx."""
     try:
         # fail_if_not_exists=False: if the post was deleted meanwhile, still answer in the channel
         await channel.send(
-            **fields, mention_author=False, nonce=message.id, reference=message.to_reference(fail_if_not_exists=False)
+            **fields,
+            mention_author=False,
+            nonce=nonce or message.id,
+            reference=message.to_reference(fail_if_not_exists=False),
         )
     except discord.HTTPException as e:
         log.warning("could not reply in channel %s: %s", channel.id, e)

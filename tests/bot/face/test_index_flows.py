@@ -409,3 +409,24 @@ def test_without_pgvector_the_bot_runs_and_says_the_index_is_unavailable(stub_mo
             assert "image index is unavailable" in bot.log() and "vector" in bot.log()
         finally:
             assert bot.stop() == 0
+
+
+def test_a_repost_in_an_answered_channel_gets_both_the_answer_and_the_repost_note(fake, bot):
+    channel = fake.add_channel(name="両方")
+    flows.set_labels(fake, LABELS, channel_id=channel)  # automatic answers on
+    index(fake, "enable", channel_id=channel)
+    index(fake, "reposts", channel_id=channel, state="on")
+    data = flows.png("青い丸", 400)
+    first = flows.post_and_wait(fake, channel, [("a.png", data, "image/png")])
+    assert flows.top_label(first["embeds"][0]) == "青い丸"
+    mark = fake.mark()
+    again = fake.post_message(channel, attachments=[("again.png", data, "image/png")])
+    both = fake.wait_for(
+        lambda: (lambda r: r if len(r) == 2 else None)(flows.replies(fake, mark).get(str(again["id"]), [])),
+        timeout=30,
+        what="the answer and the repost note",
+    )
+    assert any(m["embeds"] and flows.top_label(m["embeds"][0]) == "青い丸" for m in both)
+    note = next(m for m in both if not m["embeds"])
+    assert f"/{channel}/" in note["content"] and note["components"]
+    assert not fake.deduplicated_messages
