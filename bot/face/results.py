@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 import discord
 
 from bot.face.render import escape
 from bot.face.texts import LocaleLike, text
+from bot.store import StorageError
 from bot.store.images import ImageIndex, SearchHit
 
 log = logging.getLogger("wakeru.search")
@@ -40,19 +42,27 @@ async def with_fresh_urls(
         try:
             message = await target.fetch_message(image.message_id)
         except discord.NotFound:
-            await index.delete_messages([image.message_id])
+            await _tidy(index.delete_messages([image.message_id]), image.message_id)
             return None
         except discord.HTTPException as e:
             log.info("no fresh URL for message %s: %s", image.message_id, e)
             return hit, None
         attachment = next((a for a in message.attachments if a.id == image.attachment_id), None)
         if attachment is None:  # removed by an edit
-            await index.keep_attachments(message.id, [a.id for a in message.attachments])
+            await _tidy(index.keep_attachments(message.id, [a.id for a in message.attachments]), message.id)
             return None
         return hit, attachment.proxy_url or attachment.url
 
     found = await asyncio.gather(*(fresh(hit) for hit in hits))
     return [item for item in found if item is not None]
+
+
+async def _tidy(removal: Awaitable[int], message_id: int) -> None:
+    """Removing a gone message's rows is housekeeping: a read-only or busy index must not fail the search."""
+    try:
+        await removal
+    except StorageError as e:
+        log.info("rows of gone message %s not removed: %s", message_id, e)
 
 
 def result_embeds(locale: LocaleLike, results: list[tuple[SearchHit, str | None]]) -> list[discord.Embed]:

@@ -63,6 +63,7 @@ class _Item:
     message: discord.Message
     attachment: discord.Attachment
     replace: bool  # re-embedding a stale row
+    row: IndexedImage | None = None  # that row: where it was posted (a refetched message's channel may be partial)
 
 
 class Backfills:
@@ -84,6 +85,8 @@ class Backfills:
 
     def new_job(self, guild_id: int, channel_id: int, user_id: int | None, days: int) -> BackfillJob:
         now = time.time()
+        if self.config.index.retention_days:  # never index what retention would delete within the hour
+            days = min(days, self.config.index.retention_days)
         return BackfillJob(
             guild_id=guild_id,
             channel_id=channel_id,
@@ -114,6 +117,12 @@ class Backfills:
             lambda t: self.tasks.pop(job.channel_id, None) if self.tasks.get(job.channel_id) is t else None
         )
         return task
+
+    def cancel(self, channel_id: int) -> None:
+        """Stop the channel's job (its channel was deleted: nothing is left to index or to report to)."""
+        task = self.tasks.get(channel_id)
+        if task is not None and not task.done():
+            task.cancel()
 
     async def close(self) -> None:
         """Stop the jobs of this process; they stay "running" in the index and resume at the next start."""
@@ -168,7 +177,8 @@ class Backfills:
             log.info("backfill of channel %s done: %d image(s)", job.channel_id, job.done)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):  # shutting down: keep what was done for the next start
-                await asyncio.shield(self.index.update_backfill(replace(job, updated_at=time.time())))
+                # updated_at 0: paused, not abandoned; the next process resumes it at once, whoever it is
+                await asyncio.shield(self.index.update_backfill(replace(job, updated_at=0.0)))
             log.info(
                 "backfill of channel %s paused at %d image(s); it resumes at the next start", job.channel_id, job.done
             )
@@ -213,8 +223,12 @@ class Backfills:
             except discord.NotFound:
                 await self.index.delete_messages([message_id])
                 continue
+            except discord.HTTPException as e:  # e.g. a thread the bot was removed from: skip, keep going
+                log.info("backfill: message %s not re-embedded: %s", message_id, e)
+                continue
             wanted = {row.attachment_id for row in group}
-            items.extend(_Item(message, a, True) for a in message.attachments if a.id in wanted)
+            rows_by_id = {row.attachment_id: row for row in group}
+            items.extend(_Item(message, a, True, rows_by_id[a.id]) for a in message.attachments if a.id in wanted)
             if wanted - {a.id for a in message.attachments}:  # attachments removed by an edit we missed
                 await self.index.keep_attachments(message_id, [a.id for a in message.attachments])
         return items
@@ -230,10 +244,11 @@ class Backfills:
             log.info("backfill: image %s of message %s skipped: %s", attachment.id, message.id, answer.result.error)
             return
         channel = message.channel
+        parent = channel.parent_id if isinstance(channel, discord.Thread) else None
         post = Post(
             guild_id=job.guild_id,
-            channel_id=channel.id,
-            parent_id=channel.parent_id if isinstance(channel, discord.Thread) else None,
+            channel_id=item.row.channel_id if item.row else channel.id,
+            parent_id=item.row.parent_id if item.row else parent,
             message_id=message.id,
             author_id=message.author.id,
             posted_at=message.created_at.timestamp(),

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from bot.services.classifying import ImageAnswer
 from bot.services.visibility import Visibility
+from bot.store import StorageError
 from bot.store.images import ImageIndex, IndexedImage, SearchHit
 from bot.transport import WorkerTransport
 from wakeru.config import Config
@@ -43,11 +44,28 @@ class Post:
     posted_at: float
 
 
+GONE_TTL_S = 900.0  # how long a deletion is remembered for images still being classified (a backfill's chunk)
+
+
 class Indexer:
     def __init__(self, config: Config, index: ImageIndex, transport: WorkerTransport):
         self.config = config
         self.index = index
         self.transport = transport
+        # Messages and channels Discord deleted lately: an image classified meanwhile (it was read before the
+        # delete arrived) is removed again right after it is stored. Ids only, kept GONE_TTL_S.
+        self._gone: dict[int, float] = {}
+
+    def forget_later(self, ids: Iterable[int]) -> None:
+        """Remember deleted message, channel or thread ids for a while (see record)."""
+        now = time.monotonic()
+        for key in [k for k, at in self._gone.items() if now - at > GONE_TTL_S]:
+            del self._gone[key]
+        for one in ids:
+            self._gone[one] = now
+
+    def _deleted(self, post: Post) -> bool:
+        return any(one in self._gone for one in (post.message_id, post.channel_id, post.parent_id) if one)
 
     def model(self) -> str:
         """The model key new embeddings are made with: the worker's, else the configured one."""
@@ -85,13 +103,22 @@ class Indexer:
             model=result.embedding_model or self.model(),
             embedding=result.embedding,
         )
-        return await self.index.add(image, replace=replace)
+        stored = await self.index.add(image, replace=replace)
+        if self._deleted(post):  # deleted while it was being classified: the delete event found nothing yet
+            await self.index.delete_messages([post.message_id])
+            return False
+        return stored
 
     async def earlier_copy(
-        self, post: Post, attachment_id: int, answer: ImageAnswer, channel_ids: Collection[int]
+        self,
+        post: Post,
+        attachment_id: int,
+        answer: ImageAnswer,
+        channel_ids: Collection[int],
+        allowed: Callable[[SearchHit], Awaitable[bool]] | None = None,
     ) -> SearchHit | None:
         """The most similar earlier image of this server (in `channel_ids`) when it is a near-duplicate,
-        else None.
+        else None. `allowed` vets each candidate further (a public reply must not point into a private thread).
 
         A moderator's "not a repost" on a pair (A, E) says those look-alikes are different pictures: E is
         then never cited for an image that is also a near-duplicate of A (nor A for one close to E)."""
@@ -102,12 +129,16 @@ class Indexer:
             post.guild_id,
             result.embedding,
             result.embedding_model or self.model(),
-            limit=5,
+            limit=10,
             channel_ids=channel_ids,
             exclude_message_id=post.message_id,
             before=post.posted_at,
         )
-        close = [hit for hit in hits if hit.score >= self.config.index.repost_threshold]
+        close = [
+            hit
+            for hit in hits
+            if hit.score >= self.config.index.repost_threshold and (allowed is None or await allowed(hit))
+        ]
         if not close:
             return None
         near = [hit.image.attachment_id for hit in close]
@@ -123,6 +154,7 @@ class Indexer:
         model: str,
         *,
         channel_id: int | None = None,
+        channel_parent_id: int | None = None,
         author_id: int | None = None,
         exclude_message_id: int | None = None,
     ) -> list[SearchHit]:
@@ -132,7 +164,7 @@ class Indexer:
         guild_id = visibility.guild.id
         channel_ids: Collection[int] = visibility.readable
         if channel_id is not None:  # that channel and its threads, if the member may read it
-            if not await visibility.sees(channel_id, _parent_of(visibility, channel_id)):
+            if not await visibility.sees(channel_id, channel_parent_id or _parent_of(visibility, channel_id)):
                 return []
             channel_ids = {channel_id}
         if not channel_ids:
@@ -153,8 +185,11 @@ class Indexer:
                 if hit.score < self.config.index.min_score:
                     break
                 seen = await visibility.sees(hit.image.channel_id, hit.image.parent_id)
-                if seen is None:  # the thread is gone: its rows go too
-                    await self.index.delete_channel(hit.image.channel_id)
+                if seen is None:  # the thread is gone: its rows go too (housekeeping: never fails the search)
+                    try:
+                        await self.index.delete_channel(hit.image.channel_id)
+                    except StorageError as e:
+                        log.info("rows of gone thread %s not removed: %s", hit.image.channel_id, e)
                 elif seen:
                     shown.append(hit)
                     if len(shown) == wanted:

@@ -8,6 +8,7 @@ Rendering takes tens of milliseconds: callers run it with asyncio.to_thread.
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Mapping, Sequence
 
 MAX_BARS = 25  # more labels than this: the rarest are summed into one "other" bar
@@ -28,8 +29,16 @@ def ordered_counts(
     return [*kept, (other, sum(count for _, count in rest))]
 
 
+_RENDERING = threading.Lock()  # matplotlib's font and text caches are not safe across threads
+
+
 def render_chart(rows: Sequence[tuple[str, int]], title: str, axis: str) -> bytes:
     """A horizontal bar chart of (label, count), the count written at each bar's end; PNG bytes."""
+    with _RENDERING:
+        return _render(rows, title, axis)
+
+
+def _render(rows: Sequence[tuple[str, int]], title: str, axis: str) -> bytes:
     import matplotlib_fontja  # type: ignore[import-untyped]  # registers IPAexGothic with matplotlib
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator

@@ -49,12 +49,16 @@ class DeletionsCog(WakeruCog):
         except StorageError as e:
             log.warning("index: could not remove the rows of %s: %s", what, e)
             return
+        except Exception:  # a listener must survive whatever the database says
+            log.exception("index: removing the rows of %s failed", what)
+            return
         if removed:
             log.info("index: %s removed %d row(s)", what, removed)
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
         if self._app is not None:
+            self.app.indexer.forget_later([payload.message_id])
             await self._forget(
                 f"deleted message {payload.message_id}", self.app.index.delete_messages([payload.message_id])
             )
@@ -63,6 +67,7 @@ class DeletionsCog(WakeruCog):
     async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
         if self._app is not None:
             ids = list(payload.message_ids)
+            self.app.indexer.forget_later(ids)
             await self._forget(f"{len(ids)} bulk-deleted message(s)", self.app.index.delete_messages(ids))
 
     @commands.Cog.listener()
@@ -78,14 +83,20 @@ class DeletionsCog(WakeruCog):
     @commands.Cog.listener()
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
         if self._app is not None:
+            self.app.indexer.forget_later([channel.id])
+            self.app.backfills.cancel(channel.id)
             await self._forget(f"deleted channel {channel.id}", self.app.index.delete_channel(channel.id))
 
     @commands.Cog.listener()
     async def on_raw_thread_delete(self, payload: discord.RawThreadDeleteEvent) -> None:
         if self._app is not None:
+            self.app.indexer.forget_later([payload.thread_id])
+            self.app.backfills.cancel(payload.thread_id)
             await self._forget(f"deleted thread {payload.thread_id}", self.app.index.delete_channel(payload.thread_id))
 
     @commands.Cog.listener()
     async def on_guild_remove(self, guild: discord.Guild) -> None:
         if self._app is not None:
+            for channel in [*guild.channels, *guild.threads]:
+                self.app.backfills.cancel(channel.id)
             await self._forget(f"leaving guild {guild.id}", self.app.index.delete_guild(guild.id))

@@ -217,7 +217,10 @@ class IndexCog(WakeruCog):
             progress = None
         if progress is not None:
             job = replace(job, message=f"{channel.id}/{progress.id}")
-            await app.index.update_backfill(job)
+            try:  # the job runs anyway; only a restart would lose the progress message
+                await app.index.update_backfill(job)
+            except StorageError as e:
+                log.warning("backfill of channel %s: progress message not saved: %s", channel.id, e)
         await interaction.followup.send(
             text(locale, "backfill.started", days=days, link=progress.jump_url if progress else "—"), ephemeral=True
         )
@@ -245,11 +248,15 @@ class IndexCog(WakeruCog):
                     continue
             if not isinstance(channel, HISTORY_TYPES):
                 continue
-            taken = (
-                job
-                if job.owner == app.backfills.owner
-                else await app.backfills.claim(replace(job, owner=app.backfills.owner))
-            )
+            try:
+                taken = (
+                    job
+                    if job.owner == app.backfills.owner
+                    else await app.backfills.claim(replace(job, owner=app.backfills.owner))
+                )
+            except StorageError as e:
+                log.warning("backfill of channel %s not resumed: %s", job.channel_id, e)
+                continue
             if taken is None:
                 continue
             progress = None

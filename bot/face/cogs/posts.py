@@ -4,6 +4,7 @@ indexing is on, and get a repost note where repost replies are on (a gateway lis
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from bot.face.texts import rate_limit_text
 from bot.services.classifying import ImageAnswer
 from bot.services.indexing import Post, Switches
 from bot.services.labelsets import auto_classify_enabled, parent_id, resolve
+from bot.services.visibility import is_public_thread, readable_by
 from bot.store import StorageError
 from bot.store.images import SearchHit
 from wakeru.logs import new_event_id, request_context
@@ -110,28 +112,36 @@ async def _index_post(
     try:
         for attachment, answer in zip(images, answers):
             if switches.reposts and earlier is None:
-                scope = repost_scope(message.guild, channel.id, parent)
-                hit = await app.indexer.earlier_copy(post, attachment.id, answer, scope)
+                scope, allowed = repost_scope(message.guild, channel.id, parent)
+                hit = await app.indexer.earlier_copy(post, attachment.id, answer, scope, allowed)
                 earlier = (attachment.id, hit) if hit is not None else None
             if switches.indexing and await app.indexer.record(post, attachment.id, answer):
                 log.info("indexed image %s of message %s", attachment.id, message.id)
     except StorageError as e:
         log.warning("could not index message %s: %s", message.id, e)
+    except Exception:  # the answer must still go out, whatever the index does
+        log.exception("indexing message %s failed", message.id)
     return earlier
 
 
-def repost_scope(guild: discord.Guild, channel_id: int, parent: int | None) -> set[int]:
-    """Where an earlier copy may be from: a repost reply is public in this channel, so it only ever links
-    posts of this channel (and its parent) or of channels everyone in the server can read."""
-    everyone = guild.default_role
-    public = {
-        c.id
-        for c in guild.channels
-        if not isinstance(c, discord.CategoryChannel)
-        and c.permissions_for(everyone).view_channel
-        and c.permissions_for(everyone).read_message_history
-    }
-    return public | {channel_id} | ({parent} if parent is not None else set())
+def repost_scope(
+    guild: discord.Guild, channel_id: int, parent: int | None
+) -> tuple[set[int], Callable[[SearchHit], Awaitable[bool]]]:
+    """Where an earlier copy may be from. A repost reply is public in this channel, so it only ever links posts
+    of this channel (or thread) and its parent, or of channels everyone in the server can read, and of public
+    threads of those: never a private thread. Returns the channels for the store's filter (which also matches
+    their threads) and the check of each candidate."""
+    scope = readable_by(guild, guild.default_role) | {channel_id} | ({parent} if parent is not None else set())
+
+    async def allowed(hit: SearchHit) -> bool:
+        image = hit.image
+        if image.channel_id == channel_id:
+            return True
+        if image.parent_id is None:
+            return image.channel_id in scope
+        return image.parent_id in scope and await is_public_thread(guild, image.channel_id)
+
+    return scope, allowed
 
 
 async def _send(

@@ -57,7 +57,7 @@ class SearchCog(WakeruCog):
         public: bool = False,
     ) -> None:
         app, locale = self.app, interaction.locale
-        visibility = _visibility(interaction)
+        visibility = _visibility(interaction, public=public)
         if visibility is None:
             return await refuse(interaction, text(locale, "guild_only"))
         if not query.strip():
@@ -75,6 +75,7 @@ class SearchCog(WakeruCog):
                 result.embedding,
                 model,
                 channel_id=channel.id if channel is not None else None,
+                channel_parent_id=getattr(channel, "parent_id", None),
                 author_id=author.id if author is not None else None,
             )
         except StorageError as e:
@@ -131,8 +132,9 @@ class SearchCog(WakeruCog):
         )
 
 
-def _visibility(interaction: discord.Interaction) -> Visibility | None:
+def _visibility(interaction: discord.Interaction, *, public: bool = False) -> Visibility | None:
+    """Who the results are for: the member (private answers), or also everyone in the channel (public ones)."""
     guild, member = interaction.guild, interaction.user
     if guild is None or not isinstance(member, discord.Member):
         return None
-    return Visibility(guild, member)
+    return Visibility(guild, member, public=public)

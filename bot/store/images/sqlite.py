@@ -544,11 +544,30 @@ class SQLiteImageIndex(ImageIndex):
                 f"bot's {SCHEMA_VERSION}: upgrade the bot"
             )
         async with self._guard() as db:
-            rows = await db.execute_fetchall(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'image_vectors_[0-9]*' "
-                "AND sql LIKE 'CREATE VIRTUAL TABLE%'"
-            )
-            self._dims = {int(str(row[0]).rsplit("_", 1)[1]) for row in rows}
+            self._dims = await self._vector_dims(db)
+        if not self.read_only:
+            await self._drop_orphan_vectors()
+
+    async def _drop_orphan_vectors(self) -> None:
+        """Vectors whose row is gone (a delete that an older version let half through): never searched again."""
+        for dim in sorted(self._dims):
+            async with self._transaction() as db:
+                cursor = await db.execute(
+                    f"DELETE FROM {vector_table(dim)} WHERE attachment_id NOT IN (SELECT attachment_id FROM indexed_images)"
+                )
+                if cursor.rowcount and cursor.rowcount > 0:
+                    log.warning(
+                        "image index: removed %d vector(s) of %d dims left without their row", cursor.rowcount, dim
+                    )
+
+    @staticmethod
+    async def _vector_dims(db: aiosqlite.Connection) -> set[int]:
+        """The dimensions whose vector tables exist in the file."""
+        rows = await db.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'image_vectors_[0-9]*' "
+            "AND sql LIKE 'CREATE VIRTUAL TABLE%'"
+        )
+        return {int(str(row[0]).rsplit("_", 1)[1]) for row in rows}
 
     async def _version(self) -> int:
         async with self._guard() as db:
@@ -617,14 +636,18 @@ class SQLiteImageIndex(ImageIndex):
                     generations[guild_id] = int(rows[0][0])
                 await db.execute("COMMIT")
             except BaseException:
-                # What this transaction created (a vector table, a model number) may be gone: look it up again.
-                self._dims.clear()
+                # What this transaction created (a vector table, a model number) may be gone: look it up again,
+                # from the file (forgetting the tables that do exist would leave vectors behind in deletes).
                 self._models.clear()
                 if db.in_transaction:
                     try:
                         await db.execute("ROLLBACK")
                     except sqlean.Error:
                         pass
+                try:
+                    self._dims = await self._vector_dims(db)
+                except sqlean.Error:
+                    pass  # the connection is unusable; the next statement says so
                 raise
             finally:
                 self._changes = None

@@ -126,3 +126,15 @@ def test_progress_text_shows_a_bar_counts_rate_and_time_left():
     assert "about 1 min left" in text and "last 30 days" in text
     done = progress_text("ja", Progress(replace(job, done=200, status="done"), 0.0, 0.0, True))
     assert "█" * 20 in done and "200 / 200" in done and "登録しました" in done and "残り" not in done
+
+
+async def test_an_image_deleted_while_it_was_classified_does_not_stay(indexer):
+    """MESSAGE_DELETE arrived while the picture was with the worker: the delete found nothing to remove, so
+    storing it afterwards must remove it again (likewise for a deleted channel or thread)."""
+    indexer.forget_later([400])
+    assert not await indexer.record(_post(400), 4000, _answer(_unit(6)))
+    assert await indexer.index.get(1, 400) == []
+    indexer.forget_later([77])  # a deleted thread: its messages go too
+    assert not await indexer.record(_post(401, channel=78, parent=77), 4001, _answer(_unit(7)))
+    assert await indexer.index.get(1, 401) == []
+    assert await indexer.record(_post(402), 4002, _answer(_unit(8)))  # unrelated: stored
