@@ -53,7 +53,7 @@ class App:
         """Open the database first: a bad storage.url should fail before a model is loaded."""
         store = await open_store(config.storage.url)
         try:
-            index = await open_index(config.storage.url)
+            index = await open_index(config.storage.url, memory_bytes=config.index.memory_mb * 2**20)
         except StorageError as e:
             # the label features do not need the index: run without it, and say so loudly
             log.error("the image index is unavailable, so /search, /index and /labels stats are too: %s", e)

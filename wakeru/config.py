@@ -456,6 +456,9 @@ class IndexSection(_Section):
     # A search result must be at least this similar to be shown (text→image cosines are small for
     # SigLIP models: keep it low); -1 shows the best matches whatever their score.
     min_score: float = Field(default=-1.0, ge=-1, le=1)
+    # SQLite index: memory for the searched servers' vectors (about 330 MB per 100,000 pictures of 768
+    # dimensions); a server that does not fit is searched in the file, slower. 0 = always in the file.
+    memory_mb: StrictInt = Field(default=1024, ge=0, le=1_048_576)
 
     @model_validator(mode="after")
     def _days(self) -> IndexSection:

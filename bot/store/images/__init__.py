@@ -30,13 +30,14 @@ __all__ = [
 ]
 
 
-async def open_index(url: str) -> ImageIndex:
+async def open_index(url: str, *, memory_bytes: int | None = None) -> ImageIndex:
     """Open the image index storage.url names: SQLite + sqlite-vec for sqlite:///…, PostgreSQL + pgvector for
-    postgresql:// or postgres://. The PostgreSQL backend (and asyncpg) is imported only for a PostgreSQL URL."""
+    postgresql:// or postgres://. memory_bytes: the SQLite index's budget for in-memory search (index.memory_mb).
+    The PostgreSQL backend (and asyncpg) is imported only for a PostgreSQL URL."""
     if url_scheme(url) in POSTGRES_SCHEMES:
         from bot.store.images.postgres import PostgresImageIndex
 
         return await PostgresImageIndex.open(url)
-    from bot.store.images.sqlite import SQLiteImageIndex
+    from bot.store.images.sqlite import DEFAULT_CACHE_BYTES, SQLiteImageIndex
 
-    return await SQLiteImageIndex.open(url)
+    return await SQLiteImageIndex.open(url, cache_bytes=DEFAULT_CACHE_BYTES if memory_bytes is None else memory_bytes)
