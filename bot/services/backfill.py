@@ -46,6 +46,7 @@ class Progress:
     rate_per_min: float  # images per minute since this run started
     eta_s: float | None  # None until there is a rate to go by
     finished: bool
+    skipped: int = 0  # images of this run that could not be indexed (unreadable, or the worker stayed busy)
 
 
 Reporter = Callable[[Progress], Awaitable[None]]
@@ -136,6 +137,7 @@ class Backfills:
 
     async def _run(self, job: BackfillJob, channel: HistoryChannel, labels: tuple[str, ...], report: Reporter) -> None:
         started, done_at_start = time.monotonic(), job.done
+        skipped = 0
         last_report = 0.0
 
         async def tick(force: bool = False, finished: bool = False) -> None:
@@ -151,19 +153,27 @@ class Backfills:
             left = None if job.total is None else max(job.total - job.done, 0)
             eta = None if left is None or rate <= 0 else left / rate * 60
             try:
-                await report(Progress(job, rate, 0.0 if finished else eta, finished))
+                await report(Progress(job, rate, 0.0 if finished else eta, finished, skipped))
             except discord.HTTPException as e:  # a deleted progress message must not stop the job
                 log.info("backfill progress of channel %s not shown: %s", job.channel_id, e)
 
         try:
-            items = await self._collect(job, channel)
+            # reading a long history takes a while: keep the job visibly alive meanwhile, so no other
+            # process takes it for a dead one
+            heartbeat = asyncio.create_task(self._heartbeat(job), name=f"backfill-{job.channel_id}-heartbeat")
+            try:
+                items = await self._collect(job, channel)
+            finally:
+                heartbeat.cancel()
             job = replace(job, total=job.done + len(items))
             await tick(force=True)
             semaphore = asyncio.Semaphore(CONCURRENCY)
 
             async def one(item: _Item) -> None:
+                nonlocal skipped
                 async with semaphore:
-                    await self._index_one(job, item, labels)
+                    if not await self._index_one(job, item, labels):
+                        skipped += 1
 
             # newest first, in chunks: once a chunk is done, every message newer than its oldest is handled
             for start in range(0, len(items), CONCURRENCY * 4):
@@ -191,6 +201,14 @@ class Backfills:
             log.exception("backfill of channel %s failed", job.channel_id)
             job = replace(job, status="failed")
             await tick(force=True, finished=True)
+
+    async def _heartbeat(self, job: BackfillJob) -> None:
+        while True:
+            await asyncio.sleep(STALE_AFTER_S / 4)
+            try:
+                await self.index.update_backfill(replace(job, updated_at=time.time()))
+            except Exception as e:  # a missed beat is not fatal; the job's own saves go on
+                log.info("backfill of channel %s: heartbeat not saved: %s", job.channel_id, e)
 
     async def _collect(self, job: BackfillJob, channel: HistoryChannel) -> list[_Item]:
         """What is left to do: stale rows of this channel first, then the history not handled yet."""
@@ -233,7 +251,8 @@ class Backfills:
                 await self.index.keep_attachments(message_id, [a.id for a in message.attachments])
         return items
 
-    async def _index_one(self, job: BackfillJob, item: _Item, labels: tuple[str, ...]) -> None:
+    async def _index_one(self, job: BackfillJob, item: _Item, labels: tuple[str, ...]) -> bool:
+        """Classify, embed and store one image; False when it could not be indexed."""
         message, attachment = item.message, item.attachment
         for _ in range(_BUSY_RETRIES):
             answer = await self.classifier.classify_attachment(attachment, labels, source="backfill", embed=True)
@@ -242,7 +261,7 @@ class Backfills:
             await asyncio.sleep(_BUSY_RETRY_S)  # the worker is busy with live posts: they come first
         if not answer.result.ok or answer.result.embedding is None:
             log.info("backfill: image %s of message %s skipped: %s", attachment.id, message.id, answer.result.error)
-            return
+            return False
         channel = message.channel
         parent = channel.parent_id if isinstance(channel, discord.Thread) else None
         post = Post(
@@ -254,6 +273,7 @@ class Backfills:
             posted_at=message.created_at.timestamp(),
         )
         await self.indexer.record(post, attachment.id, answer, replace=item.replace)
+        return True
 
 
 def _messageable(channel: HistoryChannel, channel_id: int) -> discord.abc.Messageable:

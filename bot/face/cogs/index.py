@@ -57,7 +57,10 @@ def progress_text(locale: LocaleLike, progress: Progress) -> str:
         rate=f"{progress.rate_per_min:.0f}",
         eta="" if progress.finished else eta,
     )
-    return f"{head}\n`{bar}` {line.rstrip(' ·')}".strip()
+    text_ = f"{head}\n`{bar}` {line.rstrip(' ·')}".strip()
+    if progress.skipped:
+        text_ += "\n" + text(locale, "backfill.skipped", count=progress.skipped)
+    return text_
 
 
 def _days(job: BackfillJob) -> int:

@@ -138,3 +138,10 @@ async def test_an_image_deleted_while_it_was_classified_does_not_stay(indexer):
     assert not await indexer.record(_post(401, channel=78, parent=77), 4001, _answer(_unit(7)))
     assert await indexer.index.get(1, 401) == []
     assert await indexer.record(_post(402), 4002, _answer(_unit(8)))  # unrelated: stored
+
+
+def test_progress_text_says_how_many_images_could_not_be_indexed():
+    now = time.time()
+    job = BackfillJob(1, 10, 5, now - 86400, None, 10, 10, "done", now, now, "h")
+    assert "3 images could not be indexed" in progress_text("en", Progress(job, 60.0, 0.0, True, skipped=3))
+    assert "could not" not in progress_text("en", Progress(job, 60.0, 0.0, True))
