@@ -68,9 +68,10 @@ SCHEMA_TABLE = "image_index_schema"
 EXACT_MAX = 20_000  # filters leaving at most this many rows: exact scan (a few ms), else the HNSW index
 # HNSW settings, tuned with python -m bot bench-index on random unit vectors in 768 dimensions (the hard case; real
 # embeddings cluster and do better): pgvector's defaults (m 16, ef_construction 64, ef_search 40) gave recall@10 of
-# 0.16, m 16 with ef_search 1000 0.89; m 32 / ef_construction 128 reaches >= 0.95 (docs/performance.md, Image index).
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 128
+# 0.16, m 16 with ef_search 1000 0.89; m 32 / ef_construction 128 reached 0.999 at 25,000 but 0.79 at 100,000;
+# m 48 / ef_construction 256 reaches 0.998 at 100,000 (412 ms p50 on 2 cores, a 773 s build): docs/performance.md.
+HNSW_M = 48
+HNSW_EF_CONSTRUCTION = 256
 EF_SEARCH = 1000  # candidates per HNSW scan (pgvector's largest); recall rises with it, so does the time
 BUILD_TIMEOUT_S = 3600.0  # a build of a few 100,000 vectors takes minutes
 BUILD_MEMORY = "1GB"  # maintenance_work_mem while build_vector_index runs: the graph is built in memory when it fits
