@@ -61,6 +61,39 @@ def parse_storage_url(url: str) -> str:
     return path
 
 
+def database_path(url: str) -> str:
+    """storage.url → the SQLite path, its parent directory created (StorageError saying why when it cannot be)."""
+    path = parse_storage_url(url)
+    parent = os.path.dirname(path) if path != ":memory:" else ""
+    if parent:
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the directory {parent!r} for the database ({exc.strerror}); "
+                f"create it or point storage.url elsewhere"
+            ) from exc
+    return path
+
+
+def on_read_only_volume(path: str) -> bool:
+    """An existing database file whose directory cannot be written: SQLite cannot create -wal/-shm beside it."""
+    return path != ":memory:" and os.path.isfile(path) and not os.access(os.path.dirname(path) or ".", os.W_OK)
+
+
+def immutable_target(path: str) -> str:
+    """The URI that opens a database on a read-only volume as immutable. Immutable ignores a -wal file, so one
+    with committed changes in it must not be skipped: StorageError then."""
+    wal = path + "-wal"
+    if os.path.isfile(wal) and os.path.getsize(wal) > 0:
+        raise StorageError(
+            f"the database file {path!r} is on a read-only file system and its last changes are still in "
+            f"{wal!r} (the bot was stopped abruptly); mount it writable once so SQLite can merge them",
+            reason="read_only",
+        )
+    return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro&immutable=1"
+
+
 def _storage_error(exc: sqlite3.Error, path: str) -> StorageError | None:
     """Translate the SQLite errors an operator can fix into StorageError; None = a bug, re-raise as is."""
     name = getattr(exc, "sqlite_errorname", "") or ""  # Python 3.11+; the message is the fallback
@@ -106,32 +139,14 @@ class SQLiteLabelStore(LabelStore):
     @classmethod
     async def open(cls, url: str) -> SQLiteLabelStore:
         """Create the parent directory, connect, set WAL + busy_timeout + foreign_keys, apply migrations."""
-        path = parse_storage_url(url)
-        if path != ":memory:":
-            parent = os.path.dirname(path)
-            if parent:
-                try:
-                    os.makedirs(parent, exist_ok=True)
-                except OSError as exc:
-                    raise StorageError(
-                        f"cannot create the directory {parent!r} for the database ({exc.strerror}); "
-                        f"create it or point storage.url elsewhere"
-                    ) from exc
+        path = database_path(url)
         try:
             return await cls._connect(path, path)
         except StorageError:
-            if path == ":memory:" or not os.path.isfile(path) or os.access(os.path.dirname(path) or ".", os.W_OK):
+            if not on_read_only_volume(path):
                 raise
-        # A read-only volume: SQLite cannot create the -wal/-shm files beside the database, so
-        # open it as immutable. Label sets can be shown and used; every change is refused clearly.
-        # Immutable ignores a -wal file, so one with committed changes in it must not be skipped.
-        wal = path + "-wal"
-        if os.path.isfile(wal) and os.path.getsize(wal) > 0:
-            raise StorageError(
-                f"the database file {path!r} is on a read-only file system and its last changes are still in "
-                f"{wal!r} (the bot was stopped abruptly); mount it writable once so SQLite can merge them"
-            )
-        store = await cls._connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro&immutable=1", path)
+        # A read-only volume: open it as immutable. Label sets can be shown and used; every change is refused clearly.
+        store = await cls._connect(immutable_target(path), path)
         log.warning("the database %s is on a read-only file system: label sets can be used but not changed", path)
         return store
 

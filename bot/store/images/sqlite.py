@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-import urllib.parse
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -60,7 +58,7 @@ from bot.store.images.base import (
     pair,
     scope_id,
 )
-from bot.store.sqlite import _storage_error, parse_storage_url
+from bot.store.sqlite import _storage_error, database_path, immutable_target, on_read_only_volume
 
 log = logging.getLogger("wakeru.storage")
 
@@ -451,34 +449,15 @@ class SQLiteImageIndex(ImageIndex):
 
     @classmethod
     async def open(cls, url: str, *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> SQLiteImageIndex:
-        path = parse_storage_url(url)
-        if path != ":memory:":
-            parent = os.path.dirname(path)
-            if parent:
-                try:
-                    os.makedirs(parent, exist_ok=True)
-                except OSError as exc:
-                    raise StorageError(
-                        f"cannot create the directory {parent!r} for the database ({exc.strerror}); "
-                        f"create it or point storage.url elsewhere"
-                    ) from exc
-
+        path = database_path(url)
         try:
             return await cls._open_at(path, path, cache_bytes, read_only=False)
         except StorageError:
-            if path == ":memory:" or not os.path.isfile(path) or os.access(os.path.dirname(path) or ".", os.W_OK):
+            if not on_read_only_volume(path):
                 raise
-        # A read-only volume (as for the label store): SQLite cannot create the -wal/-shm files, so open the file
-        # immutable. Searches work; every change is refused with a read_only StorageError.
-        wal = path + "-wal"
-        if os.path.isfile(wal) and os.path.getsize(wal) > 0:
-            raise StorageError(
-                f"the database file {path!r} is on a read-only file system and its last changes are still in "
-                f"{wal!r} (the bot was stopped abruptly); mount it writable once so SQLite can merge them",
-                reason="read_only",
-            )
-        target = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro&immutable=1"
-        index = await cls._open_at(target, path, cache_bytes, read_only=True)
+        # A read-only volume (as for the label store): open the file immutable. Searches work; every change is
+        # refused with a read_only StorageError.
+        index = await cls._open_at(immutable_target(path), path, cache_bytes, read_only=True)
         log.warning("the image index in %s is on a read-only file system: it can be searched but not changed", path)
         return index
 
