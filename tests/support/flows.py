@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 from tests.support import shapes
 
@@ -85,3 +86,16 @@ def sentinel(fake, channel_ids, label: str = "緑の丸", seed: int = 5) -> None
     posts = [post_image(fake, channel, label, seed) for channel in channel_ids]
     answers = wait_replies(fake, posts, 0)
     assert all(top_label(a["embeds"][0]) == label for a in answers.values()), answers
+
+
+def live_fake(world) -> Iterator:
+    """The body of a module's `fake` fixture: the world's bot must still be alive, and the test must leave no
+    request the fake did not know or found invalid."""
+    import pytest
+
+    fake, bot = world
+    if bot.process.poll() is not None:
+        pytest.fail(f"the bot died:\n{bot.log()}")
+    yield fake
+    assert not fake.unknown_requests, fake.unknown_requests
+    assert not fake.invalid_requests, fake.invalid_requests

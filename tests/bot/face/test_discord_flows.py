@@ -46,12 +46,7 @@ def world(stub_model, tmp_path_factory):
 
 @pytest.fixture
 def fake(world):
-    fake, bot = world
-    if bot.process.poll() is not None:
-        pytest.fail(f"the bot died:\n{bot.log()}")
-    yield fake
-    assert not fake.unknown_requests, fake.unknown_requests
-    assert not fake.invalid_requests, fake.invalid_requests
+    yield from flows.live_fake(world)
 
 
 def test_moderator_sets_labels_and_a_posted_image_is_answered_with_the_right_label(fake):
