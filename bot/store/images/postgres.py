@@ -73,6 +73,7 @@ EXACT_MAX = 20_000  # filters leaving at most this many rows: exact scan (a few 
 HNSW_M = 48
 HNSW_EF_CONSTRUCTION = 256
 EF_SEARCH = 1000  # candidates per HNSW scan (pgvector's largest); recall rises with it, so does the time
+INSERT_CHUNK = 250  # rows per INSERT statement in add_many
 BUILD_TIMEOUT_S = 3600.0  # a build of a few 100,000 vectors takes minutes
 BUILD_MEMORY = "1GB"  # maintenance_work_mem while build_vector_index runs: the graph is built in memory when it fits
 
@@ -423,7 +424,10 @@ class PostgresImageIndex(ImageIndex):
                     "SELECT attachment_id FROM indexed_images WHERE attachment_id = ANY($1::bigint[])",
                     [row[0] for row in rows],
                 )
-                await con.executemany(_insert_sql(dim), rows)
+                # Chunks, so that each statement has the pool's timeout to itself: inserting into a live HNSW
+                # graph costs milliseconds a row on 2 busy cores, and 3,000 rows in one statement ran past 30 s.
+                for start in range(0, len(rows), INSERT_CHUNK):
+                    await con.executemany(_insert_sql(dim), rows[start : start + INSERT_CHUNK])
                 stored += len({row[0] for row in rows}) - len(present)
         return stored
 
