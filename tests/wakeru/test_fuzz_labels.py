@@ -1,9 +1,10 @@
 """Property-based fuzzing of label parsing and normalisation (wakeru.labels).
 
 The property, for any text (or list of items) and any limits: parse_labels / normalise_labels either return labels
-that satisfy every rule — count within [min_count, max_count], each non-empty, trimmed, at most max_length, free of
-control characters and separators, no duplicates, first occurrences in input order, normalising again changes
-nothing — or raise LabelError whose `code` is one of the documented codes and agrees with the input. Nothing else.
+that satisfy every rule — count within [min_count, max_count], each non-empty, trimmed, a name of at most max_length
+(a label's "=emoji" suffix, when it has one, is one emoji and does not count), free of control characters and
+separators, no two with the same name, first occurrences in input order, normalising again changes nothing — or raise
+LabelError whose `code` is one of the documented codes and agrees with the input. Nothing else.
 
 Derandomized and time-bounded for CI, and nothing is written into the repository; WAKERU_FUZZ_EXAMPLES=N runs N
 examples per test, WAKERU_FUZZ_RANDOM=1 draws new ones each run.
@@ -16,11 +17,12 @@ import re
 import unicodedata
 from datetime import timedelta
 
+import emoji
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from wakeru.labels import LabelError, normalise_labels, parse_labels, split_labels
+from wakeru.labels import LabelError, label_emoji, label_name, normalise_labels, parse_labels, split_emoji, split_labels
 
 _EXAMPLES = int(os.environ.get("WAKERU_FUZZ_EXAMPLES", "0") or 0)
 settings.register_profile(
@@ -41,7 +43,16 @@ def examples(default: int) -> settings:
 pytestmark = pytest.mark.timeout(120)
 
 # The codes LabelError documents (its docstring); "invalid", the constructor's default, must never escape.
-DOCUMENTED_CODES = {"control_chars", "too_long", "empty", "too_few", "too_many", "not_text"}
+DOCUMENTED_CODES = {
+    "control_chars",
+    "too_long",
+    "empty",
+    "too_few",
+    "too_many",
+    "not_text",
+    "emoji_without_name",
+    "bad_emoji",
+}
 SEPARATORS = re.compile(r"[,、，\r\n]")
 
 # Pieces that exercise every rule: separators, whitespace of every kind, control and format characters, Discord
@@ -94,6 +105,26 @@ PIECES = [
     "<@&123>",
     "<#987>",
     "<:emoji:123>",
+    # label=emoji: valid and invalid emoji after the last "=", and names around it
+    "=",
+    "==",
+    " = ",
+    "=\U0001f415",
+    "= \U0001f415 ",
+    "=\u2764",
+    "=\u2764\ufe0f",
+    "=1\ufe0f\u20e3",
+    "=\U0001f1ef\U0001f1f5",
+    "=\U0001f44d\U0001f3fd",
+    "=\U0001f468\u200d\U0001f469\u200d\U0001f467",
+    "=<:neko:1234>",
+    "=<a:neko_2:99>",
+    "=<:n:1>",
+    "=\U0001f415\U0001f408",
+    "=x",
+    "=1",
+    "犬=\U0001f415",
+    "犬 = \U0001f436",
     "<t:0:R>",
     "**bold**",
     "__u__",
@@ -186,6 +217,36 @@ def _collapse(raw: str) -> str:
     return " ".join(unicodedata.normalize("NFC", "".join(kept)).split())
 
 
+def _split(label: str) -> tuple[str, str | None]:
+    """A collapsed label → (name, text after the last "=", or None without "="), independently of wakeru.labels."""
+    if "=" not in label:
+        return label, None
+    name, mark = label.rsplit("=", 1)
+    return name.strip(), mark.strip()
+
+
+def _one_emoji(text: str) -> bool:
+    if re.fullmatch(r"<a?:[A-Za-z0-9_]{2,32}:[0-9]+>", text):
+        return True
+    return emoji.is_emoji(text) or emoji.is_emoji(text.replace("\ufe0f", ""))
+
+
+def _canonical(label: str) -> str:
+    name, mark = _split(label)
+    return name if mark is None else f"{name}={mark}"
+
+
+def _refused(raw: object, lim: dict[str, int]) -> bool:
+    """Whether this one item is refused on its own (whatever the others are)."""
+    if not isinstance(raw, str):
+        return True
+    c = _collapse(raw)
+    if not c:
+        return False
+    name, mark = _split(c)
+    return _has_control(c) or (mark is not None and (not name or not _one_emoji(mark))) or len(name) > lim["max_length"]
+
+
 def _has_control(s: str) -> bool:
     return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in s)
 
@@ -202,29 +263,43 @@ def check(items: list, lim: dict[str, int], result_or_error) -> None:
             assert any(not isinstance(x, str) for x in items) and p["type"] != "str"
         elif e.code == "control_chars":
             assert _has_control(p["label"]) and p["label"] in {_collapse(x) for x in items if isinstance(x, str)}
-        elif e.code == "too_long":
+        elif e.code == "too_long":  # the name is what is too long, whatever its emoji
             assert p["length"] == len(p["label"]) > p["limit"] == lim["max_length"]
+            assert p["label"] in {_split(_collapse(x))[0] for x in items if isinstance(x, str)}
+        elif e.code == "emoji_without_name":
             assert p["label"] in {_collapse(x) for x in items if isinstance(x, str)}
+            assert _split(p["label"])[0] == ""
+        elif e.code == "bad_emoji":
+            assert p["label"] in {_collapse(x) for x in items if isinstance(x, str)}
+            assert _split(p["label"])[1] == p["emoji"] and not _one_emoji(p["emoji"])
         elif e.code == "empty":
             assert all(isinstance(x, str) and not _collapse(x) for x in items)
         elif e.code == "too_few":
             assert 0 < p["count"] < p["minimum"] == lim["min_count"]
-            assert p["count"] == len({_collapse(x) for x in items} - {""})
+            assert p["count"] == len({_split(_collapse(x))[0] for x in items} - {""})
         elif e.code == "too_many":
             assert p["count"] > p["limit"] == lim["max_count"] and p["excess"] == p["count"] - p["limit"]
-            assert p["count"] == len({_collapse(x) for x in items} - {""})
+            assert p["count"] == len({_split(_collapse(x))[0] for x in items} - {""})
         return
     out = result_or_error
     event("accepted")
     assert isinstance(out, tuple) and all(isinstance(label, str) for label in out)
     assert lim["min_count"] <= len(out) <= lim["max_count"]
-    assert len(set(out)) == len(out), "duplicates"
+    names = [label_name(label) for label in out]
+    assert len(set(names)) == len(names), "duplicates"
     for label in out:
         assert label and label.strip() and label == _collapse(label), repr(label)  # non-empty and trimmed
-        assert len(label) <= lim["max_length"]
+        name, mark = split_emoji(label)
+        assert (name, mark) == _split(label) and label == _canonical(label)  # no spaces around "="
+        assert label_emoji(label) == mark and (mark is None or _one_emoji(mark))
+        assert name and len(name) <= lim["max_length"]
         assert not _has_control(label), repr(label)
-    # every given label is kept once, first occurrences in input order; nothing is invented
-    assert out == tuple(dict.fromkeys(c for c in map(_collapse, items) if c))
+    # every given label is kept once (by name), first occurrences in input order; nothing is invented
+    first: dict[str, str] = {}
+    for c in map(_collapse, items):
+        if c:
+            first.setdefault(_split(c)[0], _canonical(c))
+    assert out == tuple(first.values())
     # idempotent: the output is already normal
     assert normalise_labels(out, **lim) == out
     assert normalise_labels(list(out) + list(out), **lim) == out
@@ -287,7 +362,7 @@ def test_non_text_items_are_refused_with_not_text(items, lim):
     assert isinstance(result, LabelError)
     first_bad = next(i for i, x in enumerate(items) if not isinstance(x, str))
     before = items[:first_bad]
-    if not any(_has_control(_collapse(x)) or len(_collapse(x)) > lim["max_length"] for x in before):
+    if not any(_refused(x, lim) for x in before):
         assert result.code == "not_text"  # refused at the first non-text item, not later
 
 
