@@ -1,4 +1,5 @@
-"""Where label sets live: `open_store(storage.url)` picks the backend.
+"""Where label sets (and answer styles, their history, members' corrections) live: `open_store(storage.url)` picks
+the backend.
 
 base.py holds what every backend shares (records, errors, migrations, queries); sqlite.py and postgres.py hold
 only the plumbing of their database.
@@ -10,6 +11,8 @@ from bot.store.base import (
     ACTIONS,
     POSTGRES_SCHEMES,
     SCHEMA_VERSION,
+    STYLES,
+    Correction,
     HistoryEntry,
     LabelSet,
     LabelStore,
@@ -23,6 +26,8 @@ from bot.store.sqlite import SQLiteLabelStore, parse_storage_url
 __all__ = [
     "ACTIONS",
     "SCHEMA_VERSION",
+    "STYLES",
+    "Correction",
     "HistoryEntry",
     "LabelSet",
     "LabelStore",

@@ -3,15 +3,16 @@
 Selected by storage.url postgresql://user:password@host:5432/dbname (or postgres://…) through
 bot.store.open_store(). Several bot processes may share one database.
 
-Only the plumbing differs from SQLite; every query method (get/write/history/undo/get_auto/set_auto/_apply) and the
-migration loop are LabelStore's own, run through `_Connection`, which gives an asyncpg connection the two aiosqlite
-calls they use and numbers their `?` placeholders ($1, $2, …).
+Only the plumbing differs from SQLite; every query method (label sets, styles, history, undo, auto-classify
+overrides, corrections) and the migration loop are LabelStore's own, run through `_Connection`, which gives an asyncpg
+connection the two aiosqlite calls they use and numbers their `?` placeholders ($1, $2, …).
 
 - An asyncpg pool (1-5 connections): reads run side by side, no lock.
 - Every write transaction (and every migration step) first takes the transaction-scoped advisory lock WRITE_LOCK,
   so writers in all processes are serialised and write()'s version check is atomic, as BEGIN IMMEDIATE makes it
-  on SQLite. Label changes are rare moderator commands: one lock per database is plenty. Waiting for it longer than
-  bot.BUSY_TIMEOUT_MS (lock_timeout) is a StorageError, as SQLite's busy timeout is.
+  on SQLite. Label and style changes are rare moderator commands and a correction is one short upsert: one lock
+  per database is plenty. Waiting for it longer than bot.BUSY_TIMEOUT_MS (lock_timeout) is a StorageError, as
+  SQLite's busy timeout is.
 - PostgreSQL has no PRAGMA user_version: the schema version lives in the one-row table wakeru_schema, read and
   written inside the locked migration transactions, so two processes starting on an empty database at once
   migrate it once.

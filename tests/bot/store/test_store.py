@@ -3,7 +3,8 @@ database on a throwaway PostgreSQL server (tests/support/postgres_server.py; ski
 unless WAKERU_REQUIRE_SERVICES=1).
 
 Tests taking `store` or `store_url` run once per backend ([sqlite], [postgres]); SQLite-only ones take `db_path` or
-`sqlite_store`. PostgreSQL-only behaviour is in test_postgres.py."""
+`sqlite_store`. PostgreSQL-only behaviour is in test_postgres.py; answer styles, corrections and the v1 → v2
+migration are in test_styles_corrections.py (on the fixtures of this module)."""
 
 from __future__ import annotations
 
@@ -482,7 +483,9 @@ async def test_fresh_database_gets_latest_schema(store_url):
     assert await schema_version(store_url) == SCHEMA_VERSION
     if is_sqlite(store_url):
         assert (await raw(store_url, "PRAGMA journal_mode")) == [("wal",)]
-    assert {"label_sets", "label_history", "channel_settings"} <= await table_names(store_url)
+    assert {"label_sets", "label_history", "channel_settings", "channel_styles", "corrections"} <= await table_names(
+        store_url
+    )
 
 
 async def test_newer_schema_is_refused(store_url):
