@@ -146,6 +146,24 @@ def make_bot() -> commands.Bot:
             content="backfill done", embed=thumb, attachments=[discord.File(io.BytesIO(b"x"), "log.txt")]
         )
 
+    @bot.tree.command(name="choose", description="an ephemeral select, then an ephemeral followup with a button")
+    async def choose(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("果物を選んで", view=FruitView(), ephemeral=True)
+        await interaction.followup.send("確認", view=ConfirmView(), ephemeral=True, wait=True)
+
+    @bot.tree.context_menu(name="画像を見る")
+    @app_commands.allowed_installs(guilds=True, users=True)
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
+    async def look(interaction: discord.Interaction, message: discord.Message) -> None:
+        names = ",".join(a.filename for a in message.attachments)
+        ctx = ",".join(n for n in ("guild", "dm_channel", "private_channel") if getattr(interaction.context, n))
+        await interaction.response.send_message(
+            f"{names}|{interaction.guild is None}|{type(interaction.user).__name__}|{ctx}|"
+            f"{interaction.is_user_integration()}|{interaction.is_guild_integration()}|"
+            f"{type(interaction.channel).__name__}",
+            ephemeral=True,
+        )
+
     bot.raw_events = []  # type: ignore[attr-defined]
 
     def record(name: str):
@@ -165,6 +183,10 @@ def make_bot() -> commands.Bot:
         "on_thread_create",
         "on_guild_remove",
         "on_guild_role_create",
+        "on_raw_reaction_add",
+        "on_raw_reaction_remove",
+        "on_raw_thread_update",
+        "on_guild_emojis_update",
     ):
         record(name)
 
@@ -202,6 +224,31 @@ class RepostView(discord.ui.View):
     @discord.ui.select(custom_id="repost:pick", options=[discord.SelectOption(label=x) for x in FRUITS])
     async def pick(self, interaction: discord.Interaction, select: discord.ui.Select) -> None:
         await interaction.response.edit_message(content=f"picked {','.join(select.values)}")
+
+
+class FruitView(discord.ui.View):
+    """A select sent in an ephemeral interaction response: picking edits that ephemeral message."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=60)
+
+    @discord.ui.select(
+        custom_id="choose:fruit", options=[discord.SelectOption(label=x) for x in FRUITS], min_values=1, max_values=2
+    )
+    async def fruit(self, interaction: discord.Interaction, select: discord.ui.Select) -> None:
+        await interaction.response.edit_message(content=f"選んだ: {','.join(select.values)}", view=None)
+
+
+class ConfirmView(discord.ui.View):
+    """A button in an ephemeral followup: a deferred update, then an edit of @original."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=60)
+
+    @discord.ui.button(label="確定", custom_id="choose:ok")
+    async def ok(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.defer()
+        await interaction.edit_original_response(content=f"確定 {interaction.user.id}", view=None)
 
 
 class BotThread:
@@ -445,6 +492,7 @@ def test_sync_is_recorded(fake, bot):
 
     in_guild, global_ = bot.call(sync())
     names = {"ping", "privacy", "announce", "long", "slow", "labels", "pick", "分類する", "perm", "chart"}
+    names |= {"choose", "画像を見る"}
     assert {c["name"] for c in fake.synced_commands[fake.guild_id]} == names
     assert {c["name"] for c in fake.synced_commands[None]} == names
     assert {c.name for c in in_guild} == names and all(c.id for c in global_)
@@ -1309,4 +1357,326 @@ def test_followup_files_embeds_and_repeated_edits_are_recorded(fake, bot):
         json={"embeds": [{"title": "t", "thumbnail": {"url": "ftp://example.com/a.png"}}]},
     )
     assert status == 400 and "embeds.0.thumbnail.url" in body["errors"]
+    fake.invalid_requests.clear()
+
+
+# ---------------------------------------------------------------- forums, reactions, components, user installs
+
+
+def test_forum_tags_posts_and_thread_edits(fake, bot):
+    from tests.support.fake_discord import REQUIRE_TAG, Perm, overwrite
+
+    for bad in ([f"t{i}" for i in range(21)], [""], ["x" * 21]):
+        with pytest.raises(ValueError):
+            fake.add_channel(name="だめ", type=15, tags=bad)
+    with pytest.raises(ValueError):
+        fake.add_channel(name="テキスト", tags=["犬"])  # only forum/media channels have tags
+    forum = fake.add_channel(
+        name="写真投稿",
+        type=15,
+        tags=["犬", {"name": "猫", "emoji_name": "🐱"}, {"name": "要確認", "moderated": True}],
+        flags=REQUIRE_TAG,
+    )
+    _wait_event(fake, bot, "on_guild_channel_create", lambda a: a[0].id == forum)
+    cat_id = fake.tag_id(forum, "猫")
+    assert fake.channels[forum]["available_tags"][1] == {
+        "id": str(cat_id),
+        "name": "猫",
+        "moderated": False,
+        "emoji_id": None,
+        "emoji_name": "🐱",
+    }
+    with pytest.raises(KeyError):
+        fake.tag_id(forum, "鳥")
+    cached = bot.bot.get_channel(forum)
+    assert isinstance(cached, discord.ForumChannel) and cached.flags.require_tag
+    assert [t.name for t in cached.available_tags] == ["犬", "猫", "要確認"] and cached.get_tag(
+        cat_id
+    ).moderated is False
+
+    with pytest.raises(ValueError):
+        fake.create_post(forum, content="タグなし")  # REQUIRE_TAG (Discord's 40067)
+    with pytest.raises(KeyError):
+        fake.create_post(forum, content="x", tags=["鳥"])
+    mark = fake.mark()
+    png = _png((16, 16))
+    thread_id, starter = fake.create_post(
+        forum, title="柴犬", content="見て", attachments=[("dog.png", png, "image/png")], tags=["犬"]
+    )
+    assert (starter["id"], starter["channel_id"]) == (str(thread_id), str(thread_id))
+    assert starter["attachments"][0]["filename"] == "dog.png" and _get(starter["attachments"][0]["url"]) == png
+    thread = fake.threads[thread_id]
+    assert (thread["type"], thread["parent_id"], thread["owner_id"], thread["name"]) == (
+        11,
+        str(forum),
+        str(fake.member_id),
+        "柴犬",
+    )
+    assert thread["applied_tags"] == [str(fake.tag_id(forum, "犬"))] and thread["message_count"] == 0
+    assert [d["event"] for d in fake.delivered(thread_id)] == ["THREAD_CREATE", "MESSAGE_CREATE"]
+    created = _wait_event(fake, bot, "on_thread_create", lambda a: a[0].id == thread_id)[0]
+    assert created.parent_id == forum and [t.name for t in created.applied_tags] == ["犬"]
+    reply = fake.wait_for_message(channel_id=thread_id, since=mark, timeout=10)  # on_message saw the starter
+    assert reply["embeds"][0]["description"] == f"dog.png: {len(png)} bytes"
+
+    async def retag(names: list[str]) -> list[str]:
+        parent = bot.bot.get_channel(forum)
+        post = parent.guild.get_thread(thread_id)
+        edited = await post.edit(applied_tags=[parent.get_tag(fake.tag_id(forum, n)) for n in names])
+        return [t.name for t in edited.applied_tags]
+
+    with pytest.raises(discord.Forbidden) as err:  # a member's post, no Manage Threads
+        bot.call(retag(["猫"]))
+    assert err.value.code == 50013
+    # The bot's own post: its owner may retag it, but not with a moderated tag, nor lock it.
+    own, _ = fake.create_post(forum, title="自分の", content="bot", author="bot", tags=["犬"])
+    status, _, body = _api(fake, "PATCH", f"/channels/{own}", json={"applied_tags": [str(cat_id)]})
+    assert status == 200 and body["applied_tags"] == [str(cat_id)] and body["id"] == str(own)
+    for change in ({"applied_tags": [str(fake.tag_id(forum, "要確認"))]}, {"locked": True}):
+        status, _, body = _api(fake, "PATCH", f"/channels/{own}", json=change)
+        assert (status, body["code"]) == (403, 50013), change
+    assert fake.applied_tag_names(own) == ["猫"]
+
+    fake.set_overwrites(forum, [overwrite(fake.bot_role_id, allow=Perm.MANAGE_THREADS)])
+    _wait_event(fake, bot, "on_guild_channel_update", lambda a: a[1].id == forum)
+    since = len(fake.thread_edits)
+    assert bot.call(retag(["猫", "要確認"])) == ["猫", "要確認"]
+    edit = fake.wait_for_thread_edit(thread_id, since=since)
+    assert edit["applied_tag_names"] == ["猫", "要確認"] and edit["parent_id"] == forum
+    assert edit["payload"]["applied_tags"] == [str(cat_id), str(fake.tag_id(forum, "要確認"))]
+    assert fake.applied_tag_names(thread_id) == ["猫", "要確認"]
+    status, _, body = _api(fake, "GET", f"/channels/{thread_id}")
+    assert status == 200 and body["applied_tags"] == edit["thread"]["applied_tags"]
+    updated = _wait_event(fake, bot, "on_raw_thread_update", lambda a: a[0].thread_id == thread_id)[0]
+    assert updated.data["applied_tags"] == body["applied_tags"]
+
+    # Replacing the tags keeps the ids of the names kept; then the limits of applied_tags.
+    dog_id = fake.tag_id(forum, "犬")
+    fake.set_available_tags(forum, ["犬", "猫", {"name": "要確認", "moderated": True}, "鳥", "魚", "虫"])
+    _wait_event(fake, bot, "on_guild_channel_update", lambda a: a[1].id == forum and len(a[1].available_tags) == 6)
+    assert fake.tag_id(forum, "犬") == dog_id and fake.tag_id(forum, "猫") == cat_id
+    all_six = [t["id"] for t in fake.channels[forum]["available_tags"]]
+    text_thread = fake.add_thread(fake.other_channel_id, "雑談スレ", owner="bot")
+    for path, change, key in [
+        (f"/channels/{thread_id}", {"applied_tags": all_six}, "applied_tags"),
+        (f"/channels/{thread_id}", {"applied_tags": ["123"]}, "applied_tags.0"),
+        (f"/channels/{text_thread}", {"applied_tags": [str(dog_id)]}, "applied_tags"),  # not a forum post
+    ]:
+        status, _, body = _api(fake, "PATCH", path, json=change)
+        assert (status, body["code"]) == (400, 50035) and key in body["errors"], (change, body)
+    with pytest.raises(ValueError):
+        fake.create_post(forum, content="多すぎ", tags=["犬", "猫", "鳥", "魚", "虫", "要確認"])
+    status, _, body = _api(fake, "PATCH", f"/channels/{forum}", json={"name": "改名"})
+    assert (status, body["code"]) == (403, 50013)  # no Manage Channels
+
+    media = fake.add_channel(name="メディア", type=16, tags=["写真"])
+    post, first = fake.create_post(media, title="一枚", attachments=[("m.png", png, "image/png")], tags=["写真"])
+    assert fake.threads[post]["parent_id"] == str(media) and first["id"] == str(post)
+    assert fake.applied_tag_names(post) == ["写真"]
+    fake.invalid_requests.clear()
+
+
+def test_reactions_custom_emojis_and_their_errors(fake, bot):
+    from urllib.parse import quote
+
+    from tests.support.fake_discord import Perm, overwrite
+
+    emoji_id = fake.add_emoji(name="neko")
+    fake.wait_for(lambda: bot.bot.get_emoji(emoji_id), 10, "the new emoji in the cache")
+    assert fake.guild_payload()["emojis"][-1] == {
+        "id": str(emoji_id),
+        "name": "neko",
+        "animated": False,
+        "available": True,
+        "managed": False,
+        "require_colons": True,
+        "roles": [],
+    }
+    posted = fake.post_message(content="かわいい")
+    mid = int(posted["id"])
+    channel = bot.bot.get_channel(fake.channel_id)
+
+    async def react(*emojis) -> None:
+        message = channel.get_partial_message(mid)
+        for e in emojis:
+            await message.add_reaction(e)
+
+    bot.call(react("👍", bot.bot.get_emoji(emoji_id)))
+    assert fake.wait_for_reaction(mid) == "👍"
+    assert fake.reactions_on(mid) == ["👍", f"neko:{emoji_id}"]
+    assert (fake.channel_id, mid, "👍") in fake.reactions
+    raw = _wait_event(fake, bot, "on_raw_reaction_add", lambda a: a[0].message_id == mid and str(a[0].emoji) == "👍")
+    assert (raw[0].user_id, raw[0].channel_id, raw[0].guild_id) == (fake.application_id, fake.channel_id, fake.guild_id)
+    status, _, shown = _api(fake, "GET", f"/channels/{fake.channel_id}/messages/{mid}")
+    assert status == 200
+    assert [(r["count"], r["me"], r["emoji"]) for r in shown["reactions"]] == [
+        (1, True, {"id": None, "name": "👍"}),
+        (1, True, {"id": str(emoji_id), "name": "neko", "animated": False}),
+    ]
+
+    def put(channel_id, message_id, emoji: str, method: str = "PUT"):
+        path = f"/channels/{channel_id}/messages/{message_id}/reactions/{quote(emoji)}/@me"
+        return _api(fake, method, path)
+
+    foreign = fake.add_guild(name="よその鯖", bot_member=False)
+    elsewhere = fake.add_emoji(foreign.id, "gaikoku")
+    for args, expected in [
+        ((1, mid, "👍"), (404, 10003)),
+        ((fake.channel_id, 1, "👍"), (404, 10008)),
+        ((fake.channel_id, mid, "notanemoji"), (400, 10014)),
+        ((fake.channel_id, mid, "neko:123"), (400, 10014)),
+        ((fake.channel_id, mid, f"gaikoku:{elsewhere}"), (400, 10014)),  # not a guild the bot is in
+    ]:
+        status, _, body = put(*args)
+        assert (status, body["code"]) == expected, (args, body)
+
+    no_add = fake.add_channel(
+        name="リアクション禁止", overwrites=[overwrite(fake.bot_role_id, deny=Perm.ADD_REACTIONS)]
+    )
+    no_history = fake.add_channel(
+        name="履歴禁止", overwrites=[overwrite(fake.bot_role_id, deny=Perm.READ_MESSAGE_HISTORY)]
+    )
+    for cid in (no_add, no_history):
+        _wait_event(fake, bot, "on_guild_channel_create", lambda a, cid=cid: a[0].id == cid)
+    quiet = fake.post_message(no_add, content="静か")
+    assert put(no_add, quiet["id"], "👍")[0] == 403
+    fake.react(quiet, "👍", user="member")  # already there: no Add Reactions needed to join in
+    assert put(no_add, quiet["id"], "👍")[0] == 204
+    status, _, body = put(no_add, quiet["id"], "😀")
+    assert (status, body["code"]) == (403, 50013)
+    assert fake.channel_messages[int(quiet["id"])]["reactions"][0]["count"] == 2
+    hidden = fake.post_message(no_history, content="見えない")
+    status, _, body = put(no_history, hidden["id"], "👍")
+    assert (status, body["code"]) == (403, 50013)
+
+    many = fake.post_message(content="多すぎ")
+    twenty = list("😀😃😄😁😆😅😂🤣😊😇🙂🙃😉😌😍🥰😘😗😙😚")
+    assert [put(fake.channel_id, many["id"], e)[0] for e in twenty] == [204] * 20
+    status, _, body = put(fake.channel_id, many["id"], "🐶")
+    assert (status, body["code"]) == (400, 30010)
+    assert put(fake.channel_id, many["id"], "😀")[0] == 204  # already there: still 20
+
+    assert put(fake.channel_id, mid, "👍", "DELETE")[0] == 204
+    assert fake.reactions_on(mid) == [f"neko:{emoji_id}"]
+    _wait_event(fake, bot, "on_raw_reaction_remove", lambda a: a[0].message_id == mid)
+    status, _, shown = _api(fake, "GET", f"/channels/{fake.channel_id}/messages/{mid}")
+    assert [r["emoji"]["name"] for r in shown["reactions"]] == ["neko"]
+    fake.invalid_requests.clear()
+
+
+def test_components_on_ephemeral_answers_select_values_and_updates(fake, bot):
+    rec = fake.interact("choose")
+    fake.wait_for(lambda: len(rec.followups) == 1, 10, "the ephemeral followup")
+    first, followup = rec.messages
+    assert first["flags"] & 64 and followup["flags"] & 64
+    select = first["components"][0]["components"][0]
+    assert (select["type"], select["min_values"], select["max_values"]) == (3, 1, 2)
+    for bad in (["バナナ"], FRUITS[:3], [], ["りんご", "りんご"]):
+        with pytest.raises(ValueError):
+            fake.click(first, "choose:fruit", values=bad)
+    with pytest.raises(ValueError):
+        fake.click(followup, "choose:ok", values=["x"])  # a button takes no values
+    with pytest.raises(LookupError):
+        fake.click(first, "choose:fruit", values=["りんご"], user="moderator")  # only its user sees it
+
+    picked = fake.click(rec.responses[0], "choose:fruit", values=["りんご", "ぶどう"])
+    assert picked.wait_response()["type"] == 7
+    assert picked.payload["data"] == {"custom_id": "choose:fruit", "component_type": 3, "values": ["りんご", "ぶどう"]}
+    assert picked.payload["message"]["flags"] & 64 and picked.payload["message"]["id"] == first["id"]
+    assert picked.payload["message"]["interaction_metadata"]["id"] == str(rec.id)
+    edit = fake.wait_for_edits(first["id"], 1)[-1]
+    assert edit["content"] == "選んだ: りんご,ぶどう" and edit["message"]["components"] == []
+    assert edit["message"]["flags"] & 64
+    assert fake.channel_messages[int(first["id"])]["content"] == "選んだ: りんご,ぶどう"
+
+    ok = fake.click(followup["id"], "choose:ok")
+    assert ok.wait_response()["type"] == 6
+    edit = fake.wait_for_edits(followup["id"], 1)[-1]
+    assert edit["content"] == f"確定 {fake.member_id}" and edit["ephemeral"]
+    assert fake.channel_messages[int(followup["id"])]["components"] == []
+
+
+def test_user_installed_context_menu_in_dms_group_dms_and_foreign_guilds(fake, bot):
+    from tests.support.fake_discord import Perm
+
+    bot.call(bot.bot.tree.sync())
+    look = fake.synced_command("画像を見る", type=3)
+    assert (look["integration_types"], look["contexts"]) == ([0, 1], [0, 1, 2])
+    assert fake.synced_command("ping")["integration_types"] == [0]  # none sent: the app's default
+    with pytest.raises(KeyError):
+        fake.synced_command("画像を見る", type=1)
+
+    dm = fake.add_private_channel("member", "moderator")  # a DM between two users: no bot
+    target = fake.post_message(dm, author="moderator", content="見て", attachments=[("cat.png", _png(), "image/png")])
+    assert "guild_id" not in target and "member" not in target
+    rec = fake.interact("画像を見る", target_message=target, channel_id=dm, context=2)
+    final = rec.wait_final(timeout=10)
+    assert final["ephemeral"] and final["content"] == "cat.png|True|User|private_channel|True|False|DMChannel"
+    payload = rec.payload
+    assert "guild_id" not in payload and "member" not in payload and payload["user"]["id"] == str(fake.member_id)
+    assert (payload["channel"]["id"], payload["channel"]["type"], payload["context"]) == (str(dm), 1, 2)
+    assert payload["authorizing_integration_owners"] == {"1": str(fake.member_id)}
+    assert int(payload["app_permissions"]) == Perm.ATTACH_FILES | Perm.EMBED_LINKS | Perm.MENTION_EVERYONE
+    assert payload["data"]["resolved"]["messages"][target["id"]]["attachments"][0]["filename"] == "cat.png"
+    assert fake.delivered(rec.id) and fake.delivered(target["id"]) == []  # the bot is not in that DM
+    for path in (f"/channels/{dm}", f"/channels/{dm}/messages/{target['id']}"):
+        status, _, body = _api(fake, "GET", path)
+        assert (status, body["code"]) == (403, 50001), path
+
+    # Not installed where it is used: five followups, then 40094.  Guild installs have no such limit.
+    results = [
+        _api(fake, "POST", f"/webhooks/{fake.application_id}/{rec.token}?wait=true", json={"content": f"f{i}"})
+        for i in range(6)
+    ]
+    assert [r[0] for r in results[:5]] == [200] * 5 and (results[5][0], results[5][2]["code"]) == (400, 40094)
+    guild_rec = fake.interact("ping")
+    guild_rec.wait_final(timeout=10)
+    more = [
+        _api(fake, "POST", f"/webhooks/{fake.application_id}/{guild_rec.token}?wait=true", json={"content": "x"})[0]
+        for _ in range(6)
+    ]
+    assert more == [200] * 6 and len(guild_rec.followups) == 7
+
+    group = fake.add_private_channel("member", "moderator", "owner", group=True, name="友達")
+    shared = fake.post_message(group, author="owner", attachments=[("g.png", _png(), "image/png")])
+    rec = fake.interact("画像を見る", target_message=shared, channel_id=group, context=2)
+    assert rec.wait_final(timeout=10)["content"] == "g.png|True|User|private_channel|True|False|GroupChannel"
+    assert rec.payload["channel"]["type"] == 3 and rec.payload["channel"]["name"] == "友達"
+
+    bot_dm = fake.add_private_channel("member", "bot")
+    mark = fake.mark()
+    mine = fake.post_message(bot_dm, content="これ", attachments=[("d.png", _png(), "image/png")])
+    assert fake.delivered(mine["id"])  # the bot is in its own DM, and answers there
+    answer = fake.wait_for_message(channel_id=bot_dm, since=mark, timeout=10)
+    assert answer["embeds"][0]["title"] == "分類" and "guild_id" not in answer["message"]
+    rec = fake.interact("画像を見る", target_message=mine, channel_id=bot_dm, context=1)
+    assert rec.wait_final(timeout=10)["content"] == "d.png|True|User|dm_channel|True|False|DMChannel"
+    assert int(rec.payload["app_permissions"]) & Perm.USE_EXTERNAL_EMOJIS
+
+    foreign = fake.add_guild(name="よそ", bot_member=False)
+    out = fake.post_message(foreign.channel_id, attachments=[("f.png", _png(), "image/png")])
+    rec = fake.interact("画像を見る", target_message=out, channel_id=foreign.channel_id, installed_in_guild=False)
+    assert rec.wait_final(timeout=10)["content"] == "f.png|False|Member|guild|True|False|TextChannel"
+    payload = rec.payload
+    assert payload["guild_id"] == str(foreign.id) and payload["member"]["user"]["id"] == str(fake.member_id)
+    assert payload["authorizing_integration_owners"] == {"1": str(fake.member_id)}
+    assert payload["app_permissions"] == payload["member"]["permissions"]
+    assert int(payload["app_permissions"]) == fake.channel_permissions("member", foreign.channel_id)
+    assert fake.delivered(out["id"]) == [] and bot.bot.get_guild(foreign.id) is None
+    for method, path in [
+        ("GET", f"/channels/{foreign.channel_id}"),
+        ("GET", f"/channels/{foreign.channel_id}/messages"),
+        ("GET", f"/guilds/{foreign.id}"),
+    ]:
+        status, _, body = _api(fake, method, path)
+        assert (status, body["code"]) == (403, 50001), path
+    status, _, body = _api(fake, "POST", f"/channels/{foreign.channel_id}/messages", json={"content": "x"})
+    assert (status, body["code"]) == (403, 50001)
+
+    with pytest.raises(ValueError):
+        fake.interact("ping", channel_id=dm, context=2)  # guild install only
+    with pytest.raises(ValueError):
+        fake.interact("画像を見る", target_message=out, channel_id=foreign.channel_id)  # the bot is not there
+    with pytest.raises(ValueError):
+        fake.interact("画像を見る", target_message=target, channel_id=dm, context=1)  # not the bot's DM
     fake.invalid_requests.clear()

@@ -117,6 +117,29 @@ The image index surfaces (history, fresh URLs, deletions, permissions, threads, 
   carry files (``attachments`` lists the kept ones).  ``attachment://name`` in an embed's image or
   thumbnail becomes the attachment's URL in the stored message; entries keep what was sent, and other
   schemes than http(s)/attachment get 400.
+
+Forums, reactions, components on private answers, user-installed apps:
+- Forum (15) and media (16) channels: ``add_channel(..., type=15, tags=[...], flags=REQUIRE_TAG)``
+  (``available_tags`` ``{id, name, moderated, emoji_id, emoji_name}``; at most 20, names 1-20),
+  ``set_available_tags`` (CHANNEL_UPDATE), ``tag_id(channel, name)``.  ``create_post(forum, title=...,
+  tags=[names or ids])`` is a user's post: a thread whose starter message has the thread's id;
+  THREAD_CREATE (``newly_created``) then MESSAGE_CREATE.  ``PATCH /channels/{thread}`` (``Thread.edit``)
+  sets ``applied_tags``/``name``/``archived``/``locked`` (another's post, ``locked`` and moderated tags
+  need Manage Threads: 403 50013; unknown tags or more than 5: 400 50035), THREAD_UPDATE, recorded in
+  ``thread_edits`` (``wait_for_thread_edit``, ``applied_tag_names``); other channels need Manage Channels
+  (``channel_edits``).
+- Reactions: ``PUT/DELETE .../reactions/{emoji}/@me`` (Read Message History, and Add Reactions unless the
+  emoji is already there: 403 50013; unknown emoji 400 10014; a 21st emoji 400 30010) are stored on the
+  message (``reactions [{count, me, emoji}]``), in ``reactions`` (decoded: "👍" or "name:id"; see
+  ``reactions_on``/``wait_for_reaction``) and dispatched (MESSAGE_REACTION_ADD/REMOVE).  ``add_emoji``
+  makes a guild's custom emoji (GUILD_EMOJIS_UPDATE); ``react`` is a user's reaction.
+- ``click`` finds the messages of interaction answers (ephemeral ones too: ``FakeInteraction.messages``),
+  lets only their user click an ephemeral one, and checks a select's ``values`` (options, min/max).
+- User-installed apps: ``synced_command(name)`` shows ``integration_types``/``contexts`` as synced;
+  ``interact(..., context=1|2)`` in a DM/group DM from ``add_private_channel`` (no guild, a ``user``),
+  ``interact(..., installed_in_guild=False)`` in a guild, e.g. one the bot is not in
+  (``add_guild(bot_member=False)``: nothing dispatched, its REST answers 403 50001).  Without "0" in
+  ``authorizing_integration_owners`` a sixth followup gets 400 (40094).
 """
 
 from __future__ import annotations
@@ -137,13 +160,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
+import emoji as emoji_lib
 from aiohttp import WSMsgType, web
 
 __all__ = [
     "CHAT_INPUT",
     "MESSAGE_CONTEXT",
+    "REQUIRE_TAG",
     "FakeDiscord",
     "FakeGuild",
     "FakeInteraction",
@@ -157,6 +182,7 @@ __all__ = [
 CHAT_INPUT = 2  # interact(type=...): a slash command (interaction type 2, data.type 1)
 MESSAGE_CONTEXT = 3  # interact(type=...): a message context menu (data.type 3)
 MESSAGE_CONTENT_INTENT = 1 << 15
+REQUIRE_TAG = 1 << 4  # channel flag of a forum/media channel: a post needs a tag (add_channel(flags=...))
 DISCORD_EPOCH_MS = 1420070400000
 ATTACHMENT_SIZE_LIMIT = 10 * 1024 * 1024
 # Where a handler leaves the entry it recorded, for a processed fault to mark (aiohttp ≥ 3.12 wants a key).
@@ -176,6 +202,8 @@ class Perm:
     EMBED_LINKS = 1 << 14
     ATTACH_FILES = 1 << 15
     READ_MESSAGE_HISTORY = 1 << 16
+    MENTION_EVERYONE = 1 << 17
+    USE_EXTERNAL_EMOJIS = 1 << 18
     USE_APPLICATION_COMMANDS = 1 << 31
     MANAGE_THREADS = 1 << 34
     SEND_MESSAGES_IN_THREADS = 1 << 38
@@ -193,6 +221,18 @@ class Perm:
     MODERATOR = MANAGE_CHANNELS | MANAGE_GUILD | MANAGE_MESSAGES | MANAGE_THREADS
     BOT = MEMBER | MANAGE_MESSAGES
     ALL = (1 << 53) - 1  # what an owner or an Administrator has
+    # What a recipient may do in a DM or group DM (there are no overwrites there).
+    PRIVATE = (
+        VIEW_CHANNEL
+        | SEND_MESSAGES
+        | READ_MESSAGE_HISTORY
+        | ADD_REACTIONS
+        | EMBED_LINKS
+        | ATTACH_FILES
+        | MENTION_EVERYONE
+        | USE_EXTERNAL_EMOJIS
+        | USE_APPLICATION_COMMANDS
+    )
 
 
 def overwrite(target_id: int, *, allow: int = 0, deny: int = 0, member: bool = False) -> dict:
@@ -509,6 +549,61 @@ def _find_component(components: list[dict], custom_id: str) -> dict | None:
     return None
 
 
+def _tag_errors(tags: list[dict]) -> dict[str, str]:
+    """Discord's checks of a forum/media channel's ``available_tags`` (at most 20, names 1-20)."""
+    errors: dict[str, str] = {}
+    if len(tags) > 20:
+        errors["available_tags"] = "Must be 20 or fewer in length."
+    for i, t in enumerate(tags):
+        name = t.get("name")
+        if not isinstance(name, str) or not 1 <= len(name) <= 20:
+            errors[f"available_tags.{i}.name"] = "Must be between 1 and 20 in length."
+    names = [t.get("name") for t in tags]
+    if len(set(names)) != len(names):
+        errors["available_tags"] = "Tag names must be unique."
+    return errors
+
+
+def _tag(spec: str | dict, tag_id: int) -> dict:
+    """A forum tag as Discord shows it: ``{id, name, moderated, emoji_id, emoji_name}``."""
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    emoji_id = spec.get("emoji_id")
+    return {
+        "id": str(spec.get("id") or tag_id),
+        "name": spec.get("name"),
+        "moderated": bool(spec.get("moderated", False)),
+        "emoji_id": str(emoji_id) if emoji_id else None,
+        "emoji_name": spec.get("emoji_name"),
+    }
+
+
+_CUSTOM_EMOJI_RE = re.compile(r"^<?(?:a:)?:?([A-Za-z0-9_~]+):(\d+)>?$")
+
+
+def _emoji_object(key: str, custom: dict | None) -> dict:
+    """The partial emoji of a reaction: ``{id: None, name}`` for Unicode, ``{id, name, animated}``
+    for a guild's custom emoji."""
+    if custom is None:
+        return {"id": None, "name": key}
+    return {"id": custom["id"], "name": custom["name"], "animated": bool(custom.get("animated"))}
+
+
+def _select_value_errors(component: dict, values: list[str]) -> str | None:
+    """Why a user could not pick ``values`` in a select menu (None when they could): string
+    selects offer only their options; every select enforces ``min_values``/``max_values``."""
+    low, high = int(component.get("min_values", 1)), int(component.get("max_values", 1))
+    if len(set(values)) != len(values):
+        return f"the values {values} repeat one"
+    if not low <= len(values) <= high:
+        return f"{len(values)} values picked; the select takes {low} to {high}"
+    if component["type"] == 3:
+        offered = [o.get("value") for o in component.get("options") or []]
+        unknown = [v for v in values if v not in offered]
+        if unknown:
+            return f"{unknown} are not options of the select (options: {offered})"
+    return None
+
+
 _NAME_RE = re.compile(r"^[-_\w]{1,32}$")
 
 
@@ -731,7 +826,16 @@ class FakeInteraction:
 
     @property
     def user_id(self) -> int:
-        return int(self.payload["member"]["user"]["id"])
+        """The invoking user (``member.user`` in a guild, ``user`` in a DM or group DM)."""
+        user = self.payload["member"]["user"] if "member" in self.payload else self.payload["user"]
+        return int(user["id"])
+
+    @property
+    def messages(self) -> list[dict]:
+        """The message payloads this interaction's answers created (the callback's, then the
+        followups'), as stored now (edits included): what ``FakeDiscord.click`` takes."""
+        found = [r["message"] for r in self.responses if r.get("message") and r.get("type") in (4, 5)]
+        return found + [f["message"] for f in self.followups if f.get("message")]
 
     def announcement(self) -> dict | None:
         """The bot's plain channel message (no reply) in this interaction's channel, sent after it
@@ -831,7 +935,14 @@ class FakeDiscord:
         self.sent_messages: list[dict] = []
         self.edited_messages: list[dict] = []
         self.deleted_messages: list[tuple[int, int]] = []
+        # The bot's reactions now on messages, in the order it added them: (channel, message, emoji),
+        # the emoji decoded ("👍", or "name:id" for a custom one); DELETE .../@me takes one out.
         self.reactions: list[tuple[int, int, str]] = []
+        # Every successful thread edit of the bot (PATCH /channels/{thread}), in order: {"thread_id",
+        # "parent_id", "payload" (as sent), "applied_tags" (ids after it), "applied_tag_names", "thread"
+        # (the whole thread after it), "token", "time"}; channel_edits likewise for other channels.
+        self.thread_edits: list[dict] = []
+        self.channel_edits: list[dict] = []
         self.typing: list[int] = []
         self.attachment_requests: list[dict] = []
         self.synced_commands: dict[int | None, list[dict]] = {}
@@ -856,6 +967,14 @@ class FakeDiscord:
         self._gone_channels: dict[int, int] = {}  # channel → guild, for channels of removed guilds
         self.route_counts: dict[str, int] = {}  # "GET /channels/{channel}/messages" → requests received
         self.message_edits: dict[int, list[dict]] = {}  # message id → the bot's edits of it, in order
+        # Guilds the bot is NOT in (add_guild(bot_member=False)): a user-installed app is used there.
+        self.foreign_guilds: dict[int, FakeGuild] = {}
+        self.private_channels: dict[int, dict] = {}  # DMs (type 1) and group DMs (type 3): add_private_channel
+        self.private_members: dict[int, list[int]] = {}  # private channel → its participants' ids
+        self.emojis: dict[int, list[dict]] = {}  # guild id → custom emojis (add_emoji)
+        self._reactors: dict[int, dict[str, list[int]]] = {}  # message → emoji key → user ids, in order
+        # integration_types Discord echoes for a synced command that sent none (the app's install setting)
+        self.default_integration_types: list[int] = [0]
         self._history_limit: tuple[int, float] | None = None  # (requests, per seconds) per channel
         self._history_windows: dict[int, list[float]] = {}  # channel → [window start, requests in it]
         self._seed_ids = itertools.count(1)
@@ -1380,7 +1499,7 @@ class FakeDiscord:
             "public_updates_channel_id": None,
             "vanity_url_code": None,
             "features": [],
-            "emojis": [],
+            "emojis": list(self.emojis.get(guild.id, [])),
             "stickers": [],
             "roles": roles,
             "channels": channels,
@@ -1421,15 +1540,22 @@ class FakeDiscord:
         guild_id: int | None = None,
         name: str | None = None,
         locale: str | None = None,
+        bot_member: bool = True,
     ) -> FakeGuild:
         """Add a guild the bot is in (two text channels and a thread, the same users and roles as
         the first guild); with ``shard``/``shard_count`` its id lands on that shard.  Ready sessions
-        that own its shard get its GUILD_CREATE at once, as when a bot joins a server."""
+        that own its shard get its GUILD_CREATE at once, as when a bot joins a server.
+
+        ``bot_member=False``: a server the bot is NOT in (kept in ``foreign_guilds``), where members use
+        the app they installed on their account (``interact(..., installed_in_guild=False)``).  Nothing
+        about it reaches the gateway (no GUILD_CREATE; ``post_message``, ``add_channel``, ``add_emoji``
+        there dispatch nothing), and the bot's REST calls to it or its channels answer 403 "Missing
+        Access" (50001)."""
         if guild_id is None:
             guild_id = self.new_guild_id(shard, shard_count) if shard_count else self.new_id()
         elif shard_count and shard_of(guild_id, shard_count) != shard:
             raise ValueError(f"guild {guild_id} is on shard {shard_of(guild_id, shard_count)}, not {shard}")
-        if guild_id in self.guilds:
+        if guild_id in self.guilds or guild_id in self.foreign_guilds:
             raise ValueError(f"guild {guild_id} exists")
         guild = FakeGuild(
             guild_id,
@@ -1442,14 +1568,42 @@ class FakeDiscord:
         self.channels[guild.channel_id] = _text_channel(guild.channel_id, guild_id, "写真", 0)
         self.channels[guild.other_channel_id] = _text_channel(guild.other_channel_id, guild_id, "雑談", 1)
         self.threads[guild.thread_id] = _thread(guild.thread_id, guild_id, guild.channel_id, self.member_id, "スレッド")
+        if not bot_member:
+            self.foreign_guilds[guild_id] = guild
+            return guild
         self.guilds[guild_id] = guild
         if self._loop is not None and self._targets(guild_id):
             self.dispatch("GUILD_CREATE", self.guild_payload(guild_id))
         return guild
 
     def guild_of(self, channel_id: int) -> int:
-        """The guild a channel or thread belongs to."""
-        return int(self._channel(channel_id)["guild_id"])
+        """The guild a channel or thread belongs to (a DM or group DM has none: ValueError)."""
+        guild_id = self._guild_id_of(channel_id)
+        if guild_id is None:
+            raise ValueError(f"channel {channel_id} is a DM or group DM: it has no guild")
+        return guild_id
+
+    def _guild_id_of(self, channel_id: int) -> int | None:
+        """The guild of a channel or thread, None for a DM or group DM."""
+        guild_id = self._channel(channel_id).get("guild_id")
+        return int(guild_id) if guild_id else None
+
+    def _guild_fields(self, channel_id: int) -> dict:
+        """``{"guild_id": ...}`` for a guild channel, ``{}`` for a DM (Discord leaves the key out)."""
+        guild_id = self._guild_id_of(channel_id)
+        return {"guild_id": str(guild_id)} if guild_id is not None else {}
+
+    def _guild_record(self, guild_id: int) -> FakeGuild:
+        """A guild the bot is in, or one it is not in (``foreign_guilds``)."""
+        return self.guilds.get(guild_id) or self.foreign_guilds[guild_id]
+
+    def _bot_present(self, channel_id: int) -> bool:
+        """Whether the bot is where the channel is: a guild it is in, or a DM it is a recipient of
+        (gateway events of the channel reach it; its REST calls there are not 403 "Missing Access")."""
+        channel = self._channel(channel_id)
+        if channel["type"] in (1, 3):
+            return self.application_id in self.private_members[channel_id]
+        return int(channel["guild_id"]) in self.guilds
 
     def _user(self, who: str | dict | int) -> dict:
         if isinstance(who, dict):
@@ -1494,7 +1648,12 @@ class FakeDiscord:
         member overwrite.  A thread takes its parent's overwrites; a private thread (type 12) is only
         visible to its members and to Manage Threads.  Without View Channel: 0."""
         channel = self._channel(channel_id)
-        guild_id, user_id = int(channel["guild_id"]), self._user_id(user)
+        user_id = self._user_id(user)
+        if channel["type"] in (1, 3):  # a DM or group DM: its recipients, no overwrites
+            return Perm.PRIVATE if user_id in self.private_members[channel_id] else 0
+        guild_id = int(channel["guild_id"])
+        if user_id == self.application_id and guild_id in self.foreign_guilds:
+            return 0  # not a member there
         if user_id == self.owner_id:
             return Perm.ALL
         roles = [int(r) for r in (self.roles_of(user_id, guild_id) if roles is None else roles)]
@@ -1537,7 +1696,7 @@ class FakeDiscord:
             member = copy.deepcopy(who)
         else:
             if roles is None:
-                guild_id = self.guild_of(channel_id) if channel_id else None
+                guild_id = self._guild_id_of(channel_id) if channel_id else None
                 roles = self.roles_of(self._user_id(who), guild_id)
             member = make_member(self._user(who), roles=roles)
         if permissions is None:
@@ -1550,7 +1709,7 @@ class FakeDiscord:
         return member
 
     def _channel(self, channel_id: int) -> dict:
-        found = self.channels.get(channel_id) or self.threads.get(channel_id)
+        found = self.channels.get(channel_id) or self.threads.get(channel_id) or self.private_channels.get(channel_id)
         if found is None:
             raise KeyError(f"unknown channel {channel_id}; known: {list(self.channels) + list(self.threads)}")
         return found
@@ -1664,32 +1823,46 @@ class FakeDiscord:
         bot: bool = False,
         timeout: float = 20,
     ) -> dict:
-        """A user posts a message: dispatch MESSAGE_CREATE and return its payload."""
+        """A user posts a message: dispatch MESSAGE_CREATE and return its payload.
+
+        In a DM or group DM (``add_private_channel``) the message has no ``guild_id``/``member``; it
+        is dispatched only when the bot is a recipient, and stored either way (a context menu's
+        ``target_message``).  In a guild the bot is not in (``add_guild(bot_member=False)``) it is
+        stored, never dispatched."""
         channel_id = channel_id or self.channel_id
-        guild_id = self.guild_of(channel_id)
+        message = self._user_message(channel_id, author, content, attachments, bot=bot)
+        if self._bot_present(channel_id):
+            self.dispatch("MESSAGE_CREATE", message, guild_id=self._guild_id_of(channel_id), timeout=timeout)
+        return message
+
+    def _user_message(
+        self,
+        channel_id: int,
+        author: str | dict,
+        content: str,
+        attachments: Iterable[tuple[str, bytes, str | None]],
+        *,
+        bot: bool = False,
+        message_id: int | None = None,
+    ) -> dict:
+        """Build and store (not dispatch) a user's message; a thread counts it."""
+        guild_id = self._guild_id_of(channel_id)
         user = dict(self._user(author))
         if bot:
             user["bot"] = True
-        roles = self.roles_of(int(user["id"]), guild_id) if not isinstance(author, dict) else []
-        member = {k: v for k, v in make_member(user, roles=roles).items() if k != "user"}
         known = {u["id"]: u for u in [self.bot_user, *self.users.values()]}
-        mentions = [
-            {**known[i], "member": make_member(known[i])}
-            for i in dict.fromkeys(re.findall(r"<@!?(\d+)>", content))
-            if i in known
-        ]
-        message = {
-            "id": str(self.new_id()),
+        mentioned = [known[i] for i in dict.fromkeys(re.findall(r"<@!?(\d+)>", content)) if i in known]
+        message: dict[str, Any] = {
+            "id": str(message_id or self.new_id()),
             "channel_id": str(channel_id),
-            "guild_id": str(guild_id),
+            **({"guild_id": str(guild_id)} if guild_id is not None else {}),
             "author": user,
-            "member": member,
             "content": content,
             "timestamp": _now_iso(),
             "edited_timestamp": None,
             "tts": False,
             "mention_everyone": "@everyone" in content,
-            "mentions": mentions,
+            "mentions": [{**u, "member": make_member(u)} if guild_id else u for u in mentioned],
             "mention_roles": re.findall(r"<@&(\d+)>", content),
             "attachments": [self._store_attachment(channel_id, n, d, t) for n, d, t in attachments],
             "embeds": [],
@@ -1700,15 +1873,305 @@ class FakeDiscord:
             "components": [],
             "nonce": str(self.new_id()),
         }
+        if guild_id is not None:
+            roles = self.roles_of(int(user["id"]), guild_id) if not isinstance(author, dict) else []
+            message["member"] = {k: v for k, v in make_member(user, roles=roles).items() if k != "user"}
+        thread = self.threads.get(channel_id)
+        if thread is not None:
+            message["position"] = thread["total_message_sent"]
+            if int(message["id"]) != channel_id:  # a forum post's starter message is not counted
+                thread["message_count"] += 1
+            thread["total_message_sent"] += 1
+            thread["last_message_id"] = message["id"]
+        elif channel_id in self.private_channels or "last_message_id" in self.channels.get(channel_id, {}):
+            self._channel(channel_id)["last_message_id"] = message["id"]
         self.channel_messages[int(message["id"])] = message
-        self.dispatch("MESSAGE_CREATE", message, timeout=timeout)
         return message
+
+    # ---------------------------------------------------------------- forums and media channels
+
+    def create_post(
+        self,
+        forum_id: int,
+        *,
+        title: str = "投稿",
+        content: str = "",
+        attachments: Iterable[tuple[str, bytes, str | None]] = (),
+        author: str | dict = "member",
+        tags: Iterable[str | int] = (),
+        timeout: float = 20,
+    ) -> tuple[int, dict]:
+        """A user creates a post in a forum (15) or media (16) channel; return ``(thread_id, the
+        starter message payload)``.
+
+        As on Discord the post is a public thread (type 11, ``parent_id`` the forum, ``owner_id`` the
+        author, ``applied_tags`` the tags' ids, ``message_count`` 0) and its starter message has the
+        thread's id and ``channel_id``: THREAD_CREATE (``newly_created: true``) is dispatched first,
+        then MESSAGE_CREATE (both only when the bot can see the forum).  ``tags``: names or ids of the
+        forum's ``available_tags``.  Raises (a user could not post it) on an unknown tag, more than 5
+        tags, no tag in a channel with the REQUIRE_TAG flag (Discord's 40067), a title not 1-100
+        characters, or an empty post."""
+        forum = self.channels.get(forum_id)
+        if forum is None or forum["type"] not in (15, 16):
+            raise ValueError(f"channel {forum_id} is not a forum or media channel")
+        tag_ids = list(dict.fromkeys(self._tag_ref(forum_id, t) for t in tags))
+        if len(tag_ids) > 5:
+            raise ValueError(f"a post takes at most 5 tags, not {len(tag_ids)}")
+        if not tag_ids and int(forum.get("flags") or 0) & REQUIRE_TAG:
+            raise ValueError(f"forum {forum_id} requires a tag (40067: A tag is required to create a forum post)")
+        if not 1 <= len(title) <= 100:
+            raise ValueError("a post's title must be 1-100 characters")
+        attachments = list(attachments)
+        if not content and not attachments:
+            raise ValueError("a post needs content or attachments (Cannot send an empty message)")
+        owner_id = self._user_id(author)
+        thread_id = self.new_id()
+        thread = _thread(thread_id, int(forum["guild_id"]), forum_id, owner_id, title)
+        now = _now_iso()
+        thread["thread_metadata"].update(
+            create_timestamp=now, archive_timestamp=now, auto_archive_duration=forum["default_auto_archive_duration"]
+        )
+        thread["applied_tags"] = [str(t) for t in tag_ids]
+        thread["rate_limit_per_user"] = forum.get("default_thread_rate_limit_per_user") or 0
+        self.threads[thread_id] = thread
+        self.thread_members[thread_id] = {owner_id: now}
+        message = self._user_message(thread_id, author, content, attachments, message_id=thread_id)
+        forum["last_message_id"] = str(thread_id)  # a forum's last_message_id is its newest post
+        if self._bot_present(forum_id) and self._bot_sees(thread_id):
+            self.dispatch("THREAD_CREATE", {**copy.deepcopy(thread), "newly_created": True}, timeout=timeout)
+            self.dispatch("MESSAGE_CREATE", message, timeout=timeout)
+        return thread_id, message
+
+    def _tag_ref(self, forum_id: int, tag: str | int) -> int:
+        """A tag of a forum given by name or id → its id (KeyError when it has none such)."""
+        for t in self.channels[forum_id].get("available_tags") or []:
+            if t["name"] == tag or t["id"] == str(tag):
+                return int(t["id"])
+        raise KeyError(f"forum {forum_id} has no tag {tag!r}: {self._tag_names(forum_id)}")
+
+    def _tag_names(self, forum_id: int) -> list[str]:
+        return [t["name"] for t in self.channels[forum_id].get("available_tags") or []]
+
+    def _new_tags(self, specs: Iterable[str | dict], current: Iterable[dict] = ()) -> list[dict]:
+        """Tag objects for names/dicts (a known name or id keeps its id); ValueError over the limits."""
+        by_name = {t["name"]: t["id"] for t in current}
+        tags = []
+        for spec in specs:
+            spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+            spec.setdefault("id", by_name.get(spec.get("name")))
+            tags.append(_tag(spec, self.new_id()))
+        if errors := _tag_errors(tags):
+            raise ValueError(f"invalid forum tags: {errors}")
+        return tags
+
+    def tag_id(self, channel_id: int, name: str) -> int:
+        """The id of a forum/media channel's tag with this name (KeyError when it has none)."""
+        return self._tag_ref(channel_id, name)
+
+    def set_available_tags(self, channel_id: int, tags: Iterable[str | dict]) -> list[dict]:
+        """Replace a forum/media channel's ``available_tags`` (names or dicts ``{name, emoji_name?,
+        emoji_id?, moderated?}``; a tag keeping its name keeps its id) and dispatch CHANNEL_UPDATE;
+        return the new tags.  At most 20, names 1-20 characters (ValueError)."""
+        channel = self.channels[channel_id]
+        if channel["type"] not in (15, 16):
+            raise ValueError(f"channel {channel_id} of type {channel['type']} has no tags")
+        channel["available_tags"] = self._new_tags(tags, channel["available_tags"])
+        self._maybe_dispatch("CHANNEL_UPDATE", copy.deepcopy(channel))
+        return channel["available_tags"]
+
+    def applied_tag_names(self, thread_id: int) -> list[str]:
+        """The names of the tags now applied to a forum/media post, in ``applied_tags`` order."""
+        thread = self.threads[thread_id]
+        names = {t["id"]: t["name"] for t in self.channels[int(thread["parent_id"])].get("available_tags") or []}
+        return [names.get(t, t) for t in thread.get("applied_tags") or []]
+
+    def wait_for_thread_edit(self, thread_id: int, timeout: float = 20, *, since: int = 0) -> dict:
+        """The first ``thread_edits`` entry (at or after index ``since``) for this thread: the bot's
+        successful ``PATCH /channels/{thread}`` (``Thread.edit``)."""
+
+        def find() -> dict | None:
+            for e in self.thread_edits[since:]:
+                if e["thread_id"] == thread_id:
+                    return e
+            return None
+
+        return self.wait_for(find, timeout, f"an edit of thread {thread_id} (since {since})")
+
+    # ---------------------------------------------------------------- DMs, group DMs, foreign guilds
+
+    def add_private_channel(self, *users: str | dict | int, group: bool = False, name: str | None = None) -> int:
+        """Create a DM (type 1, exactly two users) or, with ``group``, a group DM (type 3, 2-10
+        users) between these users (names, users, ids; "bot" for the bot: a DM with the bot is where
+        ``interact(context=1)`` happens); return its id.  Nothing is dispatched (Discord sends no
+        CHANNEL_CREATE for DMs to bots).  Without the bot among the users, the bot's REST calls to it
+        answer 403 "Missing Access" (50001) and ``post_message`` there dispatches nothing."""
+        ids = list(dict.fromkeys(self._user_id(u) for u in users))
+        if not group and len(ids) != 2:
+            raise ValueError(f"a DM is between exactly two users, not {len(ids)}")
+        if group and not 2 <= len(ids) <= 10:
+            raise ValueError(f"a group DM has 2 to 10 users, not {len(ids)}")
+        if group and self.application_id in ids:
+            raise ValueError("a bot cannot be in a group DM")
+        channel_id = self.new_id()
+        channel: dict[str, Any] = {
+            "id": str(channel_id),
+            "type": 3 if group else 1,
+            "last_message_id": None,
+            "flags": 0,
+            "recipients": [self._user(i) for i in ids if i != self.application_id],
+        }
+        if group:
+            channel.update(name=name, icon=None, owner_id=str(ids[0]))
+        self.private_channels[channel_id] = channel
+        self.private_members[channel_id] = ids
+        return channel_id
+
+    # ---------------------------------------------------------------- custom emojis and reactions
+
+    def add_emoji(self, guild_id: int | None = None, name: str = "neko", *, animated: bool = False) -> int:
+        """Create a custom emoji in a guild (default: the first): ``{id, name, animated, available:
+        true, managed: false, require_colons: true, roles: []}``, listed in the guild's GUILD_CREATE
+        ``emojis`` and dispatched as GUILD_EMOJIS_UPDATE ``{guild_id, emojis}`` when a bot is
+        connected; return its id.  Names are 2-32 characters of letters, digits and ``_``."""
+        guild_id = int(guild_id or self.guild_id)
+        if guild_id not in self.guilds and guild_id not in self.foreign_guilds:
+            raise KeyError(f"unknown guild {guild_id}")
+        if not re.fullmatch(r"[A-Za-z0-9_]{2,32}", name):
+            raise ValueError(f"invalid emoji name {name!r}")
+        emoji_id = self.new_id()
+        emojis = self.emojis.setdefault(guild_id, [])
+        emojis.append(
+            {
+                "id": str(emoji_id),
+                "name": name,
+                "animated": animated,
+                "available": True,
+                "managed": False,
+                "require_colons": True,
+                "roles": [],
+            }
+        )
+        self._maybe_dispatch("GUILD_EMOJIS_UPDATE", {"guild_id": str(guild_id), "emojis": copy.deepcopy(emojis)})
+        return emoji_id
+
+    def _find_emoji(self, emoji_id: int) -> dict | None:
+        """A custom emoji of a guild the bot is in (None: unknown to the bot)."""
+        for guild_id in self.guilds:
+            for e in self.emojis.get(guild_id, []):
+                if int(e["id"]) == emoji_id:
+                    return e
+        return None
+
+    def _reaction_key(self, raw: str) -> tuple[str, dict | None] | None:
+        """A reaction emoji as the URL names it → (decoded key, custom emoji or None); None when
+        Discord would answer "Unknown Emoji" (10014)."""
+        text = unquote(raw) if "%" in raw else raw
+        m = _CUSTOM_EMOJI_RE.match(text)
+        if m:
+            custom = self._find_emoji(int(m.group(2)))
+            return (f"{custom['name']}:{custom['id']}", custom) if custom else None
+        return (text, None) if emoji_lib.is_emoji(text) else None
+
+    def _add_reaction(self, message: dict, key: str, custom: dict | None, user_id: int) -> bool:
+        """(under ``_cond``) one user's reaction on a stored message; False when it was there."""
+        reactors = self._reactors.setdefault(int(message["id"]), {}).setdefault(key, [])
+        if user_id in reactors:
+            return False
+        reactors.append(user_id)
+        reactions = message.setdefault("reactions", [])
+        entry = next((r for r in reactions if self._key_of(r["emoji"]) == key), None)
+        if entry is None:
+            entry = {
+                "count": 0,
+                "count_details": {"burst": 0, "normal": 0},
+                "me": False,
+                "me_burst": False,
+                "burst_colors": [],
+                "emoji": _emoji_object(key, custom),
+            }
+            reactions.append(entry)
+        entry["count"] += 1
+        entry["count_details"]["normal"] += 1
+        entry["me"] = entry["me"] or user_id == self.application_id
+        return True
+
+    def _remove_reaction(self, message: dict, key: str, user_id: int) -> bool:
+        """(under ``_cond``) take one user's reaction off; False when it was not there."""
+        reactors = self._reactors.get(int(message["id"]), {}).get(key, [])
+        if user_id not in reactors:
+            return False
+        reactors.remove(user_id)
+        for entry in list(message.get("reactions") or []):
+            if self._key_of(entry["emoji"]) == key:
+                entry["count"] -= 1
+                entry["count_details"]["normal"] -= 1
+                entry["me"] = self.application_id in reactors
+                if entry["count"] <= 0:
+                    message["reactions"].remove(entry)
+        return True
+
+    @staticmethod
+    def _key_of(emoji: dict) -> str:
+        return f"{emoji['name']}:{emoji['id']}" if emoji.get("id") else emoji["name"]
+
+    def _reaction_event(self, message: dict, key: str, custom: dict | None, user_id: int) -> dict:
+        """MESSAGE_REACTION_ADD/REMOVE's payload."""
+        channel_id = int(message["channel_id"])
+        event: dict[str, Any] = {
+            "user_id": str(user_id),
+            "channel_id": str(channel_id),
+            "message_id": message["id"],
+            **self._guild_fields(channel_id),
+            "emoji": _emoji_object(key, custom),
+            "burst": False,
+            "type": 0,
+        }
+        guild_id = self._guild_id_of(channel_id)
+        if guild_id is not None:
+            event["member"] = make_member(self._user(user_id), roles=self.roles_of(user_id, guild_id))
+        return event
+
+    def react(
+        self, message: dict | int | str, emoji: str, *, user: str | dict | int = "member", timeout: float = 20
+    ) -> None:
+        """A user reacts to a stored message with ``emoji`` ("👍", or "name:id" of a custom emoji):
+        stored on the message (``reactions``) and dispatched as MESSAGE_REACTION_ADD when the bot is
+        there.  After it, the bot may add the same reaction without Add Reactions."""
+        stored = self.channel_messages[int(message["id"] if isinstance(message, dict) else message)]
+        found = self._reaction_key(emoji)
+        if found is None:
+            raise ValueError(f"unknown emoji {emoji!r}")
+        key, custom = found
+        user_id = self._user_id(user)
+        with self._cond:
+            added = self._add_reaction(stored, key, custom, user_id)
+        if added and self._bot_present(int(stored["channel_id"])):
+            event = self._reaction_event(stored, key, custom, user_id)
+            event["message_author_id"] = stored["author"]["id"]
+            self.dispatch("MESSAGE_REACTION_ADD", event, timeout=timeout)
+
+    def reactions_on(self, message_id: int | str) -> list[str]:
+        """The bot's reactions now on a message, in the order it added them ("👍", or "name:id")."""
+        with self._cond:
+            return [e for _, m, e in self.reactions if m == int(message_id)]
+
+    def wait_for_reaction(self, message_id: int | str, timeout: float = 20) -> str:
+        """Block until the bot has a reaction on a message; return the first ("👍" or "name:id")."""
+        return self.wait_for(
+            lambda: (self.reactions_on(message_id) or [None])[0], timeout, f"a reaction of the bot on {message_id}"
+        )
 
     # ---------------------------------------------------------------- the image index: world changes
 
     def _maybe_dispatch(self, event: str, data: dict, timeout: float = 20) -> None:
         """Dispatch when a bot has ever identified (it may be reconnecting); otherwise only the
-        stored world changes (the next READY/GUILD_CREATE shows it)."""
+        stored world changes (the next READY/GUILD_CREATE shows it).  Nothing about a guild the bot
+        is not in (``foreign_guilds``) is dispatched."""
+        if self._guild_of_event(event, data) in self.foreign_guilds:
+            return
+        private = int(data.get("channel_id") or 0) if isinstance(data, dict) else 0
+        if private in self.private_channels and not self._bot_present(private):
+            return
         if self._loop is not None and self._session_states:
             self.dispatch(event, data, timeout=timeout)
 
@@ -1748,16 +2211,28 @@ class FakeDiscord:
         overwrites: Iterable[dict] = (),
         parent_id: int | None = None,
         nsfw: bool = False,
+        tags: Iterable[str | dict] | None = None,
+        flags: int = 0,
     ) -> int:
         """Create a guild channel (0 text, 4 category, 15 forum, 16 media) with these
-        ``permission_overwrites`` (see :func:`overwrite`); CHANNEL_CREATE when a bot is connected."""
+        ``permission_overwrites`` (see :func:`overwrite`); CHANNEL_CREATE when a bot is connected.
+
+        A forum/media channel takes ``tags`` (its ``available_tags``): names, or dicts ``{name,
+        emoji_name?, emoji_id?, moderated?}``; each gets a snowflake id and Discord's shape ``{id, name,
+        moderated, emoji_id, emoji_name}`` (at most 20, names 1-20 characters: ValueError otherwise).
+        ``flags``: channel flags, e.g. ``REQUIRE_TAG`` (posts need a tag)."""
         guild_id = int(guild_id or self.guild_id)
-        if guild_id not in self.guilds:
+        if guild_id not in self.guilds and guild_id not in self.foreign_guilds:
             raise KeyError(f"unknown guild {guild_id}")
+        if tags is not None and type not in (15, 16):
+            raise ValueError(f"only forum (15) and media (16) channels have tags, not type {type}")
         channel_id = self.new_id()
         position = sum(1 for c in self.channels.values() if c["guild_id"] == str(guild_id))
         channel = _channel_of_type(channel_id, guild_id, name, position, type, parent_id)
         channel["permission_overwrites"] = [dict(o) for o in overwrites]
+        channel["flags"] = int(flags)
+        if tags is not None:
+            channel["available_tags"] = self._new_tags(tags)
         if "nsfw" in channel:
             channel["nsfw"] = nsfw
         self.channels[channel_id] = channel
@@ -1824,7 +2299,7 @@ class FakeDiscord:
         Ids are snowflakes of their timestamps (``snowflake_at``), so ``before``/``after`` work both by
         id and by time."""
         channel_id = channel_id or self.channel_id
-        guild_id = self.guild_of(channel_id)
+        guild_id = self._guild_id_of(channel_id)
         out = []
         for spec in messages:
             if isinstance(spec, dict):
@@ -1841,13 +2316,8 @@ class FakeDiscord:
             message = {
                 "id": str(message_id),
                 "channel_id": str(channel_id),
-                "guild_id": str(guild_id),
+                **self._guild_fields(channel_id),
                 "author": user,
-                "member": {
-                    k: v
-                    for k, v in make_member(user, roles=self.roles_of(int(user["id"]), guild_id)).items()
-                    if k != "user"
-                },
                 "content": content,
                 "timestamp": at.isoformat(),
                 "edited_timestamp": None,
@@ -1866,6 +2336,9 @@ class FakeDiscord:
                 "flags": 0,
                 "components": [],
             }
+            if guild_id is not None:
+                roles = self.roles_of(int(user["id"]), guild_id)
+                message["member"] = {k: v for k, v in make_member(user, roles=roles).items() if k != "user"}
             self.channel_messages[message_id] = message
             out.append(message)
         return out
@@ -1900,7 +2373,7 @@ class FakeDiscord:
         self._drop_message(int(message_id))
         self._maybe_dispatch(
             "MESSAGE_DELETE",
-            {"id": str(message_id), "channel_id": str(channel_id), "guild_id": str(self.guild_of(channel_id))},
+            {"id": str(message_id), "channel_id": str(channel_id), **self._guild_fields(channel_id)},
         )
 
     def bulk_delete(self, channel_id: int, message_ids: Iterable[int | str]) -> None:
@@ -1910,7 +2383,7 @@ class FakeDiscord:
             self._drop_message(int(i))
         self._maybe_dispatch(
             "MESSAGE_DELETE_BULK",
-            {"ids": ids, "channel_id": str(channel_id), "guild_id": str(self.guild_of(channel_id))},
+            {"ids": ids, "channel_id": str(channel_id), **self._guild_fields(channel_id)},
         )
 
     def edit_message(
@@ -2002,7 +2475,7 @@ class FakeDiscord:
         message: dict | int | str,
         custom_id: str,
         *,
-        user: str | dict = "member",
+        user: str | dict | None = None,
         roles: list[int] | None = None,
         permissions: int | None = None,
         values: list[str] | None = None,
@@ -2012,8 +2485,17 @@ class FakeDiscord:
         """A user clicks a button (or picks ``values`` in a select menu) of a message the bot sent:
         INTERACTION_CREATE type 3 (MESSAGE_COMPONENT) with ``data {custom_id, component_type,
         values}`` and the ``message`` as it is now.  ``message``: a message payload, a
-        ``sent_messages``/``FakeInteraction`` entry, or an id.  A component that is not on the
-        message, or is disabled, raises (a user cannot click it)."""
+        ``sent_messages``/``FakeInteraction`` entry (an interaction's callback or followup message,
+        ephemeral ones included: see ``FakeInteraction.messages``), or an id.
+
+        Raises (a user cannot do it) when the component is not on the message or is disabled, when
+        ``values`` are given to a button, when a select's ``values`` are not among its options or
+        their number is outside ``min_values``..``max_values`` (1..1 unless set), and when someone
+        other than the interaction's user clicks an ephemeral message (only they see it).
+
+        ``user`` defaults to "member", or to the user of the interaction whose answer the message
+        is.  A click on a message answering an interaction in a DM, a group DM or a guild the bot is
+        not in has that interaction's context and ``authorizing_integration_owners``."""
         if isinstance(message, dict):
             message_id = int((message.get("message") or message)["id"]) if "kind" in message else int(message["id"])
         else:
@@ -2026,15 +2508,50 @@ class FakeDiscord:
             raise LookupError(f"no component {custom_id!r} on message {message_id}: {stored.get('components')}")
         if component.get("disabled"):
             raise LookupError(f"component {custom_id!r} on message {message_id} is disabled")
-        channel_id = int(stored["channel_id"])
-        self.wait_ready(timeout, guild_id=self.guild_of(channel_id))
+        origin = self._interaction_of_message(message_id)
+        if user is None:
+            user = "member" if origin is None else self._user(origin.user_id)
+        if origin is not None and int(stored.get("flags") or 0) & 64 and self._user_id(user) != origin.user_id:
+            raise LookupError(f"message {message_id} is ephemeral: only user {origin.user_id} sees it")
         data: dict[str, Any] = {"custom_id": custom_id, "component_type": component["type"]}
-        if component["type"] != 2:
+        if component["type"] == 2:
+            if values is not None:
+                raise ValueError(f"{custom_id!r} is a button: it takes no values")
+        else:
             data["values"] = list(values or [])
+            if (why := _select_value_errors(component, data["values"])) is not None:
+                raise ValueError(f"a user cannot pick that in {custom_id!r}: {why}")
+        channel_id = int(stored["channel_id"])
+        context, installed = 0, True
+        if origin is not None:
+            context = int(origin.payload.get("context") or 0)
+            installed = "0" in origin.payload.get("authorizing_integration_owners", {})
+        elif channel_id in self.private_channels:
+            context = 1 if self._bot_present(channel_id) else 2
+        self.wait_ready(timeout, guild_id=self._guild_id_of(channel_id))
         shown = copy.deepcopy(self._refresh_attachments(stored))
         return self._send_interaction(
-            3, data, user, roles, permissions, channel_id, locale, None, timeout, message=shown
+            3,
+            data,
+            user,
+            roles,
+            permissions,
+            channel_id,
+            locale,
+            None,
+            timeout,
+            context=context,
+            installed_in_guild=installed,
+            message=shown,
         )
+
+    def _interaction_of_message(self, message_id: int) -> FakeInteraction | None:
+        """The interaction whose callback or followup created this message, if any."""
+        with self._cond:
+            for rec in list(self.interactions.values()):
+                if any(int(m["id"]) == message_id for m in rec.messages):
+                    return rec
+        return None
 
     # ---------------------------------------------------------------- interactions
 
@@ -2067,18 +2584,37 @@ class FakeDiscord:
         target_message: dict | None = None,
         command_id: int | None = None,
         command_guild_id: int | str | None = "auto",
+        context: int = 0,
+        installed_in_guild: bool = True,
         _interaction_type: int = 2,
         timeout: float = 20,
     ) -> FakeInteraction:
         """Dispatch an INTERACTION_CREATE for a slash command (``type=CHAT_INPUT``, 2) or a message
-        context menu (``type=MESSAGE_CONTEXT``, 3; the default when ``target_message`` is given)."""
+        context menu (``type=MESSAGE_CONTEXT``, 3; the default when ``target_message`` is given).
+
+        ``context`` (Discord's interaction context): 0 a guild channel; 1 the bot's DM with the user,
+        2 a DM between users or a group DM (``channel_id`` from ``add_private_channel``: with the bot
+        for 1, without it for 2).  Contexts 1 and 2 carry no ``guild_id``/``member`` but a ``user``, a
+        ``channel {id, type 1|3, recipients}``, ``app_permissions`` Attach Files | Embed Links | Mention
+        Everyone (| Use External Emojis in the bot's DM) and ``authorizing_integration_owners {"1":
+        user id}``.  In context 0, ``installed_in_guild=False`` is the member using the app installed on
+        their account (the way into a guild the bot is not in: ``add_guild(bot_member=False)``):
+        ``{"1": user id}`` without "0", ``guild_id`` and ``member`` still there, and there
+        ``app_permissions`` are the member's own.  Without "0" a sixth followup gets 400 (40094).
+
+        A command synced globally is checked like Discord: its ``contexts`` (when not null) must hold
+        ``context``, and its ``integration_types`` must hold 1 for a user install (contexts 1/2, or
+        ``installed_in_guild=False``) or 0 for a guild install; a command synced only to guilds cannot
+        be used outside them.  ValueError otherwise (the user would not see it)."""
         channel_id = channel_id or self.channel_id
-        guild_id = self.guild_of(channel_id)
+        guild_id = self._guild_id_of(channel_id)
+        user_install = context != 0 or not installed_in_guild
         # before building: the 3 s deadline starts when the bot (the shard of this guild) can see it
         self.wait_ready(timeout, guild_id=guild_id)
         if type is None:
             type = MESSAGE_CONTEXT if target_message is not None else CHAT_INPUT
         data_type = 3 if type == MESSAGE_CONTEXT else 1
+        self._check_command_use(name, data_type, context, user_install)
         options = copy.deepcopy(options or [])
         if attachments:
             # Put new attachment options beside the innermost subcommand's options.
@@ -2099,6 +2635,8 @@ class FakeDiscord:
                     known = {int(u["id"]): u for u in [self.bot_user, *self.users.values()]}
                     if user_id in known:
                         resolved.setdefault("users", {})[str(user_id)] = known[user_id]
+                        if guild_id is None:
+                            continue
                         member = make_member(known[user_id], roles=self.roles_of(user_id, guild_id))
                         member = {k: v for k, v in member.items() if k != "user"}
                         resolved.setdefault("members", {})[str(user_id)] = member
@@ -2114,7 +2652,7 @@ class FakeDiscord:
             # Registered globally → no data.guild_id; otherwise the guild (discord.py falls back to global).
             globally = any(c.get("name") == name for c in self.synced_commands.get(None, []))
             in_guild = any(c.get("name") == name for c in self.synced_commands.get(guild_id, []))
-            command_guild_id = guild_id if in_guild or not globally else None
+            command_guild_id = guild_id if (in_guild or not globally) and not user_install else None
         data: dict[str, Any] = {
             "id": str(command_id or self._command_id(name, data_type)),
             "name": name,
@@ -2133,8 +2671,43 @@ class FakeDiscord:
         if resolved:
             data["resolved"] = resolved
         return self._send_interaction(
-            _interaction_type, data, user, roles, permissions, channel_id, locale, guild_locale, timeout
+            _interaction_type,
+            data,
+            user,
+            roles,
+            permissions,
+            channel_id,
+            locale,
+            guild_locale,
+            timeout,
+            context=context,
+            installed_in_guild=installed_in_guild,
         )
+
+    def _check_command_use(self, name: str, data_type: int, context: int, user_install: bool) -> None:
+        """Raise when Discord would not offer this command here (see ``interact``)."""
+        if context not in (0, 1, 2):
+            raise ValueError(f"context must be 0 (guild), 1 (bot DM) or 2 (private channel), not {context}")
+        synced = [c for c in self.synced_commands.get(None, []) if c["name"] == name and c.get("type", 1) == data_type]
+        in_guilds = any(
+            c["name"] == name and c.get("type", 1) == data_type
+            for g, cmds in self.synced_commands.items()
+            if g is not None
+            for c in cmds
+        )
+        if not synced:
+            if user_install and in_guilds:
+                raise ValueError(f"{name!r} is only synced to guilds: it cannot be used as a user-installed app")
+            return
+        command = synced[0]
+        contexts = command.get("contexts")
+        if contexts is not None and context not in contexts:
+            raise ValueError(f"{name!r} is not available in context {context} (contexts {contexts})")
+        install = 1 if user_install else 0
+        integration_types = command.get("integration_types")
+        if integration_types is not None and install not in integration_types:
+            kind = "a user install" if user_install else "a guild install"
+            raise ValueError(f"{name!r} is not available through {kind} (integration_types {integration_types})")
 
     def _send_interaction(
         self,
@@ -2147,34 +2720,72 @@ class FakeDiscord:
         locale: str,
         guild_locale: str | None,
         timeout: float,
+        *,
+        context: int = 0,
+        installed_in_guild: bool = True,
         **extra: Any,
     ) -> FakeInteraction:
-        guild_id = self.guild_of(channel_id)
-        member = self._member_for(user, roles, permissions, channel_id)
-        app_perms = self.channel_permissions(self.application_id, channel_id)
-        locale_of_guild = self.guild_locale if guild_id == self.guild_id else self.guilds[guild_id].locale
-        channel = {**self._channel(channel_id), "permissions": member["permissions"]}
-        payload = {
+        guild_id = self._guild_id_of(channel_id)
+        payload: dict[str, Any] = {
             "id": str(self.new_id()),
             "application_id": str(self.application_id),
             "type": interaction_type,
             "token": f"itoken-{self.new_id()}",
             "version": 1,
-            "guild_id": str(guild_id),
-            "guild": {"id": str(guild_id), "locale": guild_locale or locale_of_guild, "features": []},
-            "channel": channel,
-            "channel_id": str(channel_id),
-            "member": member,
-            "locale": locale,
-            "guild_locale": guild_locale or locale_of_guild,
-            "app_permissions": str(app_perms),
-            "entitlements": [],
-            "authorizing_integration_owners": {"0": str(guild_id)},
-            "context": 0,
-            "attachment_size_limit": ATTACHMENT_SIZE_LIMIT,
-            "data": data,
-            **extra,
         }
+        if context == 0:
+            if guild_id is None:
+                raise ValueError(f"channel {channel_id} is a DM or group DM: use context=1 or 2")
+            foreign = guild_id in self.foreign_guilds
+            if foreign and installed_in_guild:
+                raise ValueError(f"the bot is not in guild {guild_id}: only installed_in_guild=False reaches it")
+            member = self._member_for(user, roles, permissions, channel_id)
+            # Where the app is not in the guild it acts with the member's permissions.
+            app_perms = (
+                int(member["permissions"]) if foreign else self.channel_permissions(self.application_id, channel_id)
+            )
+            locale_of_guild = self.guild_locale if guild_id == self.guild_id else self._guild_record(guild_id).locale
+            owners = {"0": str(guild_id)} if installed_in_guild else {"1": member["user"]["id"]}
+            payload.update(
+                guild_id=str(guild_id),
+                guild={"id": str(guild_id), "locale": guild_locale or locale_of_guild, "features": []},
+                channel={**self._channel(channel_id), "permissions": member["permissions"]},
+                channel_id=str(channel_id),
+                member=member,
+                locale=locale,
+                guild_locale=guild_locale or locale_of_guild,
+            )
+        else:
+            channel = self.private_channels.get(channel_id)
+            if channel is None:
+                raise ValueError(f"context {context} needs a DM or group DM (add_private_channel), not {channel_id}")
+            with_bot = self._bot_present(channel_id)
+            if context == 1 and not (with_bot and channel["type"] == 1):
+                raise ValueError(f"context 1 is the bot's DM with the user; channel {channel_id} is not that")
+            if context == 2 and with_bot:
+                raise ValueError(f"channel {channel_id} is the bot's DM: that is context 1")
+            invoker = copy.deepcopy(self._user(user))
+            if int(invoker["id"]) not in self.private_members[channel_id]:
+                raise ValueError(f"user {invoker['id']} is not in channel {channel_id}")
+            app_perms = Perm.ATTACH_FILES | Perm.EMBED_LINKS | Perm.MENTION_EVERYONE
+            if context == 1:
+                app_perms |= Perm.USE_EXTERNAL_EMOJIS
+            shown = copy.deepcopy(channel)
+            if channel["type"] == 1 and not with_bot:  # the other user, as the invoking user sees the DM
+                shown["recipients"] = [u for u in shown["recipients"] if u["id"] != invoker["id"]]
+            owners = {"1": invoker["id"]}
+            payload.update(channel=shown, channel_id=str(channel_id), user=invoker, locale=locale)
+        payload.update(
+            {
+                "app_permissions": str(app_perms),
+                "entitlements": [],
+                "authorizing_integration_owners": owners,
+                "context": context,
+                "attachment_size_limit": ATTACHMENT_SIZE_LIMIT,
+                "data": data,
+                **extra,
+            }
+        )
         record = FakeInteraction(self, payload)
         with self._cond:
             self.interactions[record.id] = record
@@ -2211,7 +2822,7 @@ class FakeDiscord:
         ("GET", r"guilds/(?P<guild>\d+)", "_r_guild"),
         ("GET", r"guilds/(?P<guild>\d+)/channels", "_r_guild"),
         ("GET", r"guilds/(?P<guild>\d+)/members/(?P<user>\d+)", "_r_guild"),
-        ("GET", r"channels/(?P<channel>\d+)", "_r_channel"),
+        ("GET|PATCH", r"channels/(?P<channel>\d+)", "_r_channel"),
         ("POST", r"channels/(?P<channel>\d+)/messages", "_r_create_message"),
         ("GET", r"channels/(?P<channel>\d+)/messages", "_r_history"),
         ("POST", r"channels/(?P<channel>\d+)/messages/bulk-delete", "_r_bulk_delete"),
@@ -2280,6 +2891,10 @@ class FakeDiscord:
             groups.get("guild") and int(groups["guild"]) in self.removed_guilds
         ):
             return _error(403, "Missing Access", 50001)  # a guild the bot is no longer in
+        if (groups.get("guild") and int(groups["guild"]) in self.foreign_guilds) or (
+            groups.get("channel") and self._unreachable(int(groups["channel"]))
+        ):
+            return _error(403, "Missing Access", 50001)  # a guild the bot is not in, a DM without it
         fault = self._take_fault(request.method, tail)
         if fault is not None and not fault[0].processed:
             return self._fault_response(*fault, record, None)
@@ -2289,6 +2904,13 @@ class FakeDiscord:
                 entry["answered_status"] = fault[1]
             return self._fault_response(*fault, record, response)
         return response
+
+    def _unreachable(self, channel_id: int) -> bool:
+        """A channel that exists but is not where the bot is (foreign guild, DM without the bot)."""
+        try:
+            return not self._bot_present(channel_id)
+        except KeyError:
+            return False  # unknown: the handler answers 404
 
     # ---------------------------------------------------------------- REST faults
 
@@ -2435,7 +3057,7 @@ class FakeDiscord:
         message = {
             "id": str(self.new_id()),
             "channel_id": str(channel_id),
-            "guild_id": str(self.guild_of(channel_id)),
+            **self._guild_fields(channel_id),
             "author": self.bot_user,
             "content": payload.get("content") or "",
             "timestamp": _now_iso(),
@@ -2456,7 +3078,8 @@ class FakeDiscord:
         if payload.get("message_reference"):
             ref = dict(payload["message_reference"])
             ref.setdefault("channel_id", str(channel_id))
-            ref.setdefault("guild_id", message["guild_id"])
+            if "guild_id" in message:
+                ref.setdefault("guild_id", message["guild_id"])
             message["message_reference"] = ref
         if webhook:
             message["webhook_id"] = str(self.application_id)
@@ -2550,7 +3173,137 @@ class FakeDiscord:
             return _error(404, "Unknown Channel", 10003)
         if not self._bot_sees(int(m["channel"])):
             return _error(403, "Missing Access", 50001)
+        if request.method == "PATCH":
+            if int(m["channel"]) in self.threads:
+                return self._edit_thread(request, channel, payload or {})
+            return self._edit_channel(request, channel, payload or {})
         return _json(channel)
+
+    def _edit_thread(self, request: web.Request, thread: dict, payload: dict) -> web.Response:
+        """PATCH /channels/{thread} (``Thread.edit``): ``name``, ``archived``, ``locked``,
+        ``auto_archive_duration``, ``rate_limit_per_user``, ``applied_tags``.
+
+        Discord's rules: a thread the bot does not own needs Manage Threads in its parent, and so do
+        ``locked`` and adding or removing a ``moderated`` tag (403 50013); ``applied_tags`` only on a
+        forum/media post, at most 5, each an id of the parent's ``available_tags`` (400 50035)."""
+        thread_id = int(thread["id"])
+        parent = self.channels[int(thread["parent_id"])]
+        perms = self.channel_permissions(self.application_id, thread_id)
+        manage = bool(perms & Perm.MANAGE_THREADS)
+        if not manage and (int(thread["owner_id"]) != self.application_id or "locked" in payload or "flags" in payload):
+            return _error(403, "Missing Permissions", 50013)
+        errors: dict[str, str] = {}
+        if "name" in payload and not 1 <= len(str(payload["name"] or "")) <= 100:
+            errors["name"] = "Must be between 1 and 100 in length."
+        for key in ("archived", "locked"):
+            if key in payload and not isinstance(payload[key], bool):
+                errors[key] = "Must be a boolean."
+        if "auto_archive_duration" in payload and payload["auto_archive_duration"] not in (60, 1440, 4320, 10080):
+            errors["auto_archive_duration"] = "Value must be one of (60, 1440, 4320, 10080)."
+        new_tags: list[str] | None = None
+        if "applied_tags" in payload:
+            raw = payload["applied_tags"]
+            available = {t["id"]: t for t in parent.get("available_tags") or []}
+            if parent["type"] not in (15, 16):
+                errors["applied_tags"] = "Tags can only be applied to a post in a forum or media channel."
+            elif not isinstance(raw, list):
+                errors["applied_tags"] = "Must be an array of snowflakes."
+            else:
+                new_tags = list(dict.fromkeys(str(t) for t in raw))
+                if len(new_tags) > 5:
+                    errors["applied_tags"] = "Must be 5 or fewer in length."
+                for i, t in enumerate(new_tags):
+                    if t not in available:
+                        errors[f"applied_tags.{i}"] = f"Unknown tag {t} in channel {parent['id']}."
+                changed = set(new_tags) ^ set(thread.get("applied_tags") or [])
+                if not errors and not manage and any(available[t]["moderated"] for t in changed if t in available):
+                    return _error(403, "Missing Permissions", 50013)  # a moderated tag needs Manage Threads
+        if errors:
+            return self._invalid(errors)
+        meta = thread["thread_metadata"]
+        if "name" in payload:
+            thread["name"] = payload["name"]
+        if new_tags is not None:
+            thread["applied_tags"] = new_tags
+        if "auto_archive_duration" in payload:
+            meta["auto_archive_duration"] = payload["auto_archive_duration"]
+        if "rate_limit_per_user" in payload:
+            thread["rate_limit_per_user"] = int(payload["rate_limit_per_user"] or 0)
+        if "flags" in payload:
+            thread["flags"] = int(payload["flags"] or 0)
+        if "locked" in payload:
+            meta["locked"] = payload["locked"]
+        if "archived" in payload and payload["archived"] != meta["archived"]:
+            meta["archived"] = payload["archived"]
+            meta["archive_timestamp"] = _now_iso()
+            if payload["archived"]:
+                self.archived_threads.add(thread_id)
+            else:
+                self.archived_threads.discard(thread_id)
+        shown = copy.deepcopy(thread)
+        entry = {
+            "thread_id": thread_id,
+            "parent_id": int(parent["id"]),
+            "payload": payload,
+            "applied_tags": [int(t) for t in thread.get("applied_tags") or []],
+            "applied_tag_names": self.applied_tag_names(thread_id) if parent["type"] in (15, 16) else [],
+            "thread": shown,
+            "token": self._bot_token(request),
+            "time": time.monotonic(),
+        }
+        with self._cond:
+            self.thread_edits.append(entry)
+            self._cond.notify_all()
+        self._dispatch_from_handler("THREAD_UPDATE", shown)
+        return _json(shown)
+
+    def _edit_channel(self, request: web.Request, channel: dict, payload: dict) -> web.Response:
+        """PATCH /channels/{id} of a guild channel: needs Manage Channels (403 50013); applies
+        ``name``, ``topic``, ``nsfw``, ``rate_limit_per_user``, ``flags``, ``available_tags`` (tags
+        with an ``id`` keep it, new ones get one); CHANNEL_UPDATE."""
+        channel_id = int(channel["id"])
+        if channel["type"] in (1, 3):
+            return _error(403, "Missing Permissions", 50013)  # a bot cannot edit a DM
+        if not self.channel_permissions(self.application_id, channel_id) & Perm.MANAGE_CHANNELS:
+            return _error(403, "Missing Permissions", 50013)
+        errors: dict[str, str] = {}
+        if "name" in payload and not 1 <= len(str(payload["name"] or "")) <= 100:
+            errors["name"] = "Must be between 1 and 100 in length."
+        topic_limit = 4096 if channel["type"] in (15, 16) else 1024
+        if "topic" in payload and len(payload["topic"] or "") > topic_limit:
+            errors["topic"] = f"Must be {topic_limit} or fewer in length."
+        tags = None
+        if "available_tags" in payload:
+            if channel["type"] not in (15, 16):
+                errors["available_tags"] = "Only forum and media channels have tags."
+            else:
+                known = {t["id"] for t in channel.get("available_tags") or []}
+                tags = [
+                    _tag({**t, "id": t["id"] if str(t.get("id")) in known else None}, self.new_id())
+                    for t in payload["available_tags"] or []
+                ]
+                errors.update(_tag_errors(tags))
+        if errors:
+            return self._invalid(errors)
+        for key in ("name", "topic", "nsfw", "rate_limit_per_user", "flags"):
+            if key in payload and key in channel:
+                channel[key] = payload[key]
+        if tags is not None:
+            channel["available_tags"] = tags
+        shown = copy.deepcopy(channel)
+        with self._cond:
+            self.channel_edits.append(
+                {
+                    "channel_id": channel_id,
+                    "payload": payload,
+                    "channel": shown,
+                    "token": self._bot_token(request),
+                    "time": time.monotonic(),
+                }
+            )
+            self._cond.notify_all()
+        self._dispatch_from_handler("CHANNEL_UPDATE", shown)
+        return _json(shown)
 
     def _readable(self, channel_id: int) -> web.Response | int:
         """The bot's permissions in a channel, or the error Discord answers for it."""
@@ -2690,7 +3443,7 @@ class FakeDiscord:
             self.deleted_messages.extend((channel_id, int(i)) for i in ids)
         self._dispatch_from_handler(
             "MESSAGE_DELETE_BULK",
-            {"ids": ids, "channel_id": str(channel_id), "guild_id": str(self.guild_of(channel_id))},
+            {"ids": ids, "channel_id": str(channel_id), **self._guild_fields(channel_id)},
         )
         return web.Response(status=204)
 
@@ -2734,7 +3487,11 @@ class FakeDiscord:
 
     async def _r_create_message(self, request, m, payload, files):
         channel_id = int(m["channel"])
-        if channel_id not in self.channels and channel_id not in self.threads:
+        if (
+            channel_id not in self.channels
+            and channel_id not in self.threads
+            and channel_id not in self.private_channels
+        ):
             return _error(404, "Unknown Channel", 10003)
         payload = payload or {}
         nonce = payload.get("nonce")
@@ -2790,7 +3547,7 @@ class FakeDiscord:
             self._drop_message(message_id)
             self._dispatch_from_handler(
                 "MESSAGE_DELETE",
-                {"id": str(message_id), "channel_id": str(channel_id), "guild_id": str(self.guild_of(channel_id))},
+                {"id": str(message_id), "channel_id": str(channel_id), **self._guild_fields(channel_id)},
             )
             return web.Response(status=204)
         if message["author"]["id"] != self.bot_user["id"]:
@@ -2809,8 +3566,54 @@ class FakeDiscord:
         return _json(message)
 
     async def _r_reaction(self, request, m, payload, files):
+        """PUT/DELETE /channels/{c}/messages/{m}/reactions/{emoji}/@me: the bot's reaction, 204.
+
+        As on Discord: unknown channel 404 10003, no View Channel 403 50001, unknown message 404
+        10008; PUT needs Read Message History, and Add Reactions unless someone already reacted with
+        that emoji (403 50013); an emoji that is neither Unicode nor a custom emoji of a guild the bot
+        is in: 400 10014; a 21st distinct emoji on a message: 400 30010.  A new reaction is stored on
+        the message (``reactions``), added to ``FakeDiscord.reactions`` and dispatched as
+        MESSAGE_REACTION_ADD; DELETE takes it off (MESSAGE_REACTION_REMOVE)."""
+        channel_id, message_id = int(m["channel"]), int(m["message"])
+        perms = self._readable(channel_id)
+        if isinstance(perms, web.Response):
+            return perms
+        message = self.channel_messages.get(message_id)
+        if message is None or int(message["channel_id"]) != channel_id or int(message.get("flags") or 0) & 64:
+            return _error(404, "Unknown Message", 10008)  # ephemeral messages cannot carry reactions
+        found = self._reaction_key(m["emoji"])
+        if found is None:
+            return _error(400, "Unknown Emoji", 10014)
+        key, custom = found
+        bot_id = self.application_id
+        if request.method == "DELETE":
+            with self._cond:
+                removed = self._remove_reaction(message, key, bot_id)
+                if removed and (channel_id, message_id, key) in self.reactions:
+                    self.reactions.remove((channel_id, message_id, key))
+                self._cond.notify_all()
+            if removed:
+                self._dispatch_from_handler(
+                    "MESSAGE_REACTION_REMOVE",
+                    {k: v for k, v in self._reaction_event(message, key, custom, bot_id).items() if k != "member"},
+                )
+            return web.Response(status=204)
+        if not perms & Perm.READ_MESSAGE_HISTORY:
+            return _error(403, "Missing Permissions", 50013)
+        present = self._reactors.get(message_id, {}).get(key)
+        if not present and not perms & Perm.ADD_REACTIONS:
+            return _error(403, "Missing Permissions", 50013)
+        if not present and len(message.get("reactions") or []) >= 20:
+            return _error(400, "Maximum number of reactions reached (20)", 30010)
         with self._cond:
-            self.reactions.append((int(m["channel"]), int(m["message"]), m["emoji"]))
+            added = self._add_reaction(message, key, custom, bot_id)
+            if added:
+                self.reactions.append((channel_id, message_id, key))
+            self._cond.notify_all()
+        if added:
+            event = self._reaction_event(message, key, custom, bot_id)
+            event["message_author_id"] = message["author"]["id"]
+            self._dispatch_from_handler("MESSAGE_REACTION_ADD", event)
         return web.Response(status=204)
 
     def _interaction_by_token(self, token: str) -> FakeInteraction | None:
@@ -2866,6 +3669,7 @@ class FakeDiscord:
         if rtype in (4, 5):
             shown = dict(data, flags=int(data.get("flags") or 0) | (128 if rtype == 5 else 0))  # 128: loading
             message = self._bot_message(channel_id, shown, files, webhook=True)
+            message["interaction_metadata"] = self._interaction_metadata(rec)
             interaction["response_message_id"] = message["id"]
             body["resource"] = {"type": rtype, "message": message}
         elif rtype in (6, 7):  # the component's message is the response ("@original")
@@ -2892,6 +3696,23 @@ class FakeDiscord:
             self._cond.notify_all()
         return _json(body)
 
+    def _interaction_metadata(self, rec: FakeInteraction, *, followup: bool = False) -> dict:
+        """A message's ``interaction_metadata``: the interaction it answers."""
+        user = rec.payload["member"]["user"] if "member" in rec.payload else rec.payload["user"]
+        meta: dict[str, Any] = {
+            "id": str(rec.id),
+            "type": rec.type,
+            "user": user,
+            "authorizing_integration_owners": rec.payload.get("authorizing_integration_owners", {}),
+        }
+        if rec.type == 2:
+            meta["name"] = rec.name
+        if rec.type == 3:
+            meta["interacted_message_id"] = rec.payload["message"]["id"]
+        if followup and rec.original is not None:
+            meta["original_response_message_id"] = rec.original["id"]
+        return meta
+
     async def _r_followup(self, request, m, payload, files):
         rec = self._interaction_by_token(m["token"])
         if rec is not None and self._token_expired(rec):
@@ -2901,6 +3722,9 @@ class FakeDiscord:
         payload = payload or {}
         if errors := _message_errors(payload, files):
             return self._invalid(errors)
+        if "0" not in rec.payload.get("authorizing_integration_owners", {}) and len(rec.followups) >= 5:
+            # not installed where it was used (a user install): at most 5 followups
+            return _error(400, "This interaction has hit the maximum number of follow up messages", 40094)
         channel_id = int(rec.payload["channel_id"])
         deferral = rec.responses[0]
         answers_deferral = deferral["type"] == 5 and not rec.timeline  # still "thinking…"
@@ -2910,6 +3734,7 @@ class FakeDiscord:
             flags = (int(payload.get("flags") or 0) & ~64) | (deferral["flags"] & 64)
             payload = {**payload, "flags": flags}
         message = self._bot_message(channel_id, payload, files, webhook=True)
+        message["interaction_metadata"] = self._interaction_metadata(rec, followup=True)
         entry = self._entry("followup", channel_id, payload, files, message)
         request[_ENTRY_KEY] = entry
         with self._cond:
@@ -2958,6 +3783,18 @@ class FakeDiscord:
             self._cond.notify_all()
         return _json(message)
 
+    def synced_command(self, name: str, type: int | None = None) -> dict:
+        """The command of this name (and type: 1 slash, 2 user, 3 message) as last synced, as Discord
+        echoed it (``id``, ``integration_types``, ``contexts``...): the global one, else a guild's
+        (KeyError when none)."""
+        with self._cond:
+            scopes = [None, *[g for g in self.synced_commands if g is not None]]
+            for scope in scopes:
+                for c in self.synced_commands.get(scope, []):
+                    if c["name"] == name and (type is None or c.get("type", 1) == type):
+                        return c
+        raise KeyError(f"no synced command {name!r} (type {type}); synced: {self.synced_commands}")
+
     async def _r_commands(self, request, m, payload, files):
         if int(m["app"]) != self.application_id:
             return _error(403, "Missing Access", 50001)
@@ -2969,6 +3806,10 @@ class FakeDiscord:
         echoed = []
         for c in payload:
             c = {"type": 1, "description": "", "options": [], "default_member_permissions": None, "nsfw": False, **c}
+            # Kept as sent; left out (or null), Discord fills in the app's install setting.
+            if c.get("integration_types") is None:
+                c["integration_types"] = list(self.default_integration_types)
+            c.setdefault("contexts", None)
             c.update(
                 id=str(self._command_id(c["name"], c["type"])),
                 application_id=str(self.application_id),
