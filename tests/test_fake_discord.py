@@ -46,6 +46,8 @@ def make_bot() -> commands.Bot:
     intents.guilds = True
     intents.guild_messages = True
     intents.message_content = True
+    intents.emojis_and_stickers = True  # GUILD_EMOJIS_UPDATE, and the emoji cache
+    intents.guild_reactions = True  # MESSAGE_REACTION_ADD / _REMOVE
     bot = commands.Bot(
         command_prefix="!",
         intents=intents,
@@ -150,6 +152,17 @@ def make_bot() -> commands.Bot:
     async def choose(interaction: discord.Interaction) -> None:
         await interaction.response.send_message("果物を選んで", view=FruitView(), ephemeral=True)
         await interaction.followup.send("確認", view=ConfirmView(), ephemeral=True, wait=True)
+
+    class NameModal(discord.ui.Modal, title="名前"):
+        name: discord.ui.TextInput = discord.ui.TextInput(label="名前", max_length=10)
+        note: discord.ui.TextInput = discord.ui.TextInput(label="メモ", required=False)
+
+        async def on_submit(self, interaction: discord.Interaction) -> None:
+            await interaction.response.send_message(f"こんにちは {self.name.value}|{self.note.value}", ephemeral=True)
+
+    @bot.tree.command(name="ask", description="a modal, then a private answer from what was typed")
+    async def ask(interaction: discord.Interaction) -> None:
+        await interaction.response.send_modal(NameModal())
 
     @bot.tree.context_menu(name="画像を見る")
     @app_commands.allowed_installs(guilds=True, users=True)
@@ -492,7 +505,7 @@ def test_sync_is_recorded(fake, bot):
 
     in_guild, global_ = bot.call(sync())
     names = {"ping", "privacy", "announce", "long", "slow", "labels", "pick", "分類する", "perm", "chart"}
-    names |= {"choose", "画像を見る"}
+    names |= {"choose", "画像を見る", "ask"}
     assert {c["name"] for c in fake.synced_commands[fake.guild_id]} == names
     assert {c["name"] for c in fake.synced_commands[None]} == names
     assert {c.name for c in in_guild} == names and all(c.id for c in global_)
@@ -1594,6 +1607,22 @@ def test_components_on_ephemeral_answers_select_values_and_updates(fake, bot):
     edit = fake.wait_for_edits(followup["id"], 1)[-1]
     assert edit["content"] == f"確定 {fake.member_id}" and edit["ephemeral"]
     assert fake.channel_messages[int(followup["id"])]["components"] == []
+
+
+def test_a_modal_is_answered_with_what_the_user_typed(fake, bot):
+    rec = fake.interact("ask")
+    assert rec.wait_response()["type"] == 9
+    modal = rec.responses[0]["modal"]
+    assert modal["title"] == "名前" and len(modal["components"]) == 2
+    name_id, note_id = fake.modal_inputs(rec)
+    with pytest.raises(ValueError):
+        fake.submit_modal(rec, {note_id: "x"})  # the name is required
+    with pytest.raises(ValueError):
+        fake.submit_modal(rec, {name_id: "長" * 11})  # over max_length
+    submitted = fake.submit_modal(rec, {name_id: "ゆき"})
+    answer = submitted.wait_final()
+    assert submitted.payload["type"] == 5 and submitted.payload["data"]["custom_id"] == modal["custom_id"]
+    assert answer["ephemeral"] and answer["content"] == "こんにちは ゆき|"
 
 
 def test_user_installed_context_menu_in_dms_group_dms_and_foreign_guilds(fake, bot):

@@ -222,17 +222,16 @@ class Perm:
     BOT = MEMBER | MANAGE_MESSAGES
     ALL = (1 << 53) - 1  # what an owner or an Administrator has
     # What a recipient may do in a DM or group DM (there are no overwrites there).
-    PRIVATE = (
-        VIEW_CHANNEL
-        | SEND_MESSAGES
-        | READ_MESSAGE_HISTORY
-        | ADD_REACTIONS
-        | EMBED_LINKS
-        | ATTACH_FILES
-        | MENTION_EVERYONE
-        | USE_EXTERNAL_EMOJIS
-        | USE_APPLICATION_COMMANDS
-    )
+    PRIVATE = (MEMBER & ~SEND_MESSAGES_IN_THREADS) | MENTION_EVERYONE | USE_EXTERNAL_EMOJIS
+
+
+# Events a session only gets with their gateway intent (Discord's Gateway Intents list); the others go to every
+# session, as the fake has always sent them.
+_EVENT_INTENTS = {
+    "GUILD_EMOJIS_UPDATE": 1 << 3,  # GUILD_EXPRESSIONS
+    "MESSAGE_REACTION_ADD": 1 << 10,  # GUILD_MESSAGE_REACTIONS
+    "MESSAGE_REACTION_REMOVE": 1 << 10,
+}
 
 
 def overwrite(target_id: int, *, allow: int = 0, deny: int = 0, member: bool = False) -> dict:
@@ -1193,8 +1192,12 @@ class FakeDiscord:
         self._call(self._deliver(event, data, guild_id), timeout)  # type: ignore[arg-type]
 
     async def _deliver(self, event: str, data: dict, guild_id: int | None) -> None:
-        """(on the server loop) send a dispatch to the ready sessions that get it."""
+        """(on the server loop) send a dispatch to the ready sessions that get it: those that asked for the
+        event's intent, where the event has one (_EVENT_INTENTS)."""
+        wanted = _EVENT_INTENTS.get(event)
         for s in self._targets(guild_id):
+            if wanted is not None and s.state is not None and not s.state.intents & wanted:
+                continue
             await s.send(0, self._as_seen_by(s, event, data), event)
             with self._cond:
                 self.deliveries.append(
@@ -2543,6 +2546,64 @@ class FakeDiscord:
             context=context,
             installed_in_guild=installed,
             message=shown,
+        )
+
+    @staticmethod
+    def modal_inputs(opened: FakeInteraction) -> list[str]:
+        """The custom ids of the text inputs of the modal ``opened`` was answered with, in order."""
+        modal = next((r["modal"] for r in reversed(opened.responses) if r.get("type") == 9), None)
+        if modal is None:
+            raise LookupError(f"interaction {opened.id} was not answered with a modal: {opened.responses}")
+        rows = modal.get("components") or []
+        return [c["custom_id"] for row in rows for c in (row.get("components") or [row.get("component")])]
+
+    def submit_modal(self, opened: FakeInteraction, values: dict[str, str], *, timeout: float = 20) -> FakeInteraction:
+        """The user fills in and submits the modal the bot answered ``opened`` with (callback type 9):
+        INTERACTION_CREATE type 5 (MODAL_SUBMIT) with ``data {custom_id, components}``, each text input
+        (type 4) carrying its ``value``, in the modal's own layout (action rows, or labels: type 18), by the
+        same user in the same channel, with the ``message`` the component was on when it opened from one.
+        ``values``: text input custom_id → text. Raises (a user cannot submit it) for an unknown input, a
+        required input left empty, or a text outside its min_length..max_length."""
+        modal = next((r["modal"] for r in reversed(opened.responses) if r.get("type") == 9), None)
+        if modal is None:
+            raise LookupError(f"interaction {opened.id} was not answered with a modal: {opened.responses}")
+        inputs: dict[str, dict] = {}
+
+        def fill(component: dict) -> dict:
+            if component.get("type") == 4:
+                inputs[component["custom_id"]] = component
+                return {"type": 4, "custom_id": component["custom_id"], "value": values.get(component["custom_id"], "")}
+            if component.get("type") == 18:  # a label around one input
+                return {"type": 18, "component": fill(component["component"])}
+            return {"type": component.get("type"), "components": [fill(c) for c in component.get("components") or []]}
+
+        components = [fill(c) for c in modal.get("components") or []]
+        for custom_id, text in values.items():
+            spec = inputs.get(custom_id)
+            if spec is None:
+                raise LookupError(f"no text input {custom_id!r} in the modal: {modal}")
+            low, high = int(spec.get("min_length") or 0), int(spec.get("max_length") or 4000)
+            if not low <= len(text) <= high:
+                raise ValueError(f"{custom_id!r} takes {low}..{high} characters, not {len(text)}")
+        for custom_id, spec in inputs.items():
+            if spec.get("required", True) and not values.get(custom_id):
+                raise ValueError(f"the text input {custom_id!r} is required")
+        payload = opened.payload
+        data = {"custom_id": modal["custom_id"], "components": components}
+        extra: dict[str, Any] = {"message": payload["message"]} if "message" in payload else {}
+        return self._send_interaction(
+            5,
+            data,
+            self._user(opened.user_id),
+            None,
+            None,
+            int(payload["channel_id"]),
+            str(payload.get("locale") or "ja"),
+            None,
+            timeout,
+            context=int(payload.get("context") or 0),
+            installed_in_guild="0" in payload.get("authorizing_integration_owners", {}),
+            **extra,
         )
 
     def _interaction_of_message(self, message_id: int) -> FakeInteraction | None:
