@@ -134,8 +134,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (guild_id, channel_id)
         )
         """,
-        # One member's answer to one image: chosen NULL = "none of these"; labels = JSON array, the set the answer
-        # was ranked against; shown = the top label the answer showed. channel_id is where the message is (a thread
+        # One member's answer to one image: chosen NULL = "none of these"; labels = JSON array, the channel's set
+        # (names) the member chose from; shown = the top label the answer showed. channel_id is where the message is (a thread
         # too); parent_id the thread's channel or forum (NULL outside threads).
         """
         CREATE TABLE corrections (
@@ -219,7 +219,7 @@ class Correction:
     user_id: int  # the member who answered
     shown: str  # the top label the answer showed
     chosen: str | None  # the label the member chose; None = "none of these"
-    labels: tuple[str, ...]  # the set the answer was ranked against
+    labels: tuple[str, ...]  # the channel's set (names) the member chose from
     at: float  # unix seconds
 
 
@@ -687,6 +687,16 @@ class LabelStore(abc.ABC):
                     correction = _correction(row)
                     found[correction.attachment_id, correction.user_id] = correction
         return sorted(found.values(), key=lambda c: (c.at, c.attachment_id, c.user_id))
+
+    async def keep_correction_attachments(self, message_id: int, kept: Collection[int]) -> int:
+        """After an edit: delete the corrections of the message's images that are no longer on it; returns how many."""
+        kept = sorted(set(kept))
+        condition = "message_id = ?" + (f" AND attachment_id NOT IN ({_marks(kept)})" if kept else "")
+        args: list[Any] = [message_id, *kept]
+        async with self._transaction() as db:
+            rows = list(await db.execute_fetchall(f"SELECT COUNT(*) FROM corrections WHERE {condition}", args))
+            await db.execute(f"DELETE FROM corrections WHERE {condition}", args)
+        return int(rows[0][0])
 
     async def forget_corrections(
         self,

@@ -522,3 +522,15 @@ async def columns(url: str) -> dict[str, list[str]]:
     for table, column in rows:
         result.setdefault(table, []).append(column)
     return result
+
+
+async def test_an_edit_that_removes_images_removes_their_corrections(store):
+    for n in (1, 2, 3):
+        await store.record_correction(correction(n, message=M))  # three images of one message
+        await store.record_correction(correction(n, message=M, user=U + 1))
+    await store.record_correction(correction(9))  # another message
+    assert await store.keep_correction_attachments(M, [A + 1, A + 3]) == 2  # image 2 is gone: both members' rows
+    left = {(c.attachment_id, c.user_id) for c in await store.corrections(G)}
+    assert left == {(A + 1, U), (A + 1, U + 1), (A + 3, U), (A + 3, U + 1), (A + 9, U)}
+    assert await store.keep_correction_attachments(M, []) == 4  # no image left on it
+    assert [c.attachment_id for c in await store.corrections(G)] == [A + 9]
