@@ -15,6 +15,7 @@ from bot.services.attachments import AttachmentLike, Downloader, is_image
 from bot.services.backfill import Backfills
 from bot.services.classifying import Classifier
 from bot.services.indexing import Indexer
+from bot.services.notices import Notices
 from bot.services.ratelimit import RateLimiter
 from bot.services.samples import sample_names
 from bot.store import LabelStore, StorageError, open_store
@@ -45,6 +46,7 @@ class App:
         self.backfills = Backfills(config, index, self.indexer, self.classifier, self.is_image)
         self.samples = sample_names(config.discord.samples_dir, config.images.formats)
         self.limiter = RateLimiter(config.limits)
+        self.notices = Notices()  # missing permissions, said once
         self.draining = False  # SIGTERM received: no new work
         self._work: set[asyncio.Task[Any]] = set()  # handlers that are classifying or replying
 

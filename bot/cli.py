@@ -1,4 +1,5 @@
-"""`python -m bot` (run the bot) and `python -m bot sync [--guild ID]` (register the commands, then exit)."""
+"""`python -m bot` (run the bot), `python -m bot sync [--guild ID]` (register the commands, then exit), and the
+operator's tools: health, bench-queue, bench-index, export-corrections."""
 
 from __future__ import annotations
 
@@ -74,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--redis-url", help="override worker.redis_url")
     b.add_argument("--start-redis", action="store_true", help="redis: run a throwaway redis-server for the run")
+    e = sub.add_parser(
+        "export-corrections",
+        help="write the pictures members corrected as a labelled folder (one sub-folder per label)",
+    )
+    e.add_argument("--guild", type=int, required=True, metavar="ID", help="the server whose corrections to export")
+    e.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     i = sub.add_parser("bench-index", help="measure the image index (insert rate, size, query time, recall)")
     i.add_argument("--images", type=int, default=100_000, help="synthetic images in one guild (e.g. 1000000)")
     i.add_argument("--dim", type=int, default=768)
@@ -265,4 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_endpoints(config)
     if args.command == "sync":
         return asyncio.run(sync(config, token, args.guild))
+    if args.command == "export-corrections":
+        from bot.tools.export_corrections import run as export_corrections
+
+        return export_corrections(config, token, args.guild, args.out_dir)
     return asyncio.run(run(config, token))

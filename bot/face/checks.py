@@ -24,9 +24,19 @@ class NotModerator(app_commands.CheckFailure):
         self.key = key
 
 
-def refusal_key(interaction: discord.Interaction, scope: str, moderator_role_ids: tuple[int, ...]) -> str | None:
-    """None if the user may change `scope` ("channel" | "server"), else the text key of the refusal."""
-    perms = interaction.permissions  # resolved for this channel by Discord (overwrites included)
+def refusal_key(
+    interaction: discord.Interaction,
+    scope: str,
+    moderator_role_ids: tuple[int, ...],
+    permissions: discord.Permissions | None = None,
+) -> str | None:
+    """None if the user may change `scope` ("channel" | "server" | "me": their own set, always), else the text
+    key of the refusal. `permissions`: the member's in the channel the command is about, when that is not the
+    one it was run in (a `channel:` option)."""
+    if scope == "me" or interaction.guild_id is None:
+        return None  # their own set; outside a server only that exists, and the command itself says so
+    # resolved for the channel by Discord (overwrites included)
+    perms = permissions if permissions is not None else interaction.permissions
     if perms.administrator:
         return None
     # the raw role ids of the interaction's member: Member.roles drops roles missing from the cache
@@ -39,10 +49,18 @@ def refusal_key(interaction: discord.Interaction, scope: str, moderator_role_ids
 
 
 def requested_scope(interaction: discord.Interaction) -> str:
-    """The `scope` option of the command being run: "server" or (the default) "channel"."""
+    """The `scope` option of the command being run: "server", "me" or (the default) "channel"."""
     scope: Any = getattr(interaction.namespace, "scope", None)
     value = getattr(scope, "value", scope)  # a Choice, or its raw value
-    return "server" if value == "server" else "channel"
+    return value if value in ("server", "me") else "channel"
+
+
+def channel_permissions(interaction: discord.Interaction) -> discord.Permissions | None:
+    """The member's permissions in the channel a `channel:` option names (Discord resolves them with the
+    option), None without one."""
+    channel: Any = getattr(interaction.namespace, "channel", None)
+    permissions = getattr(channel, "permissions", None)
+    return permissions if isinstance(permissions, discord.Permissions) else None
 
 
 def moderator_only(moderator_role_ids: Callable[[discord.Interaction], tuple[int, ...]]) -> Callable[[T], T]:
@@ -50,7 +68,10 @@ def moderator_only(moderator_role_ids: Callable[[discord.Interaction], tuple[int
     scope the command changes (Manage Channels for a channel, Manage Server for the server)."""
 
     def predicate(interaction: discord.Interaction) -> bool:
-        key = refusal_key(interaction, requested_scope(interaction), moderator_role_ids(interaction))
+        scope = requested_scope(interaction)
+        # a channel: option names the channel whose permissions count; the server's are the same everywhere
+        permissions = channel_permissions(interaction) if scope == "channel" else None
+        key = refusal_key(interaction, scope, moderator_role_ids(interaction), permissions)
         if key is not None:
             raise NotModerator(key)
         return True

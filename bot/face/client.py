@@ -14,6 +14,7 @@ from discord.ext import commands
 
 from bot.app import App
 from bot.face.cogs import make_cogs
+from bot.face.corrections import FixSelect, WrongButton
 from bot.face.reposts import NotRepostButton
 from bot.face.texts import CommandTranslator
 from bot.face.tree import WakeruTree
@@ -28,6 +29,8 @@ def intents(message_content: bool) -> discord.Intents:
     wanted.guilds = True
     wanted.guild_messages = True
     wanted.message_content = message_content  # privileged: must be enabled in the Developer Portal
+    # the server's custom emoji, kept current (not privileged): `猫=<:neko:1234>` must be an emoji of this server
+    wanted.emojis_and_stickers = True
     return wanted
 
 
@@ -60,7 +63,8 @@ class WakeruBehaviour(_ClientBase):
         await self.tree.set_translator(CommandTranslator())
         for cog in make_cogs(self.app, self):
             await self.add_cog(cog)
-        self.add_dynamic_items(NotRepostButton)  # repost replies' buttons keep working after a restart
+        # the buttons and selects of answers keep working after a restart: their custom ids say what they are for
+        self.add_dynamic_items(NotRepostButton, WrongButton, FixSelect)
         if self.app is not None:
             await self.app.start()
 

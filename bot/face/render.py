@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import discord
 
 from bot.face.texts import LocaleLike, error_text, text
 from bot.services.classifying import ImageAnswer
 from bot.services.labelsets import LabelSource
+from wakeru.labels import label_emoji, label_name
 
 OK_COLOUR = discord.Colour(0x4E9A06)
 WEAK_COLOUR = discord.Colour(0xC4A000)
@@ -54,7 +57,7 @@ def bar(score: float) -> str:
 
 def result_embed(answer: ImageAnswer, source: LabelSource, locale: LocaleLike) -> discord.Embed:
     result = answer.result
-    title = escape(answer.filename, _TITLE_CHARS)
+    title = title_of(answer.filename)
     if not result.ok:
         assert result.error is not None  # ClassifyResult.ok is "error is None"
         detail = f"\n-# {escape(result.message, 300)}" if result.message else ""
@@ -63,12 +66,48 @@ def result_embed(answer: ImageAnswer, source: LabelSource, locale: LocaleLike) -
         )
         embed.set_footer(text=f"{text(locale, 'image_failed')} · {result.error.value}")
         return embed
-    lines = [f"`{bar(s.score)}` **{escape(s.label, _LABEL_CHARS)}** {percent(s.score)}" for s in result.top]
+    emojis = {label_name(label): label_emoji(label) for label in source.labels}  # 犬=🐕 shows 🐕 犬
+    lines = [
+        f"`{bar(s.score)}` {_with_emoji(emojis.get(s.label))}**{escape(s.label, _LABEL_CHARS)}** {percent(s.score)}"
+        for s in result.top
+    ]
     weak = result.none_fits  # the model's own "does it fit at all", not the share among these labels
     if weak:
         lines.append(f"\n⚠️ {text(locale, 'low_confidence')}")
     lines.append(f"-# {describe_source(source, locale)}")
     return discord.Embed(title=title, description="\n".join(lines), colour=WEAK_COLOUR if weak else OK_COLOUR)
+
+
+def _with_emoji(emoji: str | None) -> str:
+    return f"{emoji} " if emoji else ""
+
+
+_SHOWN_LABEL = re.compile(r"\*\*((?:\\.|[^*\\])+)\*\*")
+
+
+def shown_labels(embed: discord.Embed, names: list[str]) -> list[str]:
+    """The labels an answer embed (result_embed) ranked, best first, read back from it: for each, the name in
+    `names` that renders the same, else the shown text unescaped; [] for an error answer."""
+    shown = []
+    for line in (embed.description or "").split("\n"):
+        found = _SHOWN_LABEL.search(line) if line.startswith("`") else None
+        if found is None:
+            continue
+        text_shown = found.group(1)
+        match = next((name for name in names if escape(name, _LABEL_CHARS) == text_shown), None)
+        shown.append(match if match is not None else re.sub(r"\\(.)", r"\1", text_shown).rstrip("…"))
+    return shown
+
+
+def shown_label(embed: discord.Embed, names: list[str]) -> str | None:
+    """The top label an answer embed showed (see shown_labels); None for an error answer."""
+    ranked = shown_labels(embed, names)
+    return ranked[0] if ranked else None
+
+
+def title_of(filename: str) -> str:
+    """An answer embed's title: the image's file name, escaped and cut."""
+    return escape(filename, _TITLE_CHARS)
 
 
 def result_embeds(answers: list[ImageAnswer], source: LabelSource, locale: LocaleLike) -> list[discord.Embed]:

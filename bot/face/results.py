@@ -21,6 +21,15 @@ from bot.store.images import ImageIndex, SearchHit
 log = logging.getLogger("wakeru.search")
 
 
+def messageable(guild: discord.Guild, channel_id: int) -> discord.abc.Messageable:
+    """A channel or thread of the guild to read messages from: the cached one, else a partial one (an uncached
+    thread, say), which REST calls work with all the same."""
+    channel = guild.get_channel_or_thread(channel_id)
+    if isinstance(channel, discord.abc.Messageable):
+        return channel
+    return discord.PartialMessageable(state=guild._state, id=channel_id, guild_id=guild.id)
+
+
 def jump_url(guild_id: int, channel_id: int, message_id: int) -> str:
     return f"https://discord.com/channels/{guild_id}/{channel_id}/{message_id}"
 
@@ -33,14 +42,8 @@ async def with_fresh_urls(
 
     async def fresh(hit: SearchHit) -> tuple[SearchHit, str | None] | None:
         image = hit.image
-        channel = guild.get_channel_or_thread(image.channel_id)
-        target = (
-            channel
-            if isinstance(channel, discord.abc.Messageable)
-            else discord.PartialMessageable(state=guild._state, id=image.channel_id, guild_id=guild.id)
-        )
         try:
-            message = await target.fetch_message(image.message_id)
+            message = await messageable(guild, image.channel_id).fetch_message(image.message_id)
         except discord.NotFound:
             await _tidy(index.delete_messages([image.message_id]), image.message_id)
             return None

@@ -13,6 +13,7 @@ from bot.services import metrics
 from bot.services.attachments import AttachmentError, AttachmentLike, Downloader
 from bot.transport import Reservation, WorkerTransport
 from wakeru.config import Config
+from wakeru.labels import label_name
 from wakeru.logs import current_request_id, new_event_id
 from wakeru.protocol import ClassifyRequest, ClassifyResult
 
@@ -66,15 +67,17 @@ class Classifier:
         started: float | None = None,
         reservation: Reservation | None = None,
         embed: bool = False,
+        top_k: int = 3,
     ) -> ImageAnswer:
         """embed: also return the image's embedding (the same forward pass), for the image index;
-        labels () with embed=True only embeds."""
+        labels () with embed=True only embeds. A label's emoji (`犬=🐕`) is for answers only: the model
+        sees the name."""
         started = time.monotonic() if started is None else started
         request = ClassifyRequest(
             id=request_id or self._request_id(),
             image=data,
-            labels=labels,
-            top_k=3,
+            labels=tuple(label_name(label) for label in labels),
+            top_k=top_k,
             deadline=time.time() + self.config.worker.request_timeout_s,
             embed=embed,
         )
@@ -101,7 +104,13 @@ class Classifier:
         return result
 
     async def classify_attachment(
-        self, attachment: AttachmentLike, labels: tuple[str, ...], *, source: str = "command", embed: bool = False
+        self,
+        attachment: AttachmentLike,
+        labels: tuple[str, ...],
+        *,
+        source: str = "command",
+        embed: bool = False,
+        top_k: int = 3,
     ) -> ImageAnswer:
         started, request_id = time.monotonic(), self._request_id()
         # busy, failed or shutting down: say so now rather than download what nobody can classify;
@@ -125,6 +134,7 @@ class Classifier:
                 started=started,
                 reservation=place,
                 embed=embed,
+                top_k=top_k,
             )
 
     async def classify_attachments(
@@ -134,9 +144,11 @@ class Classifier:
         *,
         source: str = "command",
         embed: bool = False,
+        top_k: int = 3,
     ) -> list[ImageAnswer]:
+        """top_k: how many labels each answer ranks (tags want up to 5)."""
         return list(
             await asyncio.gather(
-                *(self.classify_attachment(a, labels, source=source, embed=embed) for a in attachments)
+                *(self.classify_attachment(a, labels, source=source, embed=embed, top_k=top_k) for a in attachments)
             )
         )

@@ -22,7 +22,7 @@ def parent_id(channel: object) -> int | None:
 class LabelSource:
     """A label set and where it came from (rendering says it in words, for the reply's footer)."""
 
-    kind: str  # "channel" | "parent" | "server" | "default" | "adhoc"
+    kind: str  # "channel" | "parent" | "server" | "default" | "adhoc" | "me"
     labels: tuple[str, ...]
     channel_id: int | None = None
     version: int | None = None
@@ -41,6 +41,19 @@ async def resolve(
         server = await store.get(guild_id, None)
         if server is not None:
             return LabelSource("server", server.labels, None, server.version)
+    return LabelSource("default", config.labels.default)
+
+
+# A member's own label set (/labels … scope:me), for the app they installed on their account: stored as the
+# scope (PERSONAL_SETS, their user id). Discord never issues the guild id 0.
+PERSONAL_SETS = 0
+
+
+async def resolve_personal(store: LabelStore, config: Config, user_id: int) -> LabelSource:
+    """A member's own set, else the configured default."""
+    own = await store.get(PERSONAL_SETS, user_id)
+    if own is not None:
+        return LabelSource("me", own.labels, None, own.version)
     return LabelSource("default", config.labels.default)
 
 

@@ -66,7 +66,11 @@ def test_sync_registers_localised_commands_in_one_guild_or_globally(tmp_path):
         labels = commands["labels"]
         # everyone sees /labels (show, stats); the changes are checked on every call, not hidden
         assert labels.get("default_member_permissions") is None
-        assert labels.get("contexts") in (None, [0]) or labels.get("dm_permission") is False
+        # /labels and the "Classify image" menu also come with a member's own install (scope:me, private answers)
+        for name in ("labels", "Classify image"):
+            assert sorted(commands[name]["contexts"]) == [0, 1, 2], name
+            assert sorted(commands[name]["integration_types"]) == [0, 1], name
+        assert commands["search"].get("contexts") in (None, [0]) or commands["search"].get("dm_permission") is False
         assert {o["name"] for o in labels["options"]} == {
             "show",
             "set",
@@ -78,6 +82,7 @@ def test_sync_registers_localised_commands_in_one_guild_or_globally(tmp_path):
             "undo",
             "auto",
             "stats",
+            "style",
         }
         assert {o["name"] for o in commands["index"]["options"]} == {
             "enable",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 from tests.support import shapes
 
@@ -86,6 +88,21 @@ def sentinel(fake, channel_ids, label: str = "緑の丸", seed: int = 5) -> None
     posts = [post_image(fake, channel, label, seed) for channel in channel_ids]
     answers = wait_replies(fake, posts, 0)
     assert all(top_label(a["embeds"][0]) == label for a in answers.values()), answers
+
+
+@contextlib.contextmanager
+def running_bot(fake, model: Path, workdir: Path, **options) -> Iterator:
+    """`python -m bot` against ``fake`` with the fake's moderator role as discord.moderator_role_ids, stopped at the
+    end; ``options``: BotProcess's (worker="stub", WAKERU_* overrides)."""
+    from tests.support.bot_process import BotProcess
+
+    options.setdefault("WAKERU_DISCORD__MODERATOR_ROLE_IDS", f"[{fake.moderator_role_id}]")
+    bot = BotProcess(fake, model, workdir, **options)
+    bot.start()
+    try:
+        yield bot
+    finally:
+        bot.stop()
 
 
 def live_fake(world) -> Iterator:

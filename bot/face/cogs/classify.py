@@ -8,7 +8,7 @@ for the first response always holds.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -16,12 +16,14 @@ from discord.app_commands import locale_str as _T
 
 from bot.app import App
 from bot.face.cogs.base import WakeruCog
+from bot.face.corrections import correction_view
 from bot.face.render import MAX_EMBEDS, reply
-from bot.face.respond import code_text, rate_limited, refuse
+from bot.face.respond import code_text, rate_limited, refuse, storage_error
 from bot.face.texts import label_error, text
 from bot.services.classifying import ImageAnswer
-from bot.services.labelsets import LabelSource, parent_id, resolve
+from bot.services.labelsets import LabelSource, parent_id, resolve, resolve_personal
 from bot.services.samples import read_sample
+from bot.store import StorageError
 from wakeru.labels import LabelError, parse_labels
 
 if TYPE_CHECKING:
@@ -42,15 +44,27 @@ async def channel_source(
 
 
 async def _send_answers(
-    interaction: discord.Interaction, answers: list[ImageAnswer], source: LabelSource, total: int
+    interaction: discord.Interaction,
+    answers: list[ImageAnswer],
+    source: LabelSource,
+    total: int,
+    *,
+    view: discord.ui.View | None = None,
+    ephemeral: bool = False,
 ) -> None:
     content, embeds = reply(answers, source, interaction.locale, total)
+    extra: dict[str, Any] = {"view": view} if view is not None else {}
     try:
         # content None (no text, only embeds) is what discord.py sends as null; its annotation says str only
-        await interaction.followup.send(content=content, embeds=embeds)  # type: ignore[arg-type]
+        await interaction.followup.send(
+            content=content,  # type: ignore[arg-type]
+            embeds=embeds,
+            ephemeral=ephemeral,
+            **extra,
+        )
     except discord.HTTPException as e:
-        if e.code not in _EXPIRED_TOKEN_CODES and e.status != 401:
-            raise
+        if ephemeral or (e.code not in _EXPIRED_TOKEN_CODES and e.status != 401):
+            raise  # a private answer is never posted in the channel instead
         # The answer outlived the interaction token: post it in the channel instead, naming
         # (not pinging: allowed_mentions is none) the member who asked.
         log.warning("interaction token expired before the answer was ready (%s); posting in the channel", e)
@@ -71,7 +85,13 @@ class ClassifyCog(WakeruCog):
         super().__init__(app)
         self._tree = tree
         # discord.py cannot declare a context menu inside a cog: it is made here, bound to this cog
-        self.menu = app_commands.ContextMenu(name=_T("Classify image"), callback=self.classify_message)
+        # also a user-installed app: a member classifies a picture in any server or DM (answered privately)
+        self.menu = app_commands.ContextMenu(
+            name=_T("Classify image"),
+            callback=self.classify_message,
+            allowed_installs=app_commands.AppInstallationType(guild=True, user=True),
+            allowed_contexts=app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True),
+        )
 
     async def cog_load(self) -> None:
         self._tree.add_command(self.menu)
@@ -134,13 +154,26 @@ class ClassifyCog(WakeruCog):
         return [app_commands.Choice(name=n, value=n) for n in names[:25]]
 
     async def classify_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """In a server that has the bot: a public answer against the channel's labels, with the "Wrong?"
+        button. Anywhere else (a DM, a server the member's own install reaches): a private answer against
+        the member's own set (/labels set scope:me) or the default, in one followup (Discord allows 5 there)."""
         app = self.app
         images = [a for a in message.attachments if app.is_image(a)]
         if not images:
             return await refuse(interaction, text(interaction.locale, "classify.no_images"))
         if (limited := rate_limited(app, interaction, min(len(images), MAX_EMBEDS))) is not None:
             return await refuse(interaction, limited)
-        await interaction.response.defer(thinking=True)
-        source = await channel_source(app, interaction, message.channel)
+        guild_app = interaction.is_guild_integration()
+        await interaction.response.defer(thinking=True, ephemeral=not guild_app)
+        try:
+            if guild_app:
+                source = await channel_source(app, interaction, message.channel)
+            else:
+                source = await resolve_personal(app.store, app.config, interaction.user.id)
+        except StorageError as e:
+            return await refuse(interaction, storage_error(interaction.locale, e))
         answers = await app.classifier.classify_attachments(images[:MAX_EMBEDS], source.labels, source="menu")
-        await _send_answers(interaction, answers, source, len(images))
+        view = None
+        if guild_app and any(a.result.ok for a in answers):
+            view = correction_view(interaction.locale, message.channel.id, message.id)
+        await _send_answers(interaction, answers, source, len(images), view=view, ephemeral=not guild_app)

@@ -1,6 +1,6 @@
-"""The deletions cog: the index follows Discord. A deleted message, a bulk delete, an edit that removes
-an attachment, a deleted channel or thread, and the bot leaving a server remove the matching rows at
-once. Raw gateway events, so messages the bot never cached count too. Rows older than
+"""The deletions cog: the index and members' corrections follow Discord. A deleted message, a bulk delete, an
+edit that removes an attachment (index rows), a deleted channel or thread, and the bot leaving a server remove
+the matching rows at once. Raw gateway events, so messages the bot never cached count too. Rows older than
 `index.retention_days` are removed every hour.
 """
 
@@ -62,6 +62,11 @@ class DeletionsCog(WakeruCog):
             await self._forget(
                 f"deleted message {payload.message_id}", self.app.index.delete_messages([payload.message_id])
             )
+            if payload.guild_id is not None:
+                await self._forget(
+                    f"corrections of deleted message {payload.message_id}",
+                    self.app.store.forget_corrections(payload.guild_id, message_ids=[payload.message_id]),
+                )
 
     @commands.Cog.listener()
     async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
@@ -69,6 +74,11 @@ class DeletionsCog(WakeruCog):
             ids = list(payload.message_ids)
             self.app.indexer.forget_later(ids)
             await self._forget(f"{len(ids)} bulk-deleted message(s)", self.app.index.delete_messages(ids))
+            if payload.guild_id is not None:
+                await self._forget(
+                    f"corrections of {len(ids)} bulk-deleted message(s)",
+                    self.app.store.forget_corrections(payload.guild_id, message_ids=ids),
+                )
 
     @commands.Cog.listener()
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
@@ -79,6 +89,10 @@ class DeletionsCog(WakeruCog):
         await self._forget(
             f"edited message {payload.message_id}", self.app.index.keep_attachments(payload.message_id, kept)
         )
+        await self._forget(
+            f"corrections of edited message {payload.message_id}",
+            self.app.store.keep_correction_attachments(payload.message_id, kept),
+        )
 
     @commands.Cog.listener()
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
@@ -86,6 +100,10 @@ class DeletionsCog(WakeruCog):
             self.app.indexer.forget_later([channel.id])
             self.app.backfills.cancel(channel.id)
             await self._forget(f"deleted channel {channel.id}", self.app.index.delete_channel(channel.id))
+            await self._forget(
+                f"corrections of deleted channel {channel.id}",
+                self.app.store.forget_corrections(channel.guild.id, channel_id=channel.id),
+            )
 
     @commands.Cog.listener()
     async def on_raw_thread_delete(self, payload: discord.RawThreadDeleteEvent) -> None:
@@ -93,6 +111,10 @@ class DeletionsCog(WakeruCog):
             self.app.indexer.forget_later([payload.thread_id])
             self.app.backfills.cancel(payload.thread_id)
             await self._forget(f"deleted thread {payload.thread_id}", self.app.index.delete_channel(payload.thread_id))
+            await self._forget(
+                f"corrections of deleted thread {payload.thread_id}",
+                self.app.store.forget_corrections(payload.guild_id, channel_id=payload.thread_id),
+            )
 
     @commands.Cog.listener()
     async def on_guild_remove(self, guild: discord.Guild) -> None:
@@ -100,3 +122,4 @@ class DeletionsCog(WakeruCog):
             for channel in [*guild.channels, *guild.threads]:
                 self.app.backfills.cancel(channel.id)
             await self._forget(f"leaving guild {guild.id}", self.app.index.delete_guild(guild.id))
+            await self._forget(f"corrections of guild {guild.id}", self.app.store.forget_corrections(guild.id))

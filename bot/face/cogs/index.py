@@ -294,9 +294,16 @@ class IndexCog(WakeruCog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             removed = await app.index.delete_author(guild_id, target.id)
+            corrections = await app.store.forget_corrections(guild_id, user_id=target.id)  # their choices too
         except StorageError as e:
             return await refuse(interaction, storage_error(locale, e))
-        log.info("forget: %d image(s) of user %s removed in guild %s", removed, target.id, guild_id)
+        log.info(
+            "forget: %d image(s) and %d correction(s) of user %s removed in guild %s",
+            removed,
+            corrections,
+            target.id,
+            guild_id,
+        )
         key = "forget.self" if target.id == interaction.user.id else "forget.other"
         await interaction.followup.send(text(locale, key, count=removed, user=target.mention), ephemeral=True)
 

@@ -1,5 +1,6 @@
-"""The posts cog: image posts get a reply where auto-classify is on, are stored in the image index where
-indexing is on, and get a repost note where repost replies are on (a gateway listener)."""
+"""The posts cog: image posts are answered where auto-classify is on, in the channel's style (a reply with
+a "Wrong?" button, one reaction, or a forum post's tags; services/styles.py), are stored in the image index
+where indexing is on, and get a repost note where repost replies are on (a gateway listener)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,27 @@ from discord.ext import commands
 
 from bot.app import App
 from bot.face.cogs.base import WakeruCog
+from bot.face.corrections import correction_view
 from bot.face.render import MAX_EMBEDS, reply, summary_line
 from bot.face.reposts import repost_reply
 from bot.face.texts import rate_limit_text
 from bot.services.classifying import ImageAnswer
 from bot.services.indexing import Post, Switches
-from bot.services.labelsets import auto_classify_enabled, parent_id, resolve
+from bot.services.labelsets import LabelSource, auto_classify_enabled, parent_id, resolve
+from bot.services.styles import forum_of, is_forum_post_start, reaction_for, resolve_style
+from bot.services.tagging import MAX_APPLIED_TAGS, best_labels, matching_tags, tags_to_apply
 from bot.services.visibility import is_public_thread, readable_by
 from bot.store import StorageError
 from bot.store.images import SearchHit
+from wakeru.labels import label_name
 from wakeru.logs import new_event_id, request_context
 
 if TYPE_CHECKING:
     from discord.abc import MessageableChannel
 
 log = logging.getLogger("wakeru.events")
+
+UNKNOWN_EMOJI = 10014  # Discord's error code for a custom emoji that does not exist (any more)
 
 
 class PostsCog(WakeruCog):
@@ -50,11 +57,10 @@ async def on_image_post(app: App, message: discord.Message) -> None:
 
 async def _classify_post(app: App, message: discord.Message, images: list[discord.Attachment]) -> None:
     assert message.guild is not None  # on_image_post answers posts in servers only
-    # an uncached thread arrives as a PartialMessageable; the guild cache knows its parent
-    channel = message.guild.get_channel_or_thread(message.channel.id) or message.channel
-    assert isinstance(channel, discord.abc.Messageable)  # a message's channel: never a forum or a category
+    guild = message.guild
+    channel = await _channel_of(message)
     parent = parent_id(channel)
-    guild_id = message.guild.id
+    guild_id = guild.id
     auto = await auto_classify_enabled(app.store, app.config, guild_id, channel.id, parent)
     try:
         switches = await app.indexer.switches(guild_id, channel.id, parent)
@@ -63,36 +69,139 @@ async def _classify_post(app: App, message: discord.Message, images: list[discor
         switches = Switches(indexing=False, reposts=False)
     if not (auto or switches.indexing or switches.reposts):
         return
-    log.info("image post %s in channel %s: %d image(s)", message.id, channel.id, len(images))
+    style = (await resolve_style(app.store, guild_id, channel.id, parent, forum=forum_of(channel) is not None)).style
+    if style == "tags" and not is_forum_post_start(message, channel):
+        style = "none"  # tags belong to the post; the images of later messages in it are only classified
+    answering = auto and style != "none"
+    log.info("image post %s in channel %s: %d image(s), style %s", message.id, channel.id, len(images), style)
     locale = app.config.discord.reply_locale
     refusal = app.limiter.check(message.author.id, channel.id, min(len(images), MAX_EMBEDS))
     if refusal is not None:
         log.info("rate limited (%s): retry in %.0f s", refusal.scope, refusal.retry_after)
-        if auto and app.limiter.should_tell(message.author.id, channel.id, refusal):
+        if answering and style == "embed" and app.limiter.should_tell(message.author.id, channel.id, refusal):
             await _send(channel, message, content=rate_limit_text(locale, refusal))
         return
     source = await resolve(app.store, app.config, guild_id, channel.id, parent)
     embed = switches.indexing or switches.reposts  # the embedding comes with the same forward pass
     async with AsyncExitStack() as stack:
-        if auto:
+        if answering and style == "embed":  # a reply is coming: say so (a reaction or tags come quietly)
             try:  # typing is a courtesy: a missing permission must not stop the answer
                 await stack.enter_async_context(channel.typing())
             except Exception as e:
                 log.debug("typing indicator failed in %s: %s", channel.id, e)
         answers = await app.classifier.classify_attachments(
-            images[:MAX_EMBEDS], source.labels, source="post", embed=embed
+            images[:MAX_EMBEDS],
+            source.labels,
+            source="post",
+            embed=embed,
+            top_k=MAX_APPLIED_TAGS if style == "tags" else 3,
         )
     # indexed before anything is sent: once a member sees an answer, search finds the picture too
     earlier = await _index_post(app, message, channel, parent, images, answers, switches) if embed else None
-    if auto:
-        content, embeds = reply(answers, source, locale, len(images))
-        if await _send(channel, message, content=content, embeds=embeds):
-            log.info("replied to message %s: %s", message.id, summary_line(answers))
+    if answering:
+        await _answer(app, message, channel, style, answers, source, len(images))
+    elif auto:
+        log.info("classified message %s without answering (style none): %s", message.id, summary_line(answers))
     if earlier is not None:
         attachment_id, hit = earlier
         content, view = repost_reply(locale, attachment_id, hit.image)
         if await _send(channel, message, content=content, view=view, nonce=f"{message.id}r"):
             log.info("message %s: repost of message %s", message.id, hit.image.message_id)
+
+
+async def _channel_of(message: discord.Message) -> MessageableChannel:
+    """The post's channel, as a full object where one can be had: an uncached thread arrives as a
+    PartialMessageable (the guild cache knows it, or it is fetched: a forum post's tags need the Thread)."""
+    assert message.guild is not None
+    cached = message.guild.get_channel_or_thread(message.channel.id)
+    if cached is None and isinstance(message.channel, discord.PartialMessageable):
+        try:
+            fetched = await message.guild.fetch_channel(message.channel.id)
+            cached = fetched if isinstance(fetched, discord.Thread) else None
+        except discord.HTTPException as e:
+            log.debug("channel %s of message %s not fetched: %s", message.channel.id, message.id, e)
+    channel = cached or message.channel
+    assert isinstance(channel, discord.abc.Messageable)  # a message's channel: never a forum or a category
+    return channel
+
+
+async def _answer(
+    app: App,
+    message: discord.Message,
+    channel: MessageableChannel,
+    style: str,
+    answers: list[ImageAnswer],
+    source: LabelSource,
+    total: int,
+) -> None:
+    """Answer the way the channel wants: a reply (embed), one reaction, or the post's tags."""
+    locale = app.config.discord.reply_locale
+    if style == "reaction":
+        emoji = reaction_for(answers[0], source.labels)
+        failed = await _react(app, message, channel, emoji)
+        if failed is not None and failed.code == UNKNOWN_EMOJI:  # the label's emoji was deleted: its number
+            await _react(app, message, channel, reaction_for(answers[0], tuple(map(label_name, source.labels))))
+    elif style == "tags":
+        assert isinstance(channel, discord.Thread)  # is_forum_post_start
+        await apply_tags(app, channel, answers)
+    else:
+        content, embeds = reply(answers, source, locale, total)
+        ok = any(a.result.ok for a in answers)
+        view = correction_view(locale, channel.id, message.id) if ok else None
+        fields: dict[str, Any] = {"view": view} if view is not None else {}
+        if await _send(channel, message, content=content, embeds=embeds, **fields):
+            log.info("replied to message %s: %s", message.id, summary_line(answers))
+
+
+async def _react(
+    app: App, message: discord.Message, channel: MessageableChannel, emoji: str
+) -> discord.HTTPException | None:
+    """One reaction (each is a rate-limited request). A missing permission or an emoji the server deleted is
+    logged once per channel; returns what Discord said when it failed."""
+    try:
+        await message.add_reaction(emoji)
+    except discord.HTTPException as e:
+        app.notices.once(
+            ("reaction", channel.id),
+            "could not react with %s in channel %s (the bot needs Add Reactions and Read Message History there; "
+            "a custom emoji must still exist): %s",
+            emoji,
+            channel.id,
+            e,
+        )
+        return e
+    log.info("reacted to message %s with %s", message.id, emoji)
+    return None
+
+
+async def apply_tags(app: App, thread: discord.Thread, answers: list[ImageAnswer]) -> None:
+    """Add the forum's tags named like the best labels to a new post, keeping the author's."""
+    forum = forum_of(thread)
+    if forum is None:
+        return
+    wanted = matching_tags(best_labels(answers), forum.available_tags)
+    if not wanted:
+        log.info("post %s: no tag of channel %s matches %s", thread.id, forum.id, summary_line(answers))
+        return
+    me = thread.guild.me
+    if me is None or not forum.permissions_for(me).manage_threads:
+        log.info("post %s not tagged: no Manage Threads in channel %s", thread.id, forum.id)
+        app.notices.once(
+            ("manage_threads", forum.id),
+            "cannot tag posts in channel %s (%s): the bot needs the Manage Threads permission there",
+            forum.id,
+            forum.name,
+        )
+        return
+    new = tags_to_apply(thread.applied_tags, wanted, may_moderate=True)
+    if new is None:
+        return
+    try:
+        await thread.edit(applied_tags=new)
+    except discord.HTTPException as e:
+        app.notices.once(("tags", forum.id), "could not tag post %s in channel %s: %s", thread.id, forum.id, e)
+        return
+    log.info("tagged post %s: %s", thread.id, "、".join(tag.name for tag in new))
 
 
 async def _index_post(

@@ -14,7 +14,6 @@ import re
 import pytest
 
 from tests.support import flows, shapes
-from tests.support.bot_process import BotProcess
 from tests.support.fake_discord import FakeDiscord, Perm
 
 pytestmark = pytest.mark.slow  # one `python -m bot`, restarted twice
@@ -29,19 +28,10 @@ def world(stub_model, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("bot")
     with FakeDiscord() as fake:
         fake.interaction_deadline = 3.0
-        bot = BotProcess(
-            fake,
-            stub_model,
-            workdir,
-            worker="stub",
-            WAKERU_DISCORD__MODERATOR_ROLE_IDS=f"[{fake.moderator_role_id}]",
-            WAKERU_ATTACHMENTS__RESIZE_ABOVE_BYTES="40000",
-        )
-        bot.start()
-        try:
+        with flows.running_bot(
+            fake, stub_model, workdir, worker="stub", WAKERU_ATTACHMENTS__RESIZE_ABOVE_BYTES="40000"
+        ) as bot:
             yield fake, bot
-        finally:
-            bot.stop()
 
 
 @pytest.fixture

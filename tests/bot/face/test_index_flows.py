@@ -91,18 +91,8 @@ def world(stub_model, tmp_path_factory):
         )
         fake.history_id = fake.add_channel(name="過去")
         fake.other_guild = fake.add_guild(name="別のサーバー")
-        bot = BotProcess(
-            fake,
-            stub_model,
-            workdir,
-            worker="stub",
-            WAKERU_DISCORD__MODERATOR_ROLE_IDS=f"[{fake.moderator_role_id}]",
-        )
-        bot.start()
-        try:
+        with flows.running_bot(fake, stub_model, workdir, worker="stub") as bot:
             yield fake, bot
-        finally:
-            bot.stop()
 
 
 @pytest.fixture

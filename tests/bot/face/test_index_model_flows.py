@@ -26,20 +26,10 @@ pytestmark = pytest.mark.slow  # a real model worker, restarted once
 def world(trained_model, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("bot")
     with FakeDiscord() as fake:
-        bot = BotProcess(
-            fake,
-            trained_model,
-            workdir,
-            WAKERU_DISCORD__MODERATOR_ROLE_IDS=f"[{fake.moderator_role_id}]",
-            # calibrated for this tiny model (docs/index.md): a recompressed, halved copy scores 0.99998,
-            # another drawing of the same class at most 0.998, another class below 0.98
-            WAKERU_INDEX__REPOST_THRESHOLD="0.9995",
-        )
-        bot.start()
-        try:
+        # the repost threshold is calibrated for this tiny model (docs/index.md): a recompressed, halved copy
+        # scores 0.99998, another drawing of the same class at most 0.998, another class below 0.98
+        with flows.running_bot(fake, trained_model, workdir, WAKERU_INDEX__REPOST_THRESHOLD="0.9995") as bot:
             yield fake, bot
-        finally:
-            bot.stop()
 
 
 @pytest.fixture

@@ -72,3 +72,28 @@ def test_percent_and_bar_edges():
     assert percent(0.0) == "<1%" and percent(0.005) == "1%" and percent(1.0) == "100%"
     assert bar(0) == "░" * 10 and bar(1) == "█" * 10 and bar(0.5) == "█" * 5 + "░" * 5
     assert isinstance(result_embed(ImageAnswer("a", _ok()), SOURCE, "ja"), discord.Embed)
+
+
+def test_a_labels_emoji_is_shown_before_it():
+    source = LabelSource("channel", ("犬=🐕", "猫"), 123, 4)
+    embed = result_embed(ImageAnswer("dog.jpg", _ok(("犬", 0.9), ("猫", 0.1))), source, "ja")
+    lines = embed.description.splitlines()
+    assert lines[0] == "`█████████░` 🐕 **犬** 90%" and lines[1].endswith("` **猫** 10%")
+
+
+@pytest.mark.parametrize("top", ["犬", "*bold* _x_ `c`", "@everyone", "a\\b", "長" * 80, "猫=🐈"])
+def test_the_shown_label_is_read_back_from_the_answer(top):
+    from bot.face.render import shown_label
+    from wakeru.labels import label_name
+
+    labels = (top, "other")
+    source = LabelSource("channel", labels, 1, 1)
+    name = label_name(top)
+    embed = result_embed(ImageAnswer("x.png", _ok((name, 0.9), ("other", 0.1))), source, "ja")
+    names = [label_name(label) for label in labels]
+    assert shown_label(embed, names) == name
+    # the set changed since: the shown text itself (unescaped) when it was not cut
+    if len(name) < 50:
+        assert shown_label(embed, ["other"]) == name.replace("@everyone", "@\u200beveryone")
+    failed = result_embed(ImageAnswer("x.png", ClassifyResult.failure("r", ErrorCode.CORRUPT, "bad")), source, "ja")
+    assert shown_label(failed, names) is None
