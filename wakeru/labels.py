@@ -66,8 +66,9 @@ class LabelError(ValueError):
 
 def _is_emoji(text: str) -> bool:
     """One emoji: a Unicode emoji (ZWJ sequences, keycaps, flags and skin tones included; with or
-    without U+FE0F) or a custom Discord emoji."""
-    if _CUSTOM_EMOJI.fullmatch(text):
+    without U+FE0F), a lone regional indicator letter (🇦 … 🇿: Discord reacts with those, the emoji
+    package does not list them) or a custom Discord emoji."""
+    if _CUSTOM_EMOJI.fullmatch(text) or (len(text) == 1 and 0x1F1E6 <= ord(text) <= 0x1F1FF):
         return True
     return bool(text) and (_emoji.is_emoji(text) or _emoji.is_emoji(text.replace(_VS16, "")))
 

@@ -33,8 +33,10 @@ def refusal_key(
     """None if the user may change `scope` ("channel" | "server" | "me": their own set, always), else the text
     key of the refusal. `permissions`: the member's in the channel the command is about, when that is not the
     one it was run in (a `channel:` option)."""
-    if scope == "me" or interaction.guild_id is None:
-        return None  # their own set; outside a server only that exists, and the command itself says so
+    if scope == "me" or interaction.guild_id is None or not _bot_is_here(interaction):
+        # their own set; outside the bot's servers (a DM, a member's own install) only that exists, and the
+        # command itself says so
+        return None
     # resolved for the channel by Discord (overwrites included)
     perms = permissions if permissions is not None else interaction.permissions
     if perms.administrator:
@@ -46,6 +48,12 @@ def refusal_key(
     if scope == "server":
         return None if perms.manage_guild else "denied.server"
     return None if perms.manage_channels else "denied.channel"
+
+
+def _bot_is_here(interaction: discord.Interaction) -> bool:
+    """The server the interaction comes from has the bot (not only a member's own install of the app)."""
+    check = getattr(interaction, "is_guild_integration", None)
+    return bool(check()) if callable(check) else True
 
 
 def requested_scope(interaction: discord.Interaction) -> str:

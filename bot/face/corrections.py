@@ -212,6 +212,17 @@ async def _record(
     locale = interaction.locale
     if app is None or interaction.guild is None:
         return await refuse(interaction, text(locale, "guild_only"))
+    # the post may have been deleted (or the picture edited out) since the list opened: nothing to store then,
+    # as the deletion has already removed the post's other corrections
+    try:
+        post = await messageable(interaction.guild, channel_id).fetch_message(message_id)
+    except discord.NotFound:
+        return await refuse(interaction, text(locale, "wrong.gone"))
+    except discord.HTTPException as e:
+        log.info("post %s for a correction could not be read: %s", message_id, e)
+        return await refuse(interaction, text(locale, "wrong.unreadable"))
+    if all(a.id != attachment_id for a in post.attachments):
+        return await refuse(interaction, text(locale, "wrong.gone"))
     try:
         names = await _label_names(app, interaction, channel_id)
     except StorageError as e:

@@ -2,7 +2,7 @@
 
 Tags are matched to labels by name (wakeru.labels.tag_key: NFKC, case-insensitive, so ＣＡＴ matches cat and
 ｲﾇ matches イヌ). The labels that count are each image's top label plus every other label that also clearly
-fits (the match rule, `fits`); the author's own tags are kept first, and a post has at most 5 tags.
+fits (the match rule, `fits`), unless none of them fits the image; the author's own tags are kept first, and a post has at most 5 tags.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ MAX_APPLIED_TAGS = 5  # Discord's limit per post
 
 
 def best_labels(answers: Iterable[ImageAnswer]) -> list[str]:
-    """The label names to tag with, best first: every image's top label, then the others that clearly fit."""
+    """The label names to tag with, best first: every image's top label, then the others that clearly fit. An image
+    none of the labels fits (the model's own match says so, as a reaction's ❓ does) gives no tag: a wrong tag is
+    worse than none, as the author has to take it off again."""
     tops: list[str] = []
     others: list[tuple[float, str]] = []
     for answer in answers:
         result = answer.result
-        if not result.ok or not result.top:
+        if not result.ok or not result.top or result.none_fits:
             continue
         tops.append(result.top[0].label)
         others.extend((-s.score, s.label) for s in result.top[1:] if s.fits)

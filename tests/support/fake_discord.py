@@ -2073,7 +2073,9 @@ class FakeDiscord:
         if m:
             custom = self._find_emoji(int(m.group(2)))
             return (f"{custom['name']}:{custom['id']}", custom) if custom else None
-        return (text, None) if emoji_lib.is_emoji(text) else None
+        # Discord also takes a lone regional indicator (🇦 … 🇿), which the emoji package does not list
+        indicator = len(text) == 1 and 0x1F1E6 <= ord(text) <= 0x1F1FF
+        return (text, None) if indicator or emoji_lib.is_emoji(text) else None
 
     def _add_reaction(self, message: dict, key: str, custom: dict | None, user_id: int) -> bool:
         """(under ``_cond``) one user's reaction on a stored message; False when it was there."""

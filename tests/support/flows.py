@@ -21,8 +21,25 @@ def jpeg(label: str, seed: int = 0) -> bytes:
 
 
 def labels_cmd(sub: str, **options) -> list[dict]:
-    opts = [{"type": 3, "name": k, "value": v} for k, v in options.items()]
+    """/labels <sub> with these options: `channel` (an id) as a channel option, booleans as booleans, the rest
+    as strings."""
+    opts = []
+    for name, value in options.items():
+        if name == "channel":
+            opts.append({"type": 7, "name": "channel", "value": str(value)})
+        elif isinstance(value, bool):
+            opts.append({"type": 5, "name": name, "value": value})
+        else:
+            opts.append({"type": 3, "name": name, "value": value})
     return [{"type": 1, "name": sub, "options": opts}]
+
+
+def labels(fake, sub: str, *, by="moderator", channel_id=None, interact=None, **options) -> dict:
+    """Run /labels <sub> as ``by`` in ``channel_id`` (``interact``: more FakeDiscord.interact keywords, such as
+    a user install's context) and return its final answer."""
+    command = labels_cmd(sub, **options)
+    rec = fake.interact("labels", options=command, user=by, channel_id=channel_id, **(interact or {}))
+    return rec.wait_final(timeout=60)
 
 
 def top_label(embed: dict) -> str:

@@ -73,6 +73,12 @@ FLAG_JP = "\U0001f1ef\U0001f1f5"  # 🇯🇵
         (f"一={KEYCAP_1}", f"一={KEYCAP_1}", "一", KEYCAP_1),
         ("一=1\u20e3", "一=1\u20e3", "一", "1\u20e3"),  # the keycap without U+FE0F
         (f"日本={FLAG_JP}", f"日本={FLAG_JP}", "日本", FLAG_JP),
+        (
+            "エー=\U0001f1e6",
+            "エー=\U0001f1e6",
+            "エー",
+            "\U0001f1e6",
+        ),  # a lone regional indicator (🇦): Discord reacts with it
         ("いいね=👍🏽", "いいね=👍🏽", "いいね", "👍🏽"),  # skin tone
         ("心=❤", "心=❤", "心", "❤"),
         ("心=❤\ufe0f", "心=❤\ufe0f", "心", "❤\ufe0f"),

@@ -126,13 +126,15 @@ def _tag_labels(forum: discord.ForumChannel) -> list[str]:
     """A forum's tag names as label text, with a tag's emoji as the label's (`犬=🐕`)."""
     labels = []
     for tag in forum.available_tags:
+        # "=" starts a label's emoji: a tag named E=mc2 becomes the label E＝mc2, which still matches it (NFKC)
+        name = tag.name.replace("=", "\uff1d")
         emoji = tag.emoji
         if emoji is None or not emoji.name:
-            labels.append(tag.name)
+            labels.append(name)
         elif emoji.id is None:
-            labels.append(f"{tag.name}={emoji.name}")
+            labels.append(f"{name}={emoji.name}")
         else:
-            labels.append(f"{tag.name}=<{'a' if emoji.animated else ''}:{emoji.name}:{emoji.id}>")
+            labels.append(f"{name}=<{'a' if emoji.animated else ''}:{emoji.name}:{emoji.id}>")
     return labels
 
 

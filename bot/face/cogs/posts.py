@@ -26,7 +26,7 @@ from bot.services.tagging import MAX_APPLIED_TAGS, best_labels, matching_tags, t
 from bot.services.visibility import is_public_thread, readable_by
 from bot.store import StorageError
 from bot.store.images import SearchHit
-from wakeru.labels import label_name
+from wakeru.labels import custom_emoji_id, label_name
 from wakeru.logs import new_event_id, request_context
 
 if TYPE_CHECKING:
@@ -137,10 +137,13 @@ async def _answer(
     """Answer the way the channel wants: a reply (embed), one reaction, or the post's tags."""
     locale = app.config.discord.reply_locale
     if style == "reaction":
-        emoji = reaction_for(answers[0], source.labels)
+        # the first image that could be read speaks for the post (⚠️ only when none could)
+        answer = next((a for a in answers if a.result.ok), answers[0])
+        emoji = reaction_for(answer, source.labels)
         failed = await _react(app, message, channel, emoji)
-        if failed is not None and failed.code == UNKNOWN_EMOJI:  # the label's emoji was deleted: its number
-            await _react(app, message, channel, reaction_for(answers[0], tuple(map(label_name, source.labels))))
+        if failed is not None and failed.code == UNKNOWN_EMOJI and custom_emoji_id(emoji) is not None:
+            # the label's own emoji was deleted from the server: its number instead
+            await _react(app, message, channel, reaction_for(answer, tuple(map(label_name, source.labels))))
     elif style == "tags":
         assert isinstance(channel, discord.Thread)  # is_forum_post_start
         await apply_tags(app, channel, answers)

@@ -34,11 +34,6 @@ def world(stub_model, tmp_path_factory):
             yield fake, bot
 
 
-@pytest.fixture
-def fake(world):
-    yield from flows.live_fake(world)
-
-
 def test_moderator_sets_labels_and_a_posted_image_is_answered_with_the_right_label(fake):
     answer = _set_labels(fake, LABELS)
     assert not answer["ephemeral"] and "v1" in answer["content"] and "6件" in answer["content"]

@@ -95,16 +95,6 @@ def world(stub_model, tmp_path_factory):
             yield fake, bot
 
 
-@pytest.fixture
-def fake(world):
-    yield from flows.live_fake(world)
-
-
-@pytest.fixture
-def bot(world):
-    return world[1]
-
-
 def test_indexing_is_off_until_enabled_and_then_only_where_enabled(fake, bot):
     flows.set_labels(fake, LABELS)
     before = flows.post_and_wait(fake, fake.channel_id, [("before.png", flows.png("赤い丸", 1), "image/png")])

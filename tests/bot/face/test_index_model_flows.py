@@ -32,16 +32,6 @@ def world(trained_model, tmp_path_factory):
             yield fake, bot
 
 
-@pytest.fixture
-def fake(world):
-    yield from flows.live_fake(world)
-
-
-@pytest.fixture
-def bot(world):
-    return world[1]
-
-
 def _recompressed(data: bytes) -> bytes:
     """The same picture, halved and saved again as a lower-quality JPEG (what a repost often is)."""
     image = Image.open(io.BytesIO(data)).convert("RGB")

@@ -13,6 +13,7 @@ import pytest
 from tests.bot.face.test_index_flows import wait_log
 from tests.support import flows
 from tests.support.fake_discord import FakeDiscord, Perm, overwrite
+from tests.support.flows import labels
 
 pytestmark = pytest.mark.slow  # a real model worker, restarted once
 
@@ -30,36 +31,18 @@ def world(trained_model, tmp_path_factory):
             tags=FORUM_TAGS,
             overwrites=[overwrite(fake.bot_role_id, allow=Perm.MANAGE_THREADS)],
         )
+        fake.media_id = fake.add_channel(
+            name="写真",
+            type=16,
+            tags=["青い丸", "赤い丸"],
+            overwrites=[overwrite(fake.bot_role_id, allow=Perm.MANAGE_THREADS)],
+        )
         fake.locked_forum_id = fake.add_channel(name="ギャラリー", type=16, tags=FORUM_TAGS)
         labels = json.dumps(flows.LABELS.split("、"), ensure_ascii=False)
         with flows.running_bot(
             fake, trained_model, workdir, WAKERU_DISCORD__AUTO_CLASSIFY="all", WAKERU_LABELS__DEFAULT=labels
         ) as bot:
             yield fake, bot
-
-
-@pytest.fixture
-def fake(world):
-    yield from flows.live_fake(world)
-
-
-@pytest.fixture
-def bot(world):
-    return world[1]
-
-
-def labels(fake, sub: str, *, by="moderator", channel_id=None, **options) -> dict:
-    """/labels <sub>; a `channel` option (an id) is sent as a channel option, the rest as strings/booleans."""
-    opts = []
-    for name, value in options.items():
-        if name == "channel":
-            opts.append({"type": 7, "name": "channel", "value": str(value)})
-        elif isinstance(value, bool):
-            opts.append({"type": 5, "name": name, "value": value})
-        else:
-            opts.append({"type": 3, "name": name, "value": value})
-    command = [{"type": 1, "name": sub, "options": opts}]
-    return fake.interact("labels", options=command, user=by, channel_id=channel_id).wait_final(timeout=60)
 
 
 def post(fake, channel_id: int, *classes: str, seed: int = 0) -> dict:
@@ -86,6 +69,12 @@ def test_a_forum_post_gets_the_matching_tags_and_keeps_the_authors(fake, bot):
     both = forum_post(fake, fake.forum_id, "赤い丸", "緑の丸", seed=3)
     fake.wait_for_thread_edit(both, timeout=60)
     assert sorted(fake.applied_tag_names(both)) == ["緑の丸", "赤い丸"]
+
+    # a media channel, and a label with an emoji: tags match the label's name
+    labels(fake, "set", labels="青い丸=🔵、赤い丸、緑の四角", channel=fake.media_id)
+    photo = forum_post(fake, fake.media_id, "青い丸", seed=5)
+    fake.wait_for_thread_edit(photo, timeout=60)
+    assert fake.applied_tag_names(photo)[0] == "青い丸"
 
     # /labels show, run from the forum post, is about the forum: it marks the labels no tag is named like
     shown = fake.interact("labels", options=flows.labels_cmd("show"), channel_id=thread).wait_final()

@@ -27,9 +27,10 @@ TAGS = [tag(1, "犬"), tag(2, "ＣＡＴ"), tag(3, "ｲﾇ科"), tag(4, "鳥", m
 def test_top_label_always_and_the_others_only_when_they_fit():
     answers = [answer(("犬", 0.7, True), ("cat", 0.2, True), ("鳥", 0.1, False))]
     assert best_labels(answers) == ["犬", "cat"]
-    # the top label counts even when it does not clearly fit (the rule); errors count for nothing
+    # an image none of the labels fits gives no tag at all, and an error counts for nothing
     failed = ImageAnswer("y.png", ClassifyResult.failure("r", ErrorCode.CORRUPT, "x"))
-    assert best_labels([answer(("鳥", 0.5, False), ("犬", 0.4, True)), failed]) == ["鳥", "犬"]
+    assert best_labels([answer(("鳥", 0.5, False), ("犬", 0.4, False)), failed]) == []
+    assert best_labels([answer(("鳥", 0.5, False)), answer(("犬", 0.6, True))]) == ["犬"]
     # two images: both tops first, then the fitting others by score
     two = [answer(("犬", 0.6, True), ("空", 0.3, True)), answer(("cat", 0.8, True), ("鳥", 0.15, True))]
     assert best_labels(two) == ["犬", "cat", "空", "鳥"]
