@@ -284,15 +284,17 @@ class LabelsSection(_Section):
 
     @model_validator(mode="after")
     def _check_sets(self) -> LabelsSection:
-        limits = dict(max_count=self.max_count, max_length=self.max_length)
+        def checked_set(labels: tuple[str, ...]) -> tuple[str, ...]:
+            return normalise_labels(labels, max_count=self.max_count, max_length=self.max_length)
+
         try:
-            object.__setattr__(self, "default", normalise_labels(self.default, **limits))
+            object.__setattr__(self, "default", checked_set(self.default))
         except LabelError as e:
             raise ValueError(f"default: {e}") from None
         checked = {}
         for name, labels in self.presets.items():
             try:
-                checked[name] = normalise_labels(labels, **limits)
+                checked[name] = checked_set(labels)
             except LabelError as e:
                 raise ValueError(f"presets.{name}: {e}") from None
         object.__setattr__(self, "presets", checked)

@@ -112,11 +112,14 @@ def split_labels(text: str) -> list[str]:
     return [part for part in _SEPARATORS.split(text)]
 
 
-def normalise_labels(labels: Iterable[str], *, max_count: int, max_length: int, min_count: int = 1) -> tuple[str, ...]:
+def normalise_labels(
+    labels: Iterable[str], *, max_count: int, max_length: int, min_count: int = 1, emoji: bool = True
+) -> tuple[str, ...]:
     """Trim, de-duplicate (order kept, by name) and check a label list.
 
     "name=emoji" labels come back as "name=emoji" (no spaces around "="); max_length applies to
-    the name. Raises LabelError naming the offending label and the limit.
+    the name. emoji=False: "=" is plain text (a search query, "E=mc2 のポスター"). Raises LabelError
+    naming the offending label and the limit.
     """
     seen: set[str] = set()
     result: list[str] = []
@@ -129,7 +132,7 @@ def normalise_labels(labels: Iterable[str], *, max_count: int, max_length: int, 
             continue
         if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in label):
             raise LabelError(f"label {label!r} contains control characters; remove them", "control_chars", label=label)
-        name, sep, mark = label.rpartition("=")
+        name, sep, mark = label.rpartition("=") if emoji else ("", "", label)
         if sep:
             name, mark = name.strip(), mark.strip()
             if not name:

@@ -47,7 +47,7 @@ from model_worker.image.decode import DecodeLimits, ImageError, decode_image
 from model_worker.model.adapters import Adapter
 from model_worker.model.label_cache import _LRU, LabelEmbeddingCache
 from wakeru.config import Config
-from wakeru.labels import LabelError, normalise_labels
+from wakeru.labels import LabelError, label_name, normalise_labels
 from wakeru.protocol import (
     MAX_QUERY_LENGTH,
     PROTOCOL_VERSION,
@@ -267,7 +267,7 @@ class Engine:
             return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST, problem)
         if request.query is not None:
             try:  # the label rules' spelling (NFC, whitespace, no invisible characters): a query and a label match
-                (query,) = normalise_labels([request.query], max_count=1, max_length=MAX_QUERY_LENGTH)
+                (query,) = normalise_labels([request.query], max_count=1, max_length=MAX_QUERY_LENGTH, emoji=False)
             except LabelError as e:
                 why = "the query is empty" if e.code == "empty" else f"query: {e}"
                 return ClassifyResult.failure(rid, ErrorCode.BAD_REQUEST, why)
@@ -276,7 +276,9 @@ class Engine:
             return (), None
         cfg = self.config.labels
         try:
-            return normalise_labels(request.labels, max_count=cfg.max_count, max_length=cfg.max_length), None
+            # a label's emoji (犬=🐕) is for answers: the model reads, and the result names, the label itself
+            labels = normalise_labels(request.labels, max_count=cfg.max_count, max_length=cfg.max_length)
+            return tuple(label_name(label) for label in labels), None
         except (LabelError, TypeError) as e:
             return ClassifyResult.failure(rid, ErrorCode.BAD_LABELS, str(e))
 

@@ -196,3 +196,14 @@ def test_tag_key_keeps_different_names_apart():
     assert tag_key("cat") != tag_key("cats")
     assert tag_key("カタカナ") != tag_key("かたかな")  # hiragana and katakana are different names
     assert tag_key(" Big  Cat ") == "big cat"
+
+
+def test_without_emoji_an_equals_sign_is_plain_text():
+    """Search queries are words: "E=mc2" there is no label=emoji, and its length counts whole."""
+    assert normalise_labels(["E = mc2 の図"], max_count=1, max_length=20, emoji=False) == ("E = mc2 の図",)
+    with pytest.raises(LabelError) as caught:
+        normalise_labels(["E = mc2 の図"], max_count=1, max_length=20)
+    assert caught.value.code == "bad_emoji"
+    with pytest.raises(LabelError) as caught:
+        normalise_labels(["犬=🐕"], max_count=1, max_length=2, emoji=False)
+    assert caught.value.code == "too_long"
