@@ -20,7 +20,7 @@ from typing import NoReturn
 from model_worker.serving.startup import load_engine, quiet_libraries
 from model_worker.settings import UsageError, resolve_config
 from wakeru.config import Config, ConfigError
-from wakeru.labels import LabelError, parse_labels
+from wakeru.labels import LabelError, label_name, parse_labels
 from wakeru.protocol import ClassifyRequest, ClassifyResult, ErrorCode, unpack_embedding
 
 log = logging.getLogger("model_worker")
@@ -106,16 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _labels_from_args(args: argparse.Namespace, config: Config) -> tuple[str, ...]:
+    """The labels' names: the label rules as in Discord, where 犬=🐕 is the label 犬 with an emoji."""
     limits = dict(max_count=config.labels.max_count, max_length=config.labels.max_length)
     if args.label_file:
         try:
             text = Path(args.label_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"cannot read label file {args.label_file}: {e}") from None
-        return parse_labels(text, **limits)
-    if args.labels is not None:
-        return parse_labels(args.labels, **limits)
-    return config.labels.default
+        labels = parse_labels(text, **limits)
+    elif args.labels is not None:
+        labels = parse_labels(args.labels, **limits)
+    else:
+        labels = config.labels.default
+    return tuple(label_name(label) for label in labels)
 
 
 def _read_inputs(paths: Sequence[str], max_bytes: int) -> Iterator[tuple[str, bytes | ClassifyResult]]:

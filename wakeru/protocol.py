@@ -90,7 +90,7 @@ class ClassifyRequest:
 
     id: str
     image: bytes
-    labels: tuple[str, ...]
+    labels: tuple[str, ...]  # the labels' names, in the label rules' spelling ("=" is plain text: 犬=🐕 is sent as 犬)
     top_k: int = 3
     deadline: float | None = None  # wall-clock (time.time()) seconds; None = no deadline
     embed: bool = False  # also return the image's embedding

@@ -47,7 +47,7 @@ from model_worker.image.decode import DecodeLimits, ImageError, decode_image
 from model_worker.model.adapters import Adapter
 from model_worker.model.label_cache import _LRU, LabelEmbeddingCache
 from wakeru.config import Config
-from wakeru.labels import LabelError, label_name, normalise_labels
+from wakeru.labels import LabelError, normalise_labels
 from wakeru.protocol import (
     MAX_QUERY_LENGTH,
     PROTOCOL_VERSION,
@@ -276,9 +276,10 @@ class Engine:
             return (), None
         cfg = self.config.labels
         try:
-            # a label's emoji (犬=🐕) is for answers: the model reads, and the result names, the label itself
-            labels = normalise_labels(request.labels, max_count=cfg.max_count, max_length=cfg.max_length)
-            return tuple(label_name(label) for label in labels), None
+            # labels arrive as names (the bot keeps a label's emoji, 犬=🐕, for its answers): "=" is plain text here,
+            # as in a set stored before labels could carry emoji ("E=mc2")
+            labels = normalise_labels(request.labels, max_count=cfg.max_count, max_length=cfg.max_length, emoji=False)
+            return labels, None
         except (LabelError, TypeError) as e:
             return ClassifyResult.failure(rid, ErrorCode.BAD_LABELS, str(e))
 
