@@ -121,6 +121,23 @@ def _by_name(labels: Sequence[str]) -> dict[str, str]:
 
 _moderators = moderator_only(moderator_roles)
 
+F = TypeVar("F")
+
+
+def _where_options(scopes: list[Choice[str]] | None = _SET_SCOPES, scope_help: _T = _SCOPE_HELP) -> Callable[[F], F]:
+    """The `scope` (these choices; None: no scope) and `channel` options a /labels command takes, named and
+    described (discord.py merges these with a command's own rename/describe/choices)."""
+
+    def decorate(func: F) -> F:
+        if scopes is not None:
+            func = app_commands.choices(scope=scopes)(func)
+            func = app_commands.describe(scope=scope_help)(func)
+            func = app_commands.rename(scope=_T("scope"))(func)
+        func = app_commands.describe(channel=_CHANNEL_HELP)(func)
+        return app_commands.rename(channel=_T("channel"))(func)
+
+    return decorate
+
 
 def _tag_labels(forum: discord.ForumChannel) -> list[str]:
     """A forum's tag names as label text, with a tag's emoji as the label's (`犬=🐕`)."""
@@ -154,9 +171,7 @@ class LabelsCog(WakeruCog):
     # ---- reading ---------------------------------------------------------------------
 
     @labels.command(name=_T("show"), description=_T("Show the labels used here"))
-    @app_commands.rename(scope=_T("scope"), channel=_T("channel"))
-    @app_commands.describe(scope=_SCOPE_HELP, channel=_CHANNEL_HELP)
-    @app_commands.choices(scope=_SET_SCOPES)
+    @_where_options()
     async def show(
         self, interaction: discord.Interaction, scope: Choice[str] | None = None, channel: ChannelOption | None = None
     ) -> None:
@@ -224,9 +239,7 @@ class LabelsCog(WakeruCog):
 
     @_moderators
     @labels.command(name=_T("history"), description=_T("Show the latest changes to the label set"))
-    @app_commands.rename(scope=_T("scope"), channel=_T("channel"))
-    @app_commands.describe(scope=_SCOPE_HELP, channel=_CHANNEL_HELP)
-    @app_commands.choices(scope=_SET_SCOPES)
+    @_where_options()
     async def history(
         self, interaction: discord.Interaction, scope: Choice[str] | None = None, channel: ChannelOption | None = None
     ) -> None:
@@ -266,8 +279,9 @@ class LabelsCog(WakeruCog):
         await interaction.followup.send(embed=embed, ephemeral=True)
 
     @labels.command(name=_T("stats"), description=_T("Chart how often each label came first here"))
-    @app_commands.rename(days=_T("days"), channel=_T("channel"))
-    @app_commands.describe(days=_T("Over how many days (default 30)"), channel=_CHANNEL_HELP)
+    @_where_options(scopes=None)
+    @app_commands.rename(days=_T("days"))
+    @app_commands.describe(days=_T("Over how many days (default 30)"))
     async def stats(
         self,
         interaction: discord.Interaction,
@@ -333,14 +347,12 @@ class LabelsCog(WakeruCog):
 
     @_moderators
     @labels.command(name=_T("set"), description=_T("Replace the label set"))
-    @app_commands.rename(labels=_T("labels"), scope=_T("scope"), channel=_T("channel"), from_tags=_T("from_tags"))
+    @_where_options()
+    @app_commands.rename(labels=_T("labels"), from_tags=_T("from_tags"))
     @app_commands.describe(
         labels=_T("New labels, separated by commas, 、 or new lines (犬=🐕 gives a label its emoji)"),
-        scope=_SCOPE_HELP,
-        channel=_CHANNEL_HELP,
         from_tags=_T("Use the forum's tag names as the labels"),
     )
-    @app_commands.choices(scope=_SET_SCOPES)
     async def set_(
         self,
         interaction: discord.Interaction,
@@ -368,9 +380,9 @@ class LabelsCog(WakeruCog):
 
     @_moderators
     @labels.command(name=_T("add"), description=_T("Add labels to the set"))
-    @app_commands.rename(labels=_T("labels"), scope=_T("scope"), channel=_T("channel"))
-    @app_commands.describe(labels=_T("Labels to add"), scope=_SCOPE_HELP, channel=_CHANNEL_HELP)
-    @app_commands.choices(scope=_SET_SCOPES)
+    @_where_options()
+    @app_commands.rename(labels=_T("labels"))
+    @app_commands.describe(labels=_T("Labels to add"))
     async def add(
         self,
         interaction: discord.Interaction,
@@ -403,9 +415,9 @@ class LabelsCog(WakeruCog):
 
     @_moderators
     @labels.command(name=_T("remove"), description=_T("Remove labels from the set"))
-    @app_commands.rename(labels=_T("labels"), scope=_T("scope"), channel=_T("channel"))
-    @app_commands.describe(labels=_T("Labels to remove"), scope=_SCOPE_HELP, channel=_CHANNEL_HELP)
-    @app_commands.choices(scope=_SET_SCOPES)
+    @_where_options()
+    @app_commands.rename(labels=_T("labels"))
+    @app_commands.describe(labels=_T("Labels to remove"))
     async def remove(
         self,
         interaction: discord.Interaction,
@@ -432,9 +444,9 @@ class LabelsCog(WakeruCog):
 
     @_moderators
     @labels.command(name=_T("preset"), description=_T("Replace the label set with a preset"))
-    @app_commands.rename(name=_T("name"), scope=_T("scope"), channel=_T("channel"))
-    @app_commands.describe(name=_T("The preset to use"), scope=_SCOPE_HELP, channel=_CHANNEL_HELP)
-    @app_commands.choices(scope=_SET_SCOPES)
+    @_where_options()
+    @app_commands.rename(name=_T("name"))
+    @app_commands.describe(name=_T("The preset to use"))
     async def preset(
         self,
         interaction: discord.Interaction,
@@ -469,9 +481,7 @@ class LabelsCog(WakeruCog):
 
     @_moderators
     @labels.command(name=_T("reset"), description=_T("Drop this scope's own set and fall back to the inherited one"))
-    @app_commands.rename(scope=_T("scope"), channel=_T("channel"))
-    @app_commands.describe(scope=_SCOPE_HELP, channel=_CHANNEL_HELP)
-    @app_commands.choices(scope=_SET_SCOPES)
+    @_where_options()
     async def reset(
         self, interaction: discord.Interaction, scope: Choice[str] | None = None, channel: ChannelOption | None = None
     ) -> None:
@@ -479,9 +489,7 @@ class LabelsCog(WakeruCog):
 
     @_moderators
     @labels.command(name=_T("undo"), description=_T("Undo the latest change to the label set"))
-    @app_commands.rename(scope=_T("scope"), channel=_T("channel"))
-    @app_commands.describe(scope=_SCOPE_HELP, channel=_CHANNEL_HELP)
-    @app_commands.choices(scope=_SET_SCOPES)
+    @_where_options()
     async def undo(
         self, interaction: discord.Interaction, scope: Choice[str] | None = None, channel: ChannelOption | None = None
     ) -> None:
@@ -516,8 +524,9 @@ class LabelsCog(WakeruCog):
     @labels.command(
         name=_T("auto"), description=_T("Turn automatic classification of posted images in this channel on or off")
     )
-    @app_commands.rename(state=_T("state"), channel=_T("channel"))
-    @app_commands.describe(state=_T("On or off"), channel=_CHANNEL_HELP)
+    @_where_options(scopes=None)
+    @app_commands.rename(state=_T("state"))
+    @app_commands.describe(state=_T("On or off"))
     @app_commands.choices(state=[Choice(name=_T("on"), value="on"), Choice(name=_T("off"), value="off")])
     async def auto(
         self, interaction: discord.Interaction, state: Choice[str], channel: ChannelOption | None = None
@@ -543,13 +552,10 @@ class LabelsCog(WakeruCog):
 
     @_moderators
     @labels.command(name=_T("style"), description=_T("How posted images are answered: embed, reaction, tags or none"))
-    @app_commands.rename(style=_T("style"), scope=_T("scope"), channel=_T("channel"))
-    @app_commands.describe(
-        style=_T("embed: a reply; reaction: one emoji; tags: forum post tags; none: no answer"),
-        scope=_STYLE_SCOPE_HELP,
-        channel=_CHANNEL_HELP,
-    )
-    @app_commands.choices(style=_STYLES, scope=_SCOPES)
+    @_where_options(scopes=_SCOPES, scope_help=_STYLE_SCOPE_HELP)
+    @app_commands.rename(style=_T("style"))
+    @app_commands.describe(style=_T("embed: a reply; reaction: one emoji; tags: forum post tags; none: no answer"))
+    @app_commands.choices(style=_STYLES)
     async def style(
         self,
         interaction: discord.Interaction,
