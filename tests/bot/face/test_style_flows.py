@@ -294,3 +294,33 @@ def test_a_channel_the_member_cannot_see_is_refused_by_name(fake, bot):
     assert refused["ephemeral"] and "表示できません" in refused["content"]
     refused = labels(fake, "show", by="member", channel=secret)
     assert refused["ephemeral"] and "表示できません" in refused["content"]
+
+
+def test_what_each_style_costs_in_discord_requests(fake, bot):
+    """A quieter answer is also a cheaper one: per answered post, embed = typing + the reply, reaction = one PUT,
+    tags = one PATCH of the post, none = nothing (the picture's download aside). docs/performance.md quotes this."""
+    seen = {}
+    for style in ("embed", "reaction", "none"):
+        channel = fake.add_channel(name=f"費用-{style}")
+        labels(fake, "set", labels=flows.LABELS, channel_id=channel)
+        labels(fake, "style", channel_id=channel, style=style)
+        start = len(fake.requests)
+        posted = post(fake, channel, "赤い丸", seed=71)
+        if style == "embed":
+            fake.wait_for_message(flows.replies_to(fake, posted, 0), timeout=60)
+        elif style == "reaction":
+            fake.wait_for_reaction(int(posted["id"]), timeout=60)
+        else:
+            wait_log(bot, rf"classified message {posted['id']} without answering", timeout=60)
+        flows.sentinel(fake, [fake.channel_id])  # anything still owed for the post is sent by then
+        seen[style] = [
+            r["method"]
+            for r in fake.requests[start:]
+            if f"/channels/{channel}" in r["path"] and "/attachments/" not in r["path"]
+        ]
+    start = len(fake.requests)
+    thread = forum_post(fake, fake.forum_id, "赤い丸", seed=72)
+    fake.wait_for_thread_edit(thread, timeout=60)
+    flows.sentinel(fake, [fake.channel_id])
+    seen["tags"] = [r["method"] for r in fake.requests[start:] if f"/channels/{thread}" in r["path"]]
+    assert seen == {"embed": ["POST", "POST"], "reaction": ["PUT"], "none": [], "tags": ["PATCH"]}, seen
