@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from .labels import LabelError, normalise_labels
+from .templates import STANDARD, check_template, resolve_templates
 
 ENV_PREFIX = "WAKERU_"
 ENV_CONFIG_FILE = "WAKERU_CONFIG"
@@ -74,7 +75,9 @@ class ModelSection(_Section):
     revision: str | None = None
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    templates: tuple[str, ...] = ("{}の写真", "{}の画像", "{}が写っている写真")
+    # A list of templates, or the name of a set in wakeru/templates.py (standard, openai-ja), or a list
+    # mixing both; always the tuple of templates after validation.
+    templates: tuple[str, ...] = STANDARD
     trust_remote_code: bool = False
     # "Does this label fit at all?", independent of how many labels there are: a label fits when
     # its `match` reaches this. SigLIP family: the model's own sigmoid probability (default 0.01).
@@ -90,14 +93,22 @@ class ModelSection(_Section):
             raise ValueError(f"must be auto, cpu, cuda or cuda:N, not {v!r}")
         return v
 
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _template_sets(cls, v: Any) -> Any:
+        # `templates: openai-ja` (YAML) arrives as text, WAKERU_MODEL__TEMPLATES=openai-ja as a
+        # one-item list: both name the set. Anything else not text is left to the type check.
+        if isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(t, str) for t in v)):
+            return resolve_templates(v)
+        return v
+
     @field_validator("templates")
     @classmethod
     def _templates(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if not v:
-            raise ValueError("give at least one template, e.g. ['{}の写真']")
+            raise ValueError("give at least one template, e.g. ['{}の写真'], or a template set name")
         for t in v:
-            if t.count("{}") != 1:
-                raise ValueError(f"template {t!r} must contain '{{}}' exactly once (where the label goes)")
+            check_template(t)
         return v
 
 
