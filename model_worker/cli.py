@@ -1,4 +1,4 @@
-"""`python -m model_worker classify | bench | make-checkpoint`.
+"""`python -m model_worker classify | bench | serve | similarity | eval | make-checkpoint`.
 
 Exit codes: 0 every input got an answer (some answers may be errors); 1 an input
 got no answer (a bug); 2 usage, configuration or model-load error, explained in
@@ -31,8 +31,18 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `python -m model_worker {self.prog.split()[-1]} --help`)")
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="ID_OR_PATH", help="hub id or local directory (default: model.id from config)")
+def _add_model_options(p: argparse.ArgumentParser, *, several: bool = False) -> None:
+    if several:  # eval compares models: --model A --model B
+        p.add_argument(
+            "--model",
+            action="append",
+            metavar="ID_OR_PATH",
+            help="hub id or local directory; repeat to compare models on the same images (default: model.id)",
+        )
+    else:
+        p.add_argument(
+            "--model", metavar="ID_OR_PATH", help="hub id or local directory (default: model.id from config)"
+        )
     p.add_argument("--config", metavar="FILE", help="config file (default: $WAKERU_CONFIG or ./config.yaml)")
     p.add_argument("--device", help="override model.device: auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="override model.dtype")
@@ -96,6 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(sim)
     sim.add_argument("--json", action="store_true", help="one JSON object per pair on stdout")
     sim.add_argument("images", nargs="+", metavar="IMAGE", help="two or more image files; every pair is compared")
+
+    e = sub.add_parser("eval", help="accuracy of a model (or several) on a labelled folder or CSV of images")
+    _add_model_options(e, several=True)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--plot", metavar="FILE.png", help="also draw the confusion matrix as a heat map (PNG)")
+    e.add_argument(
+        "--templates",
+        action="store_true",
+        help="also compare the configured template ensemble, each template alone, named sets and the bare label",
+    )
+    e.add_argument(
+        "dataset",
+        metavar="DATASET",
+        help="a folder with one sub-folder per label (optional labels.txt: folder<TAB>label), or a CSV of path,label",
+    )
 
     m = sub.add_parser("make-checkpoint", help="write a random-weight local checkpoint (no hub needed)")
     m.add_argument("--family", required=True, choices=["siglip", "siglip2", "clip", "japanese-stable-clip"])
@@ -284,6 +309,62 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _progress_line(model: str):
+    """A progress line on stderr, only when a person watches it (a terminal): logs and pipes stay clean."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        print(f"\r{model}: {done}/{total} images", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from model_worker.evaluation.dataset import DatasetError, read_dataset
+    from model_worker.evaluation.report import build_report, format_text
+    from model_worker.evaluation.run import evaluate
+
+    models = args.model or [None]  # None: the configured model.id
+    # one config per model (the same file, --device and --dtype), so each loads as `classify` would load it
+    configs = [resolve_config(argparse.Namespace(**{**vars(args), "model": model})) for model in models]
+    if args.plot and Path(args.plot).suffix.lower() != ".png":
+        raise UsageError(f"--plot writes a PNG: give a file name ending in .png, not {args.plot}")
+    limits = configs[0].labels
+    try:
+        dataset = read_dataset(args.dataset, max_count=limits.max_count, max_length=limits.max_length)
+    except DatasetError as e:
+        raise UsageError(f"dataset: {e}") from None
+    runs = evaluate(
+        [(config.model.id, config) for config in configs],
+        dataset,
+        load=load_engine,
+        templates=args.templates,
+        progress=_progress_line,
+    )
+    report = build_report(args.dataset, dataset, runs)
+    if args.plot:
+        from model_worker.evaluation.metrics import confusion_matrix
+        from model_worker.evaluation.plot import write_plot
+
+        truths = [item.label for item in dataset.items]
+        panels = [
+            (f"[{i}] {run.model}" if len(runs) > 1 else run.model, confusion_matrix(truths, run.ranked, dataset.labels))
+            for i, run in enumerate(runs, 1)
+        ]
+        try:
+            write_plot(args.plot, dataset.labels, panels)
+        except OSError as e:
+            raise UsageError(f"cannot write {args.plot}: {e.strerror or e}") from None
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False), flush=True)
+    else:
+        print(format_text(report), flush=True)
+    # every picture got an answer (some answers may be errors), as for classify
+    return 0 if all(run.answered + len(run.failures) == len(dataset.items) for run in runs) else 1
+
+
 def cmd_make_checkpoint(args: argparse.Namespace) -> int:
     from model_worker.devtools.checkpoints import build
 
@@ -307,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_similarity(args)
         if args.command == "serve":
             return cmd_serve(args)
+        if args.command == "eval":
+            return cmd_eval(args)
         return cmd_make_checkpoint(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
