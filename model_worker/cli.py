@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     m = sub.add_parser("make-checkpoint", help="write a random-weight local checkpoint (no hub needed)")
-    m.add_argument("--family", required=True, choices=["siglip", "siglip2", "clip", "japanese-stable-clip"])
+    m.add_argument(
+        "--family", required=True, choices=["siglip", "siglip2", "clip", "metaclip2", "japanese-stable-clip"]
+    )
     m.add_argument("--preset", default="base", choices=["tiny", "small", "base", "large"])
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("out", metavar="DIR")

@@ -1,8 +1,8 @@
 """Build local checkpoints with random weights, for tests and benchmarks without the hub.
 
-Each family gets the real transformers classes (CLIPModel, SiglipModel, Siglip2Model)
-built from a config, a tokenizer trained here with sentencepiece or tokenizers, and
-the image processor the real checkpoints ship, all written with save_pretrained so
+Each family gets the real transformers classes (CLIPModel, SiglipModel, Siglip2Model,
+MetaClip2Model) built from a config, a tokenizer trained here with sentencepiece or
+tokenizers, and the image processor the real checkpoints ship, all written with save_pretrained so
 they load back through the normal loading path. Japanese Stable CLIP is gated remote
 code; its stand-in is a small remote-code model (auto_map) that records the exact
 inputs the adapter sends.
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import TypedDict
 
-FAMILIES = ("siglip", "siglip2", "clip", "japanese-stable-clip")
+FAMILIES = ("siglip", "siglip2", "clip", "metaclip2", "japanese-stable-clip")
 
 # Tower sizes. "base" is ViT-B/16 at 224 with a 12-layer text tower: the benchmark size.
 PRESETS = {
@@ -287,6 +287,19 @@ def t5_tokenizer(out: Path):
     )
 
 
+def xlmv_tokenizer(out: Path):
+    # As MetaCLIP 2's XLM-V tokenizer (XLMRobertaTokenizer): the sentencepiece model holds <unk>=0,
+    # <s>=1, </s>=2 and no pad; the fairseq mapping gives <s>=0, <pad>=1, </s>=2, <unk>=3.
+    return _sentencepiece_tokenizer(
+        out,
+        "XLMRobertaTokenizer",
+        "sentencepiece.bpe.model",
+        dict(unk=0, bos=1, eos=2, pad=-1),
+        dict(unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>", pad_piece="<pad>"),
+        extra={"model_max_length": 77},
+    )
+
+
 def clip_tokenizer(out: Path):
     """A byte-level BPE with CLIP's normaliser, split rule and </w> suffix, trained here."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -448,6 +461,26 @@ def build_clip(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
     return out
 
 
+def build_metaclip2(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
+    """MetaClip2Model (MetaCLIP 2 worldwide) + XLM-V style tokenizer + CLIP image processor."""
+    import torch
+    from transformers import CLIPImageProcessor, MetaClip2Config, MetaClip2Model
+
+    p = PRESETS[preset]
+    out.mkdir(parents=True, exist_ok=True)
+    tok = xlmv_tokenizer(out)
+    text = _text_kwargs(p, max(p["vocab"], len(tok)), 77)
+    # the text tower pools the first </s>; the ids are the tokenizer's, as in the real config
+    text.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = MetaClip2Model(MetaClip2Config(text_config=text, vision_config=_vision_kwargs(p), projection_dim=p["proj"]))
+    _save(model, out)
+    CLIPImageProcessor(
+        size={"shortest_edge": p["image"]}, crop_size={"height": p["image"], "width": p["image"]}, resample=3
+    ).save_pretrained(out)
+    return out
+
+
 # A remote-code stand-in for Japanese Stable CLIP: same model_type and call signatures,
 # tiny towers, and a record of every text batch it receives so tests can check the
 # exact ids, attention mask and position_ids.
@@ -580,6 +613,7 @@ BUILDERS = {
     "siglip": build_siglip,
     "siglip2": build_siglip2,
     "clip": build_clip,
+    "metaclip2": build_metaclip2,
     "japanese-stable-clip": build_japanese_stable_clip_standin,
 }
 

@@ -1,4 +1,4 @@
-"""transformers-native dual encoders: CLIP, SigLIP, SigLIP 2 and anything with
+"""transformers-native dual encoders: CLIP, MetaCLIP 2, SigLIP, SigLIP 2 and anything with
 get_image_features / get_text_features."""
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ def _processors():
     return {
         # OpenAI CLIP: shortest edge 224 bicubic, centre crop, CLIP mean/std
         "clip": CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}),
+        # MetaCLIP / MetaCLIP 2 (MetaClip2Model): CLIPImageProcessor, shortest edge + crop, bicubic, CLIP mean/std
+        "metaclip2": CLIPImageProcessor(
+            size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, resample=3
+        ),
         # Japanese Stable CLIP's processor shape: shortest edge + crop, mean = std = 0.5
         "jsc-like": CLIPImageProcessor(
             size={"shortest_edge": 224},
@@ -62,7 +66,7 @@ def photos():
     return images
 
 
-@pytest.mark.parametrize("name", ["clip", "jsc-like", "clip-odd", "siglip", "naflex"])
+@pytest.mark.parametrize("name", ["clip", "metaclip2", "jsc-like", "clip-odd", "siglip", "naflex"])
 def test_fast_path_matches_hugging_face_processor(name, photos):
     proc = _processors()[name]
     fast = from_image_processor(proc)

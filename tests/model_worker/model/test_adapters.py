@@ -14,7 +14,7 @@ from tests.support.text_calls import text_tower_calls
 from wakeru.protocol import ClassifyRequest
 
 LABELS = ("犬", "猫", "象", "宇宙飛行士", "a photo of a cat", "コーヒー")
-FAMILIES = ["siglip", "siglip2", "clip", "japanese-stable-clip"]
+FAMILIES = ["siglip", "siglip2", "clip", "metaclip2", "japanese-stable-clip"]
 
 
 def _png(path) -> tuple[bytes, Image.Image]:
@@ -37,11 +37,20 @@ def loaded(request, checkpoints):
 
 def test_family_is_detected_from_the_config(loaded):
     family, _, adapter = loaded
-    expected = {"siglip": "siglip", "siglip2": "siglip", "clip": "clip", "japanese-stable-clip": "japanese-stable-clip"}
+    expected = {
+        "siglip": "siglip",
+        "siglip2": "siglip",
+        "clip": "clip",
+        "metaclip2": "clip",
+        "japanese-stable-clip": "japanese-stable-clip",
+    }
     assert adapter.family == expected[family]
     assert adapter.has_match_probability() == (expected[family] == "siglip")
     if family == "siglip2":
         assert type(adapter.model).__name__ == "Siglip2Model"
+    if family == "metaclip2":
+        assert type(adapter.model).__name__ == "MetaClip2Model"
+        assert type(adapter.tokenizer).__name__ == "XLMRobertaTokenizer"
 
 
 def test_engine_scores_equal_the_reference_forward(loaded):
