@@ -95,13 +95,31 @@ def read_labels_file(path: Path) -> dict[str, str]:
     return mapping
 
 
+def read_export_listing(path: Path) -> dict[str, str]:
+    """folder name → label, from the corrections.csv of `python -m bot export-corrections`: the export makes label
+    names safe as folder names ("a/b" → "a_b"), and its listing keeps the label as members chose it."""
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"cannot read {path}: {e}") from None
+    mapping: dict[str, str] = {}
+    for row in rows:
+        folder, _, rest = (row.get("file") or "").partition("/")
+        if folder and rest and row.get("label"):
+            mapping.setdefault(folder, row["label"])
+    return mapping
+
+
 def read_folder(root: Path, *, max_count: int, max_length: int) -> Dataset:
     skipped: Counter[str] = Counter()
-    mapping = read_labels_file(root / LABELS_FILE) if (root / LABELS_FILE).is_file() else {}
+    listing = read_export_listing(root / EXPORT_LISTING) if (root / EXPORT_LISTING).is_file() else {}
+    # labels.txt, written by a person, wins over the export's listing
+    mapping = {**listing, **(read_labels_file(root / LABELS_FILE) if (root / LABELS_FILE).is_file() else {})}
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     names = {p.name for p in folders}
     for name in mapping:
-        if name not in names:
+        if name not in names and name not in listing:
             raise DatasetError(f"{root / LABELS_FILE} names the folder {name!r}, which is not in {root}")
     for entry in root.iterdir():
         if entry.is_dir():
@@ -116,7 +134,8 @@ def read_folder(root: Path, *, max_count: int, max_length: int) -> Dataset:
     labels: list[str] = []
     for folder in folders:
         text = mapping.get(folder.name, folder.name)
-        where = f"folder {folder.name!r}" + (f" (label {text!r} in {LABELS_FILE})" if folder.name in mapping else "")
+        source = EXPORT_LISTING if folder.name in listing and text == listing[folder.name] else LABELS_FILE
+        where = f"folder {folder.name!r}" + (f" (label {text!r} in {source})" if folder.name in mapping else "")
         label = _check_label(text, where, max_length)
         labels.append(label)
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):

@@ -65,6 +65,23 @@ def test_export_corrections_layout(tmp_path):
     assert dataset.labels == ("犬", "猫") and len(dataset.items) == 2 and not dataset.skipped
 
 
+def test_the_exports_listing_gives_back_labels_a_folder_name_could_not_spell(tmp_path):
+    """The export names folders safely ("a/b" → "a_b"); its corrections.csv keeps the label, and labels.txt,
+    written by a person, still wins."""
+    _touch(tmp_path / "a_b" / "1001.jpg")
+    _touch(tmp_path / "_上" / "1002.jpg")
+    _touch(tmp_path / "猫" / "1003.jpg")
+    (tmp_path / "corrections.csv").write_text(
+        "attachment_id,message_id,channel_id,file,label,shown,members\n"
+        "1001,1,2,a_b/1001.jpg,a/b,猫,1\n1002,1,2,_上/1002.jpg,../上,猫,2\n1003,1,2,猫/1003.jpg,猫,犬,1\n",
+        encoding="utf-8",
+    )
+    dataset = read_dataset(tmp_path, **LIMITS)
+    assert {p.path.name: p.label for p in dataset.items} == {"1001.jpg": "a/b", "1002.jpg": "../上", "1003.jpg": "猫"}
+    (tmp_path / "labels.txt").write_text("a_b\tAとB\n", encoding="utf-8")
+    assert {p.path.name: p.label for p in read_dataset(tmp_path, **LIMITS).items}["1001.jpg"] == "AとB"
+
+
 def test_csv_of_path_and_label_relative_to_the_csv(tmp_path):
     _touch(tmp_path / "pics" / "a.jpg")
     _touch(tmp_path / "pics" / "b.jpg")
