@@ -157,3 +157,23 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, capsys, make, message):
     assert main(make(tmp_path)) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_csv_of_the_same_pictures_gives_the_same_figures(trained_model, dataset, report, tmp_path):
+    """The CSV form of the folder (paths relative to the CSV) gives the same figures; a row without a label is refused."""
+    rows = ["path,label"]
+    for picture in sorted(dataset.glob("*/*.png")) + sorted(dataset.glob("*/*.jpg")):
+        rows.append(f"{picture.relative_to(dataset.parent).as_posix()},{picture.parent.name}")
+    listing = dataset.parent / "set.csv"
+    listing.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["eval", "--model", str(trained_model), "--dtype", "float32", "--json", str(listing)]) == 0
+    from_csv = json.loads(out.getvalue())["models"][0]
+    from_folder = report[0]["models"][0]
+    assert from_csv["top1"] == pytest.approx(from_folder["top1"]) and from_csv["answered"] == from_folder["answered"]
+    listing.write_text("path,label\n" + rows[1].split(",")[0] + ",\n", encoding="utf-8")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["eval", "--model", str(trained_model), str(listing)]) == 2
+    assert "label is empty" in err.getvalue() and err.getvalue().count("\n") == 1
