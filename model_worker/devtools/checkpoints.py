@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 FAMILIES = ("siglip", "siglip2", "clip", "metaclip2", "japanese-stable-clip")
 
@@ -442,43 +442,40 @@ def build_siglip2(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
     return out
 
 
-def build_clip(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
-    """CLIPModel + CLIP byte-level BPE tokenizer + CLIP image processor (shortest edge, centre crop)."""
+def _clip_like(out: Path, preset: str, seed: int, tok: Any, config_cls: Any, model_cls: Any, vocab: int) -> Path:
+    """A CLIP-architecture model (the text tower pools at the tokenizer's </s>, so its ids go in the config, as in
+    the real configs) + the tokenizer already saved in `out` + CLIP's image processor (shortest edge, centre crop)."""
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from transformers import CLIPImageProcessor
 
     p = PRESETS[preset]
-    out.mkdir(parents=True, exist_ok=True)
-    tok = clip_tokenizer(out)
-    text = _text_kwargs(p, len(tok), 77)
+    text = _text_kwargs(p, vocab, 77)
     text.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=_vision_kwargs(p), projection_dim=p["proj"]))
+    model = model_cls(config_cls(text_config=text, vision_config=_vision_kwargs(p), projection_dim=p["proj"]))
     _save(model, out)
     CLIPImageProcessor(
         size={"shortest_edge": p["image"]}, crop_size={"height": p["image"], "width": p["image"]}, resample=3
     ).save_pretrained(out)
     return out
+
+
+def build_clip(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
+    """CLIPModel + CLIP byte-level BPE tokenizer + CLIP image processor."""
+    from transformers import CLIPConfig, CLIPModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = clip_tokenizer(out)
+    return _clip_like(out, preset, seed, tok, CLIPConfig, CLIPModel, len(tok))
 
 
 def build_metaclip2(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
     """MetaClip2Model (MetaCLIP 2 worldwide) + XLM-V style tokenizer + CLIP image processor."""
-    import torch
-    from transformers import CLIPImageProcessor, MetaClip2Config, MetaClip2Model
+    from transformers import MetaClip2Config, MetaClip2Model
 
-    p = PRESETS[preset]
     out.mkdir(parents=True, exist_ok=True)
     tok = xlmv_tokenizer(out)
-    text = _text_kwargs(p, max(p["vocab"], len(tok)), 77)
-    # the text tower pools the first </s>; the ids are the tokenizer's, as in the real config
-    text.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(seed)
-    model = MetaClip2Model(MetaClip2Config(text_config=text, vision_config=_vision_kwargs(p), projection_dim=p["proj"]))
-    _save(model, out)
-    CLIPImageProcessor(
-        size={"shortest_edge": p["image"]}, crop_size={"height": p["image"], "width": p["image"]}, resample=3
-    ).save_pretrained(out)
-    return out
+    return _clip_like(out, preset, seed, tok, MetaClip2Config, MetaClip2Model, max(PRESETS[preset]["vocab"], len(tok)))
 
 
 # A remote-code stand-in for Japanese Stable CLIP: same model_type and call signatures,
