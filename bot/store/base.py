@@ -383,6 +383,30 @@ class LabelStore(abc.ABC):
         last = list(rows)[0][0]
         return int(last or 0) + 1
 
+    async def _record(
+        self,
+        db: Any,
+        guild_id: int,
+        scope: int,
+        *,
+        kind: str,
+        labels: tuple[str, ...] | None,
+        style: str | None,
+        user_id: int | None,
+        action: str,
+        detail: str | None,
+    ) -> HistoryEntry:
+        """Inside a transaction: the history row of a change of either kind (the scope's next version)."""
+        version = await self._next_version(db, guild_id, scope)
+        now = time.time()
+        encoded = None if labels is None else _encode(labels)
+        await db.execute(
+            "INSERT INTO label_history (guild_id, channel_id, version, action, labels, user_id, at, detail, reverted, "
+            "kind, style) VALUES (?, ?, ?, ?, ?, ?, ?, ?, FALSE, ?, ?)",
+            (guild_id, scope, version, action, encoded, user_id, now, detail, kind, style),
+        )
+        return HistoryEntry(version, action, labels, user_id, now, detail, reverted=False, kind=kind, style=style)
+
     async def _apply_style(
         self,
         db: Any,
@@ -395,12 +419,8 @@ class LabelStore(abc.ABC):
         detail: str | None,
     ) -> HistoryEntry:
         """Inside a transaction: store the new style of a scope (None: drop its own) and its history row."""
-        version = await self._next_version(db, guild_id, scope)
-        now = time.time()
-        await db.execute(
-            "INSERT INTO label_history (guild_id, channel_id, version, action, labels, user_id, at, detail, reverted, "
-            "kind, style) VALUES (?, ?, ?, ?, NULL, ?, ?, ?, FALSE, 'style', ?)",
-            (guild_id, scope, version, action, user_id, now, detail, style),
+        change = await self._record(
+            db, guild_id, scope, kind="style", labels=None, style=style, user_id=user_id, action=action, detail=detail
         )
         if style is None:
             await db.execute("DELETE FROM channel_styles WHERE guild_id = ? AND channel_id = ?", (guild_id, scope))
@@ -409,9 +429,9 @@ class LabelStore(abc.ABC):
                 "INSERT INTO channel_styles (guild_id, channel_id, style, updated_by, updated_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (guild_id, channel_id) DO UPDATE SET style = excluded.style, "
                 "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
-                (guild_id, scope, style, user_id, now),
+                (guild_id, scope, style, user_id, change.at),
             )
-        return HistoryEntry(version, action, None, user_id, now, detail, reverted=False, kind="style", style=style)
+        return change
 
     async def _apply(
         self,
@@ -425,15 +445,9 @@ class LabelStore(abc.ABC):
         detail: str | None,
     ) -> HistoryEntry:
         """Inside a transaction: store the new labels of a scope and its history row; returns that row."""
-        version = await self._next_version(db, guild_id, scope)
-        now = time.time()
-        encoded = None if labels is None else _encode(labels)
-        await db.execute(
-            "INSERT INTO label_history (guild_id, channel_id, version, action, labels, user_id, at, detail, reverted, "
-            "kind, style) VALUES (?, ?, ?, ?, ?, ?, ?, ?, FALSE, 'labels', NULL)",
-            (guild_id, scope, version, action, encoded, user_id, now, detail),
+        change = await self._record(
+            db, guild_id, scope, kind="labels", labels=labels, style=None, user_id=user_id, action=action, detail=detail
         )
-        change = HistoryEntry(version, action, labels, user_id, now, detail, reverted=False)
         if labels is None:
             await db.execute("DELETE FROM label_sets WHERE guild_id = ? AND channel_id = ?", (guild_id, scope))
             return change
@@ -442,7 +456,7 @@ class LabelStore(abc.ABC):
             "VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (guild_id, channel_id) DO UPDATE SET labels = excluded.labels, version = excluded.version, "
             "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
-            (guild_id, scope, encoded, version, user_id, now),
+            (guild_id, scope, _encode(labels), change.version, user_id, change.at),
         )
         return change
 
