@@ -1219,6 +1219,23 @@ def test_deletions_edits_and_removals_are_dispatched(fake, bot):
     assert (status, body["code"]) == (403, 50001)
 
 
+def test_changes_made_while_the_bot_is_offline_send_no_event_and_a_new_identify_shows_them(fake, bot):
+    channel_id = fake.add_channel(name="留守中")
+    _wait_event(fake, bot, "on_guild_channel_create", lambda a: a[0].id == channel_id)
+    guild = fake.add_guild(name="留守中のサーバー")
+    fake.wait_for(lambda: bot.bot.get_guild(guild.id), 10, "the new guild in the cache")
+    seen = len(fake.deliveries)
+    fake.delete_channel(channel_id, offline=True)
+    fake.remove_from_guild(guild.id, offline=True)
+    sentinel = fake.add_channel(name="合図")  # the next event: anything sent before it would show first
+    _wait_event(fake, bot, "on_guild_channel_create", lambda a: a[0].id == sentinel)
+    assert [d["event"] for d in fake.deliveries[seen:]] == ["CHANNEL_CREATE"]
+    status, _, body = _api(fake, "GET", f"/channels/{channel_id}/messages")
+    assert (status, body["code"]) == (404, 10003)
+    assert guild.id not in fake.guilds and fake.guild_id in fake.guilds  # what the next READY lists
+    assert channel_id not in {int(c["id"]) for c in fake.guild_payload(fake.guild_id)["channels"]}
+
+
 def test_channel_permissions_follow_role_and_member_overwrites(fake, bot):
     from tests.support.fake_discord import Perm, overwrite
 

@@ -747,3 +747,15 @@ class LabelStore(abc.ABC):
                 deleted += int(rows[0][0])
                 await db.execute(f"DELETE FROM corrections WHERE {condition}", args)
         return deleted
+
+    async def correction_places(self) -> dict[int, set[int]]:
+        """Every guild with corrections, with the top-level channels they were made in (a thread's under its
+        parent): what the start-up check compares with what still exists on Discord."""
+        async with self._guard() as db:
+            rows = await db.execute_fetchall(
+                "SELECT DISTINCT guild_id, COALESCE(parent_id, channel_id) FROM corrections"
+            )
+        found: dict[int, set[int]] = {}
+        for guild_id, channel_id in rows:
+            found.setdefault(int(guild_id), set()).add(int(channel_id))
+        return found

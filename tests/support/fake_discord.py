@@ -2168,11 +2168,12 @@ class FakeDiscord:
 
     # ---------------------------------------------------------------- the image index: world changes
 
-    def _maybe_dispatch(self, event: str, data: dict, timeout: float = 20) -> None:
+    def _maybe_dispatch(self, event: str, data: dict, timeout: float = 20, *, offline: bool = False) -> None:
         """Dispatch when a bot has ever identified (it may be reconnecting); otherwise only the
         stored world changes (the next READY/GUILD_CREATE shows it).  Nothing about a guild the bot
-        is not in (``foreign_guilds``) is dispatched."""
-        if self._guild_of_event(event, data) in self.foreign_guilds:
+        is not in (``foreign_guilds``) is dispatched.  ``offline``: the bot is stopped, so no session
+        will resume and Discord sends the event to nobody; a bot started later only sees the new world."""
+        if offline or self._guild_of_event(event, data) in self.foreign_guilds:
             return
         private = int(data.get("channel_id") or 0) if isinstance(data, dict) else 0
         if private in self.private_channels and not self._bot_present(private):
@@ -2416,9 +2417,10 @@ class FakeDiscord:
         self._maybe_dispatch("MESSAGE_UPDATE", copy.deepcopy(message))
         return message
 
-    def delete_channel(self, channel_id: int) -> None:
+    def delete_channel(self, channel_id: int, *, offline: bool = False) -> None:
         """A channel or thread was deleted: CHANNEL_DELETE (the channel object) or THREAD_DELETE
-        ``{id, guild_id, parent_id, type}``.  Its messages (and a channel's threads) go too."""
+        ``{id, guild_id, parent_id, type}``.  Its messages (and a channel's threads) go too.
+        ``offline=True``: while the bot is stopped (no event; see ``_maybe_dispatch``)."""
         doomed = [channel_id]
         if channel_id in self.threads:
             thread = self.threads.pop(channel_id)
@@ -2434,9 +2436,9 @@ class FakeDiscord:
                 doomed.append(tid)
         for mid in [m for m, msg in self.channel_messages.items() if int(msg["channel_id"]) in doomed]:
             self._drop_message(mid)
-        self._maybe_dispatch(event, data)
+        self._maybe_dispatch(event, data, offline=offline)
 
-    def remove_from_guild(self, guild_id: int) -> None:
+    def remove_from_guild(self, guild_id: int, *, offline: bool = False) -> None:
         """The bot was kicked or the guild deleted: GUILD_DELETE ``{id}`` (no ``unavailable``; discord.py
         calls ``on_guild_remove``).  Its channels, threads and messages are gone: channel routes then
         answer 403 "Missing Access" (50001), as Discord does for a guild the bot is not in; a new
@@ -2452,7 +2454,7 @@ class FakeDiscord:
                 self._gone_channels[cid] = guild_id
         for mid in [m for m, msg in self.channel_messages.items() if int(msg["channel_id"]) in self._gone_channels]:
             self._drop_message(mid)
-        if self._loop is not None and self._session_states:
+        if self._loop is not None and self._session_states and not offline:
             self.dispatch("GUILD_DELETE", {"id": str(guild_id)}, guild_id=guild_id)
 
     def edits_of(self, message_id: int | str) -> list[dict]:

@@ -24,7 +24,7 @@ def make_cogs(app: App | None, bot: commands.Bot) -> list[commands.Cog]:
         PostsCog(app),
         SearchCog(app, bot.tree),
         IndexCog(app, bot),
-        DeletionsCog(app),
+        DeletionsCog(app, bot),
     ]
 
 

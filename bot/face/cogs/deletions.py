@@ -1,7 +1,8 @@
 """The deletions cog: the index and members' corrections follow Discord. A deleted message, a bulk delete, an
 edit that removes an attachment (index rows), a deleted channel or thread, and the bot leaving a server remove
 the matching rows at once. Raw gateway events, so messages the bot never cached count too. Rows older than
-`index.retention_days` are removed every hour.
+`index.retention_days` are removed every hour. After each READY, channels and guilds deleted while the bot was
+offline are found and their rows removed (bot.services.reconcile).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from collections.abc import Awaitable
 import discord
 from discord.ext import commands
 
+from bot.app import App
 from bot.face.cogs.base import WakeruCog
+from bot.services.reconcile import reconcile, shard_owner
 from bot.store import StorageError
 
 log = logging.getLogger("wakeru.index")
@@ -24,6 +27,10 @@ RETENTION_EVERY_S = 3600.0
 
 class DeletionsCog(WakeruCog):
     _retention: asyncio.Task[None] | None = None
+
+    def __init__(self, app: App | None, client: discord.Client):
+        super().__init__(app)
+        self._client = client
 
     async def cog_load(self) -> None:
         if self._app is not None:
@@ -42,6 +49,30 @@ class DeletionsCog(WakeruCog):
             except StorageError as e:
                 log.warning("retention: could not expire old rows: %s", e)
             await asyncio.sleep(RETENTION_EVERY_S)
+
+    @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        """After every IDENTIFY (not a RESUME, which replays what was missed): remove what belongs to channels
+        and guilds that went while no session was listening."""
+        if self._app is None:
+            return
+        client = self._client
+        present = {
+            guild.id: None if guild.unavailable else frozenset(c.id for c in guild.channels) for guild in client.guilds
+        }
+        owns = shard_owner(client.shard_count, getattr(client, "shard_ids", None))
+        try:
+            done = await reconcile(self.app.index, self.app.store, present, owns)
+        except Exception:  # a listener must survive whatever the database says
+            log.exception("index: the start-up check failed")
+            return
+        log.info(
+            "index: start-up check: %d gone guild(s), %d gone channel(s): removed %d row(s), %d correction(s)",
+            done.guilds,
+            done.channels,
+            done.rows,
+            done.corrections,
+        )
 
     async def _forget(self, what: str, removal: Awaitable[int]) -> None:
         try:

@@ -17,9 +17,9 @@ Pure stdlib: this module must not import torch, PIL, numpy or discord.
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 __all__ = [
     "BackfillJob",
@@ -163,6 +163,12 @@ class ImageIndex(abc.ABC):
     async def expire(self, before: float) -> int:
         """index.retention_days: rows posted before this time, in every guild."""
 
+    @abc.abstractmethod
+    async def places(self) -> dict[int, set[int]]:
+        """Every guild the index holds anything of, with the top-level channels its rows and switches name (a
+        thread's rows count under its parent): what a start-up check compares with the guilds and channels that
+        still exist, for deletions that happened while the bot was offline."""
+
     # ------------------------------------------------------------------ counts, statistics, re-embedding
 
     @abc.abstractmethod
@@ -243,6 +249,27 @@ def embedding_dim(embedding: bytes) -> int:
 
 def scope_id(channel_id: int | None) -> int:
     return SERVER_SCOPE if channel_id is None else channel_id
+
+
+# places(): a thread's rows under their parent; a channel's switch (channel scopes are always top-level); the guild
+# alone for server-wide switches, "not a repost" pairs and backfill jobs (a job may name a thread, which an archived
+# thread's absence from the cache must not make look deleted).
+PLACES_SQL = (
+    "SELECT guild_id, COALESCE(parent_id, channel_id) FROM indexed_images "
+    "UNION SELECT guild_id, channel_id FROM index_settings "
+    "UNION SELECT guild_id, 0 FROM not_reposts "
+    "UNION SELECT guild_id, 0 FROM backfill_jobs"
+)
+
+
+def places_of(rows: Iterable[Sequence[Any]]) -> dict[int, set[int]]:
+    """PLACES_SQL's rows as guild → channels (0, the server scope, only makes the guild appear)."""
+    found: dict[int, set[int]] = {}
+    for guild_id, channel_id in rows:
+        channels = found.setdefault(int(guild_id), set())
+        if channel_id:
+            channels.add(int(channel_id))
+    return found
 
 
 def labels_json(labels: Sequence[str]) -> str:

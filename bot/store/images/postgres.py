@@ -35,6 +35,7 @@ import asyncpg
 
 from bot.store.base import StorageError
 from bot.store.images.base import (
+    PLACES_SQL,
     BackfillJob,
     ImageIndex,
     IndexCounts,
@@ -46,6 +47,7 @@ from bot.store.images.base import (
     labels_json,
     optional_bool,
     pair,
+    places_of,
     scope_id,
 )
 from bot.store.postgres import _ERRORS, CLOSE_TIMEOUT_S, PostgresLabelStore, _Server, _translate
@@ -570,6 +572,10 @@ class PostgresImageIndex(ImageIndex):
 
     async def expire(self, before: float) -> int:
         return await self._delete("posted_at < $1", float(before))
+
+    async def places(self) -> dict[int, set[int]]:
+        async with self._guard() as con:
+            return places_of(await con.fetch(PLACES_SQL))
 
     # ------------------------------------------------------------------ counts, statistics, re-embedding
 

@@ -45,6 +45,7 @@ import sqlite_vec  # type: ignore[import-untyped]
 
 from bot.store.base import BUSY_TIMEOUT_MS, StorageError
 from bot.store.images.base import (
+    PLACES_SQL,
     BackfillJob,
     ImageIndex,
     IndexCounts,
@@ -56,6 +57,7 @@ from bot.store.images.base import (
     labels_json,
     optional_bool,
     pair,
+    places_of,
     scope_id,
 )
 from bot.store.sqlite import _storage_error, database_path, immutable_target, on_read_only_volume
@@ -1036,6 +1038,10 @@ class SQLiteImageIndex(ImageIndex):
     async def expire(self, before: float) -> int:
         async with self._transaction() as db:
             return await self._delete_rows(db, "posted_at < ?", (float(before),))
+
+    async def places(self) -> dict[int, set[int]]:
+        async with self._guard() as db:
+            return places_of(await db.execute_fetchall(PLACES_SQL))
 
     # ------------------------------------------------------------------ counts, statistics, re-embedding
 

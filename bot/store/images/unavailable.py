@@ -101,5 +101,8 @@ class UnavailableIndex(ImageIndex):
     async def expire(self, before: float) -> int:
         return 0
 
+    async def places(self) -> dict[int, set[int]]:
+        return {}
+
     async def running_backfills(self, guild_ids: Collection[int]) -> list[BackfillJob]:
         return []

@@ -7,8 +7,10 @@ test_index_model_flows.py."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
+import sqlite3
 import time
 
 import pytest
@@ -368,6 +370,37 @@ def test_leaving_a_server_removes_everything_of_it(fake, bot):
     fake.remove_from_guild(guild.id)
     found = wait_log(bot, rf"leaving guild {guild.id} removed (\d+) row")
     assert int(found.group(1)) >= 1
+
+
+def test_a_channel_and_a_server_deleted_while_the_bot_was_offline_leave_the_index_at_the_next_start(fake, bot):
+    index(fake, "enable")
+    kept = flows.post_image(fake, fake.channel_id, "赤い四角", 400)
+    doomed_channel = fake.add_channel(name="留守中に消える")
+    index(fake, "enable", channel_id=doomed_channel)
+    doomed = flows.post_image(fake, doomed_channel, "赤い四角", 401)
+    server = fake.add_guild(name="留守中に抜ける")
+    index(fake, "enable", scope="server", channel_id=server.channel_id, by="owner")
+    elsewhere = flows.post_image(fake, server.channel_id, "赤い四角", 402)
+    for post in (kept, doomed, elsewhere):
+        wait_indexed(bot, post)
+    assert {int(kept["id"]), int(doomed["id"])} <= set(result_ids(search(fake, "赤い四角")))
+
+    bot.stop()
+    fake.delete_channel(doomed_channel, offline=True)  # no session listens: Discord's events reach nobody
+    fake.remove_from_guild(server.id, offline=True)
+    seen = len(bot.full_log())
+    bot.start()
+    fake.wait_for(
+        lambda: "index: start-up check:" in bot.full_log()[seen:], timeout=60, what="the start-up check after READY"
+    )
+    pattern = r"start-up check: (\d+) gone guild\(s\), (\d+) gone channel\(s\): removed (\d+) row"
+    line = re.search(pattern, bot.full_log()[seen:])
+    assert line and int(line.group(1)) >= 1 and int(line.group(2)) >= 1 and int(line.group(3)) >= 2, line
+    ids = result_ids(search(fake, "赤い四角"))
+    assert int(kept["id"]) in ids and int(doomed["id"]) not in ids
+    with contextlib.closing(sqlite3.connect(bot.workdir / "wakeru.db")) as db:  # the other server is not searchable
+        left = db.execute("SELECT COUNT(*) FROM indexed_images WHERE guild_id = ?", (server.id,)).fetchone()[0]
+    assert left == 0
 
 
 def test_without_pgvector_the_bot_runs_and_says_the_index_is_unavailable(stub_model, postgres_url, tmp_path):

@@ -205,6 +205,20 @@ async def test_deletes(index):
     assert await index.search(G2, packed(unit(8)), MODEL, limit=5) == []
 
 
+async def test_places_names_each_guild_with_its_top_level_channels(index):
+    assert await index.places() == {}
+    await index.add(image(1))  # channel 10
+    await index.add(image(2, channel_id=55, parent_id=11))  # a thread of channel 11: counted under 11
+    await index.add(image(3, guild_id=G2, channel_id=20))
+    await index.set_enabled(G, 12, True, user_id=1)  # a channel switch without rows
+    await index.set_enabled(3003, None, True, user_id=1)  # a server switch only: the guild, no channel
+    await index.mark_not_repost(3004, 1, 2, user_id=1)
+    assert await index.places() == {G: {10, 11, 12}, G2: {20}, 3003: set(), 3004: set()}
+    await index.delete_channel(11)
+    await index.delete_guild(G2)
+    assert await index.places() == {G: {10, 12}, 3003: set(), 3004: set()}
+
+
 async def test_expire(index):
     for attachment_id in range(1, 6):
         await index.add(
