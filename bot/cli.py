@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--queries", type=int, default=200)
     i.add_argument("--postgres-url", help="postgresql://… of a server with pgvector (see the module's docstring)")
     i.add_argument("--encode-ms", type=float, help="add this text-encoding time (python -m model_worker bench)")
+    i.add_argument("--singles", type=int, help="single add calls into the full index after the load (default 500)")
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--json", action="store_true")
     return p

@@ -125,6 +125,18 @@ def test_bench_index_reports_insert_rate_size_query_time_and_recall(tmp_path):
     assert figures["after_adds_recall_at_10"] == 1.0
 
 
+def test_bench_index_on_postgres_measures_the_hnsw_scan_apart(pgvector_url):
+    out = _bot(
+        "bench-index", "--images", "1200", "--dim", "32", "--queries", "10", "--singles", "5", "--store", "postgres",
+        "--postgres-url", pgvector_url, "--json",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    [figures] = json.loads(out.stdout)
+    assert figures["store"] == "postgres" and figures["index_build_s"] >= 0
+    assert figures["exact_max"] >= 1200 and figures["recall_at_10"] >= 0.99  # a guild this small is searched exactly
+    assert 0 < figures["hnsw_query_ms_p50"] <= figures["hnsw_query_ms_p99"] and 0 < figures["hnsw_recall_at_10"] <= 1
+
+
 def test_bench_queue_reports_the_transport_overhead(stub_model):
     # the transport's own cost is measured around any worker: the stand-in (tests/support/stub_worker.py) starts at once
     out = _bot(
