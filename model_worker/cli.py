@@ -124,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("make-checkpoint", help="write a random-weight local checkpoint (no hub needed)")
     m.add_argument(
-        "--family", required=True, choices=["siglip", "siglip2", "clip", "metaclip2", "japanese-stable-clip"]
+        "--family",
+        required=True,
+        choices=["siglip", "siglip2", "clip", "metaclip2", "japanese-stable-clip", "onnx-clip"],
+        help="onnx-clip: a MetaCLIP 2 exported to ONNX in Immich's layout (needs onnx and onnxruntime)",
     )
     m.add_argument("--preset", default="base", choices=["tiny", "small", "base", "large"])
     m.add_argument("--seed", type=int, default=0)

@@ -146,8 +146,22 @@ def test_wakeru_imports_are_in_the_base_dependencies():
 
 
 def test_model_worker_imports_are_in_the_worker_install():
-    missing = undeclared(("model_worker",), declared("worker"))
-    assert not missing, f"imported by model_worker/ but not in dependencies or [worker]: {missing}"
+    # [onnx] is the one optional extra of the worker: onnxruntime, imported only for an ONNX export's model.id
+    missing = undeclared(("model_worker",), declared("worker", "onnx"))
+    assert not missing, f"imported by model_worker/ but not in dependencies, [worker] or [onnx]: {missing}"
+
+
+def test_onnx_runtime_is_imported_only_by_the_onnx_adapter():
+    """Without the [onnx] extra the worker still starts: onnxruntime is imported inside functions of the ONNX
+    adapter's loading path, never at module level."""
+    where = third_party("model_worker").get("onnxruntime", [])
+    assert where and all(
+        w.split(":")[0] in {"model_worker/model/adapters/onnx_clip.py", "model_worker/model/adapters/__init__.py"}
+        for w in where
+    ), where
+    for path in ("model_worker/model/adapters/onnx_clip.py", "model_worker/model/adapters/__init__.py"):
+        top_level = [line for line in (REPO / path).read_text().splitlines() if line.startswith(("import ", "from "))]
+        assert not [line for line in top_level if "onnxruntime" in line], path
 
 
 def test_the_bot_install_has_no_model_libraries():

@@ -606,18 +606,25 @@ def build_japanese_stable_clip_standin(out: Path, preset: str = "tiny", seed: in
     return out
 
 
+def _build_onnx_clip(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
+    from model_worker.devtools.onnx_export import build_onnx_clip  # needs the onnx package: only when asked
+
+    return build_onnx_clip(out, preset, seed)
+
+
 BUILDERS = {
     "siglip": build_siglip,
     "siglip2": build_siglip2,
     "clip": build_clip,
     "metaclip2": build_metaclip2,
     "japanese-stable-clip": build_japanese_stable_clip_standin,
+    "onnx-clip": _build_onnx_clip,  # not in FAMILIES: an export of metaclip2, not a transformers checkpoint
 }
 
 
 def build(family: str, out: str | os.PathLike[str], preset: str = "tiny", seed: int = 0) -> Path:
     if family not in BUILDERS:
-        raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+        raise ValueError(f"unknown family {family!r}; choose from {', '.join(BUILDERS)}")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     return BUILDERS[family](Path(out), preset, seed)

@@ -240,3 +240,39 @@ def from_image_processor(proc: Any) -> Preprocessor:
     if "shortest_edge" in resize and "longest_edge" in resize:
         raise UnsupportedProcessor("shortest+longest edge resize is not supported")
     return FixedResolution(resize=resize, crop=crop, resample=resample, normalise=normalise)
+
+
+def from_preprocess_cfg(cfg: dict[str, Any]) -> Preprocessor:
+    """Build the fast path from an open_clip `preprocess_cfg.json` (the visual half of an ONNX export such as
+    Immich's): `size`, `mean`, `std`, `interpolation`, `resize_mode`. "shortest" is open_clip's Resize(shortest
+    edge) + CenterCrop, the same rule as a CLIP image processor; "squash" resizes straight to size × size."""
+    size = cfg.get("size")
+    side = size[0] if isinstance(size, list | tuple) else size
+    if not isinstance(side, int) or side <= 0 or (isinstance(size, list | tuple) and len(set(size)) != 1):
+        raise UnsupportedProcessor(f"unsupported size {size!r} (a square size is needed)")
+    if cfg.get("mode", "RGB") != "RGB":
+        raise UnsupportedProcessor(f"unsupported colour mode {cfg.get('mode')!r}")
+    processor = {
+        "image_mean": cfg.get("mean", [0.0, 0.0, 0.0]),
+        "image_std": cfg.get("std", [1.0, 1.0, 1.0]),
+        "resample": str(cfg.get("interpolation", "bicubic")),
+    }
+    normalise = _Normalise.from_processor(_Settings(processor))
+    resample = _resample(processor["resample"])
+    mode = cfg.get("resize_mode", "shortest")  # open_clip's default for configs older than the key
+    if mode == "shortest":
+        return FixedResolution(
+            resize={"shortest_edge": side}, crop=(side, side), resample=resample, normalise=normalise
+        )
+    if mode == "squash":
+        return FixedResolution(
+            resize={"height": side, "width": side}, crop=None, resample=resample, normalise=normalise
+        )
+    raise UnsupportedProcessor(f"unsupported resize_mode {mode!r} (shortest and squash are)")
+
+
+class _Settings:
+    """A dict read like an image processor's attributes (for _Normalise.from_processor)."""
+
+    def __init__(self, values: dict[str, Any]):
+        self.__dict__.update(values)
