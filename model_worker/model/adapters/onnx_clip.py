@@ -124,8 +124,6 @@ class _Graph:
         count = len(next(iter(feeds.values())))
         if self.batch is None or self.batch == count:
             return np.asarray(self.session.run(None, feeds)[0], dtype=np.float32)
-        if self.batch != 1:
-            raise ValueError(f"the graph takes batches of exactly {self.batch}")
         rows = [self.session.run(None, {k: v[i : i + 1] for k, v in feeds.items()})[0] for i in range(count)]
         return np.concatenate(rows).astype(np.float32, copy=False)
 
@@ -185,6 +183,15 @@ class OnnxClipAdapter(Adapter):
                 f"textual/model.onnx takes {sorted(names)}; an export takes 'text' (or 'input_ids' and "
                 "'attention_mask')"
             )
+        length = next(iter(self.textual.inputs.values())).shape[-1]
+        if isinstance(length, int) and length != self.context_length:
+            raise ModelLoadError(
+                f"textual/model.onnx takes {length} tokens but config.json's text_cfg.context_length is "
+                f"{self.context_length}"
+            )
+        for name, graph in (("visual", self.visual), ("textual", self.textual)):
+            if graph.batch not in (None, 1):
+                raise ModelLoadError(f"{name}/model.onnx takes batches of exactly {graph.batch}; 1 or any is needed")
 
     def _clean(self, text: str) -> str:
         text = unicodedata.normalize("NFC", text)

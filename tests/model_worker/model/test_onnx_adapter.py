@@ -179,6 +179,9 @@ def test_broken_exports_are_refused_in_one_line_that_says_what(exports, tmp_path
     assert "is not valid JSON" in _broken(
         exports, tmp_path / "5", lambda e: (e / "visual" / "preprocess_cfg.json").write_text("{")
     )
+    assert "takes 77 tokens but config.json's text_cfg.context_length is 64" in _broken(
+        exports, tmp_path / "7", edit("config.json", text_cfg={"context_length": 64})
+    )
     assert "cannot load visual/model.onnx" in _broken(
         exports, tmp_path / "6", lambda e: (e / "visual" / "model.onnx").write_bytes(b"not a graph")
     )
