@@ -191,3 +191,26 @@ def test_without_onnx_runtime_the_error_says_what_to_install(exports, monkeypatc
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     with pytest.raises(ModelLoadError, match=r"pip install 'wakeru\[onnx\]'"):
         load_adapter(_config(exports["clip-batch1"][1]).model)
+
+
+def test_a_hub_export_is_read_from_the_hub_cache_without_the_other_runtimes_files(exports, tmp_path, monkeypatch):
+    """model.id as a hub id (immich-app/…): the hub's cache laid out as huggingface_hub writes it, offline; the
+    snapshot also holds an ARM NN file, which a download would skip."""
+    import huggingface_hub.constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--immich-app--tiny-xlm-roberta-clip"
+    shutil.copytree(exports["metaclip2-batch1"][1], repo / "snapshots" / commit)
+    (repo / "snapshots" / commit / "visual" / "model.armnn").write_bytes(b"not for us")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    adapter = load_adapter(_config("immich-app/tiny-xlm-roberta-clip").model)
+    assert isinstance(adapter, OnnxClipAdapter) and adapter.root == repo / "snapshots" / commit
+    assert adapter.cache_key == "immich-app/tiny-xlm-roberta-clip@main"
+    # a transformers checkpoint's hub id still goes the transformers way
+    other = tmp_path / "hub" / "models--org--tiny-clip"
+    shutil.copytree(exports["clip-batch1"][0], other / "snapshots" / commit)
+    (other / "refs").mkdir()
+    (other / "refs" / "main").write_text(commit)
+    assert type(load_adapter(_config("org/tiny-clip").model)).__name__ == "DualEncoderAdapter"
