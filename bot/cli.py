@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--queries", type=int, default=200)
     i.add_argument("--postgres-url", help="postgresql://… of a server with pgvector (see the module's docstring)")
     i.add_argument("--encode-ms", type=float, help="add this text-encoding time (python -m model_worker bench)")
+    i.add_argument(
+        "--data",
+        choices=["random", "clustered"],
+        default="random",
+        help="random unit vectors (HNSW's hard case), or clusters around 1,000 centres (closer to real embeddings)",
+    )
     i.add_argument("--singles", type=int, help="single add calls into the full index after the load (default 500)")
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--json", action="store_true")

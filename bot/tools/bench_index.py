@@ -9,6 +9,9 @@ the exact answer (computed here with numpy in float32), then the rate of single 
 SQLite searches exactly (recall 1.0); PostgreSQL searches exactly up to EXACT_MAX rows and through its HNSW index
 beyond, so for PostgreSQL the HNSW scan is also measured on its own (EXACT_MAX set to 0 for that pass): hnsw_*.
 
+--data clustered draws the images (and the queries) around 1,000 random centres instead, at cosine 0.8 from their
+centre: a stand-in for real embeddings, which cluster by subject.
+
 A search's full cost adds the text encoding of the query, measured by `python -m model_worker bench` (or pass
 --encode-ms to add a figure). Random vectors in 768 dimensions are a hard case for HNSW (every distance is alike);
 real image embeddings cluster, and recall on them is higher.
@@ -61,14 +64,40 @@ def _row(n: int, vector: Any) -> IndexedImage:
     )
 
 
+CLUSTERS = 1000  # --data clustered: this many random centres
+CLUSTER_NOISE = 0.75  # a member is centre + noise of this norm, so at cosine 1 / sqrt(1 + 0.75²) = 0.8 from its centre
+
+
+def _unit_vectors(rng: Any, count: int, dim: int, centres: Any | None) -> Any:
+    """`count` unit vectors: uniform on the sphere, or members of random clusters around `centres` (a stand-in for
+    real embeddings, which cluster by subject: two members of one cluster are at cosine ~0.64, of two ~0)."""
+    import numpy as np
+
+    block = rng.standard_normal((count, dim), dtype=np.float32)
+    if centres is not None:
+        block *= CLUSTER_NOISE / np.sqrt(dim)
+        block += centres[rng.integers(0, len(centres), count)]
+    block /= np.linalg.norm(block, axis=1, keepdims=True)
+    return block
+
+
 async def _bench_store(
-    url: str, kind: str, images: int, dim: int, queries: int, seed: int, size_of: Any, singles: int
+    url: str,
+    kind: str,
+    images: int,
+    dim: int,
+    queries: int,
+    seed: int,
+    size_of: Any,
+    singles: int,
+    data: str = "random",
 ) -> dict[str, Any]:
     import numpy as np
 
     from bot.store.images import open_index
 
     rng = np.random.default_rng(seed)
+    centres = _unit_vectors(rng, CLUSTERS, dim, None) if data == "clustered" else None
     index = await open_index(url)
     build_s = None
     try:
@@ -78,8 +107,7 @@ async def _bench_store(
             await index.drop_vector_index(dim)  # type: ignore[attr-defined]
         started = time.perf_counter()
         for start in range(0, images, BATCH):
-            block = rng.standard_normal((min(BATCH, images - start), dim), dtype=np.float32)
-            block /= np.linalg.norm(block, axis=1, keepdims=True)
+            block = _unit_vectors(rng, min(BATCH, images - start), dim, centres)
             vectors[start : start + len(block)] = block
             rows = [_row(start + n, block[n]) for n in range(len(block))]
             await index.add_many(rows)  # type: ignore[attr-defined]
@@ -92,8 +120,7 @@ async def _bench_store(
             await index.build_vector_index(dim)  # type: ignore[attr-defined]
             build_s = time.perf_counter() - started
         size = await size_of(index) - size_before
-        query_vectors = rng.standard_normal((queries + 1, dim), dtype=np.float32)
-        query_vectors /= np.linalg.norm(query_vectors, axis=1, keepdims=True)
+        query_vectors = _unit_vectors(rng, queries + 1, dim, centres)
         t = time.perf_counter()
         await index.search(GUILD, query_vectors[-1].astype("<f4").tobytes(), MODEL, limit=10)  # warm-up
         first_ms = (time.perf_counter() - t) * 1000
@@ -124,8 +151,7 @@ async def _bench_store(
                 "hnsw_recall_at_10": round(statistics.mean(hnsw_recalls), 4),
                 "exact_max": exact_max,
             }
-        extra = rng.standard_normal((singles, dim), dtype=np.float32)
-        extra /= np.linalg.norm(extra, axis=1, keepdims=True)
+        extra = _unit_vectors(rng, singles, dim, centres)
         vectors[images:] = extra
         started = time.perf_counter()
         for n in range(singles):
@@ -136,6 +162,7 @@ async def _bench_store(
         await index.close()
     result = {
         "store": kind,
+        "data": data,
         "images": images,
         "dim": dim,
         "insert_images_per_s": round(images / insert_s, 1),
@@ -174,7 +201,15 @@ async def _run(args: Any) -> list[dict[str, Any]]:
             try:
                 results.append(
                     await _bench_store(
-                        f"sqlite:///{path}", kind, args.images, args.dim, args.queries, args.seed, sqlite_size, singles
+                        f"sqlite:///{path}",
+                        kind,
+                        args.images,
+                        args.dim,
+                        args.queries,
+                        args.seed,
+                        sqlite_size,
+                        singles,
+                        getattr(args, "data", "random"),
                     )
                 )
             finally:
@@ -198,7 +233,15 @@ async def _run(args: Any) -> list[dict[str, Any]]:
             try:
                 results.append(
                     await _bench_store(
-                        args.postgres_url, kind, args.images, args.dim, args.queries, args.seed, pg_size, singles
+                        args.postgres_url,
+                        kind,
+                        args.images,
+                        args.dim,
+                        args.queries,
+                        args.seed,
+                        pg_size,
+                        singles,
+                        getattr(args, "data", "random"),
                     )
                 )
             finally:
@@ -223,7 +266,7 @@ def run(args: Any) -> int:
         return 0
     for r in results:
         print(
-            f"{r['store']:8} {r['images']:,} images × {r['dim']} dims: bulk insert {r['insert_images_per_s']:,.0f} "
+            f"{r['store']:8} {r['images']:,} {r['data']} images × {r['dim']} dims: bulk insert {r['insert_images_per_s']:,.0f} "
             "images/s"
             + (f" + HNSW build {r['index_build_s']} s" if "index_build_s" in r else "")
             + f", {r['bytes_per_image']:,.0f} bytes/image, first query {r['first_query_ms']} ms, query p50 "

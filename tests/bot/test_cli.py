@@ -128,13 +128,27 @@ def test_bench_index_reports_insert_rate_size_query_time_and_recall(tmp_path):
 def test_bench_index_on_postgres_measures_the_hnsw_scan_apart(pgvector_url):
     out = _bot(
         "bench-index", "--images", "1200", "--dim", "32", "--queries", "10", "--singles", "5", "--store", "postgres",
-        "--postgres-url", pgvector_url, "--json",
+        "--postgres-url", pgvector_url, "--data", "clustered", "--json",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     [figures] = json.loads(out.stdout)
-    assert figures["store"] == "postgres" and figures["index_build_s"] >= 0
+    assert figures["store"] == "postgres" and figures["data"] == "clustered" and figures["index_build_s"] >= 0
     assert figures["exact_max"] >= 1200 and figures["recall_at_10"] >= 0.99  # a guild this small is searched exactly
     assert 0 < figures["hnsw_query_ms_p50"] <= figures["hnsw_query_ms_p99"] and 0 < figures["hnsw_recall_at_10"] <= 1
+
+
+def test_bench_index_clustered_data_sits_around_its_centres():
+    import numpy as np
+
+    from bot.tools.bench_index import _unit_vectors
+
+    rng = np.random.default_rng(0)
+    centres = _unit_vectors(rng, 3, 768, None)
+    members = _unit_vectors(rng, 300, 768, centres)
+    assert np.allclose(np.linalg.norm(members, axis=1), 1, atol=1e-5)
+    nearest = (members @ centres.T).max(axis=1)
+    assert abs(float(nearest.mean()) - 0.8) < 0.02  # CLUSTER_NOISE: cosine 0.8 from the centre
+    assert abs(float((centres @ centres.T)[0, 1])) < 0.15  # random centres are near orthogonal
 
 
 def test_bench_queue_reports_the_transport_overhead(stub_model):
