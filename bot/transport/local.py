@@ -65,6 +65,9 @@ _MAX_LOADING_DEATHS = 3
 # (at least; and as long again for long timeouts) is hung (a stuck GPU call): it is killed
 # and restarted. Every request gets exactly one message back, even a cancelled one.
 _HUNG_MARGIN_S = 5.0
+# After SIGKILL a worker is gone as soon as the kernel has torn it down: on a busy machine (a worker in the middle
+# of writing bytecode, another process loading a model) that took longer than 5 s once.
+KILL_WAIT_S = 30.0
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -182,7 +185,7 @@ class _WorkerProcess:
         if self.process.is_alive():
             log.warning("model worker did not stop within %.0f s; terminating it", timeout)
             self.process.kill()
-            self.process.join(5)
+            self.process.join(KILL_WAIT_S)
         self._outbox.put(None)
 
 

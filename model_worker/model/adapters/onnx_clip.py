@@ -108,6 +108,10 @@ class _Graph:
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.log_severity_level = 3  # errors only: the exports' unused-initialiser warnings are noise
+        # ONNX Runtime's threads spin between runs by default, burning the cores the worker's decode threads (and
+        # the bot, on a shared machine) need between batches
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(root / name), options, providers=_providers(device))
         except ModelLoadError:
