@@ -74,7 +74,8 @@ EXACT_MAX = 100_000
 # HNSW settings, tuned on random unit vectors in 768 dimensions (the hard case; real embeddings cluster and do
 # better): pgvector's defaults (m 16, ef_construction 64, ef_search 40) gave recall@10 of 0.16, m 16 with ef_search
 # 1000 0.89 at 25,000; m 32 / ef_construction 128 reached 0.99 at 25,000 but 0.79 at 100,000; m 48 /
-# ef_construction 256 gives 0.917 at 100,000 with ef_search 1000 (a 1,044 s build on 2 cores).
+# ef_construction 256 gives 0.917 at 100,000 with ef_search 1000 (a 1,044 s build on 2 cores), and 0.999 on clustered
+# data (bench-index --data clustered).
 HNSW_M = 48
 HNSW_EF_CONSTRUCTION = 256
 EF_SEARCH = 1000  # candidates per HNSW scan (pgvector's largest); recall rises with it, so does the time
