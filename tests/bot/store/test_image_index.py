@@ -405,6 +405,25 @@ async def test_postgres_hnsw_path(pgvector_url, monkeypatch):
         await index.close()
 
 
+async def test_postgres_bulk_load_leaves_fresh_statistics(pgvector_url):
+    """After drop_vector_index, add_many and build_vector_index the table is analysed: with the statistics of an
+    empty table the planner sorted whole guilds instead of using the HNSW index (docs/performance.md)."""
+    index = await open_index(pgvector_url)
+    try:
+        await index.add(image(1))
+        await index.drop_vector_index(DIM)
+        await index.add_many(image(a) for a in range(2, 200))
+        async with index._guard() as con:
+            before = await con.fetchval("SELECT count(*) FROM pg_stats WHERE tablename = 'image_vectors_16'")
+        await index.build_vector_index(DIM)
+        async with index._guard() as con:
+            after = await con.fetchval("SELECT count(*) FROM pg_stats WHERE tablename = 'image_vectors_16'")
+            indexes = await con.fetchval("SELECT count(*) FROM pg_indexes WHERE indexname = 'image_vectors_16_hnsw'")
+        assert before == 0 and after > 0 and indexes == 1
+    finally:
+        await index.close()
+
+
 async def test_postgres_without_the_extension_says_what_to_do(postgres_url):
     """The test role may not CREATE EXTENSION (it is no superuser): the error says who must and what to use."""
     with pytest.raises(StorageError, match="CREATE EXTENSION vector") as info:
