@@ -260,6 +260,17 @@ def _check_style(style: str | None) -> str | None:
     return style
 
 
+def guild_channels(rows: Iterable[Sequence[Any]]) -> dict[int, set[int]]:
+    """(guild_id, channel_id) rows as guild → channels, for the start-up check of deletions (bot.services.reconcile);
+    channel 0 (a server-wide scope) only makes the guild appear. The image index's places() uses it too."""
+    found: dict[int, set[int]] = {}
+    for guild_id, channel_id in rows:
+        channels = found.setdefault(int(guild_id), set())
+        if channel_id:
+            channels.add(int(channel_id))
+    return found
+
+
 def _chunks(ids: Collection[int]) -> list[list[int]]:
     """Distinct ids in lists short enough for one IN (…) each; [] for no ids."""
     unique = sorted(set(ids))
@@ -755,7 +766,4 @@ class LabelStore(abc.ABC):
             rows = await db.execute_fetchall(
                 "SELECT DISTINCT guild_id, COALESCE(parent_id, channel_id) FROM corrections"
             )
-        found: dict[int, set[int]] = {}
-        for guild_id, channel_id in rows:
-            found.setdefault(int(guild_id), set()).add(int(channel_id))
-        return found
+        return guild_channels(rows)

@@ -17,9 +17,9 @@ Pure stdlib: this module must not import torch, PIL, numpy or discord.
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 __all__ = [
     "BackfillJob",
@@ -260,16 +260,6 @@ PLACES_SQL = (
     "UNION SELECT guild_id, 0 FROM not_reposts "
     "UNION SELECT guild_id, 0 FROM backfill_jobs"
 )
-
-
-def places_of(rows: Iterable[Sequence[Any]]) -> dict[int, set[int]]:
-    """PLACES_SQL's rows as guild → channels (0, the server scope, only makes the guild appear)."""
-    found: dict[int, set[int]] = {}
-    for guild_id, channel_id in rows:
-        channels = found.setdefault(int(guild_id), set())
-        if channel_id:
-            channels.add(int(channel_id))
-    return found
 
 
 def labels_json(labels: Sequence[str]) -> str:

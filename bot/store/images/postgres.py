@@ -34,7 +34,7 @@ from typing import Any
 
 import asyncpg
 
-from bot.store.base import StorageError
+from bot.store.base import StorageError, guild_channels
 from bot.store.images.base import (
     PLACES_SQL,
     BackfillJob,
@@ -48,7 +48,6 @@ from bot.store.images.base import (
     labels_json,
     optional_bool,
     pair,
-    places_of,
     scope_id,
 )
 from bot.store.postgres import _ERRORS, CLOSE_TIMEOUT_S, PostgresLabelStore, _Server, _translate
@@ -582,7 +581,7 @@ class PostgresImageIndex(ImageIndex):
 
     async def places(self) -> dict[int, set[int]]:
         async with self._guard() as con:
-            return places_of(await con.fetch(PLACES_SQL))
+            return guild_channels(await con.fetch(PLACES_SQL))
 
     # ------------------------------------------------------------------ counts, statistics, re-embedding
 

@@ -43,7 +43,7 @@ import numpy as np
 import sqlean  # type: ignore[import-untyped]
 import sqlite_vec  # type: ignore[import-untyped]
 
-from bot.store.base import BUSY_TIMEOUT_MS, StorageError
+from bot.store.base import BUSY_TIMEOUT_MS, StorageError, guild_channels
 from bot.store.images.base import (
     PLACES_SQL,
     BackfillJob,
@@ -57,7 +57,6 @@ from bot.store.images.base import (
     labels_json,
     optional_bool,
     pair,
-    places_of,
     scope_id,
 )
 from bot.store.sqlite import _storage_error, database_path, immutable_target, on_read_only_volume
@@ -1041,7 +1040,7 @@ class SQLiteImageIndex(ImageIndex):
 
     async def places(self) -> dict[int, set[int]]:
         async with self._guard() as db:
-            return places_of(await db.execute_fetchall(PLACES_SQL))
+            return guild_channels(await db.execute_fetchall(PLACES_SQL))
 
     # ------------------------------------------------------------------ counts, statistics, re-embedding
 
