@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -56,8 +55,8 @@ def onnx_export_root(model_cfg: Any) -> Path | None:
     try:
         from huggingface_hub import hf_hub_download, snapshot_download
 
-        config = json.loads(Path(hf_hub_download(model_cfg.id, "config.json", revision=model_cfg.revision)).read_text())
-        if not (isinstance(config, dict) and "vision_cfg" in config and "text_cfg" in config):
+        config = Path(hf_hub_download(model_cfg.id, "config.json", revision=model_cfg.revision))
+        if not is_onnx_export(config.parent):
             return None
     except Exception:  # not reachable, not there: the transformers path gives the one-line reason
         return None

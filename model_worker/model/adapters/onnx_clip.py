@@ -105,6 +105,7 @@ class _Graph:
 
         if not (root / name).is_file():
             raise ModelLoadError(f"the ONNX export has no {name}; re-download it (or export it again)")
+        providers = _providers(device)
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.log_severity_level = 3  # errors only: the exports' unused-initialiser warnings are noise
@@ -113,9 +114,7 @@ class _Graph:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(root / name), options, providers=_providers(device))
-        except ModelLoadError:
-            raise
+            self.session = ort.InferenceSession(str(root / name), options, providers=providers)
         except Exception as e:
             raise ModelLoadError(f"cannot load {name} of the ONNX export: {str(e).splitlines()[0][:200]}") from None
         self.inputs = {i.name: i for i in self.session.get_inputs()}
@@ -147,8 +146,9 @@ class OnnxClipAdapter(Adapter):
         self.context_length = int(text_cfg.get("context_length", 77))
         clean = (text_cfg.get("tokenizer_kwargs") or {}).get("clean", "whitespace")
         self.canonicalize = clean == "canonicalize"
+        self.preprocess_cfg = _read_json(root / "visual" / "preprocess_cfg.json")
         try:
-            self.preprocessor = from_preprocess_cfg(_read_json(root / "visual" / "preprocess_cfg.json"))
+            self.preprocessor = from_preprocess_cfg(self.preprocess_cfg)
         except UnsupportedProcessor as e:
             raise ModelLoadError(f"visual/preprocess_cfg.json of the ONNX export: {e}") from None
         self.visual = _Graph(root, VISUAL, device, threads)
@@ -227,7 +227,7 @@ class OnnxClipAdapter(Adapter):
     def reference_share(self, image: Image.Image, texts: list[str]) -> torch.Tensor:
         # The plain way, as an ONNX export's own reference code runs it: the whole picture resized, then cropped,
         # normalised in numpy, batch 1 through each graph.
-        cfg = _read_json(self.root / "visual" / "preprocess_cfg.json")
+        cfg = self.preprocess_cfg
         size = cfg["size"][0] if isinstance(cfg["size"], list) else cfg["size"]
         resample = Image.Resampling[str(cfg.get("interpolation", "bicubic")).upper()]
         image = image.convert("RGB")
