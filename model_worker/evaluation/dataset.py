@@ -55,6 +55,16 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _take(path: Path, label: str, hidden: bool, items: list[Item], skipped: Counter[str]) -> None:
+    """A listed file, as folders and CSVs both sort them: hidden files and non-images are counted as skipped."""
+    if hidden:
+        skipped["hidden"] += 1
+    elif not _is_image(path):
+        skipped["not an image"] += 1
+    else:
+        items.append(Item(path, label))
+
+
 def _check_label(text: str, where: str, max_length: int) -> str:
     """One label by the label rules, as the engine spells it (its name: "犬=🐕" is the label 犬)."""
     try:
@@ -139,12 +149,7 @@ def read_folder(root: Path, *, max_count: int, max_length: int) -> Dataset:
         label = _check_label(text, where, max_length)
         labels.append(label)
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            if _hidden(path, root):
-                skipped["hidden"] += 1
-            elif not _is_image(path):
-                skipped["not an image"] += 1
-            else:
-                items.append(Item(path, label))
+            _take(path, label, _hidden(path, root), items, skipped)
     if not items:
         raise DatasetError(f"{root} holds no images in label folders (one sub-folder per label)")
     return Dataset(items, _check_set(labels, max_count), skipped)
@@ -174,12 +179,8 @@ def read_csv(path: Path, *, max_count: int, max_length: int) -> Dataset:
         image = base / name
         if not image.is_file():
             raise DatasetError(f"{where}: no such file {image}")
-        if any(part.startswith(".") and part not in (".", "..") for part in Path(name).parts):
-            skipped["hidden"] += 1
-        elif not _is_image(image):
-            skipped["not an image"] += 1
-        else:
-            items.append(Item(image, label))
+        hidden = any(part.startswith(".") and part not in (".", "..") for part in Path(name).parts)
+        _take(image, label, hidden, items, skipped)
     if not items:
         raise DatasetError(f"{path} lists no images")
     # the label set: every label the CSV names, in order of first appearance
